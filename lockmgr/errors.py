@@ -1,0 +1,51 @@
+"""Exceptions raised by lockmgr.
+
+Every error that leaves the public API is a :class:`LockError`. This module
+imports nothing from the package, so every layer (including the table
+backends in :mod:`lockmgr._core`) may raise these directly.
+"""
+
+__all__ = [
+    "LockError",
+    "LockTimeout",
+    "LockNotAvailable",
+    "DeadlockDetected",
+    "TransactionAborted",
+    "InvalidRequest",
+]
+
+
+class LockError(Exception):
+    """Base class of every lockmgr error."""
+
+
+class LockTimeout(LockError):
+    """The wait for a lock ran past its timeout.
+
+    The request that timed out is withdrawn; the transaction stays usable and
+    keeps every lock it held before (including intention locks taken on the
+    ancestors for this request).
+    """
+
+
+class LockNotAvailable(LockError):
+    """A ``nowait`` request conflicted. Nothing changed; the transaction is usable."""
+
+
+class DeadlockDetected(LockError):
+    """This transaction was chosen as a deadlock victim.
+
+    It has been aborted and every lock it held has been released; later
+    operations on it raise :class:`TransactionAborted`.
+    """
+
+
+class TransactionAborted(LockError):
+    """An operation on a transaction that was aborted or has already finished."""
+
+
+class InvalidRequest(LockError, ValueError):
+    """Bad input: an unknown mode, a malformed path, unlocking what is not held.
+
+    The message names the problem. Nothing was changed.
+    """
