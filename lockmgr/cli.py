@@ -1,0 +1,35 @@
+"""The ``lockmgr`` command.
+
+Subcommands register themselves in ``COMMANDS`` via ``@command``; each takes
+an ``argparse`` sub-parser to configure and returns an exit status.
+"""
+
+import argparse
+import sys
+
+COMMANDS = {}
+
+
+def command(name, help):
+    def deco(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+    return deco
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="lockmgr", description="A hierarchical, multi-mode lock manager.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, (fn, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        fn(p, None)
+    args = parser.parse_args(argv)
+    fn, _ = COMMANDS[args.cmd]
+    return fn(None, args) or 0
+
+
+# Subcommands live in their own modules; importing them registers them.
+from . import _cmd_embedded  # noqa: E402,F401
+
+if __name__ == "__main__":
+    sys.exit(main())
