@@ -1,21 +1,13 @@
 """The ``lockmgr`` command.
 
-Subcommands register themselves in ``COMMANDS`` via ``@command``; each takes
-an ``argparse`` sub-parser to configure and returns an exit status.
+Subcommands live in ``_cmd_*.py`` modules and register themselves with
+``lockmgr._cliutil.command``; importing them here makes them available.
 """
 
 import argparse
 import sys
 
-COMMANDS = {}
-
-
-def command(name, help):
-    def deco(fn):
-        COMMANDS[name] = (fn, help)
-        return fn
-    return deco
-
+from ._cliutil import COMMANDS
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lockmgr", description="A hierarchical, multi-mode lock manager.")
@@ -29,7 +21,7 @@ def main(argv=None):
 
 
 # Subcommands live in their own modules; importing them registers them.
-from . import _cmd_embedded  # noqa: E402,F401
+from . import _cmd_embedded  # noqa: E402,F401  (registers 'embedded')
 
 if __name__ == "__main__":
     sys.exit(main())
