@@ -28,7 +28,7 @@ import time
 from collections import namedtuple
 from contextlib import contextmanager
 
-from ._core import Table, WAITING, CONFLICT
+from ._core import CONFLICT, table_class
 from .errors import (DeadlockDetected, InvalidRequest, LockNotAvailable,
                      LockTimeout, TransactionAborted)
 from .modes import Mode
@@ -257,12 +257,14 @@ class LockManager:
     (None: forever).
     """
 
-    def __init__(self, *, deadlock_detection=True, escalation_threshold=5000, default_timeout=None):
+    def __init__(self, *, deadlock_detection=True, escalation_threshold=5000, default_timeout=None,
+                 _backend=None):
         if type(escalation_threshold) is not int or escalation_threshold < 1:
             raise InvalidRequest(f"escalation_threshold must be an int >= 1; got {escalation_threshold!r}")
         self._default_timeout = _check_timeout(default_timeout)
         self._detect = bool(deadlock_detection)
-        self._table = Table(escalation_threshold, 0)
+        # _backend ("c"/"python") is for tests and benchmarks that compare backends
+        self._table = table_class(_backend)(escalation_threshold, 0)
         self._mutex = threading.Lock()
         self._ids = itertools.count(1)
         self._txns = {}          # id -> Transaction, for active/prepared transactions
