@@ -1,0 +1,27 @@
+"""The README's first screen must run as written."""
+
+import contextlib
+import io
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_readme_example_runs():
+    src = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", src, re.S).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    lines = out.getvalue().splitlines()
+    assert "b was the victim" in lines[1]
+    assert lines[-1] == "1"
+
+
+def test_readme_has_two_commands():
+    src = (ROOT / "README.md").read_text()
+    cmds = [line.strip() for line in src.splitlines() if line.startswith("    pip install")]
+    assert len(cmds) == 2
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert cmds[1] in ci, "the CI must run the README's test command"
