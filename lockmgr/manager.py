@@ -18,8 +18,10 @@ Interface:
 The table (lockmgr._core) never blocks: it answers GRANTED (a token),
 WAITING or CONFLICT. This module does the blocking. A waiting thread sleeps on
 its transaction's own lock; whoever releases a lock wakes exactly the
-transactions the table reports as granted. All table calls happen under one
-mutex. Design and correctness argument: docs/design.md.
+transactions the table reports as granted. The table serialises its own calls
+(it is thread-safe); the manager's mutex guards the waiting protocol and the
+transactions' states, and is not taken on the fast path of lock()/unlock().
+Design and correctness argument: docs/design.md.
 """
 
 import itertools
@@ -28,7 +30,7 @@ import time
 from collections import namedtuple
 from contextlib import contextmanager
 
-from ._core import CONFLICT, table_class
+from ._core import CONFLICT, WAITING, table_class
 from .errors import (DeadlockDetected, InvalidRequest, LockNotAvailable,
                      LockTimeout, TransactionAborted)
 from .modes import Mode
@@ -66,10 +68,11 @@ class Transaction:
     from any thread, but a transaction waits for at most one lock at a time.
     """
 
-    __slots__ = ("_mgr", "id", "name", "_state", "_wake", "_victim", "__weakref__")
+    __slots__ = ("_mgr", "_table", "id", "name", "_state", "_wake", "_victim", "__weakref__")
 
     def __init__(self, mgr, tid, name):
         self._mgr = mgr
+        self._table = mgr._table
         self.id = tid
         self.name = name
         self._state = ACTIVE
@@ -107,25 +110,43 @@ class Transaction:
         """
         if timeout is not None:
             timeout = _check_timeout(timeout)
+        # Fast path, without the manager's mutex: the table serialises its
+        # own calls. A concurrent abort() sets the state before releasing, so
+        # the state is checked again after the grant (see docs/design.md).
+        if self._state is ACTIVE:
+            tok = self._table.lock(self.id, resource, mode, nowait)
+            if tok > 0 and self._state is ACTIVE:
+                return tok
+        else:
+            tok = 0
+        return self._lock_slow(resource, mode, timeout, nowait, tok)
+
+    def _lock_slow(self, resource, mode, timeout, nowait, tok):
         mgr = self._mgr
         with mgr._mutex:
             if self._state is not ACTIVE:
+                if tok > 0 or tok == WAITING:
+                    # aborted while we locked: drop what the late call took
+                    mgr._wake_all(self._table.release_all(self.id))
+                if tok == WAITING and self._victim:
+                    # chosen as a deadlock victim between queueing and here
+                    raise DeadlockDetected(
+                        f"transaction {self.id} was chosen as deadlock victim; it has been aborted")
                 raise self._refuse()
-            tok = mgr._table.lock(self.id, resource, mode, nowait)
-            if tok > 0:
-                return tok
             if tok == CONFLICT:
                 raise LockNotAvailable(
                     f"{resource!r} is not available in mode {_MODES[mode].name} without waiting")
-            wake = self._arm_locked()
+            wake = self._arm_locked(True)
         return self._wait(wake, resource, mode, mgr._default_timeout if timeout is None else timeout)
 
-    def _arm_locked(self):
+    def _arm_locked(self, detect):
         """Called under the mutex when the table says we wait: look for a
-        deadlock closed by this wait, then return the lock to sleep on."""
+        deadlock closed by this wait (``detect``), then return the lock to
+        sleep on. The lock comes back unlocked if we are no longer waiting
+        (granted meanwhile, e.g. by aborting a victim)."""
         mgr = self._mgr
-        if mgr._detect:
-            table = mgr._table
+        table = self._table
+        if detect and mgr._detect:
             while True:
                 cycle = table.find_cycle(self.id)
                 if not cycle:
@@ -139,16 +160,14 @@ class Transaction:
                         f"(youngest in wait-for cycle {cycle}); it has been aborted")
                 mgr._txns[victim]._abort_locked(victim=True)
         wake = threading.Lock()
-        if mgr._table.is_waiting(self.id):
+        if table.is_waiting(self.id):
             wake.acquire()
             self._wake = wake
-        # else: aborting a victim granted our request already; the unlocked
-        # wake lock sends _wait straight on to take it.
         return wake
 
     def _wait(self, wake, resource, mode, timeout):
         mgr = self._mgr
-        table = mgr._table
+        table = self._table
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if deadline is None:
@@ -163,16 +182,19 @@ class Transaction:
                             f"transaction {self.id} was chosen as deadlock victim; it has been aborted")
                     raise TransactionAborted(f"transaction {self.id} was {self._state} while it waited")
                 if table.is_waiting(self.id):
-                    # not granted: the timeout ran out
-                    mgr._wake_all(table.cancel_wait(self.id))
-                    mgr._timeouts += 1
-                    raise LockTimeout(
-                        f"timed out after {timeout:g}s waiting for {_MODES[mode].name} on {resource!r}")
+                    if deadline is not None and time.monotonic() >= deadline:
+                        mgr._wake_all(table.cancel_wait(self.id))
+                        mgr._timeouts += 1
+                        raise LockTimeout(
+                            f"timed out after {timeout:g}s waiting for {_MODES[mode].name} on {resource!r}")
+                    # a stale wake-up (meant for an earlier wait): sleep again
+                    wake = self._arm_locked(False)
+                    continue
                 tok = table.lock(self.id, resource, mode, False)
                 if tok > 0:
                     return tok
                 # granted one level, now waiting on a deeper one: go round again
-                wake = self._arm_locked()
+                wake = self._arm_locked(True)
 
     def try_lock(self, resource, mode=Mode.X):
         """Lock without waiting: True if granted, False if it would wait (nothing changed)."""
@@ -189,19 +211,22 @@ class Transaction:
         still holds a descendant of it (release leaf to root). Intention locks
         on its ancestors are kept. Runtime: O(queue length of the node).
         """
-        mgr = self._mgr
-        with mgr._mutex:
-            if self._state is not ACTIVE:
-                raise self._refuse()
-            woken = mgr._table.unlock(self.id, resource)
-            if woken:
+        if self._state is not ACTIVE:
+            raise self._refuse()
+        try:
+            woken = self._table.unlock(self.id, resource)
+        except InvalidRequest:
+            if self._state is not ACTIVE:  # aborted concurrently: say so
+                raise self._refuse() from None
+            raise
+        if woken:
+            mgr = self._mgr
+            with mgr._mutex:
                 mgr._wake_all(woken)
 
     def held(self):
         """Every node held, with its mode: ``{path: Mode}`` (intention locks included)."""
-        mgr = self._mgr
-        with mgr._mutex:
-            return {path: _MODES[m] for path, m in mgr._table.held(self.id)}
+        return {path: _MODES[m] for path, m in self._table.held(self.id)}
 
     def commit(self):
         """Release every lock and finish. Raises TransactionAborted if already finished."""
@@ -224,9 +249,9 @@ class Transaction:
 
     def _finish_locked(self, state):
         mgr = self._mgr
-        self._state = state
+        self._state = state  # first: a concurrent fast-path lock() checks it after its grant
         mgr._txns.pop(self.id, None)
-        woken = mgr._table.release_all(self.id)
+        woken = self._table.release_all(self.id)
         if woken:
             mgr._wake_all(woken)
         if self._wake is not None:  # we were waiting (abort from another thread, or victim)

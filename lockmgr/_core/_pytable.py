@@ -15,10 +15,15 @@ Interface (shared with ``lockmgr._core._ctable.Table``; see docs/design.md,
     wait_for_graph() -> {txn: set(txn)};  transactions() -> list of txn ids
     stats() -> dict;  _check() asserts every invariant
 
-No call blocks; no call allocates per-lock Python state outside the table.
+No call blocks (beyond the table's own short mutex: every public method is
+serialised, so the table is thread-safe like the C one); no call allocates
+per-lock Python state outside the table.
 This twin favours clarity over speed; it is the executable specification the
 C table is tested against (tests/test_table_model.py).
 """
+
+import functools
+import threading
 
 from ..errors import InvalidRequest
 from ..modes import CONFLICTS, SUPREMUM, INTENTION
@@ -35,8 +40,13 @@ TXN_MAX = (1 << 64) - 1
 SEARCH_LIMIT = 100_000
 
 
-def _bit(m):
-    return 1 << m
+def _serialised(method):
+    """Run a public method under the table's mutex (the C table does the same)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kw):
+        with self._mutex:
+            return method(self, *args, **kw)
+    return wrapper
 
 
 def _check_txn(txn):
@@ -107,6 +117,7 @@ class Table:
             raise InvalidRequest("escalation_threshold must be a positive int")
         if type(token_base) is not int or not 0 <= token_base < (1 << 63):
             raise InvalidRequest("token_base must be an int in 0..2**63-1")
+        self._mutex = threading.Lock()
         self._threshold = escalation_threshold
         self._res = {}
         self._txns = {}
@@ -117,6 +128,7 @@ class Table:
 
     # ------------------------------------------------------------------ lock
 
+    @_serialised
     def lock(self, txn, resource, mode, nowait=False):
         """Lock ``resource`` and, root to leaf, the intention mode on its ancestors.
 
@@ -311,6 +323,7 @@ class Table:
         if not res.holders and not res.waiters:
             del self._res[res.key]
 
+    @_serialised
     def unlock(self, txn, resource):
         """Release one node held by ``txn`` (early release).
 
@@ -342,6 +355,7 @@ class Table:
             del self._txns[txn]
         return woken
 
+    @_serialised
     def release_all(self, txn):
         """Release every request of ``txn`` (held or waiting). Runtime: O(its locks)."""
         _check_txn(txn)
@@ -357,6 +371,7 @@ class Table:
                 self._grant_waiters(r.res, woken)
         return woken
 
+    @_serialised
     def cancel_wait(self, txn):
         """Withdraw the request ``txn`` waits on (a conversion falls back to its held mode)."""
         _check_txn(txn)
@@ -379,28 +394,33 @@ class Table:
 
     # --------------------------------------------------------- introspection
 
+    @_serialised
     def is_waiting(self, txn):
         t = self._txns.get(txn)
         return t is not None and t.waiting is not None
 
+    @_serialised
     def waiting_on(self, txn):
         t = self._txns.get(txn)
         if t is None or t.waiting is None:
             return None
         return (decode(t.waiting.res.key), t.waiting.want)
 
+    @_serialised
     def mode_held(self, txn, resource):
         key = encode(resource)
         t = self._txns.get(txn)
         r = t.reqs.get(key) if t is not None else None
         return r.held if r is not None else NL
 
+    @_serialised
     def held(self, txn):
         t = self._txns.get(txn)
         if t is None:
             return []
         return [(decode(k), r.held) for k, r in t.reqs.items() if r.held != NL]
 
+    @_serialised
     def transactions(self):
         return list(self._txns)
 
@@ -429,6 +449,7 @@ class Table:
                     seen.add(tid)
         return out
 
+    @_serialised
     def wait_for_graph(self):
         g = {}
         for tid, t in self._txns.items():
@@ -436,6 +457,7 @@ class Table:
                 g[tid] = set(self._edges(t.waiting))
         return g
 
+    @_serialised
     def find_cycle(self, txn):
         """A wait-for cycle through ``txn`` as a list of txn ids starting with it.
 
@@ -470,6 +492,7 @@ class Table:
             stack.append(iter(self._edges(u.waiting)))
         return []
 
+    @_serialised
     def snapshot(self):
         rows = []
         for key, res in self._res.items():
@@ -482,6 +505,7 @@ class Table:
                 rows.append((path, w.txn.id, w.want, False))
         return rows
 
+    @_serialised
     def stats(self):
         return {
             "granted": self._granted,
@@ -495,6 +519,7 @@ class Table:
 
     # ------------------------------------------------------------ invariants
 
+    @_serialised
     def _check(self):
         """Assert every invariant of the table (docs/design.md, "Invariants")."""
         nreq = 0
