@@ -53,6 +53,16 @@
  * A lock() plans every level first, reserves every slot it may need, and only
  * then mutates: on LT_E_NOMEM (and every other error) nothing has changed.
  */
+#if defined(__linux__) && !defined(LT_NO_HUGEPAGES)
+/* Large slab chunks and hash arrays ask for transparent huge pages: with
+ * millions of locks every lookup is a TLB miss otherwise.  The only
+ * non-C99 code in the table; define LT_NO_HUGEPAGES to leave it out. */
+#define _DEFAULT_SOURCE 1
+#include <sys/mman.h>
+#define LT_HUGEPAGES 1
+#define LT_HUGE_SIZE ((size_t)2 << 20)
+#endif
+
 #include "locktable.h"
 
 #include <stdio.h>
@@ -66,8 +76,6 @@
 #define LT_ASSERT(c) ((void)0)
 #endif
 
-#define LT_LIKELY(x) __builtin_expect(!!(x), 1)
-#define LT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
 /* ------------------------------------------------------------ semantics */
 
@@ -149,6 +157,7 @@ typedef struct { uint32_t tag, idx; } lt_rent;
 struct lt_table {
     uint64_t threshold, token, granted, waited, escalations, nreqs;
     uint32_t nres, ntxns;
+    uint32_t nconv;         /* waiting conversions (snapshot lists them twice) */
     uint32_t hash_mask;     /* debug hook: AND-ed into every key hash */
     uint32_t epoch;
     lt_pool rq, rs, tx;
@@ -165,7 +174,7 @@ struct lt_table {
     char msg[256];
 };
 
-#define SLAB_SHIFT 12u
+#define SLAB_SHIFT 17u     /* 131072 elements: 6 MiB chunks (3 huge pages) */
 #define SLAB_MASK ((1u << SLAB_SHIFT) - 1u)
 #define REQ(T, i) (((lt_req *)(T)->rq.chunks[(i) >> SLAB_SHIFT]) + ((i) & SLAB_MASK))
 #define RES(T, i) (((lt_res *)(T)->rs.chunks[(i) >> SLAB_SHIFT]) + ((i) & SLAB_MASK))
@@ -201,6 +210,26 @@ static void *lt_realloc(lt_table *T, void *old, size_t n)
         T->heap_allocs++;
     }
     return p;
+}
+
+/* Memory for a big array: 2 MiB aligned and backed by huge pages where the
+ * platform has them.  Zeroed if zero. */
+static void *lt_big_alloc(lt_table *T, size_t n, int zero)
+{
+#ifdef LT_HUGEPAGES
+    if (n >= LT_HUGE_SIZE) {
+        void *p = NULL;
+        if (posix_memalign(&p, LT_HUGE_SIZE, n) != 0)
+            return NULL;
+        (void)madvise(p, n, MADV_HUGEPAGE);
+        if (zero)
+            memset(p, 0, n);
+        T->heap_blocks++;
+        T->heap_allocs++;
+        return p;
+    }
+#endif
+    return zero ? lt_calloc(T, 1, n) : lt_malloc(T, n);
 }
 
 static void lt_free(lt_table *T, void *p)
@@ -240,7 +269,9 @@ static int pool_reserve(lt_table *T, lt_pool *p, uint32_t k)
             p->chunks = d;
             p->dircap = nc;
         }
-        uint8_t *c = lt_malloc(T, (size_t)p->esize << p->shift);
+        /* the first chunk stays small in RSS (no huge page): tiny tables */
+        size_t sz = (size_t)p->esize << p->shift;
+        uint8_t *c = p->nchunks ? lt_big_alloc(T, sz, 0) : lt_malloc(T, sz);
         if (!c)
             return LT_E_NOMEM;
         p->chunks[p->nchunks++] = c;
@@ -370,7 +401,7 @@ static inline uint32_t res_find(const lt_table *T, const uint8_t *key, uint32_t 
 
 static int rh_resize(lt_table *T, uint32_t cap)
 {
-    lt_rent *n = lt_calloc(T, cap, sizeof *n);
+    lt_rent *n = lt_big_alloc(T, (size_t)cap * sizeof *n, 1);
     if (!n)
         return LT_E_NOMEM;
     uint32_t m = cap - 1;
@@ -455,7 +486,7 @@ static inline uint32_t req_find(const lt_table *T, uint32_t txn, uint32_t res)
 
 static int qh_resize(lt_table *T, uint32_t cap)
 {
-    uint32_t *n = lt_calloc(T, cap, sizeof *n);
+    uint32_t *n = lt_big_alloc(T, (size_t)cap * sizeof *n, 1);
     if (!n)
         return LT_E_NOMEM;
     uint32_t m = cap - 1;
@@ -682,6 +713,7 @@ static inline void conv_append(lt_table *T, lt_res *res, uint32_t ti)
         TXN(T, tl)->cnext = ti;
         H->cprev = ti;
     }
+    T->nconv++;
 }
 
 static inline void conv_remove(lt_table *T, lt_res *res, uint32_t ti)
@@ -697,6 +729,7 @@ static inline void conv_remove(lt_table *T, lt_res *res, uint32_t ti)
             res->conv = t->cnext;
     }
     t->cprev = t->cnext = 0;
+    T->nconv--;
 }
 
 /* ------------------------------------------------------------ granted group */
@@ -1465,7 +1498,7 @@ size_t lt_txn_ids(const lt_table *T, uint64_t *out)
 
 size_t lt_nrows(const lt_table *T)
 {
-    return T->nreqs;
+    return T->nreqs + T->nconv;
 }
 
 size_t lt_snapshot(const lt_table *T, lt_row *out)
@@ -1622,7 +1655,7 @@ const char *lt_check(lt_table *T)
     uint32_t *kids = NULL, *strong = NULL;
     uint8_t *seen = NULL;
     uint64_t nreq = 0, total = 0;
-    uint32_t nres = 0, ntx = 0;
+    uint32_t nres = 0, ntx = 0, allconv = 0;
 
     /* hash tables: counts, and every entry reachable from its home slot */
     {
@@ -1742,6 +1775,7 @@ const char *lt_check(lt_table *T)
             } while (q != res->conv);
         }
         CHECK(nconv == nconv_marked, "conversion queue vs holders wanting more");
+        allconv += nconv;
         uint32_t nwait = 0;
         if ((q = res->wait)) {
             do {
@@ -1823,6 +1857,7 @@ const char *lt_check(lt_table *T)
     CHECK(total == nreq && total == T->nreqs, "requests: %llu by txn, %llu by resource",
           (unsigned long long)total, (unsigned long long)nreq);
     CHECK(nres == T->nres, "resources");
+    CHECK(allconv == T->nconv, "conversion count");
     free(kids);
     free(strong);
     free(seen);

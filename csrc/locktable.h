@@ -120,7 +120,7 @@ uint64_t lt_txn_nreqs(const lt_table *t, uint64_t txn);
 size_t lt_held(const lt_table *t, uint64_t txn, lt_row *out);
 size_t lt_ntxns(const lt_table *t);
 size_t lt_txn_ids(const lt_table *t, uint64_t *out);   /* in creation order */
-size_t lt_nrows(const lt_table *t);
+size_t lt_nrows(const lt_table *t);     /* rows lt_snapshot() will write */
 size_t lt_snapshot(const lt_table *t, lt_row *out);
 void lt_stats(const lt_table *t, lt_stats_t *out);
 
