@@ -227,3 +227,5 @@ def test_threads_stress(mk, seed):
     assert counters == expected
     s = m.stats()
     assert s["requests"] == 0 and s["resources"] == 0 and s["transactions"] == 0
+    # deadlocks did happen (random order), and each had exactly one victim
+    assert s["deadlocks"] > 0 and s["deadlocks"] == done["victims"]

@@ -1,0 +1,300 @@
+"""The write-ahead log of prepared (2PC) transactions, with group commit.
+
+Interface:
+    PrepareLog(data_dir, *, compact_bytes=4 MiB, on_durable=None)
+        .live -> dict[gtrid, record]      prepared and unresolved, after replay
+        .epoch -> int                     bumped and persisted at each open
+        .submit(record) -> Ticket         queue a record; Ticket.wait() returns
+                                          once it is on disk (fsynced)
+        .append_sync(record)              submit + wait
+        .close()
+    read_log(path) -> (records, cut_at | None)   replay helper
+    CorruptLog                            a damaged record in the middle
+
+Records are dicts: ``{"t": "prepare", "gtrid": str, "txn": int, "locks":
+[[key bytes, mode, token], ...], "at": float}`` or ``{"t": "resolve",
+"gtrid": str, "commit": bool}``.
+
+On disk each record is ``magic (2 bytes) | length (4, BE) | crc32 (4, BE) |
+msgpack payload``. Replay stops at the first damaged record: if it reaches
+the end of the file (a torn write of the last record) it is cut off and a
+warning is logged; if valid records follow it, the log is corrupt in the
+middle and :class:`CorruptLog` is raised rather than guessing.
+
+Group commit: ``submit`` only queues. One flusher thread takes everything
+queued, writes it in one ``write``, calls ``fsync`` once, and then marks all
+those tickets durable (and calls ``on_durable(tickets)`` if given, so a
+single-threaded server can wake its poll loop). Whoever submits while a fsync
+is in flight rides the next one. Nobody but the flusher touches the disk, so
+a caller (a shard's loop) never stalls on it.
+
+Compaction: when the file has grown past ``compact_bytes`` and at least half
+of it is dead (resolved), the flusher rewrites the live prepares into a new
+file, fsyncs it, renames it over the old one and fsyncs the directory. The
+rename is atomic, so a crash leaves either the old or the new log, both
+complete.
+"""
+
+import logging
+import os
+import struct
+import threading
+import zlib
+
+import msgpack
+
+from .errors import LockError
+
+__all__ = ["PrepareLog", "CorruptLog", "read_log", "Ticket"]
+
+log = logging.getLogger("lockmgr.wal")
+
+MAGIC = b"\xb7\x4c"
+HEADER = struct.Struct(">2sII")
+MAX_RECORD = 64 * 1024 * 1024
+LOG_NAME = "prepared.wal"
+EPOCH_NAME = "epoch"
+
+
+class CorruptLog(LockError):
+    """The log is damaged before its end: the data directory needs a human."""
+
+
+def _encode(record):
+    payload = msgpack.packb(record, use_bin_type=True)
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_log(path):
+    """Read every intact record of the log at ``path``.
+
+    Returns ``(records, cut_at)``: ``cut_at`` is the offset of a torn tail
+    (None if the file is intact). Raises CorruptLog for damage in the middle.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], None
+    records = []
+    pos = 0
+    n = len(data)
+    while pos < n:
+        damage = None
+        if n - pos < HEADER.size:
+            damage = "truncated header"
+            end = n
+        else:
+            magic, length, crc = HEADER.unpack_from(data, pos)
+            end = pos + HEADER.size + length
+            if magic != MAGIC:
+                damage = "bad magic"
+            elif length > MAX_RECORD or end > n:
+                damage = "truncated record"
+                end = n
+            else:
+                payload = data[pos + HEADER.size:end]
+                if zlib.crc32(payload) != crc:
+                    damage = "checksum mismatch"
+                else:
+                    try:
+                        records.append(msgpack.unpackb(payload, raw=False))
+                    except Exception:  # a payload that passed its CRC but does not decode
+                        damage = "undecodable payload"
+        if damage is not None:
+            if _valid_record_after(data, pos + 1):
+                raise CorruptLog(
+                    f"{path}: damaged record at offset {pos} ({damage}) with intact data after it; "
+                    f"refusing to guess — restore the data directory or remove the log deliberately")
+            return records, pos
+        pos = end
+    return records, None
+
+
+def _valid_record_after(data, pos):
+    """True if an intact record starts anywhere at or after ``pos``.
+
+    A torn write damages only the end of the log, so intact data after a
+    damaged record means the damage is in the middle. Scanning for any
+    intact record (not just at the damaged record's claimed end) also catches
+    a flipped bit in a length field.
+    """
+    n = len(data)
+    i = data.find(MAGIC, pos)
+    while i != -1 and n - i >= HEADER.size:
+        _, length, crc = HEADER.unpack_from(data, i)
+        end = i + HEADER.size + length
+        if length <= MAX_RECORD and end <= n and zlib.crc32(data[i + HEADER.size:end]) == crc:
+            return True
+        i = data.find(MAGIC, i + 1)
+    return False
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+class Ticket:
+    """A queued record; ``wait()`` returns once it is durable."""
+
+    __slots__ = ("record", "_event", "error")
+
+    def __init__(self, record):
+        self.record = record
+        self._event = threading.Event()
+        self.error = None
+
+    @property
+    def durable(self):
+        return self._event.is_set() and self.error is None
+
+    def wait(self, timeout=None):
+        if not self._event.wait(timeout):
+            raise TimeoutError("log write not durable yet")
+        if self.error is not None:
+            raise self.error
+
+
+class PrepareLog:
+    """The durable log of one data directory (see the module docstring)."""
+
+    def __init__(self, data_dir, *, compact_bytes=4 << 20, on_durable=None):
+        os.makedirs(data_dir, exist_ok=True)
+        self.dir = data_dir
+        self.path = os.path.join(data_dir, LOG_NAME)
+        self._compact_bytes = compact_bytes
+        self._on_durable = on_durable
+        # epoch: bumped and persisted before anything else happens
+        epoch_path = os.path.join(data_dir, EPOCH_NAME)
+        try:
+            with open(epoch_path) as f:
+                self.epoch = int(f.read().strip()) + 1
+        except FileNotFoundError:
+            self.epoch = 1
+        _write_atomic(epoch_path, str(self.epoch).encode())
+        records, cut = read_log(self.path)
+        if cut is not None:
+            log.warning("%s: torn tail at offset %d cut off (%d intact records kept)",
+                        self.path, cut, len(records))
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+        self.truncated_at = cut
+        self.live = {}
+        for r in records:
+            if r.get("t") == "prepare":
+                self.live[r["gtrid"]] = r
+            elif r.get("t") == "resolve":
+                self.live.pop(r["gtrid"], None)
+        self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        self._live_bytes = sum(len(_encode(r)) for r in self.live.values())
+        self._file = open(self.path, "ab")
+        self._cv = threading.Condition()
+        self._queue = []
+        self._closed = False
+        self.fsyncs = 0
+        self.compactions = 0
+        self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
+        self._thread.start()
+
+    def submit(self, record):
+        """Queue ``record``; returns a Ticket that becomes durable after the next fsync."""
+        t = Ticket(record)
+        with self._cv:
+            if self._closed:
+                raise LockError("the prepare log is closed")
+            self._queue.append(t)
+            self._cv.notify()
+        return t
+
+    def live_records(self):
+        """A copy of the live (prepared, unresolved) records by gtrid."""
+        with self._cv:
+            return dict(self.live)
+
+    def append_sync(self, record, timeout=None):
+        t = self.submit(record)
+        t.wait(timeout)
+        return t
+
+    def _flusher(self):
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._closed:
+                    return
+            try:
+                data = b"".join(_encode(t.record) for t in batch)
+                self._file.write(data)
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self.fsyncs += 1
+                self._size += len(data)
+                with self._cv:
+                    self._apply(batch)
+                if self._size > self._compact_bytes and self._live_bytes * 2 < self._size:
+                    self._compact()
+            except Exception as e:  # disk full, I/O error: every waiter learns it
+                log.error("prepare log write failed: %s", e)
+                for t in batch:
+                    t.error = LockError(f"prepare log write failed: {e}")
+            for t in batch:
+                t._event.set()
+            if self._on_durable is not None:
+                self._on_durable(batch)
+
+    def _apply(self, batch):
+        for t in batch:
+            r = t.record
+            if r.get("t") == "prepare":
+                self.live[r["gtrid"]] = r
+                self._live_bytes += len(_encode(r))
+            elif r.get("t") == "resolve":
+                old = self.live.pop(r["gtrid"], None)
+                if old is not None:
+                    self._live_bytes -= len(_encode(old))
+
+    def _compact(self):
+        data = b"".join(_encode(r) for r in self.live.values())
+        tmp = self.path + ".compact"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self._file.close()
+        os.replace(tmp, self.path)
+        _fsync_dir(self.dir)
+        self._file = open(self.path, "ab")
+        self._size = len(data)
+        self.compactions += 1
+        log.info("%s compacted to %d live prepares (%d bytes)", self.path, len(self.live), len(data))
+
+    def close(self):
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
