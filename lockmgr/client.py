@@ -1,0 +1,1029 @@
+"""The synchronous client of the lock service.
+
+Interface:
+    connect(endpoints, *, session_ttl=10.0, partition_depth=None,
+            request_timeout=5.0, default_timeout=None, name=None) -> Client
+    Client
+        .begin(name=None, *, gtrid=None) -> Transaction
+        .transaction(**kw)       context manager: commit / abort
+        .close(), context-manager use
+        .snapshot(), .wait_for_graph(), .stats(), .session_id, .expired
+    Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
+        .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .commit(), .abort()
+    admin_query(endpoints, type, timeout=2.0)   session-less PING/SNAPSHOT/GRAPH/STATS
+
+Structure: one ``_Engine`` per client owns one DEALER socket per shard and an
+I/O thread; every call from any thread is queued to it, sent in one frame per
+shard per loop turn (pipelining), and completed by the I/O thread, which also
+sends heartbeats, enforces deadlines, retries and tracks the session lease.
+Transaction logic (routing, strong locks on every shard, merging) is written
+once as generators (``_ops``) that yield batches of shard calls; the sync
+client drives them with blocking waits, ``lockmgr.aio`` with awaits.
+Design: docs/service.md. Protocol: docs/protocol.md.
+"""
+
+import collections
+import heapq
+import itertools
+import os
+import random
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+
+import zmq
+
+from . import wire
+from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
+                     TransactionAborted)
+from .manager import LockInfo
+from .modes import Mode, SUPREMUM
+from .paths import encode, prefix_ends
+from .wire import SessionExpired, ShardUnavailable
+
+__all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable"]
+
+ACTIVE = "active"
+PREPARED = "prepared"
+COMMITTED = "committed"
+ABORTED = "aborted"
+_MODES = tuple(Mode)
+_IS, _IX = 1, 2
+
+# ------------------------------------------------------------ transaction ids
+
+_ID_EPOCH_MS = 1577836800000          # 2020-01-01T00:00:00Z
+_ID_COUNTER_BITS = 8
+_ID_TAG_BITS = 16
+_id_lock = threading.Lock()
+_id_last = [0, 0]                     # last ms, counter
+_id_tag = random.SystemRandom().getrandbits(_ID_TAG_BITS)
+
+
+def _reseed_after_fork():
+    global _id_tag, _id_lock
+    _id_lock = threading.Lock()
+    _id_tag = random.SystemRandom().getrandbits(_ID_TAG_BITS)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
+def new_txn_id():
+    """A unique 64-bit id ordered by begin time: 40 bits of ms since 2020, an
+    8-bit per-process counter, a 16-bit random process tag. Strictly increasing
+    within a process (a full counter borrows the next millisecond)."""
+    with _id_lock:
+        ms = int(time.time() * 1000) - _ID_EPOCH_MS
+        last, ctr = _id_last
+        if ms <= last:
+            ms = last
+            ctr += 1
+            if ctr >> _ID_COUNTER_BITS:
+                ms += 1
+                ctr = 0
+        else:
+            ctr = 0
+        _id_last[0], _id_last[1] = ms, ctr
+        return (ms << (_ID_COUNTER_BITS + _ID_TAG_BITS)) | (ctr << _ID_TAG_BITS) | _id_tag
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    if type(timeout) is bool or not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
+        raise InvalidRequest(f"timeout must be None or a number of seconds >= 0; got {timeout!r}")
+    return float(timeout)
+
+
+def _check_mode(mode):
+    if type(mode) is bool or not isinstance(mode, int) or not 1 <= mode <= 5:
+        raise InvalidRequest(f"unknown lock mode {mode!r}; expected one of Mode.IS, IX, S, SIX, X")
+    return int(mode)
+
+
+def _parse_endpoints(endpoints):
+    if isinstance(endpoints, str):
+        eps = [e.strip() for e in endpoints.split(",") if e.strip()]
+    else:
+        try:
+            eps = [str(e).strip() for e in endpoints]
+        except TypeError:
+            raise InvalidRequest("endpoints must be a list of 'tcp://host:port' strings or one "
+                                 "comma-separated string") from None
+    if not eps:
+        raise InvalidRequest("no endpoints given")
+    for e in eps:
+        if "://" not in e:
+            raise InvalidRequest(f"endpoint {e!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:7400")
+    return eps
+
+
+# ------------------------------------------------------------------- engine
+
+class _Call:
+    __slots__ = ("shard", "typ", "args", "seq", "result", "error", "deadline", "first_sent", "retry_at",
+                 "backoff", "ev", "cb", "done")
+
+    def __init__(self, shard, typ, args, deadline, ev=None, cb=None):
+        self.shard = shard
+        self.typ = typ
+        self.args = args
+        self.seq = 0
+        self.result = None
+        self.error = None
+        self.deadline = deadline
+        self.first_sent = 0.0
+        self.retry_at = 0.0
+        self.backoff = 0.0
+        self.ev = ev
+        self.cb = cb
+        self.done = False
+
+
+class _Engine:
+    """Sockets, session, heartbeats, pipelining. All socket use is in the I/O thread."""
+
+    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name):
+        if type(session_ttl) is bool or not isinstance(session_ttl, (int, float)) or not 0.05 <= session_ttl <= 3600:
+            raise InvalidRequest(f"session_ttl must be a number of seconds in 0.05..3600; got {session_ttl!r}")
+        if type(request_timeout) is bool or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
+            raise InvalidRequest(f"request_timeout must be a number of seconds > 0; got {request_timeout!r}")
+        if partition_depth is not None and (type(partition_depth) is not int or not 1 <= partition_depth <= 32):
+            raise InvalidRequest(f"partition_depth must be None or an int in 1..32; got {partition_depth!r}")
+        self.endpoints = _parse_endpoints(endpoints)
+        self.n = len(self.endpoints)
+        self.ttl = float(session_ttl)
+        self.request_timeout = float(request_timeout)
+        self.retry_interval = min(1.0, self.request_timeout / 4)
+        self.hb_interval = self.ttl / 4
+        self.partition_depth = partition_depth
+        self.name = name or f"pid{os.getpid()}"
+        self.session = random.SystemRandom().getrandbits(63) | 1
+        self.epoch = [0] * self.n
+        self.dead = None                 # the message once the session has expired / closed
+        self.closed = False
+        self._lease_base = [0.0] * self.n
+        self._hb_sent = [None] * self.n  # send time of the outstanding heartbeat, or None
+        self._hello_pending = [False] * self.n
+        self._ctx = zmq.Context()
+        self._socks = []
+        for ep in self.endpoints:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.connect(ep)
+            self._socks.append(s)
+        self._seq = [1] * self.n
+        self._pending = [dict() for _ in range(self.n)]
+        self._outq = collections.deque()
+        self._heap = []
+        self._tick = itertools.count()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._idle = False
+        self._ready = threading.Event()
+        self._hello_error = None
+        self._hello_left = self.n
+        self._thread = threading.Thread(target=self._run, name="lockmgr-client-io", daemon=True)
+        self._thread.start()
+        # Open the session on every shard; wait for all of them.
+        now = time.monotonic()
+        for i in range(self.n):
+            self._send_hello(i, now, initial=True)
+        if not self._ready.wait(self.request_timeout + 0.5):
+            self.shutdown()
+            raise ShardUnavailable(f"no answer to HELLO within {self.request_timeout:g}s from "
+                                   f"{[self.endpoints[i] for i in range(self.n) if not self.epoch[i]]}")
+        if self._hello_error is not None:
+            self.shutdown()
+            raise self._hello_error
+
+    # -- called from any thread
+
+    def submit(self, calls):
+        dead = self.dead
+        if dead is not None:
+            for c in calls:
+                self._fail(c, SessionExpired(dead))
+            return
+        self._outq.extend(calls)
+        if self._idle:
+            self._idle = False
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def post(self, shard, typ, args):
+        """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
+        self.submit([_Call(shard, typ, args, time.monotonic() + self.request_timeout)])
+
+    def lease_left(self):
+        return min(self._lease_base) + self.ttl - time.monotonic()
+
+    def check_session(self):
+        if self.dead is not None:
+            raise SessionExpired(self.dead)
+        if time.monotonic() > min(self._lease_base) + self.ttl:
+            self._expire_local()
+            raise SessionExpired(self.dead)
+
+    def shutdown(self):
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            os.write(self._wake_w, b"q")
+        except OSError:
+            pass
+        self._thread.join(5.0)
+        for s in self._socks:
+            s.close(0)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- completion
+
+    def _fail(self, call, err):
+        call.error = err
+        self._complete(call)
+
+    def _complete(self, call):
+        if call.done:
+            return
+        call.done = True
+        if call.cb is not None:
+            call.cb(call)
+        elif call.ev is not None:
+            call.ev.release()
+
+    def _expire_local(self):
+        if self.dead is None:
+            self.dead = (f"session {self.session:#x} expired: no heartbeat was acknowledged by every shard "
+                         f"within its TTL of {self.ttl:g}s; its locks have been released")
+
+    # -- I/O thread
+
+    def _send_hello(self, i, now, initial=False):
+        self._hello_pending[i] = True
+        c = _Call(i, wire.HELLO, [max(1, int(self.ttl * 1000)), self.name], now + self.request_timeout)
+        c.cb = self._on_hello
+        if initial:
+            self.submit([c])
+        else:
+            self._outq.append(c)
+
+    def _on_hello(self, c):
+        i = c.shard
+        self._hello_pending[i] = False
+        if c.error is not None:
+            if isinstance(c.error, SessionExpired):
+                self._expire_by_shard(str(c.error))
+            elif self._hello_left > 0 and not isinstance(c.error, ShardUnavailable):
+                self._hello_error = c.error
+                self._ready.set()
+            return
+        epoch, index, nshards, depth = c.result
+        if self._hello_left > 0:
+            if nshards != self.n or index != i:
+                self._hello_error = InvalidRequest(
+                    f"endpoint {self.endpoints[i]} is shard {index} of {nshards}, but it was given as shard {i} "
+                    f"of {self.n}: every client must list the shards in the same order")
+            elif self.partition_depth is not None and depth != self.partition_depth:
+                self._hello_error = InvalidRequest(
+                    f"partition_depth={self.partition_depth} but the cluster routes at depth {depth}; "
+                    f"every client must use the cluster's partition depth")
+        if self.partition_depth is None or self._hello_left > 0:
+            self.partition_depth = self.partition_depth or depth
+        self.epoch[i] = epoch
+        self._lease_base[i] = max(self._lease_base[i], c.first_sent)
+        if self._hello_left > 0:
+            self._hello_left -= 1
+            if self._hello_left == 0 or self._hello_error is not None:
+                self._ready.set()
+
+    def _on_heartbeat(self, c):
+        i = c.shard
+        self._hb_sent[i] = None
+        if c.error is None:
+            self._lease_base[i] = max(self._lease_base[i], c.first_sent)
+            if c.result[0] != self.epoch[i]:
+                self.epoch[i] = c.result[0]
+        elif isinstance(c.error, SessionExpired):
+            self._expire_by_shard(str(c.error))
+        elif isinstance(c.error, ShardUnavailable) and "unknown session" in str(c.error):
+            # the shard restarted: open the session again (transactions that held
+            # locks there learn of the new epoch and abort)
+            if not self._hello_pending[i] and self.dead is None:
+                self._send_hello(i, time.monotonic())
+
+    def _expire_by_shard(self, msg):
+        if self.dead is None:
+            self.dead = msg
+
+    def _run(self):
+        poller = zmq.Poller()
+        for s in self._socks:
+            poller.register(s, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        socks = self._socks
+        next_hb = time.monotonic() + self.hb_interval
+        while True:
+            now = time.monotonic()
+            if self._outq:
+                timeout = 0
+            else:
+                self._idle = True
+                if self._outq:
+                    timeout = 0
+                else:
+                    nxt = next_hb
+                    if self._heap:
+                        nxt = min(nxt, self._heap[0][0])
+                    timeout = max(0, min(200, int((nxt - now) * 1000) + 1))
+            events = dict(poller.poll(timeout))
+            self._idle = False
+            if self._wake_r in events:
+                try:
+                    data = os.read(self._wake_r, 65536)
+                except BlockingIOError:
+                    data = b""
+                if b"q" in data or self.closed:
+                    self._fail_all(SessionExpired("the client was closed"))
+                    return
+            for i, s in enumerate(socks):
+                if events.get(s):
+                    self._recv(i, s)
+            now = time.monotonic()
+            if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.ttl:
+                self._expire_local()
+            if self.dead is not None:
+                self._fail_all(SessionExpired(self.dead), keep_close=True)
+            if self._outq:
+                self._send_all(now)
+            if now >= next_hb:
+                next_hb = now + self.hb_interval
+                self._heartbeat(now)
+            self._timers(now)
+
+    def _recv(self, i, s):
+        pending = self._pending[i]
+        while True:
+            try:
+                frame = s.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reps = wire.unpack_replies(frame)
+            except Exception:
+                continue
+            for rep in reps:
+                try:
+                    seq, status, payload = rep
+                except (TypeError, ValueError):
+                    continue
+                c = pending.pop(seq, None)
+                if c is None:
+                    continue
+                if status == wire.OK:
+                    c.result = payload
+                else:
+                    c.error = wire.error_for(status, payload)
+                    if status == wire.E_UNKNOWN_SESSION and c.typ not in (wire.HEARTBEAT, wire.HELLO):
+                        c.error = ShardUnavailable(
+                            f"shard {i} ({self.endpoints[i]}) does not know this session (it restarted?); "
+                            f"{payload}")
+                        if not self._hello_pending[i] and self.dead is None:
+                            self._send_hello(i, time.monotonic())
+                    elif status == wire.E_SESSION_EXPIRED:
+                        self._expire_by_shard(str(payload))
+                self._complete(c)
+
+    def _send_all(self, now):
+        outq = self._outq
+        frames = {}
+        pendings = self._pending
+        seqs = self._seq
+        heap = self._heap
+        tick = self._tick
+        retry = self.retry_interval
+        while outq:
+            c = outq.popleft()
+            i = c.shard
+            seq = seqs[i]
+            seqs[i] = seq + 1
+            c.seq = seq
+            c.first_sent = now
+            pendings[i][seq] = c
+            req = [c.typ, seq]
+            req.extend(c.args)
+            lst = frames.get(i)
+            if lst is None:
+                frames[i] = [req]
+            else:
+                lst.append(req)
+            c.backoff = retry
+            heapq.heappush(heap, (now + retry, next(tick), c))
+            if c.deadline is not None:
+                heapq.heappush(heap, (c.deadline, next(tick), c))
+        for i, reqs in frames.items():
+            self._send_frame(i, reqs)
+
+    def _send_frame(self, i, reqs):
+        pending = self._pending[i]
+        ack = next(iter(pending), self._seq[i])
+        for k in range(0, len(reqs), wire.MAX_REQUESTS):
+            try:
+                self._socks[i].send(wire.pack_requests(self.session, ack, reqs[k:k + wire.MAX_REQUESTS]),
+                                    zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # retried by the timer
+
+    def _heartbeat(self, now):
+        for i in range(self.n):
+            if self._hb_sent[i] is not None or self._hello_pending[i]:
+                continue
+            self._hb_sent[i] = now
+            c = _Call(i, wire.HEARTBEAT, [], now + self.request_timeout)
+            c.cb = self._on_heartbeat
+            self._outq.append(c)
+        if self._outq:
+            self._send_all(now)
+
+    def _timers(self, now):
+        heap = self._heap
+        resend = {}
+        while heap and heap[0][0] <= now:
+            when, _, c = heapq.heappop(heap)
+            if c.done:
+                continue
+            if c.deadline is not None and when >= c.deadline:
+                self._pending[c.shard].pop(c.seq, None)
+                self._fail(c, ShardUnavailable(
+                    f"shard {c.shard} ({self.endpoints[c.shard]}) did not answer "
+                    f"{wire.TYPE_NAMES.get(c.typ, c.typ)} within the request timeout"))
+                continue
+            # retry: the same (session, seq); the shard answers it once
+            c.backoff = min(c.backoff * 2, 8.0)
+            heapq.heappush(heap, (now + c.backoff, next(self._tick), c))
+            req = [c.typ, c.seq]
+            req.extend(c.args)
+            resend.setdefault(c.shard, []).append(req)
+        for i, reqs in resend.items():
+            self._send_frame(i, reqs)
+
+    def _fail_all(self, err, keep_close=False):
+        while self._outq:
+            c = self._outq.popleft()
+            self._fail(c, type(err)(str(err)))
+        for i, pending in enumerate(self._pending):
+            for c in list(pending.values()):
+                self._fail(c, type(err)(str(err)))
+            pending.clear()
+        if keep_close and not getattr(self, "_close_sent", False):
+            self._close_sent = True
+            # tell the shards at once rather than letting the leases run out
+            for i in range(self.n):
+                seq = self._seq[i]
+                self._seq[i] += 1
+                try:
+                    self._socks[i].send(wire.pack_requests(self.session, seq, [[wire.CLOSE, seq]]), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+
+    # -- sync driving
+
+    def call_many(self, specs):
+        """Run shard calls in parallel and wait: specs are (shard, typ, args, extra)
+        where extra is the seconds allowed beyond the request timeout, or None
+        (no deadline: a lock wait without timeout; liveness comes from heartbeats).
+        Returns a list of results or exception instances."""
+        now = time.monotonic()
+        calls = []
+        rt = self.request_timeout
+        for shard, typ, args, extra in specs:
+            ev = threading.Lock()
+            ev.acquire()
+            calls.append(_Call(shard, typ, args, None if extra is None else now + rt + extra, ev))
+        self.submit(calls)
+        out = []
+        for c in calls:
+            if not c.done:
+                while not c.ev.acquire(timeout=1.0):
+                    if not self._thread.is_alive() and not c.done:
+                        raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
+            out.append(c.error if c.error is not None else c.result)
+        return out
+
+
+# -------------------------------------------------------------- transaction ops
+
+class _TxnCore:
+    """State of one transaction, shared by the sync and asyncio front ends."""
+
+    __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
+                 "default_timeout")
+
+    def __init__(self, client, name, gtrid):
+        self.client = client
+        self.eng = client._eng
+        self.id = new_txn_id()
+        self.name = name
+        self.gtrid = gtrid
+        self.state = ACTIVE
+        self.victim = False
+        self.touched = {}      # shard -> epoch seen there (0 until the first answer)
+        self.doom = None       # why the transaction cannot go on (a shard lost its locks)
+        self.default_timeout = client._default_timeout
+
+    def refuse(self):
+        if self.victim:
+            return TransactionAborted(f"transaction {self.id} was aborted as a deadlock victim")
+        if self.doom:
+            return TransactionAborted(self.doom)
+        return TransactionAborted(f"transaction {self.id} is {self.state}")
+
+    def check_active(self):
+        if self.state is not ACTIVE:
+            raise self.refuse()
+        self.eng.check_session()
+        eps = self.eng.epoch
+        for s, e in self.touched.items():
+            if e and eps[s] != e:
+                self.doom = (f"shard {s} restarted (epoch {e} -> {eps[s]}) and lost the locks of transaction "
+                             f"{self.id}; the transaction has been aborted")
+                self.abort_everywhere()
+                raise TransactionAborted(self.doom)
+
+    def abort_everywhere(self, victim=False, skip=None):
+        """Mark aborted and release on every shard touched (the service-side abort)."""
+        if victim:
+            self.victim = True
+        if self.state is ACTIVE or self.state is PREPARED:
+            self.state = ABORTED
+            for s in self.touched:
+                if s != skip:
+                    self.eng.post(s, wire.RELEASE, [self.id, False])
+
+    def route(self, key, depth, mode):
+        eng = self.eng
+        n = eng.n
+        if n == 1:
+            return (0,)
+        p = eng.partition_depth
+        if depth >= p:
+            end = key if depth == p else key[:prefix_ends(key)[p - 1]]
+            return (zlib.crc32(end) % n,)
+        if mode == _IS or mode == _IX:
+            return (0,)
+        return tuple(range(n))
+
+
+def _prepare(core, resource, mode):
+    key = encode(resource)       # validates the path (InvalidRequest)
+    path = resource if type(resource) is tuple else (resource,)
+    mode = _check_mode(mode)
+    return path, key, mode
+
+
+def _failure(core, err, shard):
+    """Apply an error from a lock call to the transaction state; return it to raise."""
+    if isinstance(err, DeadlockDetected):
+        core.abort_everywhere(victim=True, skip=shard)
+    elif isinstance(err, TransactionAborted):
+        if core.state is ACTIVE:
+            if "restarted" in str(err):
+                core.doom = str(err)
+            core.abort_everywhere(skip=shard)
+    elif isinstance(err, SessionExpired):
+        core.state = ABORTED
+    return err
+
+
+def _g_lock(core, resource, mode, timeout, nowait):
+    core.check_active()
+    timeout = _check_timeout(timeout)
+    path, key, mode = _prepare(core, resource, mode)
+    if timeout is None:
+        timeout = core.default_timeout
+    shards = core.route(key, len(path), mode)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wpath = list(path)
+    fresh = []
+    token = 0
+    for s in shards:
+        tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        ep = core.touched.get(s)
+        if ep is None:
+            core.touched[s] = ep = 0
+        res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
+                       None if deadline is None else tmo / 1000.0)]
+        if isinstance(res, BaseException):
+            if isinstance(res, (LockTimeout, LockNotAvailable)) and fresh:
+                # a strong lock on a node above the partition depth failed on a later
+                # shard: withdraw it from the shards where it was newly granted
+                rb = yield [(f, wire.UNLOCK, [core.id, wpath, False], 0.0) for f in fresh]
+            raise _failure(core, res, s)
+        tok, was_fresh, ep2 = res
+        if not ep:
+            core.touched[s] = ep2
+        if s == shards[0]:
+            token = tok
+        if was_fresh:
+            fresh.append(s)
+    if core.state is not ACTIVE:   # aborted by another thread meanwhile
+        for s in shards:
+            core.eng.post(s, wire.RELEASE, [core.id, False])
+        raise core.refuse()
+    return token
+
+
+def _g_lock_many(core, items, timeout, nowait):
+    core.check_active()
+    timeout = _check_timeout(timeout)
+    try:
+        items = list(items)
+    except TypeError:
+        raise InvalidRequest("lock_many takes an iterable of (resource, mode) pairs") from None
+    parsed = []
+    for i, it in enumerate(items):
+        if type(it) not in (tuple, list) or len(it) != 2:
+            raise InvalidRequest(f"lock_many item {i} must be a (resource, mode) pair; got {it!r}")
+        parsed.append(_prepare(core, it[0], it[1]))
+    if timeout is None:
+        timeout = core.default_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tokens = [0] * len(parsed)
+    groups = {}
+    strong = []
+    for i, (path, key, mode) in enumerate(parsed):
+        shards = core.route(key, len(path), mode)
+        if len(shards) > 1:
+            strong.append(i)
+        else:
+            groups.setdefault(shards[0], []).append(i)
+    for i in strong:
+        path, key, mode = parsed[i]
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        tokens[i] = yield from _g_lock(core, path, mode, left, nowait)
+    # one message per shard (chunks of MAX_BATCH in rounds), all shards in parallel
+    order = sorted(groups)
+    rounds = max((len(v) + wire.MAX_BATCH - 1) // wire.MAX_BATCH for v in groups.values()) if groups else 0
+    for r in range(rounds):
+        specs, idxs = [], []
+        tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        for s in order:
+            chunk = groups[s][r * wire.MAX_BATCH:(r + 1) * wire.MAX_BATCH]
+            if not chunk:
+                continue
+            ep = core.touched.get(s)
+            if ep is None:
+                core.touched[s] = ep = 0
+            specs.append((s, wire.LOCK_MANY,
+                          [core.id, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
+                          None if tmo is None else tmo / 1000.0))
+            idxs.append((s, chunk))
+        results = yield specs
+        err = None
+        for (s, chunk), res in zip(idxs, results):
+            if isinstance(res, BaseException):
+                if err is None or isinstance(res, DeadlockDetected):
+                    err = (res, s)
+                continue
+            toks, ep2 = res
+            if not core.touched.get(s):
+                core.touched[s] = ep2
+            for i, tok in zip(chunk, toks):
+                tokens[i] = tok
+        if err is not None:
+            raise _failure(core, err[0], err[1])
+    if core.state is not ACTIVE:
+        raise core.refuse()
+    return tokens
+
+
+def _g_unlock(core, resource):
+    core.check_active()
+    key = encode(resource)
+    path = resource if type(resource) is tuple else (resource,)
+    wpath = list(path)
+    shards = core.route(key, len(path), 5)
+    if len(shards) == 1:
+        res, = yield [(shards[0], wire.UNLOCK, [core.id, wpath, False], 0.0)]
+        if isinstance(res, BaseException):
+            raise res
+        return None
+    # a node above the partition depth: it may be held on several shards
+    touched = sorted(core.touched)
+    results = (yield [(s, wire.UNLOCK, [core.id, wpath, True], 0.0) for s in touched]) if touched else []
+    holding = []
+    for s, res in zip(touched, results):
+        if isinstance(res, BaseException):
+            raise res
+        if res[0]:
+            holding.append(s)
+    if not holding:
+        raise InvalidRequest(f"transaction {core.id} does not hold {path!r}")
+    results = yield [(s, wire.UNLOCK, [core.id, wpath, False], 0.0) for s in holding]
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+    return None
+
+
+def _g_held(core):
+    core.check_active() if core.state is ACTIVE else None
+    touched = sorted(core.touched)
+    if core.state is not ACTIVE or not touched:
+        return {}
+    results = yield [(s, wire.HELD, [core.id], 0.0) for s in touched]
+    out = {}
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+        for p, m in res:
+            p = tuple(p)
+            old = out.get(p)
+            out[p] = m if old is None else SUPREMUM[old][m]
+    return {p: _MODES[m] for p, m in out.items()}
+
+
+def _g_finish(core, commit):
+    if commit:
+        if core.state is not ACTIVE and core.state is not PREPARED:
+            raise core.refuse()
+        try:
+            core.check_active()
+        except TransactionAborted:
+            raise
+        except SessionExpired:
+            core.state = ABORTED
+            raise
+    elif core.state is not ACTIVE and core.state is not PREPARED:
+        return None
+    core.state = COMMITTED if commit else ABORTED
+    touched = sorted(core.touched)
+    if not touched or core.eng.dead is not None:
+        return None
+    results = yield [(s, wire.RELEASE, [core.id, bool(commit)], 0.0) for s in touched]
+    if commit:
+        for res in results:
+            if isinstance(res, BaseException) and not isinstance(res, TransactionAborted):
+                raise res
+    return None
+
+
+def _drive(eng, gen):
+    """Run an ops generator synchronously."""
+    try:
+        specs = next(gen)
+        while True:
+            specs = gen.send(eng.call_many(specs))
+    except StopIteration as e:
+        return e.value
+
+
+# ------------------------------------------------------------------ sync API
+
+class Transaction:
+    """A transaction of a :class:`Client`: the methods, semantics and exceptions
+    of :class:`lockmgr.Transaction`, plus :meth:`lock_many`.
+
+    A transaction is used by one thread at a time (as in the embedded API,
+    :meth:`abort` may come from another thread and wakes a waiting lock).
+    """
+
+    __slots__ = ("_c",)
+
+    def __init__(self, core):
+        self._c = core
+
+    @property
+    def id(self):
+        """The transaction id (unique 64-bit; larger means younger)."""
+        return self._c.id
+
+    @property
+    def name(self):
+        return self._c.name
+
+    @property
+    def gtrid(self):
+        """The global transaction id given to ``begin`` (for 2PC; later issue)."""
+        return self._c.gtrid
+
+    @property
+    def state(self):
+        """'active', 'prepared', 'committed' or 'aborted'."""
+        return self._c.state
+
+    def __repr__(self):
+        return f"<lockmgr.client.Transaction id={self._c.id} name={self._c.name!r} {self._c.state}>"
+
+    def lock(self, resource, mode=Mode.X, *, timeout=None, nowait=False):
+        """Lock ``resource`` in ``mode`` (intention locks on its ancestors are
+        taken by the owning shard). Returns the fencing token.
+
+        One round trip when the path is at least ``partition_depth`` long (or
+        the mode is IS/IX); an S/SIX/X lock on a node above the partition depth
+        is taken on every shard in shard order. Raises LockTimeout,
+        LockNotAvailable, DeadlockDetected (aborted everywhere),
+        TransactionAborted, InvalidRequest, SessionExpired, ShardUnavailable.
+        """
+        return _drive(self._c.eng, _g_lock(self._c, resource, mode, timeout, nowait))
+
+    def try_lock(self, resource, mode=Mode.X):
+        """Lock without waiting: True if granted, False if it would wait."""
+        try:
+            self.lock(resource, mode, nowait=True)
+        except LockNotAvailable:
+            return False
+        return True
+
+    def lock_many(self, items, *, timeout=None, nowait=False):
+        """Lock several ``(resource, mode)`` pairs; returns their tokens in order.
+
+        The requests for one shard go in one message (the shard takes them in
+        the given order); different shards work in parallel. Not atomic: on an
+        error, the locks granted before it are kept (like a sequence of
+        ``lock()`` calls).
+        """
+        return _drive(self._c.eng, _g_lock_many(self._c, items, timeout, nowait))
+
+    def unlock(self, resource):
+        """Release one node early (refused while a descendant is held)."""
+        return _drive(self._c.eng, _g_unlock(self._c, resource))
+
+    def held(self):
+        """Every node held, with its mode (merged across shards: the supremum)."""
+        return _drive(self._c.eng, _g_held(self._c))
+
+    def commit(self):
+        """Release every lock and finish. Raises TransactionAborted if already finished."""
+        return _drive(self._c.eng, _g_finish(self._c, True))
+
+    def abort(self):
+        """Release every lock and finish as aborted. Idempotent; never raises for
+        a finished transaction or an expired session (the locks are gone)."""
+        try:
+            return _drive(self._c.eng, _g_finish(self._c, False))
+        except LockError:
+            return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            if self._c.state is ACTIVE or self._c.state is PREPARED:
+                self.commit()
+        else:
+            self.abort()
+        return False
+
+
+class Client:
+    """A session with a cluster of lock shards. Thread-safe; one connection per
+    shard shared (pipelined) by every transaction of every thread.
+
+    Use :func:`connect` (or ``LocalCluster.connect()``).
+    """
+
+    def __init__(self, endpoints, *, session_ttl=10.0, partition_depth=None, request_timeout=5.0,
+                 default_timeout=None, name=None):
+        self._default_timeout = _check_timeout(default_timeout)
+        try:
+            self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name)
+        except zmq.ZMQError as e:
+            raise ShardUnavailable(f"cannot connect: {e}") from None
+
+    @property
+    def endpoints(self):
+        return list(self._eng.endpoints)
+
+    @property
+    def session_id(self):
+        return self._eng.session
+
+    @property
+    def partition_depth(self):
+        return self._eng.partition_depth
+
+    @property
+    def expired(self):
+        """True once the session is over (lease ran out, or closed)."""
+        try:
+            self._eng.check_session()
+        except SessionExpired:
+            return True
+        return self._eng.closed
+
+    def begin(self, name=None, *, gtrid=None):
+        """Start a transaction (no round trip). Ids increase in begin order."""
+        if gtrid is not None and type(gtrid) not in (str, bytes):
+            raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
+        self._eng.check_session()
+        return Transaction(_TxnCore(self, name, gtrid))
+
+    @contextmanager
+    def transaction(self, **kw):
+        """``with client.transaction() as t:`` commits on normal exit, aborts on an exception."""
+        t = self.begin(**kw)
+        with t:
+            yield t
+
+    def _admin(self, typ):
+        self._eng.check_session()
+        res = self._eng.call_many([(i, typ, [], 0.0) for i in range(self._eng.n)])
+        for r in res:
+            if isinstance(r, BaseException):
+                raise r
+        return res
+
+    def snapshot(self):
+        """Every request on every shard: a list of LockInfo (a node above the
+        partition depth may appear once per shard)."""
+        out = []
+        for rows in self._admin(wire.SNAPSHOT):
+            out.extend(LockInfo(tuple(p), t, _MODES[m], g) for p, t, m, g, _s in rows)
+        return out
+
+    def wait_for_graph(self):
+        """``{waiting txn: {txns it waits for}}``, the union over shards."""
+        g = {}
+        for edges in self._admin(wire.GRAPH):
+            for k, v in edges:
+                g.setdefault(k, set()).update(v)
+        return g
+
+    def stats(self):
+        """One dict of counters per shard."""
+        return self._admin(wire.STATS)
+
+    def close(self):
+        """End the session: the shards release its unprepared transactions' locks
+        (prepared ones stay in doubt). Idempotent."""
+        eng = self._eng
+        if eng.closed:
+            return
+        if eng.dead is None:
+            try:
+                eng.call_many([(i, wire.CLOSE, [], 0.0) for i in range(eng.n)])
+            except LockError:
+                pass
+            eng.dead = eng.dead or "the session was closed"
+        eng.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return f"<lockmgr.Client session={self._eng.session:#x} shards={self._eng.n}>"
+
+
+def connect(endpoints, *, session_ttl=10.0, partition_depth=None, request_timeout=5.0, default_timeout=None,
+            name=None):
+    """Open a session with the shards at ``endpoints`` (a list of ``tcp://host:port``
+    strings in shard order, or one comma-separated string).
+
+    ``session_ttl``: seconds the session lives without an acknowledged
+    heartbeat (heartbeats go every ttl/4). ``partition_depth``: None adopts the
+    cluster's; a different value is refused. ``request_timeout``: seconds a
+    shard has to answer before ShardUnavailable. Raises ShardUnavailable if a
+    shard does not answer.
+    """
+    return Client(endpoints, session_ttl=session_ttl, partition_depth=partition_depth,
+                  request_timeout=request_timeout, default_timeout=default_timeout, name=name)
+
+
+def admin_query(endpoints, typ, timeout=2.0):
+    """Send one session-less admin request (PING, SNAPSHOT, GRAPH, STATS) to each
+    shard; returns a list of payloads, or ShardUnavailable instances."""
+    eps = _parse_endpoints(endpoints)
+    ctx = zmq.Context()
+    out = []
+    try:
+        for ep in eps:
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(ep)
+            s.send(wire.pack_requests(0, 0, [[typ, 1]]))
+            if s.poll(int(timeout * 1000)):
+                reps = wire.unpack_replies(s.recv())
+                seq, status, payload = reps[0]
+                out.append(payload if status == wire.OK else wire.error_for(status, payload))
+            else:
+                out.append(ShardUnavailable(f"{ep} did not answer within {timeout:g}s"))
+            s.close(0)
+    finally:
+        ctx.term()
+    return out

@@ -1,0 +1,173 @@
+"""LocalCluster: shard processes on 127.0.0.1, for tests, demos and benchmarks.
+
+Interface:
+    LocalCluster(shards=3, *, data_dir=None, base_port=None, partition_depth=2,
+                 escalation_threshold=5000, start_timeout=20.0)
+        .endpoints          list of "tcp://127.0.0.1:port", in shard order
+        .pids               list of shard PIDs (None for a killed shard)
+        .connect(**kw)      lockmgr.connect(self.endpoints, **kw)
+        .kill(i)            SIGKILL shard i;  .restart(i): same endpoint and data dir
+        .stop()             SIGTERM every shard (SIGKILL after a grace period)
+        context-manager use (stop on exit)
+
+Each shard is ``python -m lockmgr.shard`` with its own data directory (the
+epoch file lives there); a shard prints one ``READY <endpoint>`` line when its
+socket is bound, which is what ``start`` waits for (no sleeps, no port races:
+with ``base_port=None`` each shard binds port 0 and reports the port it got).
+"""
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .errors import InvalidRequest
+from .wire import ShardUnavailable
+
+__all__ = ["LocalCluster"]
+
+
+class LocalCluster:
+    """A cluster of shard processes on this machine."""
+
+    def __init__(self, shards=3, *, data_dir=None, base_port=None, partition_depth=2, escalation_threshold=5000,
+                 start_timeout=20.0):
+        if type(shards) is not int or not 1 <= shards <= 256:
+            raise InvalidRequest(f"shards must be an int in 1..256; got {shards!r}")
+        if type(partition_depth) is not int or not 1 <= partition_depth <= 32:
+            raise InvalidRequest(f"partition_depth must be an int in 1..32; got {partition_depth!r}")
+        self.nshards = shards
+        self.partition_depth = partition_depth
+        self.escalation_threshold = escalation_threshold
+        self.start_timeout = start_timeout
+        self._own_dir = data_dir is None
+        self.data_dir = tempfile.mkdtemp(prefix="lockmgr-cluster-") if data_dir is None else data_dir
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._procs = [None] * shards
+        self._logs = [None] * shards
+        self.endpoints = [f"tcp://127.0.0.1:{base_port + i}" if base_port else "tcp://127.0.0.1:0"
+                          for i in range(shards)]
+        self._stopped = False
+        try:
+            for i in range(shards):
+                self._start(i)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pids(self):
+        return [p.pid if p is not None and p.poll() is None else None for p in self._procs]
+
+    def shard_dir(self, i):
+        return os.path.join(self.data_dir, f"shard{i}")
+
+    def _start(self, i):
+        d = self.shard_dir(i)
+        os.makedirs(d, exist_ok=True)
+        log = open(os.path.join(d, "shard.log"), "ab")
+        cmd = [sys.executable, "-m", "lockmgr.shard", "--endpoint", self.endpoints[i], "--data-dir", d,
+               "--index", str(i), "--shards", str(self.nshards), "--partition-depth", str(self.partition_depth),
+               "--escalation-threshold", str(self.escalation_threshold)]
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        self._procs[i] = p
+        if self._logs[i] is not None:
+            self._logs[i].close()
+        self._logs[i] = log
+        line = self._read_ready(p, i)
+        # "READY tcp://127.0.0.1:PORT epoch=E backend=B"
+        self.endpoints[i] = line.split()[1]
+
+    def _read_ready(self, p, i):
+        deadline = time.monotonic() + self.start_timeout
+        sel = selectors.DefaultSelector()
+        sel.register(p.stdout, selectors.EVENT_READ)
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or p.poll() is not None and not sel.select(0):
+                    break
+                if sel.select(min(left, 0.5)):
+                    chunk = os.read(p.stdout.fileno(), 4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+        finally:
+            sel.close()
+        if not buf.startswith(b"READY "):
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+            p.wait()
+            with open(os.path.join(self.shard_dir(i), "shard.log"), "rb") as f:
+                tail = f.read()[-2000:].decode(errors="replace")
+            raise ShardUnavailable(f"shard {i} did not start within {self.start_timeout:g}s: {tail}")
+        return buf.split(b"\n", 1)[0].decode()
+
+    def connect(self, **kw):
+        """A :class:`lockmgr.Client` for this cluster."""
+        from .client import connect
+        kw.setdefault("partition_depth", self.partition_depth)
+        return connect(self.endpoints, **kw)
+
+    def kill(self, i):
+        """SIGKILL shard ``i`` (its locks are lost; its epoch file stays)."""
+        p = self._procs[i]
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+
+    def restart(self, i):
+        """Start shard ``i`` again on the same endpoint and data directory (a new epoch)."""
+        self.kill(i)
+        self._start(i)
+
+    def stop(self):
+        """Stop every shard (SIGTERM, then SIGKILL after 5 s). Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for p in self._procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for p in self._procs:
+            if p is None:
+                continue
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+        for log in self._logs:
+            if log is not None:
+                log.close()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def __del__(self):
+        try:
+            self.stop()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return f"<LocalCluster shards={self.nshards} endpoints={self.endpoints}>"

@@ -1,0 +1,711 @@
+"""A shard server: one process, one thread, one lock table, one ROUTER socket.
+
+Interface:
+    Shard(endpoint="tcp://127.0.0.1:0", data_dir=..., *, index=0, nshards=1,
+          partition_depth=2, escalation_threshold=5000, clock=time.monotonic)
+        .endpoint            the bound endpoint (port resolved)
+        .epoch               this start's epoch (persisted, bumped at each start)
+        .run_once(timeout_ms) one loop turn: poll, drain, timers, reply in bulk
+        .serve_forever(), .stop(), .close()
+    main(argv)               ``python -m lockmgr.shard`` / ``lockmgr serve``
+
+The loop: poll the socket; drain every frame that is ready (up to a bound) and
+handle each request against the table; fire due timers (lock-wait timeouts,
+session leases) kept in a SortedList; continue the lock requests that the
+table reports as granted; then send each client one frame with all its
+replies. The table never blocks; waiting requests are parked as ``_Wait``
+objects and answered later. Protocol: docs/protocol.md; design and the
+correctness argument: docs/service.md.
+"""
+
+import argparse
+import collections
+import itertools
+import os
+import signal
+import sys
+import time
+
+import zmq
+from sortedcontainers import SortedList
+
+from . import wire
+from ._core import CONFLICT, WAITING, Table, BACKEND
+from .errors import InvalidRequest, LockError
+from .modes import Mode
+from .paths import encode, MAX_DEPTH
+from .wire import (E_ABORTED, E_DEADLOCK, E_INTERNAL, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
+                   E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
+                   E_UNKNOWN_TYPE, E_UNSUPPORTED, OK)
+
+__all__ = ["Shard", "main", "read_and_bump_epoch"]
+
+_PARKED = object()   # a handler's result: the request waits; it is answered later
+
+EPOCH_BITS = 40           # token = epoch << 40 | per-epoch counter
+DRAIN_LIMIT = 4096        # frames handled per loop turn before timers and replies
+MAX_POLL_MS = 100
+MAX_TTL_MS = 3600 * 1000
+MAX_CACHE = 200_000       # cached replies per session (beyond: oldest dropped)
+MAX_TOMBSTONES = 4096     # finished txn ids remembered per session
+MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIRED)
+
+
+class _Reply(Exception):
+    """Raised by a handler to answer with an error status."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class _Session:
+    __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
+                 "tombs", "tomb_order", "name")
+
+    def __init__(self, sid, ttl, now, prefix, name):
+        self.id = sid
+        self.ttl = ttl
+        self.expires = now + ttl
+        self.prefix = prefix          # routing frames of the latest frame from this session
+        self.txns = {}                # txn id -> _Txn
+        self.cache = {}               # seq -> reply, for retries
+        self.order = collections.deque()
+        self.ack = 0                  # seqs below this are acknowledged by the client
+        self.inflight = {}            # seq -> _Wait
+        self.tombs = set()            # finished txn ids (a late request for one is refused)
+        self.tomb_order = collections.deque()
+        self.name = name
+
+
+class _Txn:
+    __slots__ = ("id", "session", "state", "wait")
+
+    def __init__(self, tid, session):
+        self.id = tid
+        self.session = session
+        self.state = "active"         # 'prepared' is reserved for 2PC (later issue)
+        self.wait = None              # the _Wait this txn is parked on
+
+
+class _Wait:
+    __slots__ = ("txn", "seq", "items", "idx", "tokens", "many", "timer", "fresh", "deadline")
+
+    def __init__(self, txn, seq, items, idx, tokens, many, fresh):
+        self.txn = txn
+        self.seq = seq
+        self.items = items            # [(path, mode), ...]
+        self.idx = idx                # the item being waited for
+        self.tokens = tokens
+        self.many = many
+        self.timer = None
+        self.fresh = fresh
+        self.deadline = None          # absolute clock time, or None: wait forever
+
+
+def read_and_bump_epoch(data_dir):
+    """Read the epoch persisted in ``data_dir``, store epoch+1 durably, return it."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, "epoch")
+    epoch = 0
+    try:
+        with open(path) as f:
+            epoch = int(f.read().strip() or 0)
+    except FileNotFoundError:
+        pass
+    epoch += 1
+    if epoch >= (1 << (63 - EPOCH_BITS)):
+        raise RuntimeError("epoch space exhausted")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(epoch))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return epoch
+
+
+def _check_txn_id(tid):
+    if type(tid) is not int or not 0 < tid < (1 << 64):
+        raise _Reply(E_INVALID, f"transaction id must be an int in 1..2**64-1; got {tid!r}")
+
+
+def _check_mode(mode):
+    if type(mode) is not int or not 1 <= mode <= 5:
+        raise _Reply(E_INVALID, f"unknown lock mode {mode!r}; expected one of Mode.IS, IX, S, SIX, X")
+    return mode
+
+
+def _check_timeout_ms(t):
+    if t is None:
+        return None
+    if type(t) is not int or not 0 <= t <= wire.MAX_TIMEOUT_MS:
+        raise _Reply(E_INVALID, f"timeout_ms must be nil or an int in 0..{wire.MAX_TIMEOUT_MS}; got {t!r}")
+    return t
+
+
+def _path(obj):
+    if type(obj) is list:
+        if len(obj) > MAX_DEPTH:
+            raise _Reply(E_TOO_BIG, f"resource path has {len(obj)} components; at most {MAX_DEPTH} are allowed")
+        p = tuple(obj)
+    elif type(obj) in (str, int, bytes):
+        p = (obj,)
+    else:
+        raise _Reply(E_INVALID, f"resource must be an array of str/int/bytes components; got {type(obj).__name__}")
+    encode(p)  # validates; raises InvalidRequest naming the problem
+    return p
+
+
+class Shard:
+    """One shard of the lock service. Not thread-safe: run it in one thread."""
+
+    def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
+                 partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None):
+        if data_dir is None:
+            raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
+        self.index = index
+        self.nshards = nshards
+        self.partition_depth = partition_depth
+        self.epoch = read_and_bump_epoch(data_dir)
+        self.data_dir = data_dir
+        self._clock = clock
+        self._table = Table(escalation_threshold, self.epoch << EPOCH_BITS)
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME * 16)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+            endpoint = endpoint[:-2] + ":*"
+        self._sock.bind(endpoint)
+        self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._sessions = {}
+        self._expired = collections.OrderedDict()
+        self._txns = {}
+        self._timers = SortedList()
+        self._tick = itertools.count()
+        self._out = {}
+        self._woken = collections.deque()
+        self._stop = False
+        self._now = clock()
+        self.counters = collections.Counter()
+        self._handlers = {
+            wire.HEARTBEAT: self._h_heartbeat, wire.CLOSE: self._h_close, wire.LOCK: self._h_lock_one,
+            wire.LOCK_MANY: self._h_lock_many, wire.UNLOCK: self._h_unlock, wire.RELEASE: self._h_release,
+            wire.HELD: self._h_held,
+        }
+        self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
+                       wire.STATS: self._h_stats}
+
+    # ---------------------------------------------------------------- loop
+
+    def serve_forever(self):
+        while not self._stop:
+            self.run_once(MAX_POLL_MS)
+
+    def stop(self):
+        self._stop = True
+
+    def close(self):
+        self._sock.close(0)
+
+    def run_once(self, timeout_ms):
+        timers = self._timers
+        if timers:
+            due = (timers[0][0] - self._clock()) * 1000
+            timeout_ms = max(0, min(timeout_ms, int(due) + 1))
+        sock = self._sock
+        if sock.poll(timeout_ms):
+            self._now = self._clock()
+            recv = sock.recv_multipart
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    frames = recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    self._on_frame(frames)
+                except Exception as e:  # a bug must not stop the shard
+                    self.counters["internal_errors"] += 1
+                    print(f"lockmgr shard {self.index}: internal error: {e!r}", file=sys.stderr)
+                self._process_woken()
+        self._now = now = self._clock()
+        while timers and timers[0][0] <= now:
+            _, _, kind, obj = timers.pop(0)
+            if kind == 0:
+                self._on_wait_timeout(obj)
+            else:
+                self._on_lease_timer(obj)
+            self._process_woken()
+        self._flush()
+
+    def _flush(self):
+        out = self._out
+        if not out:
+            return
+        send = self._sock.send_multipart
+        pack = wire.pack_replies
+        for prefix, reps in out.items():
+            try:
+                send([*prefix, pack(reps)], zmq.NOBLOCK)
+            except zmq.ZMQError:  # peer gone or over its HWM: it will retry
+                self.counters["dropped_replies"] += 1
+        self._out = {}
+
+    def _send(self, prefix, rep):
+        lst = self._out.get(prefix)
+        if lst is None:
+            self._out[prefix] = [rep]
+        else:
+            lst.append(rep)
+
+    def _answer(self, sess, seq, status, payload):
+        """Queue a reply to the session's latest routing prefix and cache it for retries."""
+        rep = [seq, status, payload]
+        if sess is not None and sess.id in self._sessions:
+            sess.cache[seq] = rep
+            sess.order.append(seq)
+            if len(sess.order) > MAX_CACHE:
+                sess.cache.pop(sess.order.popleft(), None)
+            self._send(sess.prefix, rep)
+
+    # ------------------------------------------------------------ dispatch
+
+    def _on_frame(self, frames):
+        n = len(frames)
+        if n == 2:
+            prefix = (frames[0],)
+            payload = frames[1]
+        elif n == 3 and frames[1] == b"":       # a REQ socket's envelope
+            prefix = (frames[0], b"")
+            payload = frames[2]
+        else:
+            self.counters["bad_frames"] += 1
+            self._send((frames[0],) if n else (b"",),
+                       [0, E_PROTOCOL, f"expected one message part after the routing id; got {n - 1}"])
+            return
+        try:
+            sid, ack, reqs = wire.unpack_requests(payload)
+        except wire.ProtocolError as e:
+            self.counters["bad_frames"] += 1
+            self._send(prefix, [0, e.status, str(e)])
+            return
+        sess = self._sessions.get(sid) if sid else None
+        if sess is not None:
+            sess.prefix = prefix
+            sess.expires = self._now + sess.ttl
+            if ack > sess.ack:
+                sess.ack = ack
+                order, cache = sess.order, sess.cache
+                while order and order[0] < ack:
+                    cache.pop(order.popleft(), None)
+        for req in reqs:
+            if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
+                self.counters["bad_requests"] += 1
+                self._send(prefix, [0, E_PROTOCOL, "a request must be an array [type, seq, *args] "
+                                                   "with int type and seq"])
+                continue
+            typ, seq = req[0], req[1]
+            try:
+                h = self._handlers.get(typ)
+                if h is not None:
+                    if sess is None:
+                        if sid == 0:
+                            raise _Reply(E_UNKNOWN_SESSION, f"{wire.TYPE_NAMES[typ]} needs a session (send HELLO)")
+                        if sid in self._expired:
+                            raise _Reply(E_SESSION_EXPIRED, f"session {sid:#x} {self._expired[sid]}")
+                        raise _Reply(E_UNKNOWN_SESSION,
+                                     f"unknown session {sid:#x} on shard {self.index} (epoch {self.epoch}); "
+                                     f"send HELLO")
+                    rep = sess.cache.get(seq)
+                    if rep is not None:               # a retry: the first answer again
+                        self.counters["retries_answered"] += 1
+                        self._send(prefix, rep)
+                        continue
+                    if seq in sess.inflight:          # a retry of a parked request
+                        self.counters["retries_answered"] += 1
+                        continue
+                    if seq < sess.ack:
+                        raise _Reply(E_STALE, f"seq {seq} was already acknowledged; not executed again")
+                    result = h(sess, seq, req[2:])
+                    if result is not _PARKED:
+                        self._answer(sess, seq, OK, result)
+                    continue
+                if typ == wire.HELLO:
+                    sess = self._h_hello(sid, prefix, seq, req[2:])
+                    continue
+                a = self._admin.get(typ)
+                if a is not None:
+                    self._send(prefix, [seq, OK, a(req[2:])])
+                    continue
+                if typ in (wire.PREPARE, wire.DECIDE, wire.PROBE):
+                    raise _Reply(E_UNSUPPORTED, f"{wire.TYPE_NAMES[typ]} is reserved and not implemented "
+                                                f"by protocol version {wire.VERSION}")
+                raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
+            except _Reply as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, e.status, str(e))
+            except InvalidRequest as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, E_INVALID, str(e))
+            except LockError as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, E_INVALID, str(e))
+            except (TypeError, ValueError, OverflowError) as e:
+                self.counters["bad_requests"] += 1
+                self._reply_error(sess, prefix, seq, E_PROTOCOL,
+                                  f"malformed {wire.TYPE_NAMES.get(typ, typ)} request: {e}")
+
+    def _reply_error(self, sess, prefix, seq, status, msg):
+        if sess is not None and sess.id in self._sessions and status not in (E_STALE,):
+            self._answer(sess, seq, status, msg)
+        else:
+            self._send(prefix, [seq, status, msg])
+
+    # ------------------------------------------------------------- sessions
+
+    def _h_hello(self, sid, prefix, seq, args):
+        if len(args) != 2 or type(args[0]) is not int or not 1 <= args[0] <= MAX_TTL_MS:
+            raise _Reply(E_PROTOCOL, f"HELLO takes [ttl_ms (1..{MAX_TTL_MS}), name]")
+        if not sid:
+            raise _Reply(E_PROTOCOL, "HELLO needs a nonzero session id")
+        if sid in self._expired:
+            raise _Reply(E_SESSION_EXPIRED, f"session {sid:#x} {self._expired[sid]}")
+        sess = self._sessions.get(sid)
+        if sess is None:
+            sess = _Session(sid, args[0] / 1000.0, self._now, prefix, str(args[1])[:200])
+            self._sessions[sid] = sess
+            self._timers.add((sess.expires, next(self._tick), 1, sess))
+            self.counters["sessions_opened"] += 1
+        self._answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth])
+        return sess
+
+    def _h_heartbeat(self, sess, seq, args):
+        return [self.epoch]
+
+    def _h_close(self, sess, seq, args):
+        self._answer(sess, seq, OK, [])
+        self._end_session(sess, "was closed")
+        return _PARKED
+
+    def _on_lease_timer(self, sess):
+        if self._sessions.get(sess.id) is not sess:
+            return
+        if sess.expires > self._now:
+            self._timers.add((sess.expires, next(self._tick), 1, sess))
+            return
+        self.counters["sessions_expired"] += 1
+        self._end_session(sess, "expired: no heartbeat within its TTL")
+
+    def _end_session(self, sess, why):
+        """Abort the session's unprepared transactions; forget it."""
+        for t in list(sess.txns.values()):
+            if t.state == "prepared":
+                continue  # in doubt until resolved (2PC, later issue)
+            if t.wait is not None:
+                self._end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
+            self._drop_txn(t)
+        self._sessions.pop(sess.id, None)
+        self._expired[sess.id] = why
+        if len(self._expired) > MAX_EXPIRED:
+            self._expired.popitem(last=False)
+
+    # ---------------------------------------------------------- transactions
+
+    def _txn(self, sess, tid, create=True):
+        _check_txn_id(tid)
+        t = self._txns.get(tid)
+        if t is not None:
+            if t.session is not sess:
+                raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            return t
+        if tid in sess.tombs:
+            raise _Reply(E_ABORTED, f"transaction {tid} has finished on this shard")
+        if not create:
+            return None
+        t = _Txn(tid, sess)
+        self._txns[tid] = t
+        sess.txns[tid] = t
+        return t
+
+    def _drop_txn(self, t):
+        """Release everything ``t`` holds here and forget it (tombstoned)."""
+        woken = self._table.release_all(t.id)
+        if woken:
+            self._woken.extend(woken)
+        self._txns.pop(t.id, None)
+        sess = t.session
+        sess.txns.pop(t.id, None)
+        sess.tombs.add(t.id)
+        sess.tomb_order.append(t.id)
+        if len(sess.tomb_order) > MAX_TOMBSTONES:
+            sess.tombs.discard(sess.tomb_order.popleft())
+
+    def _start(self, sess, seq, tid, items, nowait, timeout_ms, many):
+        t = self._txn(sess, tid)
+        if t.wait is not None:
+            raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
+        table = self._table
+        fresh = None if many else table.mode_held(tid, items[0][0]) == 0
+        w = _Wait(t, seq, items, 0, [], many, fresh)
+        if timeout_ms is not None:
+            w.deadline = self._now + timeout_ms / 1000.0
+        return self._run(w, nowait)
+
+    def _run(self, w, nowait=False):
+        """Advance ``w`` through its items; answer or park it. Returns the reply
+        payload, or _PARKED."""
+        t = w.txn
+        table = self._table
+        items = w.items
+        tokens = w.tokens
+        lock = table.lock
+        tid = t.id
+        while w.idx < len(items):
+            path, mode = items[w.idx]
+            tok = lock(tid, path, mode, nowait)
+            if tok > 0:
+                tokens.append(tok)
+                w.idx += 1
+                continue
+            if tok == CONFLICT:
+                raise _Reply(E_NOT_AVAILABLE,
+                             f"{path!r} is not available in mode {Mode(mode).name} without waiting"
+                             + (f" (item {w.idx} of the batch; the {w.idx} before it are held)" if w.many else ""))
+            # WAITING: park, arm the timer, look for a deadlock closed by this wait
+            t.wait = w
+            t.session.inflight[w.seq] = w
+            if w.deadline is not None:
+                w.timer = (w.deadline, next(self._tick), 0, w)
+                self._timers.add(w.timer)
+            self.counters["waits"] += 1
+            self._check_deadlock(t)
+            return _PARKED
+        if w.many:
+            return [tokens, self.epoch]
+        return [tokens[0], w.fresh, self.epoch]
+
+    def _check_deadlock(self, t):
+        table = self._table
+        while t.wait is not None:
+            cycle = table.find_cycle(t.id)
+            if not cycle:
+                return
+            victim = self._txns.get(max(cycle))  # the youngest transaction of the cycle
+            self.counters["deadlocks"] += 1
+            if victim is None or victim.wait is None:  # cannot happen: every cycle member waits here
+                return
+            self._end_wait(victim.wait, E_DEADLOCK,
+                           f"transaction {victim.id} was chosen as deadlock victim (youngest in wait-for "
+                           f"cycle {cycle} on shard {self.index}); it has been aborted")
+            self._drop_txn(victim)
+
+    def _end_wait(self, w, status, msg):
+        t = w.txn
+        if t.wait is w:
+            t.wait = None
+        t.session.inflight.pop(w.seq, None)
+        if w.timer is not None:
+            self._timers.discard(w.timer)
+            w.timer = None
+        self._answer(t.session, w.seq, status, msg)
+
+    def _on_wait_timeout(self, w):
+        w.timer = None
+        t = w.txn
+        if t.wait is not w:
+            return
+        woken = self._table.cancel_wait(t.id)
+        if woken:
+            self._woken.extend(woken)
+        self.counters["timeouts"] += 1
+        path, mode = w.items[w.idx]
+        self._end_wait(w, E_TIMEOUT, f"timed out waiting for {Mode(mode).name} on {path!r}")
+
+    def _process_woken(self):
+        woken = self._woken
+        txns = self._txns
+        while woken:
+            t = txns.get(woken.popleft())
+            if t is None or t.wait is None:
+                continue
+            w = t.wait
+            sess = t.session
+            if sess.expires <= self._now:
+                # never grant a waiter whose lease has run out: expire the session instead
+                self.counters["sessions_expired"] += 1
+                self._end_session(sess, "expired: no heartbeat within its TTL")
+                continue
+            t.wait = None
+            sess.inflight.pop(w.seq, None)
+            if w.timer is not None:
+                self._timers.discard(w.timer)
+                w.timer = None
+            # the table granted the level we waited on; lock() again continues down the path
+            try:
+                res = self._run(w)
+            except _Reply as e:
+                self._answer(sess, w.seq, e.status, str(e))
+                continue
+            except LockError as e:
+                self._answer(sess, w.seq, E_INVALID, str(e))
+                continue
+            if res is not _PARKED:
+                self._answer(sess, w.seq, OK, res)
+
+    # -------------------------------------------------------------- handlers
+
+    def _h_lock_one(self, sess, seq, args):
+        if len(args) != 6:
+            raise _Reply(E_PROTOCOL, "LOCK takes [txn, path, mode, nowait, timeout_ms, epoch]")
+        tid, path, mode, nowait, tmo, ep = args
+        _check_txn_id(tid)
+        path = _path(path)
+        mode = _check_mode(mode)
+        tmo = _check_timeout_ms(tmo)
+        self._check_epoch(tid, ep)
+        return self._start(sess, seq, tid, [(path, mode)], bool(nowait), tmo, False)
+
+    def _check_epoch(self, tid, ep):
+        if ep and ep != self.epoch:
+            raise _Reply(E_ABORTED, f"shard {self.index} restarted (epoch {ep} -> {self.epoch}) and lost the "
+                                    f"locks of transaction {tid}; the transaction is aborted")
+
+    def _h_lock_many(self, sess, seq, args):
+        if len(args) != 5:
+            raise _Reply(E_PROTOCOL, "LOCK_MANY takes [txn, [[path, mode], ...], nowait, timeout_ms, epoch]")
+        tid, items, nowait, tmo, ep = args
+        _check_txn_id(tid)
+        self._check_epoch(tid, ep)
+        if type(items) is not list:
+            raise _Reply(E_PROTOCOL, "LOCK_MANY items must be an array of [path, mode]")
+        if len(items) > wire.MAX_BATCH:
+            raise _Reply(E_TOO_BIG, f"LOCK_MANY of {len(items)} items; at most {wire.MAX_BATCH}")
+        parsed = []
+        for i, it in enumerate(items):
+            if type(it) is not list or len(it) != 2:
+                raise _Reply(E_PROTOCOL, f"LOCK_MANY item {i} must be [path, mode]")
+            parsed.append((_path(it[0]), _check_mode(it[1])))
+        tmo = _check_timeout_ms(tmo)
+        return self._start(sess, seq, tid, parsed, bool(nowait), tmo, True)
+
+    def _h_unlock(self, sess, seq, args):
+        if len(args) != 3:
+            raise _Reply(E_PROTOCOL, "UNLOCK takes [txn, path, check_only]")
+        tid, path, check = args
+        path = _path(path)
+        t = self._txn(sess, tid, create=False)
+        if t is not None and t.wait is not None:
+            raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; it cannot unlock meanwhile")
+        table = self._table
+        if check:
+            if t is None or table.mode_held(tid, path) == 0:
+                return [False]
+            n = len(path)
+            below = sum(1 for p, _ in table.held(tid) if len(p) == n + 1 and p[:n] == path)
+            if below:
+                raise _Reply(E_INVALID, f"transaction {tid} still holds {below} lock(s) below {path!r}; "
+                                        f"unlock those first")
+            return [True]
+        if t is None:
+            raise _Reply(E_INVALID, f"transaction {tid} does not hold {path!r}")
+        woken = table.unlock(tid, path)
+        if woken:
+            self._woken.extend(woken)
+        return [True]
+
+    def _h_release(self, sess, seq, args):
+        if len(args) != 2:
+            raise _Reply(E_PROTOCOL, "RELEASE takes [txn, committed]")
+        tid = args[0]
+        _check_txn_id(tid)
+        t = self._txns.get(tid)
+        if t is not None:
+            if t.session is not sess:
+                raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            if t.wait is not None:
+                self._end_wait(t.wait, E_ABORTED, f"transaction {tid} was aborted while it waited")
+            self._drop_txn(t)
+        elif tid not in sess.tombs:
+            sess.tombs.add(tid)
+            sess.tomb_order.append(tid)
+        return []
+
+    def _h_held(self, sess, seq, args):
+        if len(args) != 1:
+            raise _Reply(E_PROTOCOL, "HELD takes [txn]")
+        _check_txn_id(args[0])
+        return [[list(p), m] for p, m in self._table.held(args[0])]
+
+    # ----------------------------------------------------------------- admin
+
+    def _h_ping(self, args):
+        return [self.epoch, self.index, self.nshards, self.partition_depth]
+
+    def _h_snapshot(self, args):
+        txns = self._txns
+        rows = []
+        for p, tid, m, g in self._table.snapshot():
+            t = txns.get(tid)
+            rows.append([list(p), tid, m, g, t.session.id if t else 0])
+        return rows
+
+    def _h_graph(self, args):
+        return [[k, sorted(v)] for k, v in self._table.wait_for_graph().items()]
+
+    def _h_stats(self, args):
+        s = dict(self._table.stats())
+        s.update(self.counters)
+        s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
+                 partition_depth=self.partition_depth, timers=len(self._timers))
+        s["backend"] = BACKEND
+        return s
+
+
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="lockmgr serve", description="Run one lock shard in the foreground.")
+    add_serve_args(ap)
+    args = ap.parse_args(argv)
+    return run_serve(args)
+
+
+def add_serve_args(ap):
+    ap.add_argument("--endpoint", default="tcp://127.0.0.1:7400",
+                    help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:7400; port 0 picks a free one)")
+    ap.add_argument("--data-dir", default="lockmgr-shard-data", help="directory holding the shard's epoch")
+    ap.add_argument("--index", type=int, default=0, help="this shard's index in the cluster (0-based)")
+    ap.add_argument("--shards", type=int, default=1, help="number of shards in the cluster")
+    ap.add_argument("--partition-depth", type=int, default=2, help="routing depth the clients must use")
+    ap.add_argument("--escalation-threshold", type=int, default=5000)
+
+
+def run_serve(args):
+    shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
+                  partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold)
+
+    def _term(signum, frame):
+        shard.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    # The one line a parent waits for (LocalCluster); nothing else goes to stdout.
+    sys.stdout.write(f"READY {shard.endpoint} epoch={shard.epoch} backend={BACKEND}\n")
+    sys.stdout.flush()
+    try:
+        shard.serve_forever()
+    finally:
+        shard.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The lock service's wire format (msgpack, versioned; never pickle).
+
+Interface:
+    VERSION, message type codes (HELLO, HEARTBEAT, LOCK, ...), status codes
+    SessionExpired, ShardUnavailable    LockError subclasses of the service
+    pack_requests(session, ack, reqs) -> bytes      client -> shard frame
+    unpack_requests(frame) -> (session, ack, reqs)  raises ProtocolError
+    pack_replies(replies) -> bytes;  unpack_replies(frame) -> list
+    error_for(status, message) -> LockError instance
+    path_to_wire(path) / path_from_wire(obj)
+
+Full description with examples: docs/protocol.md. A frame is one ZeroMQ
+message part. Client -> shard::
+
+    [VERSION, session, ack, [[type, seq, *args], ...]]
+
+Shard -> client::
+
+    [VERSION, [[seq, status, payload], ...]]
+
+``seq`` is the request id: unique per (session, shard connection), assigned in
+send order. A request retried with the same (session, seq) gets the first
+answer and is never executed twice. ``ack``: the client has every answer for
+seqs below it, so the shard may forget them (and refuses them as stale).
+"""
+
+import msgpack
+
+from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
+                     TransactionAborted)
+
+__all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
+           "pack_requests", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]
+
+VERSION = 1
+
+# Limits (bad input never harms the table; sizes are bounded).
+MAX_FRAME = 4 << 20          # bytes in one frame; larger frames get E_TOO_BIG
+MAX_REQUESTS = 65536         # requests in one frame
+MAX_BATCH = 4096             # (resource, mode) pairs in one LOCK_MANY
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+
+# Message types. Numbers are stable; gaps are reserved.
+HELLO = 1          # [ttl_ms, name]              -> [epoch, shard_index, nshards, partition_depth]
+HEARTBEAT = 2      # []                          -> [epoch]
+CLOSE = 3          # []                          -> []    end the session (prepared txns stay in doubt)
+LOCK = 10          # [txn, path, mode, nowait, timeout_ms|nil, epoch] -> [token, fresh, epoch]
+LOCK_MANY = 11     # [txn, [[path, mode], ...], nowait, timeout_ms|nil, epoch] -> [[token, ...], epoch]
+UNLOCK = 12        # [txn, path, check_only]     -> [held_here]
+RELEASE = 13       # [txn, committed]            -> []    commit/abort on this shard
+HELD = 14          # [txn]                       -> [[path, mode], ...]
+PREPARE = 20       # reserved: 2PC prepare (later issue)
+DECIDE = 21        # reserved: 2PC commit/abort of a prepared txn
+PROBE = 30         # reserved: cross-shard deadlock probe (Chandy-Misra-Haas)
+PING = 40          # (no session needed)         -> [epoch, shard_index, nshards, partition_depth]
+SNAPSHOT = 41      # []                          -> [[path, txn, mode, granted, session], ...]
+GRAPH = 42         # []                          -> [[waiter, [txn, ...]], ...]
+STATS = 43         # []                          -> {name: int}
+
+TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
+              LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD",
+              PREPARE: "PREPARE", DECIDE: "DECIDE", PROBE: "PROBE", PING: "PING",
+              SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
+
+# Status codes of a reply. 0 is success; payload is then the result.
+OK = 0
+E_INVALID = 1            # InvalidRequest
+E_TIMEOUT = 2            # LockTimeout
+E_NOT_AVAILABLE = 3      # LockNotAvailable (nowait)
+E_DEADLOCK = 4           # DeadlockDetected: this txn was the victim (aborted on this shard)
+E_ABORTED = 5            # TransactionAborted
+E_SESSION_EXPIRED = 6    # the session's lease ran out (or it was closed)
+E_UNKNOWN_SESSION = 7    # no such session here (e.g. the shard restarted)
+E_PROTOCOL = 8           # malformed frame or request
+E_TOO_BIG = 9            # frame, batch or path over a limit
+E_UNKNOWN_TYPE = 10      # unknown message type
+E_STALE = 11             # a retry of a request already acknowledged (not executed)
+E_UNSUPPORTED = 12       # a reserved type that this version does not implement
+E_INTERNAL = 13          # a bug; the request changed nothing we know of
+
+
+class SessionExpired(LockError):
+    """The client's session lease ran out (no heartbeat acknowledged within
+    the TTL), or a shard expired or closed it. The shards have aborted the
+    session's unprepared transactions and released their locks. Every later
+    call on the session raises this; connect again for a new session."""
+
+
+class ShardUnavailable(LockError):
+    """A shard did not answer within the client's request timeout, or it
+    restarted and lost the state of the request."""
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be decoded (internal; becomes an E_PROTOCOL reply)."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+_ERRORS = {
+    E_INVALID: InvalidRequest,
+    E_TIMEOUT: LockTimeout,
+    E_NOT_AVAILABLE: LockNotAvailable,
+    E_DEADLOCK: DeadlockDetected,
+    E_ABORTED: TransactionAborted,
+    E_SESSION_EXPIRED: SessionExpired,
+    E_UNKNOWN_SESSION: ShardUnavailable,
+    E_TOO_BIG: InvalidRequest,
+}
+
+
+def error_for(status, message):
+    """The LockError instance for an error reply."""
+    cls = _ERRORS.get(status, LockError)
+    return cls(str(message))
+
+
+_packer_opts = dict(use_bin_type=True)
+_unpacker_opts = dict(raw=False, strict_map_key=False,
+                      use_list=True)
+
+
+def pack_requests(session, ack, reqs):
+    return msgpack.packb([VERSION, session, ack, reqs], **_packer_opts)
+
+
+def unpack_requests(frame):
+    """Decode a client frame. Raises ProtocolError naming the problem."""
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(E_TOO_BIG, f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME}")
+    try:
+        msg = msgpack.unpackb(frame, **_unpacker_opts)
+    except Exception as e:  # msgpack raises several types; all mean "not msgpack"
+        raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
+    if type(msg) is not list or len(msg) != 4:
+        raise ProtocolError(E_PROTOCOL, "frame must be a msgpack array [version, session, ack, requests]")
+    version, session, ack, reqs = msg
+    if version != VERSION:
+        raise ProtocolError(E_PROTOCOL, f"unsupported protocol version {version!r}; this shard speaks {VERSION}")
+    if type(session) is not int or not 0 <= session < (1 << 64):
+        raise ProtocolError(E_PROTOCOL, "session must be an unsigned 64-bit int (0: no session)")
+    if type(ack) is not int or ack < 0:
+        raise ProtocolError(E_PROTOCOL, "ack must be an int >= 0")
+    if type(reqs) is not list:
+        raise ProtocolError(E_PROTOCOL, "requests must be an array")
+    if len(reqs) > MAX_REQUESTS:
+        raise ProtocolError(E_TOO_BIG, f"{len(reqs)} requests in one frame; at most {MAX_REQUESTS}")
+    return session, ack, reqs
+
+
+def pack_replies(replies):
+    return msgpack.packb([VERSION, replies], **_packer_opts)
+
+
+def unpack_replies(frame):
+    msg = msgpack.unpackb(frame, **_unpacker_opts)
+    if type(msg) is not list or len(msg) != 2 or msg[0] != VERSION:
+        raise ProtocolError(E_PROTOCOL, "bad reply frame")
+    return msg[1]
+
+
+def path_to_wire(path):
+    """A path tuple as sent: a list of str / int / bytes (msgpack keeps the types)."""
+    return list(path)
+
+
+def path_from_wire(obj):
+    """A path tuple from its wire form; the table validates the components."""
+    if type(obj) is list:
+        return tuple(obj)
+    if type(obj) in (str, int, bytes):
+        return (obj,)
+    raise InvalidRequest(f"resource must be an array of str/int/bytes components; got {type(obj).__name__}")
