@@ -15,6 +15,10 @@ from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailab
 from .modes import Mode, compatible, supremum
 from .manager import LockInfo, LockManager, Transaction
 from ._core import BACKEND
+from .wire import SessionExpired, ShardUnavailable
+from .client import Client, connect
+from .cluster import LocalCluster
+from . import aio  # noqa: E402  (``import lockmgr`` makes ``lockmgr.aio`` reachable)
 
 __version__ = "0.1.0"
 
@@ -23,4 +27,5 @@ __all__ = [
     "LockError", "LockTimeout", "LockNotAvailable", "DeadlockDetected",
     "TransactionAborted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND",
+    "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "aio",
 ]
