@@ -15,7 +15,8 @@
  *   lt_release_all(t, txn)              -- commit / abort
  *   lt_cancel_wait(t, txn)              -- withdraw the pending request
  *   lt_woken(t)                         -- who the last release woke
- *   lt_find_cycle, lt_wait_edges        -- deadlock detection
+ *   lt_find_cycle, lt_wait_edges, lt_wait_graph
+ *                                       -- deadlock detection
  *   lt_is_waiting, lt_waiting_on, lt_mode_held, lt_txn_nreqs, lt_held,
  *   lt_ntxns, lt_txn_ids, lt_nrows, lt_snapshot, lt_stats
  *                                       -- introspection
@@ -1329,6 +1330,30 @@ int64_t lt_wait_edges(const lt_table *T, uint64_t txn, uint64_t *out)
         return -1;
     int64_t n = 0;
     FOR_EACH_EDGE(T, TXN(T, ti)->waiting, out[n++] = TXN(T, e_)->id);
+    return n;
+}
+
+size_t lt_wait_graph(const lt_table *T, uint64_t *out)
+{
+    size_t n = 0;
+    for (uint32_t x = T->txn_head; x; x = TXN(T, x)->next) {
+        uint32_t ri = TXN(T, x)->waiting;
+        if (!ri)
+            continue;
+        size_t at = n + 1;
+        uint64_t k = 0;
+        if (out)
+            out[n] = TXN(T, x)->id;
+        n += 2;
+        FOR_EACH_EDGE(T, ri, {
+            if (out)
+                out[n] = TXN(T, e_)->id;
+            n++;
+            k++;
+        });
+        if (out)
+            out[at] = k;
+    }
     return n;
 }
 

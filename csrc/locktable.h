@@ -15,7 +15,8 @@
  *   lt_lock                        -- lock a path (intention locks on ancestors)
  *   lt_unlock, lt_release_all,     -- release; the woken transactions are then
  *   lt_cancel_wait                    in lt_woken()
- *   lt_find_cycle, lt_wait_edges   -- the wait-for graph
+ *   lt_find_cycle, lt_wait_edges, lt_wait_graph
+ *                                  -- the wait-for graph
  *   lt_is_waiting, lt_waiting_on, lt_mode_held, lt_txn_nreqs, lt_held,
  *   lt_ntxns, lt_txn_ids, lt_nrows, lt_snapshot, lt_stats
  *                                  -- introspection
@@ -110,6 +111,10 @@ int lt_find_cycle(lt_table *t, uint64_t txn, const uint64_t **path, size_t *n);
 /* Wait-for successors of txn (which must be waiting): count written to out
  * (room for lt_ntxns() entries), or -1 if txn is not waiting. */
 int64_t lt_wait_edges(const lt_table *t, uint64_t txn, uint64_t *out);
+/* The whole wait-for graph in one call: for each waiting txn, in creation
+ * order, its id, its number of successors k, then the k successor ids.
+ * Returns the number of words; with out == NULL only counts them. */
+size_t lt_wait_graph(const lt_table *t, uint64_t *out);
 
 int lt_is_waiting(const lt_table *t, uint64_t txn);
 int lt_waiting_on(const lt_table *t, uint64_t txn, const uint8_t **key, uint32_t *keylen,

@@ -351,3 +351,46 @@ def test_no_leaks():
     t.lock(1, "a", S)
     assert not t._compact()
     t._check()
+
+
+# ------------------------------------------------------------------ threads
+
+
+def test_threads_see_consistent_tables():
+    """Many threads on one table, no outside lock (the manager's fast path)."""
+    import gc
+    import threading
+
+    t = _ctable.Table(escalation_threshold=4)
+    errors = []
+    old = gc.get_threshold()
+    gc.set_threshold(50)   # collections (and thread switches) mid-method
+
+    def worker(k):
+        try:
+            for i in range(1500):
+                txn = 1 + (k * 7 + i) % 12
+                if t.lock(txn, ("db", i % 6, i % 3), (i % 5) + 1, True) < 0:
+                    t.release_all(txn)
+                if i % 5 == 0:
+                    t.release_all(txn)
+                rows = t.snapshot()
+                assert all(r[2] in (1, 2, 3, 4, 5) for r in rows)
+                t.held(txn)
+                t.wait_for_graph()
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        gc.set_threshold(*old)
+    assert not errors, errors
+    t._check()
+    for txn in t.transactions():
+        t.release_all(txn)
+    assert t.stats()["requests"] == 0

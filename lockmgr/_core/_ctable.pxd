@@ -56,6 +56,7 @@ cdef extern from "locktable.h" nogil:
     const uint64_t *lt_woken(const lt_table *t)
     int lt_find_cycle(lt_table *t, uint64_t txn, const uint64_t **path, size_t *n)
     int64_t lt_wait_edges(const lt_table *t, uint64_t txn, uint64_t *out)
+    size_t lt_wait_graph(const lt_table *t, uint64_t *out)
     int lt_is_waiting(const lt_table *t, uint64_t txn)
     int lt_waiting_on(const lt_table *t, uint64_t txn, const uint8_t **key, uint32_t *keylen,
                       int *mode)

@@ -8,7 +8,13 @@ with the same random operations and compares every answer). Each table call
 planning the ancestors' intention locks and the per-level table work -- is one
 compiled call; Python objects are made only for what is returned.
 
-Not thread-safe: the caller serialises calls (the GIL is held throughout).
+Thread safety (Python with a GIL): every C call runs with the GIL held and
+calls no Python code, so each is atomic; and every method copies what it
+needs out of the table (woken ids, keys, cycle paths, the whole wait-for
+graph) before it makes a Python object -- making one may run a garbage
+collection, finalizers and so other threads, which may change the table.
+So every method sees and returns one consistent state, like the Python
+twin under its mutex.
 """
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
@@ -214,12 +220,49 @@ def encode(resource):
 
 
 cdef list _woken(lt_table *t, int64_t n):
-    cdef const uint64_t *w = lt_woken(t)
-    cdef list out = []
+    # Copy first: the table's buffer is reused by the next call, which another
+    # thread may make as soon as we create a Python object.
+    cdef uint64_t small[16]
+    cdef uint64_t *w = small
     cdef int64_t i
+    if n > 16:
+        w = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        if w == NULL:
+            raise MemoryError()
+    memcpy(w, lt_woken(t), n * sizeof(uint64_t))
+    try:
+        return [w[i] for i in range(n)]
+    finally:
+        if w != small:
+            PyMem_Free(w)
+
+
+cdef char *_own_keys(lt_row *rows, size_t n) except NULL:
+    """Copy the keys rows point to (into the table) to a private buffer.
+
+    Call with no Python code between the table call and this one; free the
+    result with PyMem_Free.
+    """
+    cdef size_t i, total = 1, pos = 0
+    cdef const uint8_t *prev = NULL
+    cdef const uint8_t *orig
+    cdef char *buf
     for i in range(n):
-        out.append(w[i])
-    return out
+        if rows[i].key != prev:
+            prev = rows[i].key
+            total += rows[i].keylen
+    buf = <char *>PyMem_Malloc(total)
+    if buf == NULL:
+        raise MemoryError()
+    prev = NULL
+    for i in range(n):
+        orig = rows[i].key
+        if orig != prev:
+            prev = orig
+            memcpy(buf + pos, orig, rows[i].keylen)
+            pos += rows[i].keylen
+        rows[i].key = <const uint8_t *>(buf + pos - rows[i].keylen)
+    return buf
 
 
 cdef object _fail(int64_t code, object txn, object path):
@@ -340,9 +383,11 @@ cdef class Table:
         cdef const uint8_t *key
         cdef uint32_t klen
         cdef int mode
+        cdef uint8_t buf[KEYBUF]
         if tid == 0 or not lt_waiting_on(self._t, tid, &key, &klen, &mode):
             return None
-        return (_decode(key, klen), mode)
+        memcpy(buf, key, klen)
+        return (_decode(buf, klen), mode)
 
     def mode_held(self, txn, resource):
         """The mode ``txn`` holds on ``resource`` itself (NL if none). O(depth)."""
@@ -367,11 +412,14 @@ cdef class Table:
         rows = <lt_row *>PyMem_Malloc(n * sizeof(lt_row))
         if rows == NULL:
             raise MemoryError()
+        cdef char *keys = NULL
         try:
             n = lt_held(self._t, tid, rows)
+            keys = _own_keys(rows, n)
             return [(_decode(rows[i].key, rows[i].keylen), rows[i].mode) for i in range(n)]
         finally:
             PyMem_Free(rows)
+            PyMem_Free(keys)
 
     def transactions(self):
         """The ids of every transaction with a request, in order of creation. O(n)."""
@@ -389,28 +437,25 @@ cdef class Table:
             PyMem_Free(ids)
 
     def wait_for_graph(self):
-        """``{txn: set(txns it waits for)}`` for every waiting txn."""
-        cdef size_t n = lt_ntxns(self._t), i
-        cdef int64_t k, j
-        cdef uint64_t *ids
-        cdef uint64_t *edges
+        """``{txn: set(txns it waits for)}`` for every waiting txn. O(queues waited on)."""
+        cdef size_t n = lt_wait_graph(self._t, NULL), i = 0
+        cdef uint64_t k, j
+        cdef uint64_t *words
         g = {}
         if n == 0:
             return g
-        ids = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
-        edges = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        words = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        if words == NULL:
+            raise MemoryError()
         try:
-            if ids == NULL or edges == NULL:
-                raise MemoryError()
-            n = lt_txn_ids(self._t, ids)
-            for i in range(n):
-                k = lt_wait_edges(self._t, ids[i], edges)
-                if k >= 0:
-                    g[ids[i]] = {edges[j] for j in range(k)}
+            lt_wait_graph(self._t, words)
+            while i < n:
+                k = words[i + 1]
+                g[words[i]] = {words[i + 2 + j] for j in range(k)}
+                i += 2 + k
             return g
         finally:
-            PyMem_Free(ids)
-            PyMem_Free(edges)
+            PyMem_Free(words)
 
     def find_cycle(self, txn):
         """A wait-for cycle through ``txn`` as a list of txn ids starting with it.
@@ -429,10 +474,17 @@ cdef class Table:
             raise MemoryError()
         if rc == 0:
             return []
-        out = [txn]
-        for i in range(1, n):
-            out.append(path[i])
-        return out
+        cdef uint64_t *own = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        if own == NULL:
+            raise MemoryError()
+        memcpy(own, path, n * sizeof(uint64_t))
+        try:
+            out = [txn]
+            for i in range(1, n):
+                out.append(own[i])
+            return out
+        finally:
+            PyMem_Free(own)
 
     def snapshot(self):
         """``[(path, txn, mode, granted)]``: per resource, holders in first-grant
@@ -446,10 +498,12 @@ cdef class Table:
         rows = <lt_row *>PyMem_Malloc(n * sizeof(lt_row))
         if rows == NULL:
             raise MemoryError()
-        out = []
-        path = None
+        cdef char *keys = NULL
         try:
             n = lt_snapshot(self._t, rows)
+            keys = _own_keys(rows, n)
+            out = []
+            path = None
             for i in range(n):
                 if rows[i].key != last:
                     last = rows[i].key
@@ -458,6 +512,7 @@ cdef class Table:
             return out
         finally:
             PyMem_Free(rows)
+            PyMem_Free(keys)
 
     def stats(self):
         """Counters: granted, waited, escalations, requests, resources,
