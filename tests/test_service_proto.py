@@ -1,0 +1,238 @@
+"""The shard's protocol: garbage frames, limits, retries answered once,
+stale requests, leases. Raw DEALER sockets speak the wire format directly."""
+
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from lockmgr import LocalCluster, Mode, wire
+
+X, S = int(Mode.X), int(Mode.S)
+
+
+@pytest.fixture(scope="module")
+def shard():
+    with LocalCluster(1, partition_depth=2) as c:
+        yield c
+
+
+class Raw:
+    """A raw DEALER speaking the wire format, with bounded receives."""
+
+    def __init__(self, endpoint, session=0):
+        self.ctx = zmq.Context()
+        self.s = self.ctx.socket(zmq.DEALER)
+        self.s.setsockopt(zmq.LINGER, 0)
+        self.s.connect(endpoint)
+        self.session = session
+
+    def send_raw(self, *parts):
+        self.s.send_multipart(list(parts))
+
+    def send(self, reqs, ack=0):
+        self.s.send(wire.pack_requests(self.session, ack, reqs))
+
+    def recv(self, timeout=5.0):
+        assert self.s.poll(int(timeout * 1000)), "no reply"
+        return wire.unpack_replies(self.s.recv())
+
+    def nothing(self, timeout=0.3):
+        return not self.s.poll(int(timeout * 1000))
+
+    def call(self, req, timeout=5.0):
+        self.send([req])
+        reps = self.recv(timeout)
+        assert len(reps) == 1
+        return reps[0]
+
+    def close(self):
+        self.s.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def raw(shard):
+    r = Raw(shard.endpoints[0])
+    yield r
+    r.close()
+
+
+def stats(shard):
+    r = Raw(shard.endpoints[0])
+    try:
+        st = r.call([wire.STATS, 1])[2]
+        st["_snapshot"] = r.call([wire.SNAPSHOT, 2])[2]
+        return st
+    finally:
+        r.close()
+
+
+def table_state(st):
+    return {k: st[k] for k in ("requests", "resources", "transactions", "last_token", "granted")}, st["_snapshot"]
+
+
+def hello(r, session, ttl_ms=10_000, seq=1):
+    r.session = session
+    rep = r.call([wire.HELLO, seq, ttl_ms, "test"])
+    assert rep[1] == wire.OK, rep
+    return rep[2]
+
+
+GARBAGE = [
+    ((b"\xc1\xc1\xc1",), wire.E_PROTOCOL, "not valid msgpack"),
+    ((msgpack.packb({"a": 1}),), wire.E_PROTOCOL, "frame must be a msgpack array"),
+    ((msgpack.packb([99, 0, 0, []]),), wire.E_PROTOCOL, "unsupported protocol version"),
+    ((msgpack.packb([1, -5, 0, []]),), wire.E_PROTOCOL, "session"),
+    ((msgpack.packb([1, 0, 0, "x"]),), wire.E_PROTOCOL, "requests must be an array"),
+    ((msgpack.packb([1, 0, 0, ["junk"]]),), wire.E_PROTOCOL, "[type, seq, *args]"),
+    ((msgpack.packb([1, 0, 0, [[999, 1]]]),), wire.E_UNKNOWN_TYPE, "unknown message type 999"),
+    ((msgpack.packb([1, 0, 0, [[wire.PROBE, 1]]]),), wire.E_UNSUPPORTED, "reserved"),
+    ((msgpack.packb([1, 0, 0, [[wire.LOCK, 1, 1, ["a"], X, False, None, 0]]]),), wire.E_UNKNOWN_SESSION, "needs a session"),
+    ((msgpack.packb([1, 12345, 0, [[wire.LOCK, 1, 1, ["a"], X, False, None, 0]]]),), wire.E_UNKNOWN_SESSION, "unknown session"),
+    ((b"x" * (wire.MAX_FRAME + 10),), wire.E_TOO_BIG, "exceeds the limit"),
+    ((b"a", b"b", b"c"), wire.E_PROTOCOL, "expected one message part"),
+]
+
+
+@pytest.mark.parametrize("parts,status,text", GARBAGE)
+def test_garbage_frames_get_a_named_error_and_change_nothing(shard, raw, parts, status, text):
+    before = table_state(stats(shard))
+    raw.send_raw(*parts)
+    reps = raw.recv()
+    assert reps[0][1] == status, reps
+    assert text in reps[0][2]
+    assert table_state(stats(shard)) == before
+    assert raw.call([wire.PING, 7])[1] == wire.OK        # still serving
+
+
+BAD_REQUESTS = [
+    ([wire.LOCK, 5, 1, ["a"], X], wire.E_PROTOCOL, "LOCK takes"),
+    ([wire.LOCK, 5, 0, ["a"], X, False, None, 0], wire.E_INVALID, "transaction id"),
+    ([wire.LOCK, 5, 1, ["a"], 9, False, None, 0], wire.E_INVALID, "mode"),
+    ([wire.LOCK, 5, 1, ["a"], 0, False, None, 0], wire.E_INVALID, "mode"),
+    ([wire.LOCK, 5, 1, list(range(40)), X, False, None, 0], wire.E_TOO_BIG, "components"),
+    ([wire.LOCK, 5, 1, ["a", 1.5], X, False, None, 0], wire.E_INVALID, "component 1"),
+    ([wire.LOCK, 5, 1, ["x" * 5000], X, False, None, 0], wire.E_INVALID, "bytes long"),
+    ([wire.LOCK, 5, 1, {"a": 1}, X, False, None, 0], wire.E_INVALID, "resource must be"),
+    ([wire.LOCK, 5, 1, ["a"], X, False, -3, 0], wire.E_INVALID, "timeout_ms"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X]] * (wire.MAX_BATCH + 1), False, None, 0], wire.E_TOO_BIG, "at most"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], [["b"], 77]], False, None, 0], wire.E_INVALID, "mode"),
+    ([wire.UNLOCK, 5, 424242, ["a"], False], wire.E_INVALID, "does not hold"),
+    ([wire.HELD, 5], wire.E_PROTOCOL, "HELD takes"),
+    ([wire.RELEASE, 5, "x", True], wire.E_INVALID, "transaction id"),
+]
+
+
+@pytest.mark.parametrize("req,status,text", BAD_REQUESTS)
+def test_bad_requests_in_a_session(shard, raw, req, status, text):
+    hello(raw, 0xBAD0 + BAD_REQUESTS.index((req, status, text)))
+    before = table_state(stats(shard))
+    rep = raw.call(req)
+    assert rep[1] == status and text in rep[2], rep
+    assert table_state(stats(shard)) == before
+    # the same session still works
+    ok = raw.call([wire.LOCK, 6, 77, ["ok", 1], X, False, None, 0])
+    assert ok[1] == wire.OK
+    assert raw.call([wire.RELEASE, 8, 77, True])[1] == wire.OK
+
+
+def test_retry_is_answered_once(shard, raw):
+    hello(raw, 0xA1)
+    before = stats(shard)
+    frame = wire.pack_requests(0xA1, 0, [[wire.LOCK, 2, 501, ["db", "t", 1], X, False, None, 0]])
+    raw.send_raw(frame)
+    first = raw.recv()
+    raw.send_raw(frame)                      # the same (session, seq): a retry
+    again = raw.recv()
+    assert first == again and first[0][1] == wire.OK
+    after = stats(shard)
+    assert after["granted"] - before["granted"] == 3          # db, (db,t), row: once
+    assert after["retries_answered"] - before.get("retries_answered", 0) == 1
+    rows = [r for r in after["_snapshot"] if r[1] == 501]
+    assert len(rows) == 3
+    assert raw.call([wire.RELEASE, 3, 501, True])[1] == wire.OK
+    # a late retry after release still answers the first reply and takes nothing
+    raw.send_raw(frame)
+    assert raw.recv() == first
+    assert not [r for r in stats(shard)["_snapshot"] if r[1] == 501]
+
+
+def test_retry_of_a_waiting_request_queues_once(shard, raw):
+    other = Raw(shard.endpoints[0])
+    try:
+        hello(other, 0xB2)
+        assert other.call([wire.LOCK, 2, 601, ["w"], X, False, None, 0])[1] == wire.OK
+        hello(raw, 0xB1)
+        frame = wire.pack_requests(0xB1, 0, [[wire.LOCK, 2, 602, ["w"], X, False, None, 0]])
+        raw.send_raw(frame)
+        raw.send_raw(frame)
+        assert raw.nothing()                                  # parked, not answered
+        waiting = [r for r in stats(shard)["_snapshot"] if r[1] == 602]
+        assert len(waiting) == 1 and waiting[0][3] is False
+        assert other.call([wire.RELEASE, 3, 601, True])[1] == wire.OK
+        reps = raw.recv()
+        assert len(reps) == 1 and reps[0][1] == wire.OK       # one grant, one reply
+        assert raw.nothing()
+        assert raw.call([wire.RELEASE, 3, 602, True])[1] == wire.OK
+    finally:
+        other.close()
+
+
+def test_acknowledged_seq_is_stale(shard, raw):
+    hello(raw, 0xC1)
+    raw.send([[wire.HEARTBEAT, 10]], ack=10)
+    assert raw.recv()[0][1] == wire.OK
+    raw.send([[wire.LOCK, 3, 701, ["s"], X, False, None, 0]], ack=10)   # seq 3 < ack 10 and not cached
+    rep = raw.recv()[0]
+    assert rep[1] == wire.E_STALE and "acknowledged" in rep[2]
+    assert not [r for r in stats(shard)["_snapshot"] if r[1] == 701]
+
+
+def test_txn_of_another_session_is_refused(shard, raw):
+    other = Raw(shard.endpoints[0])
+    try:
+        hello(other, 0xD2)
+        assert other.call([wire.LOCK, 2, 801, ["o"], X, False, None, 0])[1] == wire.OK
+        hello(raw, 0xD1)
+        rep = raw.call([wire.RELEASE, 2, 801, True])
+        assert rep[1] == wire.E_INVALID and "another session" in rep[2]
+        assert [r for r in stats(shard)["_snapshot"] if r[1] == 801]
+        other.call([wire.RELEASE, 3, 801, True])
+    finally:
+        other.close()
+
+
+def test_lease_expiry_releases_locks_and_is_remembered(shard, raw):
+    hello(raw, 0xE1, ttl_ms=200)
+    assert raw.call([wire.LOCK, 2, 901, ["lease"], X, False, None, 0])[1] == wire.OK
+    other = Raw(shard.endpoints[0])
+    try:
+        hello(other, 0xE2)
+        t0 = time.monotonic()
+        rep = other.call([wire.LOCK, 2, 902, ["lease"], X, False, 10_000, 0], timeout=10)
+        assert rep[1] == wire.OK                      # granted once 0xE1's lease ran out
+        assert 0.15 < time.monotonic() - t0 < 5
+        rep = raw.call([wire.HEARTBEAT, 3])
+        assert rep[1] == wire.E_SESSION_EXPIRED and "expired" in rep[2]
+        rep = raw.call([wire.HELLO, 4, 1000, "again"])      # an expired session stays expired
+        assert rep[1] == wire.E_SESSION_EXPIRED
+        other.call([wire.RELEASE, 3, 902, True])
+    finally:
+        other.close()
+
+
+def test_req_socket_envelope(shard):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(shard.endpoints[0])
+    try:
+        s.send(wire.pack_requests(0, 0, [[wire.PING, 1]]))
+        assert s.poll(5000)
+        rep = wire.unpack_replies(s.recv())
+        assert rep[0][1] == wire.OK and rep[0][2][2] == 1     # nshards
+    finally:
+        s.close(0)
+        ctx.term()
