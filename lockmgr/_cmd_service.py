@@ -1,0 +1,203 @@
+"""``lockmgr serve | cluster | locks | demo``: the lock service from the command line.
+
+    lockmgr serve --endpoint tcp://127.0.0.1:7400 --data-dir DIR [--index I --shards N]
+    lockmgr cluster --shards 3 [--base-port 7400] [--data-dir DIR]   (foreground; Ctrl-C stops)
+    lockmgr locks tcp://127.0.0.1:7400,tcp://127.0.0.1:7401          (like pg_locks)
+    lockmgr demo [--shards 3 --threads 8 --seconds 5]                (local cluster + workload)
+"""
+
+import random
+import signal
+import sys
+import threading
+import time
+
+from ._cliutil import command
+
+
+@command("serve", "Run one lock shard in the foreground (binds 127.0.0.1 by default).")
+def cmd_serve(p, args):
+    from . import shard
+    if p is not None:
+        shard.add_serve_args(p)
+        return None
+    return shard.run_serve(args)
+
+
+@command("cluster", "Run a local cluster of shard processes in the foreground and print its endpoints.")
+def cmd_cluster(p, args):
+    if p is not None:
+        p.add_argument("--shards", type=int, default=3)
+        p.add_argument("--base-port", type=int, default=None, help="first port (default: free ports)")
+        p.add_argument("--data-dir", default=None, help="default: a temporary directory")
+        p.add_argument("--partition-depth", type=int, default=2)
+        return None
+    from .cluster import LocalCluster
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    with LocalCluster(args.shards, data_dir=args.data_dir, base_port=args.base_port,
+                      partition_depth=args.partition_depth) as c:
+        print(f"lockmgr cluster: {args.shards} shard(s), partition depth {args.partition_depth}")
+        for i, (ep, pid) in enumerate(zip(c.endpoints, c.pids)):
+            print(f"  shard {i}: {ep}  (pid {pid})")
+        print(f"endpoints: {','.join(c.endpoints)}")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    for r in rows:
+        out.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+    return "\n".join(out)
+
+
+@command("locks", "Show held and waiting locks on every shard of a cluster (like pg_locks).")
+def cmd_locks(p, args):
+    if p is not None:
+        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        p.add_argument("--timeout", type=float, default=2.0)
+        return None
+    from . import wire
+    from .client import admin_query
+    from .modes import Mode
+    snaps = admin_query(args.endpoints, wire.SNAPSHOT, args.timeout)
+    graphs = admin_query(args.endpoints, wire.GRAPH, args.timeout)
+    rows = []
+    bad = 0
+    for i, snap in enumerate(snaps):
+        if isinstance(snap, Exception):
+            print(f"shard {i}: unavailable: {snap}", file=sys.stderr)
+            bad += 1
+            continue
+        for path, txn, mode, granted, session in snap:
+            rows.append((i, repr(tuple(path)), txn, Mode(mode).name, "yes" if granted else "WAITING",
+                         f"{session:#x}" if session else "-"))
+    rows.sort(key=lambda r: (r[1], r[0], r[4] != "yes"))
+    print(_table(("shard", "resource", "txn", "mode", "granted", "session"), rows))
+    edges = []
+    for i, g in enumerate(graphs):
+        if not isinstance(g, Exception):
+            edges.extend(f"{w} -> {', '.join(map(str, v))}  (shard {i})" for w, v in g)
+    if edges:
+        print("\nwait-for edges:")
+        for e in edges:
+            print("  " + e)
+    print(f"\n{len(rows)} request(s) on {len(snaps) - bad} shard(s)")
+    return 1 if bad else 0
+
+
+def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=1000, locks_per_txn=4, seed=1,
+             timeout=1.0, progress=True, out=sys.stdout):
+    """Threads share one client; each transaction locks rows of one table
+    (mostly X, some S) in random order. Returns a summary dict."""
+    from . import DeadlockDetected, LockTimeout, Mode
+    from .client import connect
+    eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
+    client = connect(eps, default_timeout=timeout)
+    counts = {"committed": 0, "deadlocks": 0, "timeouts": 0, "locks": 0, "errors": 0}
+    lat = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    live = dict.fromkeys(counts, 0)
+
+    def worker(k):
+        rnd = random.Random(seed * 1000 + k)
+        mine = dict.fromkeys(counts, 0)
+        my_lat = []
+        while time.monotonic() < stop_at:
+            t = client.begin()
+            table = f"t{rnd.randrange(tables)}"
+            t0 = time.perf_counter()
+            try:
+                for _ in range(locks_per_txn):
+                    t.lock(("db", table, rnd.randrange(rows)), Mode.X if rnd.random() < 0.7 else Mode.S)
+                    mine["locks"] += 1
+                t.commit()
+                mine["committed"] += 1
+                my_lat.append(time.perf_counter() - t0)
+            except DeadlockDetected:
+                mine["deadlocks"] += 1
+            except LockTimeout:
+                mine["timeouts"] += 1
+                t.abort()
+            except Exception:
+                mine["errors"] += 1
+                t.abort()
+            if mine["committed"] % 50 == 0:
+                with lock:
+                    for key in counts:
+                        live[key] += mine[key] - live.get((k, key), 0)
+                        live[(k, key)] = mine[key]
+        with lock:
+            for key, v in mine.items():
+                counts[key] += v
+            lat.extend(my_lat)
+
+    t0 = time.perf_counter()
+    ths = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
+    for th in ths:
+        th.start()
+    while any(th.is_alive() for th in ths):
+        for th in ths:
+            th.join(0.25)
+            break
+        if progress:
+            el = time.perf_counter() - t0
+            with lock:
+                c, lk, d = live["committed"], live["locks"], live["deadlocks"]
+            out.write(f"\r  {el:5.1f}s  committed {c:>8,}  locks {lk:>9,}  ({lk / max(el, 1e-9):>9,.0f}/s)  "
+                      f"deadlocks {d:>5,}   ")
+            out.flush()
+    if progress:
+        out.write("\n")
+    elapsed = time.perf_counter() - t0
+    per_shard = client.stats()
+    client.close()
+    lat.sort()
+    q = (lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] * 1e3 if lat else float("nan"))
+    return dict(counts, elapsed=elapsed, p50_ms=q(0.5), p99_ms=q(0.99), shards=per_shard)
+
+
+@command("demo", "Start a local cluster and run a workload against it (live progress, then a summary).")
+def cmd_demo(p, args):
+    if p is not None:
+        p.add_argument("--shards", type=int, default=3)
+        p.add_argument("--threads", type=int, default=8)
+        p.add_argument("--seconds", type=float, default=5.0)
+        p.add_argument("--rows", type=int, default=1000)
+        p.add_argument("--tables", type=int, default=8)
+        p.add_argument("--seed", type=int, default=1)
+        return None
+    from .cluster import LocalCluster
+    with LocalCluster(args.shards) as c:
+        print(f"local cluster: {args.shards} shard(s) at {','.join(c.endpoints)}")
+        print(f"workload: {args.threads} threads, {args.seconds:g}s, 4 row locks per transaction "
+              f"(70% X) over {args.tables} tables x {args.rows} rows")
+        r = run_demo(c, threads=args.threads, seconds=args.seconds, tables=args.tables, rows=args.rows,
+                     seed=args.seed)
+    el = r["elapsed"]
+    print()
+    print(_table(("metric", "value"), [
+        ("transactions committed", f"{r['committed']:,}"),
+        ("transactions/s", f"{r['committed'] / el:,.0f}"),
+        ("locks granted", f"{r['locks']:,}"),
+        ("locks/s", f"{r['locks'] / el:,.0f}"),
+        ("deadlock victims", f"{r['deadlocks']:,}"),
+        ("lock timeouts", f"{r['timeouts']:,}"),
+        ("other errors", f"{r['errors']:,}"),
+        ("txn latency p50 / p99", f"{r['p50_ms']:.2f} ms / {r['p99_ms']:.2f} ms"),
+    ]))
+    print()
+    print(_table(("shard", "epoch", "granted", "waited", "deadlocks", "timeouts", "sessions"), [
+        (s["index"], s["epoch"], f"{s['granted']:,}", f"{s['waited']:,}", s.get("deadlocks", 0),
+         s.get("timeouts", 0), s["sessions"]) for s in r["shards"]]))
+    return 0 if r["errors"] == 0 else 1
