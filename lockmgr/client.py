@@ -321,6 +321,16 @@ class _Engine:
             # locks there learn of the new epoch and abort)
             if not self._hello_pending[i] and self.dead is None:
                 self._send_hello(i, time.monotonic())
+        elif isinstance(c.error, ShardUnavailable):
+            # no heartbeat answer within the request timeout: the shard is down or
+            # cut off; fail what waits on it (a lock wait has no deadline of its own)
+            pending = self._pending[i]
+            msg = (f"shard {i} ({self.endpoints[i]}) did not answer a heartbeat within the request "
+                   f"timeout of {self.request_timeout:g}s")
+            for call in list(pending.values()):
+                if call.typ != wire.HELLO:
+                    del pending[call.seq]
+                    self._fail(call, ShardUnavailable(msg))
 
     def _expire_by_shard(self, msg):
         if self.dead is None:

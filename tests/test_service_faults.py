@@ -1,0 +1,246 @@
+"""Faults on purpose: a client stopped past its lease (SIGSTOP), a shard
+SIGKILLed and restarted, many threads and an asyncio client at once, and a
+Jepsen-style history check of hold intervals and fencing tokens.
+
+Every process is started here and stopped by PID; every wait is bounded."""
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import lockmgr
+from lockmgr import (DeadlockDetected, LocalCluster, LockError, LockTimeout, Mode, SessionExpired,
+                     ShardUnavailable, TransactionAborted, compatible)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHILD = r"""
+import sys, lockmgr
+c = lockmgr.connect(sys.argv[1], session_ttl=1.0, request_timeout=2.0)
+t = c.begin()
+t.lock(("db", "t", 1), lockmgr.Mode.X)
+print("LOCKED", flush=True)
+sys.stdin.readline()          # the test SIGSTOPs us here, then SIGCONTs and writes a line
+for call in (lambda: t.lock(("db", "t", 2)), t.commit, lambda: c.begin()):
+    try:
+        call()
+        print("OK", flush=True)
+    except lockmgr.SessionExpired as e:
+        print("SessionExpired", flush=True)
+    except Exception as e:
+        print("OTHER", type(e).__name__, e, flush=True)
+"""
+
+
+def _readline(proc, timeout):
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        assert sel.select(timeout), "child did not answer in time"
+        return proc.stdout.readline().decode().strip()
+    finally:
+        sel.close()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(3, partition_depth=2) as c:
+        yield c
+
+
+def test_sigstopped_client_loses_its_lease(cluster):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(cluster.endpoints)], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert _readline(child, 20) == "LOCKED"
+        os.kill(child.pid, signal.SIGSTOP)
+        with cluster.connect() as other:
+            t = other.begin()
+            t0 = time.monotonic()
+            tok = t.lock(("db", "t", 1), Mode.X, timeout=15)   # granted once the child's lease runs out
+            waited = time.monotonic() - t0
+            assert tok > 0 and 0.5 < waited < 15
+            os.kill(child.pid, signal.SIGCONT)
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+            assert [_readline(child, 20) for _ in range(3)] == ["SessionExpired"] * 3
+            t.commit()
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait()
+
+
+def _row_on(client, shard, table="t", start=0):
+    """A row path routed to ``shard`` (routing is a stable hash of (db, table))."""
+    import zlib
+    from lockmgr.paths import encode
+    for k in range(1000):
+        tb = f"{table}{k}"
+        if zlib.crc32(encode(("db", tb))) % client._eng.n == shard:
+            return ("db", tb, start)
+    raise AssertionError("no table routes there")
+
+
+def test_shard_killed_and_restarted():
+    with LocalCluster(2, partition_depth=2) as c:
+        client = c.connect(session_ttl=10.0, request_timeout=1.0)
+        row = _row_on(client, 1)
+        t = client.begin()
+        tok1 = t.lock(row, Mode.X)
+        epoch1 = client._eng.epoch[1]
+        c.kill(1)
+        with pytest.raises(ShardUnavailable):
+            t.lock(row[:2] + (99,), Mode.X)
+        c.restart(1)
+        # the client reopens its session on the restarted shard (new epoch);
+        # a new transaction works there and its token is larger than before
+        deadline = time.monotonic() + 15
+        while True:
+            u = client.begin()
+            try:
+                tok2 = u.lock(row, Mode.X)
+                break
+            except ShardUnavailable:
+                u.abort()
+                assert time.monotonic() < deadline, "shard did not come back"
+        assert client._eng.epoch[1] > epoch1
+        assert tok2 > tok1                                   # fencing tokens keep increasing
+        # the old transaction's locks on shard 1 were lost: it is aborted, clearly
+        with pytest.raises(TransactionAborted, match="restarted"):
+            t.lock(row[:2] + (100,), Mode.X)
+        with pytest.raises(TransactionAborted):
+            t.commit()
+        u.commit()
+        client.close()
+
+
+def test_many_threads_and_an_asyncio_client(cluster):
+    """X locks guard counters: no lost updates across 6 threads sharing one
+    client, 2 threads with their own clients, and 16 asyncio tasks."""
+    counters = {}
+    keys = [("db", "t", k) for k in range(12)]   # one shard: every deadlock is local (found at once)
+    errors = []
+    per_worker = 40
+
+    def bump(key, by):
+        v = counters.get(key, 0)
+        time.sleep(0)                 # invite a race if the lock did not exclude
+        counters[key] = v + by
+
+    def run_sync(client, seed):
+        rnd = random.Random(seed)
+        done = 0
+        deadline = time.monotonic() + 60
+        while done < per_worker and time.monotonic() < deadline:
+            a, b = rnd.sample(keys, 2)
+            t = client.begin()
+            try:
+                t.lock(a, Mode.X, timeout=2)
+                t.lock(b, Mode.X, timeout=2)
+                bump(a, 1)
+                bump(b, 1)
+                t.commit()
+                done += 1
+            except (DeadlockDetected, LockTimeout):
+                t.abort()
+            except Exception as e:  # recorded; the test fails below
+                errors.append(e)
+                return
+
+    async def run_async(aclient, seed):
+        rnd = random.Random(seed)
+        done = 0
+        deadline = time.monotonic() + 60
+        while done < per_worker // 4 and time.monotonic() < deadline:
+            a, b = rnd.sample(keys, 2)
+            t = aclient.begin()
+            try:
+                await t.lock(a, Mode.X, timeout=2)
+                await t.lock(b, Mode.X, timeout=2)
+                bump(a, 1)
+                bump(b, 1)
+                await t.commit()
+                done += 1
+            except (DeadlockDetected, LockTimeout):
+                await t.abort()
+
+    async def async_main():
+        async with await lockmgr.aio.connect(cluster.endpoints) as ac:
+            await asyncio.gather(*(run_async(ac, 100 + i) for i in range(16)))
+
+    shared = cluster.connect()
+    own = [cluster.connect() for _ in range(2)]
+    ths = [threading.Thread(target=run_sync, args=(shared, i)) for i in range(6)]
+    ths += [threading.Thread(target=run_sync, args=(own[i], 50 + i)) for i in range(2)]
+    ths.append(threading.Thread(target=lambda: asyncio.run(async_main())))
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(120)
+        assert not th.is_alive()
+    assert not errors, errors
+    total = 2 * (8 * per_worker + 16 * (per_worker // 4))
+    assert sum(counters.values()) == total
+    shared.close()
+    for o in own:
+        o.close()
+
+
+def test_jepsen_history(cluster):
+    """Clients record every hold interval (monotonic clock, taken inside the
+    true hold) with its token. No two incompatible holds overlap on a resource,
+    and a later hold always has a larger token than an earlier one."""
+    history = []
+    hl = threading.Lock()
+    resources = [("db", "j", k) for k in range(4)] + [("jr",)]
+    errors = []
+
+    def client_loop(seed):
+        rnd = random.Random(seed)
+        with cluster.connect() as c:
+            for _ in range(40):
+                t = c.begin()
+                r = rnd.choice(resources)
+                m = Mode.X if rnd.random() < 0.6 else Mode.S
+                try:
+                    tok = t.lock(r, m, timeout=3)
+                    start = time.monotonic()
+                    time.sleep(rnd.random() * 0.002)
+                    end = time.monotonic()
+                    t.commit()
+                    with hl:
+                        history.append((r, m, tok, start, end))
+                except (LockTimeout, DeadlockDetected):
+                    t.abort()
+                except LockError as e:
+                    errors.append(e)
+
+    ths = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(120)
+        assert not th.is_alive()
+    assert not errors, errors
+    assert len(history) > 200
+    by_res = {}
+    for h in history:
+        by_res.setdefault(h[0], []).append(h)
+    for r, hs in by_res.items():
+        hs.sort(key=lambda h: h[3])
+        for i, a in enumerate(hs):
+            for b in hs[i + 1:]:
+                if b[3] >= a[4]:
+                    assert b[2] > a[2], f"token went backwards on {r}: {a} then {b}"
+                elif not compatible(a[1], b[1]):
+                    raise AssertionError(f"incompatible holds overlap on {r}: {a} and {b}")
