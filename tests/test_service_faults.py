@@ -199,7 +199,9 @@ def test_many_threads_and_an_asyncio_client(cluster):
 def test_jepsen_history(cluster):
     """Clients record every hold interval (monotonic clock, taken inside the
     true hold) with its token. No two incompatible holds overlap on a resource,
-    and a later hold always has a larger token than an earlier one."""
+    and of two incompatible holds the later one has the larger token (between
+    compatible holds, which may overlap, recorded intervals say nothing about
+    grant order)."""
     history = []
     hl = threading.Lock()
     resources = [("db", "j", k) for k in range(4)] + [("jr",)]
@@ -240,7 +242,9 @@ def test_jepsen_history(cluster):
         hs.sort(key=lambda h: h[3])
         for i, a in enumerate(hs):
             for b in hs[i + 1:]:
-                if b[3] >= a[4]:
-                    assert b[2] > a[2], f"token went backwards on {r}: {a} then {b}"
-                elif not compatible(a[1], b[1]):
-                    raise AssertionError(f"incompatible holds overlap on {r}: {a} and {b}")
+                if compatible(a[1], b[1]):
+                    continue
+                assert b[3] >= a[4], f"incompatible holds overlap on {r}: {a} and {b}"
+                assert b[2] > a[2], f"token went backwards on {r}: {a} then {b}"
+        xs = [h[2] for h in hs if h[1] == Mode.X]
+        assert xs == sorted(xs) and len(set(xs)) == len(xs)
