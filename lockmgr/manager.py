@@ -25,15 +25,18 @@ Design and correctness argument: docs/design.md.
 """
 
 import itertools
+import os
 import threading
 import time
-from collections import namedtuple
+from collections import OrderedDict, namedtuple
 from contextlib import contextmanager
 
 from ._core import CONFLICT, WAITING, table_class
-from .errors import (DeadlockDetected, InvalidRequest, LockNotAvailable,
+from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted)
 from .modes import Mode
+from .paths import decode, encode
+from .wal import CorruptLog, PrepareLog
 
 __all__ = ["LockManager", "Transaction", "LockInfo"]
 
@@ -50,6 +53,8 @@ ABORTED = "aborted"
 PREPARED = "prepared"
 
 _MODES = tuple(Mode)
+EPOCH_SHIFT = 40          # fencing token = epoch << 40 | grants in this epoch
+RESOLVED_MEMORY = 100_000  # resolved gtrids remembered for idempotent resolve()
 
 
 def _check_timeout(timeout):
@@ -68,13 +73,17 @@ class Transaction:
     from any thread, but a transaction waits for at most one lock at a time.
     """
 
-    __slots__ = ("_mgr", "_table", "id", "name", "_state", "_wake", "_victim", "__weakref__")
+    __slots__ = ("_mgr", "_table", "id", "name", "gtrid", "_state", "_wake", "_victim", "_resolving",
+                 "prepared_at", "__weakref__")
 
-    def __init__(self, mgr, tid, name):
+    def __init__(self, mgr, tid, name, gtrid=None):
         self._mgr = mgr
         self._table = mgr._table
         self.id = tid
         self.name = name
+        self.gtrid = gtrid
+        self._resolving = False
+        self.prepared_at = None
         self._state = ACTIVE
         self._wake = None      # a held threading.Lock while this txn waits
         self._victim = False   # aborted as a deadlock victim
@@ -88,6 +97,8 @@ class Transaction:
         return self._state
 
     def _refuse(self):
+        if self._state is PREPARED:
+            return InvalidRequest(f"transaction {self.id} is prepared: it can only be committed or aborted")
         if self._victim:
             return TransactionAborted(f"transaction {self.id} was aborted as a deadlock victim")
         return TransactionAborted(f"transaction {self.id} is {self._state}")
@@ -228,20 +239,87 @@ class Transaction:
         """Every node held, with its mode: ``{path: Mode}`` (intention locks included)."""
         return {path: _MODES[m] for path, m in self._table.held(self.id)}
 
-    def commit(self):
-        """Release every lock and finish. Raises TransactionAborted if already finished."""
+    def prepare(self):
+        """Phase one of two-phase commit: keep every lock until commit or abort.
+
+        With a ``data_dir`` the locks and their fencing tokens are appended to
+        the manager's prepare log and fsynced before this returns (prepares
+        from many threads share one fsync); a restarted manager on the same
+        directory gets them back, in doubt, until :meth:`LockManager.resolve`.
+        Without one, the transaction is only marked prepared. Afterwards new
+        lock requests are refused; only commit() or abort() remain.
+        Requires a ``gtrid`` (``begin(gtrid=...)``) when there is a data_dir.
+        """
         mgr = self._mgr
         with mgr._mutex:
-            if self._state is not ACTIVE and self._state is not PREPARED:
+            if self._state is not ACTIVE:
                 raise self._refuse()
-            self._finish_locked(COMMITTED)
+            table = self._table
+            if table.is_waiting(self.id):
+                raise InvalidRequest(f"transaction {self.id} is waiting for a lock; it cannot prepare meanwhile")
+            log = mgr._log
+            if log is not None and self.gtrid is None:
+                raise InvalidRequest("prepare() with a data_dir needs a global transaction id: begin(gtrid=...)")
+            self._state = PREPARED
+            self.prepared_at = time.time()
+            if log is None:
+                return
+            # re-locking a held mode changes nothing and returns its token
+            locks = [[encode(p), m, table.lock(self.id, p, m)] for p, m in table.held(self.id)]
+            self._resolving = True   # commit/abort wait until the prepare is durable
+            ticket = log.submit({"t": "prepare", "gtrid": self.gtrid, "txn": self.id, "name": self.name,
+                                 "at": self.prepared_at, "locks": locks})
+        try:
+            ticket.wait()
+        except LockError:
+            with mgr._mutex:   # not durable: not prepared
+                self._state = ACTIVE
+                self._resolving = False
+                self.prepared_at = None
+            raise
+        with mgr._mutex:
+            self._resolving = False
+
+    def commit(self):
+        """Release every lock and finish. Raises TransactionAborted if already finished.
+
+        For a prepared transaction with a data_dir, the decision is logged
+        durably before the locks are released."""
+        self._resolve(COMMITTED)
 
     def abort(self):
         """Release every lock and finish as aborted. Idempotent; a no-op once finished."""
+        try:
+            self._resolve(ABORTED)
+        except TransactionAborted:
+            pass
+
+    def _resolve(self, outcome):
         mgr = self._mgr
         with mgr._mutex:
-            if self._state is ACTIVE or self._state is PREPARED:
-                self._abort_locked(victim=False)
+            if self._resolving:
+                raise InvalidRequest(f"transaction {self.id} is being prepared or resolved by another thread")
+            if self._state is ACTIVE or (self._state is PREPARED and mgr._log is None):
+                if outcome is ABORTED:
+                    self._abort_locked(victim=False)
+                else:
+                    self._finish_locked(COMMITTED)
+                mgr._remember(self.gtrid, outcome)
+                return
+            if self._state is not PREPARED:
+                if outcome is ABORTED:
+                    return
+                raise self._refuse()
+            self._resolving = True
+            ticket = mgr._log.submit({"t": "resolve", "gtrid": self.gtrid, "commit": outcome is COMMITTED})
+        try:
+            ticket.wait()
+        finally:
+            with mgr._mutex:
+                self._resolving = False
+                if ticket.durable:
+                    self._finish_locked(outcome)
+                    mgr._remember(self.gtrid, outcome)
 
     def _abort_locked(self, victim):
         self._victim = victim
@@ -251,6 +329,8 @@ class Transaction:
         mgr = self._mgr
         self._state = state  # first: a concurrent fast-path lock() checks it after its grant
         mgr._txns.pop(self.id, None)
+        if self.gtrid is not None:
+            mgr._gtrids.pop(self.gtrid, None)
         woken = self._table.release_all(self.id)
         if woken:
             mgr._wake_all(woken)
@@ -279,30 +359,124 @@ class LockManager:
     than this many locks directly below one node, the node's lock is converted
     to S (or X) if that is grantable at once and the locks below are released.
     ``default_timeout``: seconds a ``lock()`` waits when it gives no timeout
-    (None: forever).
+    (None: forever). ``data_dir``: a directory for the prepare log; prepared
+    transactions found there are restored, in doubt, before ``__init__``
+    returns, and fencing tokens continue above every token issued before.
     """
 
     def __init__(self, *, deadlock_detection=True, escalation_threshold=5000, default_timeout=None,
-                 _backend=None):
+                 data_dir=None, _backend=None):
         if type(escalation_threshold) is not int or escalation_threshold < 1:
             raise InvalidRequest(f"escalation_threshold must be an int >= 1; got {escalation_threshold!r}")
         self._default_timeout = _check_timeout(default_timeout)
         self._detect = bool(deadlock_detection)
         # _backend ("c"/"python") is for tests and benchmarks that compare backends
-        self._table = table_class(_backend)(escalation_threshold, 0)
+        self._log = None
+        token_base = 0
+        if data_dir is not None:
+            self._log = PrepareLog(os.fspath(data_dir))
+            token_base = self._log.epoch << EPOCH_SHIFT
+        self._table = table_class(_backend)(escalation_threshold, token_base)
         self._mutex = threading.Lock()
-        self._ids = itertools.count(1)
         self._txns = {}          # id -> Transaction, for active/prepared transactions
+        self._gtrids = {}        # gtrid -> Transaction, for active/prepared transactions
+        self._resolved = OrderedDict()  # gtrid -> outcome, the most recent RESOLVED_MEMORY
         self._deadlocks = 0
         self._timeouts = 0
+        first_id = 1
+        if self._log is not None:
+            first_id = self._restore(self._log.live_records()) + 1
+        self._ids = itertools.count(first_id)
 
-    def begin(self, name=None):
-        """Start a transaction. Ids increase: a larger id is a younger transaction."""
+    def _restore(self, records):
+        """Give every prepared, unresolved transaction of the log its locks back."""
+        last = 0
+        for rec in sorted(records.values(), key=lambda r: r["txn"]):
+            t = Transaction(self, rec["txn"], rec.get("name"), rec["gtrid"])
+            t._state = PREPARED
+            t.prepared_at = rec.get("at")
+            for key, mode, _token in rec["locks"]:
+                if self._table.lock(t.id, decode(key), mode, True) <= 0:
+                    raise CorruptLog(f"prepared transaction {rec['gtrid']!r} conflicts with another in the log")
+            self._txns[t.id] = t
+            self._gtrids[t.gtrid] = t
+            last = max(last, t.id)
+        return last
+
+    def _remember(self, gtrid, outcome):
+        if gtrid is None:
+            return
+        self._resolved[gtrid] = outcome
+        while len(self._resolved) > RESOLVED_MEMORY:
+            self._resolved.popitem(last=False)
+
+    def begin(self, name=None, *, gtrid=None):
+        """Start a transaction. Ids increase: a larger id is a younger transaction.
+
+        ``gtrid``: a global transaction id (str) chosen by a 2PC coordinator,
+        unique among the transactions of this manager; needed to prepare with
+        a data_dir, and the name under which recover()/resolve() know it.
+        """
+        if gtrid is not None and (type(gtrid) is not str or not gtrid or len(gtrid) > 256):
+            raise InvalidRequest(f"gtrid must be a non-empty str of at most 256 characters; got {gtrid!r}")
         with self._mutex:
+            if gtrid is not None and gtrid in self._gtrids:
+                raise InvalidRequest(f"gtrid {gtrid!r} is already in use by transaction {self._gtrids[gtrid].id}")
             tid = next(self._ids)
-            t = Transaction(self, tid, name)
+            t = Transaction(self, tid, name, gtrid)
             self._txns[tid] = t
+            if gtrid is not None:
+                self._gtrids[gtrid] = t
         return t
+
+    def recover(self):
+        """The gtrids of the prepared transactions that are in doubt, oldest first."""
+        with self._mutex:
+            return [t.gtrid for t in sorted(self._gtrids.values(), key=lambda t: t.id)
+                    if t._state is PREPARED and t.gtrid is not None]
+
+    def indoubt(self):
+        """In-doubt transactions with their age and locks: a list of dicts."""
+        now = time.time()
+        with self._mutex:
+            return [{"gtrid": t.gtrid, "txn": t.id, "age": now - (t.prepared_at or now),
+                     "locks": {p: _MODES[m] for p, m in self._table.held(t.id)}}
+                    for t in sorted(self._gtrids.values(), key=lambda t: t.id) if t._state is PREPARED]
+
+    def resolve(self, gtrid, commit):
+        """Finish the prepared transaction ``gtrid``: commit (True) or abort (False).
+
+        Idempotent: resolving again with the same outcome does nothing; with
+        the other outcome, or for a gtrid never seen (or forgotten), it raises
+        InvalidRequest.
+        """
+        if type(commit) is not bool:
+            raise InvalidRequest(f"commit must be True or False; got {commit!r}")
+        outcome = COMMITTED if commit else ABORTED
+        with self._mutex:
+            t = self._gtrids.get(gtrid)
+            if t is None:
+                done = self._resolved.get(gtrid)
+                if done is None:
+                    raise InvalidRequest(f"unknown gtrid {gtrid!r}: no such prepared transaction")
+                if done is not outcome:
+                    raise InvalidRequest(f"gtrid {gtrid!r} was already {done}")
+                return
+            if t._state is not PREPARED:
+                raise InvalidRequest(f"transaction {gtrid!r} is {t._state}, not prepared")
+        t._resolve(outcome)
+
+    def close(self):
+        """Close the prepare log (prepared transactions stay in it)."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @contextmanager
     def transaction(self, **kw):
