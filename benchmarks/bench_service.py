@@ -1,0 +1,378 @@
+"""Benchmarks of the lock service (a script; figures go to benchmarks/RESULTS_service.md).
+
+    python benchmarks/bench_service.py                 # everything
+    python benchmarks/bench_service.py --only latency,throughput,batch,shards,compare
+
+latency     one client, uncontended lock+unlock round trips (p50/p99) next to a
+            bare pyzmq DEALER/ROUTER echo round trip measured in the same run
+throughput  one shard, pipelined raw-protocol clients (processes): LOCK requests/s
+batch       the same with LOCK_MANY batches of 64: locks granted/s
+shards      throughput with 1 shard vs 2 shards
+compare     acquire+release of random uncontended keys, 1 and 8 clients: lockmgr
+            (the real Client), Redis (redis-py Lock, local redis-server) and
+            PostgreSQL advisory locks (psycopg, a throwaway cluster). The script
+            installs nothing; it starts redis-server / initdb+pg_ctl when the
+            binaries exist and says so when they do not.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import zmq  # noqa: E402
+
+import lockmgr  # noqa: E402
+from lockmgr import LocalCluster, Mode, wire  # noqa: E402
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+# ------------------------------------------------------------------ latency
+
+def _echo_server(port, ready):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind(f"tcp://127.0.0.1:{port}")
+    ready.set()
+    while True:
+        parts = s.recv_multipart()
+        if parts[-1] == b"quit":
+            break
+        s.send_multipart(parts)
+
+
+def bench_latency(n):
+    port = free_port()
+    ready = mp.Event()
+    p = mp.Process(target=_echo_server, args=(port, ready), daemon=True)
+    p.start()
+    ready.wait(10)
+    ctx = zmq.Context()
+    d = ctx.socket(zmq.DEALER)
+    d.connect(f"tcp://127.0.0.1:{port}")
+    payload = wire.pack_requests(1, 0, [[wire.LOCK, 1, 1, ["db", "t", 1], 5, False, None, 0]])
+    bare = []
+    for i in range(n + 200):
+        t0 = time.perf_counter()
+        d.send(payload)
+        d.recv()
+        if i >= 200:
+            bare.append(time.perf_counter() - t0)
+    d.send(b"quit")
+    d.close(0)
+    p.join(5)
+    with LocalCluster(1) as c:
+        cl = c.connect()
+        t = cl.begin()
+        lk, ul = [], []
+        for i in range(n + 200):
+            r = ("db", "t", i)
+            t0 = time.perf_counter()
+            t.lock(r, Mode.X)
+            t1 = time.perf_counter()
+            t.unlock(r)
+            t2 = time.perf_counter()
+            if i >= 200:
+                lk.append(t1 - t0)
+                ul.append(t2 - t1)
+        t.commit()
+        cl.close()
+    us = 1e6
+    print(f"latency (n={n}, one client, one shard, uncontended):")
+    print(f"  bare pyzmq DEALER/ROUTER round trip: p50 {pct(bare, .5) * us:7.1f} us  p99 {pct(bare, .99) * us:7.1f} us")
+    print(f"  lockmgr lock()  (1 round trip):      p50 {pct(lk, .5) * us:7.1f} us  p99 {pct(lk, .99) * us:7.1f} us"
+          f"   ratio p50 {pct(lk, .5) / pct(bare, .5):.2f}x")
+    print(f"  lockmgr unlock() (1 round trip):     p50 {pct(ul, .5) * us:7.1f} us  p99 {pct(ul, .99) * us:7.1f} us")
+    pair = [a + b for a, b in zip(lk, ul)]
+    print(f"  lock+unlock pair:                    p50 {pct(pair, .5) * us:7.1f} us  p99 {pct(pair, .99) * us:7.1f} us")
+
+
+# --------------------------------------------------------------- throughput
+
+def _raw_client(endpoint, seconds, window, per_frame, batch, cid, out):
+    """Pipelined raw-protocol client: keeps ``window`` frames in flight; each frame
+    has ``per_frame`` LOCK requests (or LOCK_MANY of ``batch``) on fresh keys,
+    each followed by the RELEASE of its transaction."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.connect(endpoint)
+    session = (os.getpid() << 8) | cid | 1
+    s.send(wire.pack_requests(session, 0, [[wire.HELLO, 1, 60000, "bench"]]))
+    s.recv()
+    seq = 2
+    txn = (cid + 1) << 40
+    key = 0
+    locks = 0
+    inflight = 0
+    stop = time.monotonic() + seconds
+    t0 = None
+
+    def frame():
+        nonlocal seq, txn, key
+        reqs = []
+        for _ in range(per_frame):
+            txn += 1
+            if batch:
+                items = []
+                for _ in range(batch):
+                    key += 1
+                    items.append([["b", cid, key], 5])
+                reqs.append([wire.LOCK_MANY, seq, txn, items, False, None, 0])
+            else:
+                key += 1
+                reqs.append([wire.LOCK, seq, txn, ["b", cid, key], 5, False, None, 0])
+            reqs.append([wire.RELEASE, seq + 1, txn, True])
+            seq += 2
+        return wire.pack_requests(session, seq - 2 * per_frame, reqs)
+
+    warm = time.monotonic() + 0.3
+    counted = False
+    while True:
+        now = time.monotonic()
+        if not counted and now >= warm:
+            counted, t0, locks = True, time.perf_counter(), 0
+        if now >= stop:
+            break
+        while inflight < window:
+            s.send(frame())
+            inflight += 1
+        reps = wire.unpack_replies(s.recv())
+        inflight -= 1
+        for r in reps:
+            if r[1] != 0:
+                raise SystemExit(f"error reply {r}")
+        locks += per_frame * (batch or 1)
+    el = time.perf_counter() - t0
+    out.put(locks / el)
+    s.close(0)
+    ctx.term()
+
+
+def _run_raw(endpoints, clients, seconds, window, per_frame, batch):
+    q = mp.Queue()
+    ps = [mp.Process(target=_raw_client, args=(endpoints[i % len(endpoints)], seconds, window, per_frame, batch, i, q))
+          for i in range(clients)]
+    for p in ps:
+        p.start()
+    rates = [q.get(timeout=seconds + 60) for _ in ps]
+    for p in ps:
+        p.join(10)
+    return sum(rates)
+
+
+def bench_throughput(seconds, clients):
+    with LocalCluster(1) as c:
+        r = _run_raw(c.endpoints, clients, seconds, window=4, per_frame=64, batch=0)
+        print(f"throughput, 1 shard, {clients} pipelined raw clients (4 frames x 64 LOCK+RELEASE in flight): "
+              f"{r:,.0f} LOCK requests/s")
+        cl = c.connect()
+        print(f"  shard backend: {cl.stats()[0]['backend']}")
+        cl.close()
+
+
+def bench_batch(seconds, clients):
+    with LocalCluster(1) as c:
+        r = _run_raw(c.endpoints, clients, seconds, window=4, per_frame=4, batch=64)
+        print(f"batch, 1 shard, {clients} clients, LOCK_MANY of 64 (4 frames x 4 batches in flight): "
+              f"{r:,.0f} locks granted/s")
+
+
+def bench_shards(seconds, clients):
+    for n in (1, 2):
+        with LocalCluster(n) as c:
+            r = _run_raw(c.endpoints, clients, seconds, window=4, per_frame=64, batch=0)
+            print(f"shards={n}: {clients} raw clients: {r:,.0f} LOCK requests/s")
+
+
+# ---------------------------------------------------------------- compare
+
+def _lm_worker(endpoints, seconds, cid, out):
+    cl = lockmgr.connect(endpoints)
+    i = 0
+    stop = time.monotonic() + seconds
+    n = 0
+    t0 = time.perf_counter()
+    while time.monotonic() < stop:
+        t = cl.begin()
+        t.lock(("k", cid, i), Mode.X)
+        t.commit()
+        i += 1
+        n += 1
+    out.put(n / (time.perf_counter() - t0))
+    cl.close()
+
+
+def _redis_worker(port, seconds, cid, out):
+    import redis
+    r = redis.Redis(host="127.0.0.1", port=port)
+    i = 0
+    n = 0
+    stop = time.monotonic() + seconds
+    t0 = time.perf_counter()
+    while time.monotonic() < stop:
+        lk = r.lock(f"k:{cid}:{i}", timeout=10)
+        lk.acquire()
+        lk.release()
+        i += 1
+        n += 1
+    out.put(n / (time.perf_counter() - t0))
+
+
+def _pg_worker(port, seconds, cid, out):
+    import psycopg
+    conn = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True)
+    cur = conn.cursor()
+    i = 0
+    n = 0
+    stop = time.monotonic() + seconds
+    t0 = time.perf_counter()
+    while time.monotonic() < stop:
+        k = (cid << 32) | i
+        cur.execute("SELECT pg_advisory_lock(%s)", (k,))
+        cur.execute("SELECT pg_advisory_unlock(%s)", (k,))
+        i += 1
+        n += 1
+    out.put(n / (time.perf_counter() - t0))
+    conn.close()
+
+
+def _parallel(target, arg, clients, seconds):
+    q = mp.Queue()
+    ps = [mp.Process(target=target, args=(arg, seconds, i, q)) for i in range(clients)]
+    for p in ps:
+        p.start()
+    rates = [q.get(timeout=seconds + 60) for _ in ps]
+    for p in ps:
+        p.join(10)
+    return sum(rates)
+
+
+def bench_compare(seconds, shards):
+    rows = {}
+    with LocalCluster(shards) as c:
+        for n in (1, 8):
+            rows[("lockmgr", n)] = _parallel(_lm_worker, c.endpoints, n, seconds)
+    redis_bin = shutil.which("redis-server")
+    try:
+        import redis  # noqa: F401
+        have_redis_py = True
+    except ImportError:
+        have_redis_py = False
+    if redis_bin and have_redis_py:
+        port = free_port()
+        p = subprocess.Popen([redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import redis
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    redis.Redis(host="127.0.0.1", port=port).ping()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            print(f"started redis-server ({redis_bin}) on 127.0.0.1:{port}")
+            for n in (1, 8):
+                rows[("redis", n)] = _parallel(_redis_worker, port, n, seconds)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(10)
+    else:
+        print("redis: skipped (" + ("redis-server not installed" if not redis_bin else "redis-py not installed") + ")")
+    initdb = shutil.which("initdb")
+    pg_ctl = shutil.which("pg_ctl")
+    try:
+        import psycopg  # noqa: F401
+        have_psycopg = True
+    except ImportError:
+        have_psycopg = False
+    if initdb and pg_ctl and have_psycopg:
+        d = tempfile.mkdtemp(prefix="bench-pg-")
+        port = free_port()
+        env = dict(os.environ)
+        runas = []
+        if os.geteuid() == 0:     # postgres refuses to run as root
+            try:
+                import pwd
+                pwd.getpwnam("postgres")
+                shutil.chown(d, "postgres")
+                runas = ["runuser", "-u", "postgres", "--"]
+            except (KeyError, ImportError):
+                runas = None
+        if runas is None:
+            print("postgresql: skipped (running as root and no 'postgres' user)")
+        else:
+            try:
+                subprocess.run(runas + [initdb, "-D", d + "/data", "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                               check=True, stdout=subprocess.DEVNULL, env=env)
+                subprocess.run(runas + [pg_ctl, "-D", d + "/data", "-o",
+                                        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={d} "
+                                        f"-c fsync=off -c max_connections=50", "-w", "-l", d + "/log", "start"],
+                               check=True, stdout=subprocess.DEVNULL, env=env)
+                print(f"started a throwaway postgres ({initdb}) on 127.0.0.1:{port}")
+                for n in (1, 8):
+                    rows[("postgres", n)] = _parallel(_pg_worker, port, n, seconds)
+            finally:
+                subprocess.run(runas + [pg_ctl, "-D", d + "/data", "-m", "immediate", "stop"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                shutil.rmtree(d, ignore_errors=True)
+    else:
+        print("postgresql: skipped (" + ("initdb/pg_ctl not installed" if not (initdb and pg_ctl)
+                                         else "psycopg not installed") + ")")
+    print(f"acquire+release of random uncontended keys ({seconds:g}s per cell; lockmgr: {shards} shard(s), "
+          f"begin+lock+commit):")
+    print(f"  {'system':10} {'1 client':>14} {'8 clients':>14}")
+    for sysname in ("lockmgr", "redis", "postgres"):
+        if (sysname, 1) in rows:
+            print(f"  {sysname:10} {rows[(sysname, 1)]:>12,.0f}/s {rows[(sysname, 8)]:>12,.0f}/s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="latency,throughput,batch,shards,compare")
+    ap.add_argument("--n", type=int, default=3000, help="latency samples")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--clients", type=int, default=2, help="raw pipelined client processes")
+    ap.add_argument("--compare-shards", type=int, default=1)
+    args = ap.parse_args()
+    what = set(args.only.split(","))
+    print(f"python {sys.version.split()[0]}, lockmgr backend {lockmgr.BACKEND}, {os.cpu_count()} cpus")
+    if "latency" in what:
+        bench_latency(args.n)
+    if "throughput" in what:
+        bench_throughput(args.seconds, args.clients)
+    if "batch" in what:
+        bench_batch(args.seconds, args.clients)
+    if "shards" in what:
+        bench_shards(args.seconds, args.clients)
+    if "compare" in what:
+        bench_compare(args.seconds, args.compare_shards)
+
+
+if __name__ == "__main__":
+    main()
