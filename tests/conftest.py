@@ -15,6 +15,8 @@ from lockmgr._core import available_backends, table_class
 
 BACKENDS = available_backends()
 
+pytest_plugins = ["conftest_service"]   # the cluster fixtures
+
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
@@ -26,9 +28,12 @@ def Table(backend):
     return table_class(backend)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKENDS + ["cluster"])
 def lm(request):
-    """An embedded LockManager on each backend (the service adds its own targets)."""
+    """The targets of the Transaction suite: an embedded LockManager on each
+    backend, and a client of a 3-shard LocalCluster."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster_lm")
     return LockManager(_backend=request.param)
 
 
