@@ -684,6 +684,9 @@ class Shard:
                                     f"locks of transaction {tid}; the transaction is aborted")
 
     def _h_lock_many(self, sess, seq, args):
+        # The hot path: one Table.lock_many call validates and locks the wire
+        # items as they are (paths as lists); only an error, a wait or a
+        # conflict builds Python state per item.
         if len(args) != 5:
             raise _Reply(E_PROTOCOL, "LOCK_MANY takes [txn, [[path, mode], ...], nowait, timeout_ms, epoch]")
         tid, items, nowait, tmo, ep = args
@@ -693,6 +696,42 @@ class Shard:
             raise _Reply(E_PROTOCOL, "LOCK_MANY items must be an array of [path, mode]")
         if len(items) > wire.MAX_BATCH:
             raise _Reply(E_TOO_BIG, f"LOCK_MANY of {len(items)} items; at most {wire.MAX_BATCH}")
+        if tmo is not None and (type(tmo) is not int or not 0 <= tmo <= wire.MAX_TIMEOUT_MS):
+            self._many_items(items)        # a bad item is reported first
+            _check_timeout_ms(tmo)
+        t = self._txns.get(tid)
+        if (t is None and tid in sess.tombs) or (t is not None and (t.session is not sess or t.wait is not None)):
+            self._many_items(items)        # a bad item is reported first
+            self._txn(sess, tid)           # raises: finished, or another session's
+            raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
+        try:
+            res = self._table.lock_many(tid, items, nowait)
+        except InvalidRequest:
+            self._many_items(items)        # the precise status (protocol, too big, invalid)
+            raise                          # nothing changed
+        if t is None:
+            t = _Txn(tid, sess)
+            self._txns[tid] = t
+            sess.txns[tid] = t
+        if not res or res[-1] > 0:
+            return [res, self.epoch]
+        # item k = len(res) - 1 waits (or conflicts, nowait): the slow path
+        k = len(res) - 1
+        w = _Wait(t, seq, self._many_items(items), k, res[:k], True, None)
+        if res[k] == CONFLICT:
+            path, mode = w.items[k]
+            raise _Reply(E_NOT_AVAILABLE,
+                         f"{path!r} is not available in mode {Mode(mode).name} without waiting"
+                         f" (item {k} of the batch; the {k} before it are held)")
+        if tmo is not None:
+            w.deadline = self._now + tmo / 1000.0
+        self._park(w)
+        return _PARKED
+
+    @staticmethod
+    def _many_items(items):
+        """The LOCK_MANY items as [(path tuple, mode)], validated one by one
+        (raises the _Reply or InvalidRequest naming the first bad one)."""
         parsed = []
         append = parsed.append
         enc = _encode
@@ -708,8 +747,7 @@ class Shard:
             if type(m) is not int or not 1 <= m <= 5:
                 _check_mode(m)
             append((p, m))
-        tmo = _check_timeout_ms(tmo)
-        return self._start(sess, seq, tid, parsed, bool(nowait), tmo, True)
+        return parsed
 
     def _h_unlock(self, sess, seq, args):
         if len(args) != 3:

@@ -141,6 +141,9 @@ PATHS = st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=3).map(tuple)
 MODES = st.sampled_from([IS, IX, S, SIX, X])
 ODD_TXNS = st.sampled_from([0, -3, 1 << 64, True, 2.0, "x"])
 ODD_MODES = st.sampled_from([0, 6, True, 2.5, None])
+BAD_ITEMS = st.sampled_from([("a",), ("a", X, 1), "aX", b"\x01\x02", {"a": 1, 3: 2}, None,
+                             (("a", 1.5), X), (["a", None], X), ([], X), ("a", 0), (("a",), True),
+                             (("a",) * 33, S), [["a", ["b"]], S]])
 
 
 def _call(obj, name, *args):
@@ -181,6 +184,19 @@ class Differential(RuleBasedStateMachine):
             r = self.same("lock", txn, (parent, child), mode, False)
             if r == ("ok", _pytable.WAITING) or r[0] == "raise":
                 break
+
+    @rule(txn=TXNS, batch=st.lists(st.tuples(PATHS, MODES, st.booleans()), max_size=6),
+          nowait=st.booleans(), bad=st.one_of(st.none(), st.tuples(st.integers(0, 6), BAD_ITEMS)))
+    def lock_many(self, txn, batch, nowait, bad):
+        # paths as tuples or (as decoded from msgpack) lists; sometimes one bad item
+        items = [(list(p) if as_list else p, m) for p, m, as_list in batch]
+        if bad is not None:
+            items.insert(min(bad[0], len(items)), bad[1])
+        self.same("lock_many", txn, items, nowait)
+
+    @rule(txn=st.one_of(TXNS, ODD_TXNS), items=st.sampled_from([None, "ab", {("a",): 1}, (("a", 1),)]))
+    def lock_many_odd(self, txn, items):
+        self.same("lock_many", txn, items)
 
     @rule(txn=TXNS, path=PATHS)
     def unlock(self, txn, path):
@@ -394,3 +410,107 @@ def test_threads_see_consistent_tables():
     for txn in t.transactions():
         t.release_all(txn)
     assert t.stats()["requests"] == 0
+
+
+# ------------------------------------------------------------------ lock_many
+
+BACKENDS = [_pytable.Table, _ctable.Table]
+
+
+@pytest.mark.parametrize("T", BACKENDS, ids=["python", "c"])
+def test_lock_many_all_granted_equals_successive_locks(T):
+    a, b = T(escalation_threshold=40, token_base=7), T(escalation_threshold=40, token_base=7)
+    # 100 items (more than the C table plans on the stack), long keys (more key
+    # bytes than its stack buffer), an escalation in the middle, repeats, lists
+    items = [(("db", "t", i), X) for i in range(60)] + [(["db", "u", "k" * 1000, i], S) for i in range(40)]
+    items += [(("db", "t", 3), S), ("db", IS), (["db", "u"], IS)]
+    res = a.lock_many(1, items)
+    assert res == [b.lock(1, tuple(p) if type(p) is list else p, m) for p, m in items]
+    assert len(res) == len(items) and all(r > 0 for r in res)
+    assert a.held(1) == b.held(1) and a.stats() == b.stats()
+    assert a.stats()["escalations"] == 1
+    a._check()
+    assert a.lock_many(1, []) == [] and a.lock_many(2, ()) == []
+    assert a.stats()["transactions"] == 1
+
+
+@pytest.mark.parametrize("T", BACKENDS, ids=["python", "c"])
+@pytest.mark.parametrize("bad", [(("r", 1.5), X), (("r", 1), 0), (("r", 1), None), ("r",), ("r", X, 1),
+                                 "rX", None, (("r",) * 33, X), ([], X), ((), X), (("x" * 1025,), S)])
+def test_lock_many_bad_item_in_the_middle_changes_nothing(T, bad):
+    t = T(token_base=100)
+    t.lock(2, ("r", 9), X)           # would make item 3 wait
+    before = (t.snapshot(), t.stats())
+    items = [(("r", 1), X), (("r", 2), S), bad, (("r", 9), X), (("r", 4), X)]
+    with pytest.raises(InvalidRequest, match="item 2"):
+        t.lock_many(1, items)
+    with pytest.raises(InvalidRequest, match="item 2"):
+        t.lock_many(1, items, nowait=True)
+    assert (t.snapshot(), t.stats()) == before
+    assert t.transactions() == [2]
+    for txn in (0, -1, 1 << 64, 1.0, None):
+        with pytest.raises(InvalidRequest):
+            t.lock_many(txn, items[:2])
+    for items in (None, "ab", {("a",): X}, iter([(("a",), X)]), (("a",), X)):
+        with pytest.raises(InvalidRequest):
+            t.lock_many(1, items)
+    assert (t.snapshot(), t.stats()) == before
+    t._check()
+
+
+@pytest.mark.parametrize("T", BACKENDS, ids=["python", "c"])
+def test_lock_many_wait_in_the_middle(T):
+    t = T(token_base=100)
+    blocker = t.lock(2, ("db", "t", 3), S)
+    items = [(("db", "t", 1), X), (["db", "t", 2], X), (("db", "t", 3), X), (("db", "t", 4), X)]
+    res = t.lock_many(1, items)
+    # items 0 and 1 granted (IX on db and db.t, X on rows 1 and 2), item 2 queued
+    assert len(res) == 3 and res[2] == -1 and all(r > blocker for r in res[:2])
+    assert t.is_waiting(1) and t.waiting_on(1) == (("db", "t", 3), X)
+    assert sorted(t.held(1)) == sorted([(("db",), IX), (("db", "t"), IX), (("db", "t", 1), X),
+                                        (("db", "t", 2), X)])
+    assert t.mode_held(1, ("db", "t", 4)) == 0
+    # a waiting transaction is refused (nothing changes), except an empty batch
+    with pytest.raises(InvalidRequest):
+        t.lock_many(1, [(("db", "t", 5), X)])
+    assert t.lock_many(1, []) == []
+    t._check()
+    # woken: lock() finishes item 2, then the rest of the batch
+    assert t.release_all(2) == [1]
+    tok = t.lock(1, ("db", "t", 3), X)
+    assert tok > 0
+    assert t.lock_many(1, items[3:]) == [tok + 1]
+    assert len(t.held(1)) == 6
+    t._check()
+
+
+@pytest.mark.parametrize("T", BACKENDS, ids=["python", "c"])
+def test_lock_many_nowait_conflict_in_the_middle(T):
+    t = T(token_base=100)
+    t.lock(2, ("db", "t", 3), S)
+    items = [(("db", "t", 1), X), (("db", "t", 2), X), (("db", "t", 3), X), (("db", "t", 4), X)]
+    res = t.lock_many(1, items, nowait=True)
+    assert res == [106, 107, -2]   # S on a row took 3 tokens (IS, IS, S); then IX, IX, X, X
+    # items 0 and 1 stay granted; item 2 changed nothing; item 3 was not looked at
+    assert not t.is_waiting(1)
+    assert sorted(t.held(1)) == sorted([(("db",), IX), (("db", "t"), IX), (("db", "t", 1), X),
+                                        (("db", "t", 2), X)])
+    assert t.snapshot().count((("db", "t", 3), 1, X, False)) == 0
+    # a conflict on the first item: nothing changes at all
+    assert t.lock_many(3, [(("db", "t", 1), S), (("db", "t", 9), S)], nowait=True) == [-2]
+    assert 3 not in t.transactions()
+    t._check()
+    # the same batch without nowait waits on item 2 after re-granting 0 and 1 (already held)
+    assert t.lock_many(1, items) == [106, 107, -1]
+    t._check()
+
+
+def test_lock_many_matches_across_backends_scripted():
+    def script(t):
+        out = [t.lock_many(1, [(("a", i), S) for i in range(5)]),
+               t.lock_many(2, [(("a", 9), IX), (["a", 9], X), ("b", SIX)]),
+               t.lock_many(3, [("b", IS), ("a", IX), (("a", 9), S)]),
+               t.lock_many(4, [("b", X)], True), t.snapshot(), t.find_cycle(3)]
+        out += [t.release_all(2), t.held(3), t.release_all(1), t.stats()]
+        return out
+    _both(script)

@@ -119,6 +119,16 @@ BAD_REQUESTS = [
     ([wire.LOCK, 5, 1, ["a"], X, False, -3, 0], wire.E_INVALID, "timeout_ms"),
     ([wire.LOCK_MANY, 5, 1, [[["a"], X]] * (wire.MAX_BATCH + 1), False, None, 0], wire.E_TOO_BIG, "at most"),
     ([wire.LOCK_MANY, 5, 1, [[["a"], X], [["b"], 77]], False, None, 0], wire.E_INVALID, "mode"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], "junk"], False, None, 0], wire.E_PROTOCOL, "item 1 must be"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], b"\x01\x02"], False, None, 0], wire.E_PROTOCOL, "item 1 must be"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], {"a": 1, "b": 2}], False, None, 0], wire.E_PROTOCOL, "item 1 must be"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], [list(range(40)), X]], False, None, 0], wire.E_TOO_BIG, "components"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], [["a", 1.5], X]], False, None, 0], wire.E_INVALID, "component 1"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], [{"a": 1}, X]], False, None, 0], wire.E_INVALID, "resource must be"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], [["b"], True]], False, None, 0], wire.E_INVALID, "mode"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X]], False, -3, 0], wire.E_INVALID, "timeout_ms"),
+    ([wire.LOCK_MANY, 5, 1, [[["a"], X], "junk"], False, -3, 0], wire.E_PROTOCOL, "item 1 must be"),
+    ([wire.LOCK_MANY, 5, 1, "x", False, None, 0], wire.E_PROTOCOL, "must be an array"),
     ([wire.UNLOCK, 5, 424242, ["a"], False], wire.E_INVALID, "does not hold"),
     ([wire.HELD, 5], wire.E_PROTOCOL, "HELD takes"),
     ([wire.RELEASE, 5, "x", True], wire.E_INVALID, "transaction id"),
@@ -176,6 +186,42 @@ def test_retry_of_a_waiting_request_queues_once(shard, raw):
         assert len(reps) == 1 and reps[0][1] == wire.OK       # one grant, one reply
         assert raw.nothing()
         assert raw.call([wire.RELEASE, 3, 602, True])[1] == wire.OK
+    finally:
+        other.close()
+
+
+def _rows(shard, txn):
+    return sorted((tuple(r[0]), r[2], r[3]) for r in stats(shard)["_snapshot"] if r[1] == txn)
+
+
+def test_lock_many_waits_in_the_middle_and_finishes_when_woken(shard, raw):
+    other = Raw(shard.endpoints[0])
+    try:
+        hello(other, 0x1E2)
+        assert other.call([wire.LOCK, 2, 9901, ["m", 3], X, False, None, 0])[1] == wire.OK
+        hello(raw, 0x1E1)
+        items = [[["m", i], X] for i in (1, 2, 3, 4)]
+        raw.send([[wire.LOCK_MANY, 2, 9902, items, False, None, 0]])
+        assert raw.nothing()                                  # parked at item 2
+        assert _rows(shard, 9902) == [(("m",), int(Mode.IX), True), (("m", 1), X, True),
+                                     (("m", 2), X, True), (("m", 3), X, False)]
+        assert other.call([wire.RELEASE, 3, 9901, True])[1] == wire.OK
+        rep = raw.recv()[0]
+        assert rep[1] == wire.OK and len(rep[2][0]) == 4 and rep[2][0] == sorted(rep[2][0])
+        assert len(_rows(shard, 9902)) == 5
+        # nowait: a conflict at item 1 answers NOT_AVAILABLE; item 0 stays held
+        assert other.call([wire.LOCK, 4, 9903, ["m", 7], S, False, None, 0])[1] == wire.OK
+        rep = raw.call([wire.LOCK_MANY, 3, 9904, [[["m", 6], X], [["m", 7], X], [["m", 8], X]], True, None, 0])
+        assert rep[1] == wire.E_NOT_AVAILABLE, rep
+        assert "('m', 7)" in rep[2] and "item 1 of the batch; the 1 before it are held" in rep[2]
+        assert _rows(shard, 9904) == [(("m",), int(Mode.IX), True), (("m", 6), X, True)]
+        # a batch with a bad item changes nothing, even for a known transaction
+        rep = raw.call([wire.LOCK_MANY, 5, 9904, [[["m", 9], X], [["m", None], X]], False, None, 0])
+        assert rep[1] == wire.E_INVALID and "component 1" in rep[2]
+        assert _rows(shard, 9904) == [(("m",), int(Mode.IX), True), (("m", 6), X, True)]
+        for seq, txn in ((6, 9902), (7, 9904)):
+            assert raw.call([wire.RELEASE, seq, txn, True])[1] == wire.OK
+        assert other.call([wire.RELEASE, 5, 9903, True])[1] == wire.OK
     finally:
         other.close()
 

@@ -5,6 +5,7 @@ Interface (shared with ``lockmgr._core._ctable.Table``; see docs/design.md,
 
     Table(escalation_threshold=5000, token_base=0)
     lock(txn, resource, mode, nowait=False) -> token > 0 | WAITING | CONFLICT
+    lock_many(txn, items, nowait=False) -> list of lock() results (see below)
     unlock(txn, resource) -> list of woken txn ids
     release_all(txn) -> list of woken txn ids
     cancel_wait(txn) -> list of woken txn ids
@@ -137,6 +138,81 @@ class Table:
         or ``CONFLICT`` if ``nowait`` and some level would wait (then nothing
         changed). Runtime complexity: O(depth) expected.
         """
+        return self._lock(txn, resource, mode, nowait)
+
+    # lock_many -- a batch of lock() calls in one table call (section for
+    # docs/design.md, "Operations"):
+    #
+    # lock_many(txn, items, nowait=False) -> results
+    #
+    # ``items`` is a list or tuple of (resource, mode) pairs (each pair a tuple
+    # or a list of two; a resource is what lock() takes, or additionally a
+    # list of components, meaning the same as the tuple -- what a msgpack
+    # decoder produces, so the shard passes wire items as they are).
+    #
+    # 1. Validate, before changing anything: the txn id, then every item in
+    #    order (its shape, mode and path). The first bad one raises
+    #    InvalidRequest("lock_many item i: ...") and the table is unchanged.
+    #    A transaction that already waits is refused as lock() refuses it
+    #    (InvalidRequest, nothing changed), unless ``items`` is empty.
+    # 2. Lock the items in order, exactly as successive lock(txn, resource,
+    #    mode, nowait) calls would, and stop after the first one that does not
+    #    return a token.
+    #
+    # ``results`` is the list of what those lock() calls returned: either
+    # len(items) tokens (everything granted; [] for no items), or k+1 entries
+    # whose last is WAITING or CONFLICT for item k and whose first k are the
+    # tokens of items 0..k-1, which stay granted. So ``results[-1] < 0`` iff
+    # the batch stopped, at index ``len(results) - 1``:
+    # - WAITING: item k's request is queued (its ancestors' intention locks
+    #   granted above the level that waits are kept, as with lock()); call
+    #   lock(txn, items[k]...) again once woken to finish item k, then go on
+    #   with items k+1.. (e.g. with lock_many(txn, items[k:])).
+    # - CONFLICT (nowait only): item k changed nothing; items 0..k-1 stay
+    #   granted (the batch is not all-or-nothing: release or abort to undo).
+    # Items k+1.. are not looked at beyond validation. The one error possible
+    # after validation is MemoryError (the C table out of memory), with items
+    # before the failing one granted. The compiled twin does the whole call
+    # in C (one loop over the items, no Python code per item).
+    @_serialised
+    def lock_many(self, txn, items, nowait=False):
+        """Lock each (resource, mode) of ``items`` in order, as successive
+        lock() calls would, after validating all of them (InvalidRequest,
+        nothing changed, if one is bad); stop after the first item that waits
+        (or conflicts, with ``nowait``).
+
+        Returns the list of the lock() results: all tokens if every item was
+        granted, else the tokens of the items before item k followed by
+        WAITING or CONFLICT for item k (k = len(result) - 1); the earlier
+        items stay granted. Runtime complexity: O(sum of depths) expected.
+        """
+        _check_txn(txn)
+        if type(items) is not list and type(items) is not tuple:
+            raise InvalidRequest(
+                f"lock_many items must be a list or tuple of (resource, mode) pairs; "
+                f"got {type(items).__name__}")
+        batch = []
+        for i, item in enumerate(items):
+            if (type(item) is not tuple and type(item) is not list) or len(item) != 2:
+                raise InvalidRequest(f"lock_many item {i} must be a (resource, mode) pair; got {item!r}")
+            resource, mode = item
+            if type(resource) is list:
+                resource = tuple(resource)
+            try:
+                mode = _check_mode(mode)
+                encode(resource)
+            except InvalidRequest as e:
+                raise InvalidRequest(f"lock_many item {i}: {e}") from None
+            batch.append((resource, mode))
+        out = []
+        for resource, mode in batch:
+            r = self._lock(txn, resource, mode, nowait)
+            out.append(r)
+            if r < 0:
+                break
+        return out
+
+    def _lock(self, txn, resource, mode, nowait):
         _check_txn(txn)
         mode = _check_mode(mode)
         key = encode(resource)
