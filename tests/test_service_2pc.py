@@ -387,3 +387,19 @@ def test_flipped_byte_in_the_middle_stops_the_shard(tmp_path):
         with pytest.raises(ShardUnavailable, match="corrupt prepare log"):
             cl.restart(0)
         assert cl.pids == [None]
+
+
+# ------------------------------------------------------------ the bank example
+
+def test_bank_example_with_faults():
+    """examples/bank in short form: coordinators SIGKILLed mid-protocol and
+    restarted (recover()), a lock shard SIGKILLed; the total is conserved."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "bank", "bank.py"), "demo",
+                        "--seconds", "3", "--faults", "--seed", "7"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "OK: total balance conserved" in p.stdout
+    assert "lock shard 1 SIGKILLed and restarted" in p.stdout
+    killed = int(p.stdout.split("coordinators killed mid-protocol: ")[1].split(";")[0])
+    assert killed >= 1, p.stdout
