@@ -702,6 +702,7 @@ class Shard:
         self._wake_sock = None
         self._wake_ep = f"inproc://lockmgr-shard-wake-{os.getpid()}-{id(self):x}"
         self._wake_frame = wire.pack_requests(0, 0, [[wire.WAKE, 0]])
+        self._replay_t0 = time.perf_counter()
         self._plog = PrepareLog(data_dir, on_durable=self._on_durable)
         try:
             self.epoch = self._plog.epoch
@@ -723,7 +724,7 @@ class Shard:
         self._handlers[wire.DECIDE] = self._h_decide
         self._admin[wire.INDOUBT] = self._h_indoubt
         self._admin[wire.WAKE] = self._h_wake
-        t0 = time.perf_counter()
+        t0 = self._replay_t0
         table = self._table
         lock = table.lock
         txns, gtrids = self._txns, self._gtrids
@@ -737,8 +738,9 @@ class Shard:
             tid = t.id
             if tid in txns:
                 raise CorruptLog(f"transaction id {tid} appears twice among the prepared transactions of the log")
+            conv = tuple if rec.get("fmt") == "path" else decode
             for key, mode, _token in rec["locks"]:
-                if lock(tid, decode(key), mode, True) <= 0:
+                if lock(tid, conv(key), mode, True) <= 0:
                     raise CorruptLog(f"prepared transaction {t.gtrid!r} conflicts with another in the log")
             t.nlocks = len(rec["locks"])
             nlocks += t.nlocks
@@ -747,7 +749,7 @@ class Shard:
         self.restored = (len(gtrids), nlocks, time.perf_counter() - t0)
         if gtrids:
             print(f"lockmgr shard {self.index}: restored {len(gtrids)} prepared transaction(s) with {nlocks} "
-                  f"lock(s) from the prepare log in {self.restored[2] * 1000:.1f} ms", file=sys.stderr, flush=True)
+                  f"lock(s) from the prepare log in {self.restored[2] * 1000:.1f} ms (read + re-lock)", file=sys.stderr, flush=True)
 
     def _close_2pc(self):
         if self._plog is not None:
@@ -825,8 +827,10 @@ class Shard:
                                     f"{'transaction %d' % other.id if other else 'a resolved transaction'}")
         table = self._table
         lock = table.lock
-        # re-locking a held mode changes nothing and returns its current token
-        locks = [[encode(p), m, lock(tid, p, m)] for p, m in table.held(tid)]
+        # re-locking a held mode changes nothing and returns its current token.
+        # The shard logs paths (msgpack arrays: replay needs no decode) with
+        # "fmt": "path"; records with key bytes (PrepareLog's default) replay too.
+        locks = [[list(p), m, lock(tid, p, m)] for p, m in table.held(tid)]
         t.state = "preparing"
         t.gtrid = gtrid
         t.participants = sorted(set(parts) | {self.index})
@@ -835,7 +839,7 @@ class Shard:
         t.waiters = [(sess, seq, "prepare")]
         self._gtrids[gtrid] = t
         tk = self._plog.submit({"t": "prepare", "gtrid": gtrid, "txn": tid, "name": sess.name,
-                                "at": t.prepared_at, "parts": t.participants, "locks": locks})
+                                "at": t.prepared_at, "parts": t.participants, "fmt": "path", "locks": locks})
         self._log_cb[tk] = (self._prepare_durable, t)
         sess.inflight[seq] = t
         self.counters["prepares"] += 1
