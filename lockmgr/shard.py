@@ -16,6 +16,12 @@ table reports as granted; then send each client one frame with all its
 replies. The table never blocks; waiting requests are parked as ``_Wait``
 objects and answered later. Protocol: docs/protocol.md; design and the
 correctness argument: docs/service.md.
+
+2PC (section "Two-phase commit" at the end of Shard; docs/2pc.md): the data
+directory holds a PrepareLog; PREPARE/DECIDE are answered once their record is
+fsynced by the log's flusher thread, which wakes this loop with an internal
+WAKE frame over inproc; prepared transactions are restored before the socket
+serves anything.
 """
 
 import argparse

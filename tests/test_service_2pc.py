@@ -216,6 +216,29 @@ def test_group_commit_many_concurrent_prepares(cluster3):
         assert fsyncs < 640
 
 
+def test_cli_indoubt_and_resolve(cluster3):
+    c = cluster3.connect()
+    t = c.begin(gtrid="cli-1")
+    t.lock(("db", "cli", 1), X)
+    t.prepare()
+    c.close()
+    eps = ",".join(cluster3.endpoints)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "lockmgr.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+    p = run("indoubt", eps)
+    assert p.returncode == 0 and "cli-1" in p.stdout and "X   ('db', 'cli', 1)" in p.stdout and "age" in p.stdout
+    p = run("resolve", eps, "cli-1", "--abort")
+    assert p.returncode == 0 and "aborted on every shard" in p.stdout
+    p = run("resolve", eps, "cli-1", "--commit")
+    assert p.returncode == 1 and "already aborted" in p.stderr
+    p = run("resolve", eps, "cli-unknown", "--commit")
+    assert p.returncode == 1 and "unknown gtrid" in p.stderr
+    assert "cli-1" not in run("indoubt", eps).stdout
+
+
 # ------------------------------------------------------------- session expiry
 
 CHILD = r"""
