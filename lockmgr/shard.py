@@ -99,7 +99,7 @@ class _Txn:
         self.participants = None
         self.prepared_at = None
         self.outcome = None
-        self.waiters = []             # parked PREPARE / DECIDE requests: (session, seq, kind)
+        self.waiters = None           # parked PREPARE / DECIDE requests: [(session, seq, kind)]
         self.nlocks = 0
 
 
@@ -854,7 +854,7 @@ class Shard:
     def _answer_waiters(self, t, kind, status, payload):
         """Answer the parked requests of ``kind`` ('prepare' or 'decide') on ``t``."""
         keep = []
-        for w in t.waiters:
+        for w in t.waiters or ():
             if w[2] != kind:
                 keep.append(w)
                 continue
@@ -893,6 +893,8 @@ class Shard:
             tk = self._plog.submit({"t": "resolve", "gtrid": t.gtrid, "commit": commit})
             self._log_cb[tk] = (self._decide_durable, t)
             self.counters["decisions"] += 1
+        if t.waiters is None:
+            t.waiters = []
         t.waiters.append((sess, seq, "decide"))
         sess.inflight[seq] = t
         return _PARKED

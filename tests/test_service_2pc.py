@@ -293,6 +293,7 @@ def test_sigkill_shard_at_random_points_around_prepare(tmp_path):
     (never half), others are refused until resolve, and tokens went up."""
     rnd = random.Random(20240605)
     rounds = 12
+    tally = []   # per round: (acknowledged, in doubt, in doubt but unacknowledged, attempted but absent)
     with LocalCluster(1, partition_depth=2, data_dir=str(tmp_path)) as cl:
         for rnd_i in range(rounds):
             c = cl.connect(request_timeout=0.5, session_ttl=5.0)
@@ -328,7 +329,7 @@ def test_sigkill_shard_at_random_points_around_prepare(tmp_path):
             ths = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(8)]
             for th in ths:
                 th.start()
-            time.sleep(rnd.uniform(0.0, 0.25))
+            time.sleep(0.0 if rnd_i < 2 else rnd.uniform(0.0, 0.25))   # rounds 0-1: before any prepare lands
             cl.kill(0)
             stop.set()
             for th in ths:
@@ -340,6 +341,7 @@ def test_sigkill_shard_at_random_points_around_prepare(tmp_path):
                 ind = {d["gtrid"]: d for d in o.indoubt() if d["gtrid"].startswith(f"r{rnd_i}-")}
                 for g, (rows, tok) in acked.items():
                     assert g in ind, f"round {rnd_i}: acknowledged prepare {g} lost"
+                tally.append((len(acked), len(ind), len(set(ind) - set(acked)), len(set(attempted) - set(ind))))
                 for g, d in ind.items():
                     rows = attempted[g]
                     held = {p for p, m in d["locks"].items() if m == X}
@@ -363,6 +365,7 @@ def test_sigkill_shard_at_random_points_around_prepare(tmp_path):
                         if g in acked:
                             assert tok > acked[g][1]     # fencing tokens keep increasing
                 u.commit()
+    print("rounds (acked, in doubt, in doubt unacked, attempted absent):", tally)
 
 
 # ------------------------------------------------------------ a damaged log
