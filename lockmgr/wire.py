@@ -49,8 +49,11 @@ LOCK_MANY = 11     # [txn, [[path, mode], ...], nowait, timeout_ms|nil, epoch] -
 UNLOCK = 12        # [txn, path, check_only]     -> [held_here]
 RELEASE = 13       # [txn, committed]            -> []    commit/abort on this shard
 HELD = 14          # [txn]                       -> [[path, mode], ...]
-PREPARE = 20       # reserved: 2PC prepare (later issue)
-DECIDE = 21        # reserved: 2PC commit/abort of a prepared txn
+PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
+DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
+INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
+                   #                                     [[path, mode], ...]], ...]
+WAKE = 29          # internal: the shard's prepare-log flusher wakes the shard's loop (inproc)
 PROBE = 30         # reserved: cross-shard deadlock probe (Chandy-Misra-Haas)
 PING = 40          # (no session needed)         -> [epoch, shard_index, nshards, partition_depth]
 SNAPSHOT = 41      # []                          -> [[path, txn, mode, granted, session], ...]
@@ -59,7 +62,7 @@ STATS = 43         # []                          -> {name: int}
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD",
-              PREPARE: "PREPARE", DECIDE: "DECIDE", PROBE: "PROBE", PING: "PING",
+              PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
 
 # Status codes of a reply. 0 is success; payload is then the result.
