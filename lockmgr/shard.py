@@ -719,9 +719,12 @@ class Shard:
             self._many_items(items)        # a bad item is reported first
             _check_timeout_ms(tmo)
         t = self._txns.get(tid)
-        if (t is None and tid in sess.tombs) or (t is not None and (t.session is not sess or t.wait is not None)):
+        if (t is None and tid in sess.tombs) or (t is not None and (t.session is not sess or t.wait is not None
+                                                                    or t.state != "active")):
             self._many_items(items)        # a bad item is reported first
             self._txn(sess, tid)           # raises: finished, or another session's
+            if t.state != "active":        # 2PC: prepared
+                raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
             raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
         try:
             res = self._table.lock_many(tid, items, nowait)

@@ -226,6 +226,21 @@ def test_lock_many_waits_in_the_middle_and_finishes_when_woken(shard, raw):
         other.close()
 
 
+def test_lock_many_on_a_prepared_txn_is_refused(shard, raw):
+    hello(raw, 0x1F1)
+    assert raw.call([wire.LOCK_MANY, 2, 9911, [[["pm", 1], X]], False, None, 0])[1] == wire.OK
+    epoch = stats(shard)["epoch"] if "epoch" in stats(shard) else raw.call([wire.HEARTBEAT, 3])[2][0]
+    rep = raw.call([wire.PREPARE, 4, 9911, "perf2-pm", epoch, [0]])
+    assert rep[1] == wire.OK, rep
+    before = _rows(shard, 9911)
+    for k, items in enumerate(([[["pm", 2], X]], [[["pm", 2], X], ["bad"]])):
+        rep = raw.call([wire.LOCK_MANY, 5 + k, 9911, items, False, None, 0])
+        assert rep[1] == (wire.E_INVALID, wire.E_PROTOCOL)[k] and ("prepared", "item 1")[k] in rep[2], rep
+    assert _rows(shard, 9911) == before
+    assert raw.call([wire.RELEASE, 8, 9911, False])[1] == wire.OK     # abort the prepared txn
+    assert _rows(shard, 9911) == []
+
+
 def test_acknowledged_seq_is_stale(shard, raw):
     hello(raw, 0xC1)
     raw.send([[wire.HEARTBEAT, 10]], ack=10)
