@@ -64,6 +64,13 @@ MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIR
 RESOLVED_MEMORY = 100_000  # resolved gtrids remembered for idempotent DECIDE (2PC)
 _TXN_LIMIT = 1 << 64
 
+# pyzmq's compiled socket methods and plain int flags, for the loop's hot path
+_ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
+_recv, _send, _get = _ZSocket.recv, _ZSocket.send, _ZSocket.get
+_zmq_poll = zmq.zmq_poll
+_NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE, _EVENTS, _POLLIN = int(zmq.RCVMORE), int(zmq.EVENTS), int(zmq.POLLIN)
+
 
 class _Reply(Exception):
     """Raised by a handler to answer with an error status."""
@@ -204,6 +211,7 @@ class Shard:
         if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
             endpoint = endpoint[:-2] + ":*"
         self._sock.bind(endpoint)
+        self._pollin = [(self._sock, zmq.POLLIN)]
         self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._sessions = {}
         self._expired = collections.OrderedDict()
@@ -244,12 +252,18 @@ class Shard:
             due = (timers[0][0] - self._clock()) * 1000
             timeout_ms = max(0, min(timeout_ms, int(due) + 1))
         sock = self._sock
-        if sock.poll(timeout_ms):
+        # pyzmq's compiled calls, not its Python wrappers (Socket.poll builds a
+        # Poller per call, recv_multipart/send_multipart add frames and enum
+        # flag arithmetic, and zmq.Again costs an exception per turn): on a
+        # busy 2-core machine every request runs on cold caches, where each
+        # of those costs several times its warm figure.
+        if _zmq_poll(self._pollin, timeout_ms):
             self._now = self._clock()
-            recv = sock.recv_multipart
             for _ in range(DRAIN_LIMIT):
                 try:
-                    frames = recv(zmq.NOBLOCK)
+                    frames = [_recv(sock, _NOBLOCK)]
+                    while _get(sock, _RCVMORE):
+                        frames.append(_recv(sock, _NOBLOCK))
                 except zmq.Again:
                     break
                 try:
@@ -258,6 +272,8 @@ class Shard:
                     self.counters["internal_errors"] += 1
                     print(f"lockmgr shard {self.index}: internal error: {e!r}", file=sys.stderr)
                 self._process_woken()
+                if not _get(sock, _EVENTS) & _POLLIN:
+                    break
         self._now = now = self._clock()
         while timers and timers[0][0] <= now:
             _, _, kind, obj = timers.pop(0)
@@ -272,14 +288,16 @@ class Shard:
         out = self._out
         if not out:
             return
-        send = self._sock.send_multipart
+        sock = self._sock
         pack = self._packer.pack
         v = wire.VERSION
         for prefix, reps in out.items():
             if not reps:
                 continue
             try:
-                send([*prefix, pack([v, reps])], zmq.NOBLOCK)
+                for part in prefix:
+                    _send(sock, part, _NOBLOCK_MORE)
+                _send(sock, pack([v, reps]), _NOBLOCK)
             except zmq.ZMQError:  # peer gone or over its HWM: it will retry
                 self.counters["dropped_replies"] += 1
         self._out = {}
