@@ -47,11 +47,6 @@ from .modes import Mode, SUPREMUM
 from .paths import encode, prefix_ends
 from .wire import SessionExpired, ShardUnavailable
 
-# pyzmq's compiled socket methods and plain int flags, for the round-trip hot path
-_ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
-_zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
-_NOBLOCK, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
-
 __all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable"]
 
 ACTIVE = "active"
@@ -622,18 +617,14 @@ class _Engine:
         pending = self._pending[i]
         lease = 0.0
         while True:
-            # the compiled recv, and the EVENTS check below instead of a
-            # zmq.Again per call (see the shard's loop)
             try:
-                frame = _zrecv(s, _NOBLOCK)
+                frame = s.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
                 reps = wire.unpack_replies(frame)
             except Exception:
                 continue
-            if not _zget(s, _EVENTS) & _POLLIN:
-                frame = None          # the last one: handle it, then stop
             for rep in reps:
                 try:
                     seq, status, payload = rep
@@ -660,8 +651,6 @@ class _Engine:
                         if c.first_sent > lease:
                             lease = c.first_sent
                 self._complete(c)
-            if frame is None:
-                break
         # any answer to a request of this session renews the lease on that shard
         # (the shard renews it on every frame of a known session); HELLO and
         # heartbeat callbacks do the same for themselves
@@ -707,8 +696,8 @@ class _Engine:
         pack = self._packer.pack
         for k in range(0, len(reqs), wire.MAX_REQUESTS):
             try:
-                _zsend(self._socks[i], pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
-                       _NOBLOCK)
+                self._socks[i].send(pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
+                                    zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # retried by the timer
 
