@@ -193,6 +193,11 @@ class Client:
     async def stats(self):
         return await self._admin(wire.STATS)
 
+    async def deadlocks(self):
+        """The shards' deadlock reports, oldest first (see Client.deadlocks)."""
+        from ._cmd_probes import merge_reports
+        return merge_reports(await self._admin(wire.DEADLOCKS))
+
     async def close(self):
         """End the session (see :meth:`lockmgr.client.Client.close`)."""
         await asyncio.get_running_loop().run_in_executor(None, self._sync.close)
