@@ -46,6 +46,7 @@ SEEN_TTL = 5.0                  # seconds a probe's visited set is kept (dedup)
 MAX_SEEN = 20_000               # probe rounds remembered per shard
 HOLD = 0.25                     # seconds a confirmed member's timeout may be deferred
 REPORTS = 64                    # deadlock reports kept per shard (a ring)
+DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
 
 # One report per victim: see docs/probes.md, "Deadlock reports".
 
@@ -100,6 +101,7 @@ class ProbeEngine:
         self.outbox = {}
         self._g = None
         self._armed = None
+        self._next_sweep = 0.0
         self.fault = {}
         self._rng = random.Random(0)
         self.peers = None
@@ -215,13 +217,19 @@ class ProbeEngine:
                     self._forget(tid, rec)
                     continue
                 if self.distributed:
-                    if first and not rec.registered:
-                        rec.registered = True
-                        self.send(directory(tid, self.n), [wire.PROBE_REG, 0, tid, self.me, ep])
+                    # (re-)register: a lost REG must not hide this wait for good, and the
+                    # directory forgets entries not refreshed within DIR_TTL intervals
+                    rec.registered = True
+                    self.send(directory(tid, self.n), [wire.PROBE_REG, 0, tid, self.me, ep])
                     self._initiate(tid, rec)
                     self.again_q.append((now + self.interval, tid, ep))
                 elif first:
                     self.again_q.append((now + self.interval, tid, ep))
+        if self.dirmap and now >= self._next_sweep:
+            self._next_sweep = now + self.interval
+            old = now - DIR_TTL * self.interval
+            for tid in [t for t, d in self.dirmap.items() if all(v[1] < old for v in d.values())]:
+                del self.dirmap[tid]
         self._arm()
         if self.inbox or self.outbox:
             self.turn()
@@ -375,6 +383,7 @@ class ProbeEngine:
             if not d:
                 self.c["probes_dropped_stale"] += 1   # x waits nowhere (registered): no edge out of x
                 return
+            self.c["probes_forwarded"] += 1
             for s in d:
                 self.send(s, [wire.PROBE, 0, list(pid), x, path, 0])
             return
@@ -385,9 +394,8 @@ class ProbeEngine:
     def _m_reg(self, args):
         tid, s, ep = args
         d = self.dirmap.setdefault(tid, {})
-        new = s not in d
-        d[s] = ep
-        if new and len(d) >= 2:
+        d[s] = (ep, self.shard._now)
+        if len(d) >= 2:
             self._tell_multi(tid, d)
 
     def _m_unreg(self, args):
