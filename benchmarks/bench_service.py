@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,8 @@ def _echo_server(port, ready):
 
 
 def bench_latency(n):
+    """Bare pyzmq echo round trips and lockmgr calls, interleaved in blocks of
+    50 so that the machine's noise (2 shared cores) hits both alike."""
     port = free_port()
     ready = mp.Event()
     p = mp.Process(target=_echo_server, args=(port, ready), daemon=True)
@@ -72,48 +75,65 @@ def bench_latency(n):
     d = ctx.socket(zmq.DEALER)
     d.connect(f"tcp://127.0.0.1:{port}")
     payload = wire.pack_requests(1, 0, [[wire.LOCK, 1, 1, ["db", "t", 1], 5, False, None, 0]])
-    bare = []
-    for i in range(n + 200):
-        t0 = time.perf_counter()
-        d.send(payload)
-        d.recv()
-        if i >= 200:
-            bare.append(time.perf_counter() - t0)
-    d.send(b"quit")
-    d.close(0)
-    p.join(5)
+    bare, lk, ul = [], [], []
     with LocalCluster(1) as c:
         cl = c.connect()
         t = cl.begin()
-        lk, ul = [], []
-        for i in range(n + 200):
-            r = ("db", "t", i)
-            t0 = time.perf_counter()
-            t.lock(r, Mode.X)
-            t1 = time.perf_counter()
-            t.unlock(r)
-            t2 = time.perf_counter()
-            if i >= 200:
-                lk.append(t1 - t0)
-                ul.append(t2 - t1)
+        i = 0
+        for block in range(n // 50 + 4):
+            for _ in range(50):
+                t0 = time.perf_counter()
+                d.send(payload)
+                d.recv()
+                if block >= 4:
+                    bare.append(time.perf_counter() - t0)
+            for _ in range(50):
+                r = ("db", "t", i)
+                i += 1
+                t0 = time.perf_counter()
+                t.lock(r, Mode.X)
+                t1 = time.perf_counter()
+                t.unlock(r)
+                t2 = time.perf_counter()
+                if block >= 4:
+                    lk.append(t1 - t0)
+                    ul.append(t2 - t1)
         t.commit()
         cl.close()
+    d.send(b"quit")
+    d.close(0)
+    p.join(5)
     us = 1e6
-    print(f"latency (n={n}, one client, one shard, uncontended):")
-    print(f"  bare pyzmq DEALER/ROUTER round trip: p50 {pct(bare, .5) * us:7.1f} us  p99 {pct(bare, .99) * us:7.1f} us")
+    b50 = pct(bare, .5)
+    print(f"latency (n={len(lk)}, one client, one shard, uncontended; interleaved with the bare round trips):")
+    print(f"  bare pyzmq DEALER/ROUTER round trip: p50 {b50 * us:7.1f} us  p99 {pct(bare, .99) * us:7.1f} us")
     print(f"  lockmgr lock()  (1 round trip):      p50 {pct(lk, .5) * us:7.1f} us  p99 {pct(lk, .99) * us:7.1f} us"
-          f"   ratio p50 {pct(lk, .5) / pct(bare, .5):.2f}x")
-    print(f"  lockmgr unlock() (1 round trip):     p50 {pct(ul, .5) * us:7.1f} us  p99 {pct(ul, .99) * us:7.1f} us")
+          f"   p50 = {pct(lk, .5) / b50:.2f}x bare")
+    print(f"  lockmgr unlock() (1 round trip):     p50 {pct(ul, .5) * us:7.1f} us  p99 {pct(ul, .99) * us:7.1f} us"
+          f"   p50 = {pct(ul, .5) / b50:.2f}x bare")
     pair = [a + b for a, b in zip(lk, ul)]
-    print(f"  lock+unlock pair:                    p50 {pct(pair, .5) * us:7.1f} us  p99 {pct(pair, .99) * us:7.1f} us")
+    print(f"  lock+unlock pair (2 round trips):    p50 {pct(pair, .5) * us:7.1f} us  p99 {pct(pair, .99) * us:7.1f} us"
+          f"   p50 = {pct(pair, .5) / (2 * b50):.2f}x two bare round trips")
 
 
 # --------------------------------------------------------------- throughput
 
+_LOCK_PAIR = struct.Struct(">BBBIBQBBBBBIBBBBBBBIBQB")      # LOCK [.., ["b", cid, key], X, false, nil, 0] + RELEASE
+_MANY_HEAD = struct.Struct(">BBBIBQBH")                       # LOCK_MANY [11, seq, txn, [items...]
+_MANY_ITEM = struct.Struct(">BBBBBBIB")                      # [["b", cid, key], X]
+_MANY_TAIL = struct.Struct(">BBBBBBIBQB")                     # false, nil, 0] + RELEASE [13, seq, txn, true]
+
+
 def _raw_client(endpoint, seconds, window, per_frame, batch, cid, out):
     """Pipelined raw-protocol client: keeps ``window`` frames in flight; each frame
     has ``per_frame`` LOCK requests (or LOCK_MANY of ``batch``) on fresh keys,
-    each followed by the RELEASE of its transaction."""
+    each followed by the RELEASE of its transaction.
+
+    The load generator must not compete with the shard for the 2 cores more
+    than it has to: frames are encoded by hand with ``struct`` (byte-for-byte
+    the msgpack that ``wire.pack_requests`` produces for these requests, with
+    fixed-width ints), not by building Python lists for msgpack."""
+    assert cid < 128
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.SNDHWM, 0)
@@ -129,27 +149,38 @@ def _raw_client(endpoint, seconds, window, per_frame, batch, cid, out):
     inflight = 0
     stop = time.monotonic() + seconds
     t0 = None
+    nreq = 2 * per_frame
+    header = struct.pack(">BBBQ", 0x94, 1, 0xcf, session)
 
     def frame():
         nonlocal seq, txn, key
-        reqs = []
-        for _ in range(per_frame):
-            txn += 1
-            if batch:
-                items = []
+        parts = [header, struct.pack(">BIBH", 0xce, seq, 0xdc, nreq)]
+        if batch:
+            for _ in range(per_frame):
+                txn += 1
+                parts.append(_MANY_HEAD.pack(0x97, wire.LOCK_MANY, 0xce, seq, 0xcf, txn, 0xdc, batch))
                 for _ in range(batch):
                     key += 1
-                    items.append([["b", cid, key], 5])
-                reqs.append([wire.LOCK_MANY, seq, txn, items, False, None, 0])
-            else:
+                    parts.append(_MANY_ITEM.pack(0x92, 0x93, 0xa1, 0x62, cid, 0xce, key, 5))
+                parts.append(_MANY_TAIL.pack(0xc2, 0xc0, 0, 0x94, wire.RELEASE, 0xce, seq + 1, 0xcf, txn, 0xc3))
+                seq += 2
+        else:
+            pack = _LOCK_PAIR.pack
+            for _ in range(per_frame):
+                txn += 1
                 key += 1
-                reqs.append([wire.LOCK, seq, txn, ["b", cid, key], 5, False, None, 0])
-            reqs.append([wire.RELEASE, seq + 1, txn, True])
-            seq += 2
-        return wire.pack_requests(session, seq - 2 * per_frame, reqs)
+                parts.append(pack(0x98, wire.LOCK, 0xce, seq, 0xcf, txn, 0x93, 0xa1, 0x62, cid, 0xce, key,
+                                  5, 0xc2, 0xc0, 0, 0x94, wire.RELEASE, 0xce, seq + 1, 0xcf, txn, 0xc3))
+                seq += 2
+        return b"".join(parts)
 
+    # the hand encoding must decode to what the shard expects
+    probe = wire.unpack_requests(frame())
+    assert probe[0] == session and len(probe[2]) == nreq and probe[2][1][0] == wire.RELEASE, probe[2][:2]
+    seq, txn, key = 2, (cid + 1) << 40, 0
     warm = time.monotonic() + 0.3
     counted = False
+    unpack = wire.unpack_replies
     while True:
         now = time.monotonic()
         if not counted and now >= warm:
@@ -159,10 +190,10 @@ def _raw_client(endpoint, seconds, window, per_frame, batch, cid, out):
         while inflight < window:
             s.send(frame())
             inflight += 1
-        reps = wire.unpack_replies(s.recv())
+        reps = unpack(s.recv())
         inflight -= 1
         for r in reps:
-            if r[1] != 0:
+            if r[1]:
                 raise SystemExit(f"error reply {r}")
         locks += per_frame * (batch or 1)
     el = time.perf_counter() - t0
@@ -209,8 +240,8 @@ def bench_shards(seconds, clients):
 
 # ---------------------------------------------------------------- compare
 
-def _lm_worker(endpoints, seconds, cid, out):
-    cl = lockmgr.connect(endpoints)
+def _lm_worker(endpoints, seconds, cid, out, shared=None):
+    cl = shared["client"] if shared else lockmgr.connect(endpoints)
     i = 0
     stop = time.monotonic() + seconds
     n = 0
@@ -222,12 +253,16 @@ def _lm_worker(endpoints, seconds, cid, out):
         i += 1
         n += 1
     out.put(n / (time.perf_counter() - t0))
-    cl.close()
+    if not shared:
+        cl.close()
 
 
-def _redis_worker(port, seconds, cid, out):
+def _redis_worker(port, seconds, cid, out, shared=None):
     import redis
-    r = redis.Redis(host="127.0.0.1", port=port)
+    if shared is not None:
+        r = shared.get("redis") or shared.setdefault("redis", redis.Redis(host="127.0.0.1", port=port))
+    else:
+        r = redis.Redis(host="127.0.0.1", port=port)
     i = 0
     n = 0
     stop = time.monotonic() + seconds
@@ -241,7 +276,7 @@ def _redis_worker(port, seconds, cid, out):
     out.put(n / (time.perf_counter() - t0))
 
 
-def _pg_worker(port, seconds, cid, out):
+def _pg_worker(port, seconds, cid, out, shared=None):
     import psycopg
     conn = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True)
     cur = conn.cursor()
@@ -259,22 +294,45 @@ def _pg_worker(port, seconds, cid, out):
     conn.close()
 
 
-def _parallel(target, arg, clients, seconds):
+def _parallel(target, arg, clients, seconds, model="processes"):
+    """``clients`` concurrent clients running ``target``: one process each
+    (model "processes"), or threads of one process ("threads"), run in a child
+    process so every system starts from the same clean interpreter."""
     q = mp.Queue()
-    ps = [mp.Process(target=target, args=(arg, seconds, i, q)) for i in range(clients)]
+    if model == "threads":
+        ps = [mp.Process(target=_threads_host, args=(target, arg, seconds, clients, q))]
+    else:
+        ps = [mp.Process(target=target, args=(arg, seconds, i, q)) for i in range(clients)]
     for p in ps:
         p.start()
-    rates = [q.get(timeout=seconds + 60) for _ in ps]
+    rates = [q.get(timeout=seconds + 60) for _ in range(clients)]
     for p in ps:
         p.join(10)
     return sum(rates)
 
 
-def bench_compare(seconds, shards):
+def _threads_host(target, arg, seconds, clients, q):
+    """One process, ``clients`` threads. lockmgr: the threads share ONE Client
+    (one pipelined connection per shard, the service's intended use); Redis:
+    one redis-py client whose pool gives each thread a connection; PostgreSQL:
+    one connection per thread (a connection runs one statement at a time)."""
+    shared = {}
+    if target is _lm_worker:
+        shared["client"] = lockmgr.connect(arg)
+    ths = [threading.Thread(target=target, args=(arg, seconds, i, q, shared)) for i in range(clients)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    if "client" in shared:
+        shared["client"].close()
+
+
+def bench_compare(seconds, shards, model="processes"):
     rows = {}
     with LocalCluster(shards) as c:
         for n in (1, 8):
-            rows[("lockmgr", n)] = _parallel(_lm_worker, c.endpoints, n, seconds)
+            rows[("lockmgr", n)] = _parallel(_lm_worker, c.endpoints, n, seconds, model)
     redis_bin = shutil.which("redis-server")
     try:
         import redis  # noqa: F401
@@ -298,7 +356,7 @@ def bench_compare(seconds, shards):
                     time.sleep(0.05)
             print(f"started redis-server ({redis_bin}) on 127.0.0.1:{port}")
             for n in (1, 8):
-                rows[("redis", n)] = _parallel(_redis_worker, port, n, seconds)
+                rows[("redis", n)] = _parallel(_redis_worker, port, n, seconds, model)
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(10)
@@ -336,7 +394,7 @@ def bench_compare(seconds, shards):
                                check=True, stdout=subprocess.DEVNULL, env=env)
                 print(f"started a throwaway postgres ({initdb}) on 127.0.0.1:{port}")
                 for n in (1, 8):
-                    rows[("postgres", n)] = _parallel(_pg_worker, port, n, seconds)
+                    rows[("postgres", n)] = _parallel(_pg_worker, port, n, seconds, model)
             finally:
                 subprocess.run(runas + [pg_ctl, "-D", d + "/data", "-m", "immediate", "stop"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -344,12 +402,14 @@ def bench_compare(seconds, shards):
     else:
         print("postgresql: skipped (" + ("initdb/pg_ctl not installed" if not (initdb and pg_ctl)
                                          else "psycopg not installed") + ")")
-    print(f"acquire+release of random uncontended keys ({seconds:g}s per cell; lockmgr: {shards} shard(s), "
-          f"begin+lock+commit):")
-    print(f"  {'system':10} {'1 client':>14} {'8 clients':>14}")
+    print(f"acquire+release of random uncontended keys ({seconds:g}s per cell; clients = {model}; "
+          f"lockmgr: {shards} shard(s), begin+lock+commit):")
+    print(f"  {'system':10} {'1 client':>14} {'8 clients':>14}   lockmgr/system at 1 / 8")
     for sysname in ("lockmgr", "redis", "postgres"):
         if (sysname, 1) in rows:
-            print(f"  {sysname:10} {rows[(sysname, 1)]:>12,.0f}/s {rows[(sysname, 8)]:>12,.0f}/s")
+            r1, r8 = rows[(sysname, 1)], rows[(sysname, 8)]
+            print(f"  {sysname:10} {r1:>12,.0f}/s {r8:>12,.0f}/s   "
+                  f"{rows[('lockmgr', 1)] / r1:5.2f}x / {rows[('lockmgr', 8)] / r8:5.2f}x")
 
 
 def main():
@@ -359,6 +419,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=2, help="raw pipelined client processes")
     ap.add_argument("--compare-shards", type=int, default=1)
+    ap.add_argument("--model", default="processes,threads",
+                    help="client concurrency model(s) for compare: processes (one client per process), "
+                         "threads (8 threads of one process)")
     args = ap.parse_args()
     what = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, lockmgr backend {lockmgr.BACKEND}, {os.cpu_count()} cpus")
@@ -371,7 +434,8 @@ def main():
     if "shards" in what:
         bench_shards(args.seconds, args.clients)
     if "compare" in what:
-        bench_compare(args.seconds, args.compare_shards)
+        for model in args.model.split(","):
+            bench_compare(args.seconds, args.compare_shards, model)
 
 
 if __name__ == "__main__":

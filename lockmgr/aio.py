@@ -47,8 +47,8 @@ async def _call_many(eng, specs):
     calls, futs = [], []
     for shard, typ, args, extra in specs:
         fut = loop.create_future()
-        c = _Call(shard, typ, args, None if extra is None else now + rt + extra)
-        c.cb = (lambda call, fut=fut: loop.call_soon_threadsafe(_resolve, fut, call))
+        c = _Call(shard, typ, args, None if extra is None else now + rt + extra, urgent=True,
+                  cb=(lambda call, fut=fut: loop.call_soon_threadsafe(_resolve, fut, call)))
         calls.append(c)
         futs.append(fut)
     eng.submit(calls)

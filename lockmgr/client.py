@@ -12,10 +12,14 @@ Interface:
         .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .commit(), .abort()
     admin_query(endpoints, type, timeout=2.0)   session-less PING/SNAPSHOT/GRAPH/STATS
 
-Structure: one ``_Engine`` per client owns one DEALER socket per shard and an
-I/O thread; every call from any thread is queued to it, sent in one frame per
-shard per loop turn (pipelining), and completed by the I/O thread, which also
-sends heartbeats, enforces deadlines, retries and tracks the session lease.
+Structure: one ``_Engine`` per client owns one DEALER socket per shard, shared
+by every thread and task (leader/follower): a caller that finds the sockets
+free owns them, sends its own frame and receives its own reply (no thread
+switch); callers that arrive meanwhile queue their calls, which the owner
+sends coalesced in one frame per shard (pipelining) and completes; a
+housekeeping thread sends heartbeats, serves asyncio calls and picks up
+answers no one is waiting for; deadlines, retries and the session lease are
+checked by whoever owns the sockets.
 Transaction logic (routing, strong locks on every shard, merging) is written
 once as generators (``_ops``) that yield batches of shard calls; the sync
 client drives them with blocking waits, ``lockmgr.aio`` with awaits.
@@ -123,11 +127,31 @@ def _parse_endpoints(endpoints):
 
 # ------------------------------------------------------------------- engine
 
+class _Waiter:
+    """The calls of one synchronous ``call_many``: a binary semaphore the thread
+    sleeps on, woken when its last call completes or when it is promoted to
+    be the socket owner (leader). Every field is changed under ``_Engine._mu``."""
+
+    __slots__ = ("ev", "left", "signalled", "promoted")
+
+    def __init__(self, n):
+        self.ev = threading.Lock()
+        self.ev.acquire()
+        self.left = n
+        self.signalled = False
+        self.promoted = False
+
+    def signal(self):
+        if not self.signalled:
+            self.signalled = True
+            self.ev.release()
+
+
 class _Call:
     __slots__ = ("shard", "typ", "args", "seq", "result", "error", "deadline", "first_sent", "retry_at",
-                 "backoff", "ev", "cb", "done")
+                 "backoff", "w", "cb", "done", "urgent")
 
-    def __init__(self, shard, typ, args, deadline, ev=None, cb=None):
+    def __init__(self, shard, typ, args, deadline, w=None, cb=None, urgent=False):
         self.shard = shard
         self.typ = typ
         self.args = args
@@ -138,13 +162,38 @@ class _Call:
         self.first_sent = 0.0
         self.retry_at = 0.0
         self.backoff = 0.0
-        self.ev = ev
+        self.w = w
         self.cb = cb
         self.done = False
+        self.urgent = urgent     # a callback that someone must receive promptly (asyncio, HELLO)
+
+
+_HK = object()       # the owner token of the housekeeping thread
+_ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 
 
 class _Engine:
-    """Sockets, session, heartbeats, pipelining. All socket use is in the I/O thread."""
+    """Sockets, session, heartbeats, pipelining: a leader/follower engine.
+
+    One DEALER per shard, shared by every thread and task of the client. The
+    sockets (not thread-safe) are used only by their current *owner*, a role
+    handed over under ``_mu`` (a full memory barrier, as ZeroMQ requires to
+    move a socket between threads). A synchronous caller that finds no owner
+    becomes it: it sends its own frame, polls and receives its own reply, then
+    hands the role on -- no thread switch at all for a lone caller. A caller
+    that finds an owner queues its calls and wakes the owner (self-pipe) if it
+    sleeps in poll; the owner sends everything queued in one frame per shard
+    (pipelining, coalescing) and completes every reply it receives, whoever
+    it belongs to. An owner whose own calls are done promotes a waiting
+    follower; if none waits and asyncio calls or HELLOs are outstanding it
+    hands the role to the housekeeping thread; otherwise it just lets go,
+    and the housekeeper picks up any unanswered call within a few ms.
+
+    The housekeeping thread sends heartbeats to a shard that has acknowledged
+    nothing for ttl/4 (any answered request renews the lease: the shard
+    renews it on every frame), enforces deadlines and retries when no one
+    else owns the sockets, and tracks the session lease.
+    """
 
     def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name):
         if type(session_ttl) is bool or not isinstance(session_ttl, (int, float)) or not 0.05 <= session_ttl <= 3600:
@@ -177,6 +226,16 @@ class _Engine:
             s.setsockopt(zmq.RCVHWM, 0)
             s.connect(ep)
             self._socks.append(s)
+        self._packer = wire.Packer()
+        self._mu = threading.Lock()
+        self._owner = None               # None, a _Waiter (a sync caller) or _HK
+        self._polling = False            # the owner sleeps in poll (wake it through the pipe)
+        self._pipe_full = False          # a wake byte is in the pipe
+        self._followers = {}             # id -> _Waiter of sync callers waiting for an owner's service
+        self._urgent = 0                 # outstanding calls someone must receive promptly
+        self._orphaned_at = None         # when an owner last let go with calls unanswered
+        self._hk_ev = threading.Event()
+        self._hk_wake_at = 0.0
         self._seq = [1] * self.n
         self._pending = [dict() for _ in range(self.n)]
         self._outq = collections.deque()
@@ -184,16 +243,21 @@ class _Engine:
         self._tick = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._idle = False
+        self._poller = zmq.Poller()
+        for s in self._socks:
+            self._poller.register(s, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
         self._ready = threading.Event()
         self._hello_error = None
         self._hello_left = self.n
-        self._thread = threading.Thread(target=self._run, name="lockmgr-client-io", daemon=True)
+        self._thread = threading.Thread(target=self._housekeeper, name="lockmgr-client-io", daemon=True)
         self._thread.start()
         # Open the session on every shard; wait for all of them.
         now = time.monotonic()
-        for i in range(self.n):
-            self._send_hello(i, now, initial=True)
+        with self._mu:
+            for i in range(self.n):
+                self._send_hello(i, now)
+            self._hand_to_hk_locked()
         if not self._ready.wait(self.request_timeout + 0.5):
             self.shutdown()
             raise ShardUnavailable(f"no answer to HELLO within {self.request_timeout:g}s from "
@@ -205,18 +269,30 @@ class _Engine:
     # -- called from any thread
 
     def submit(self, calls):
-        dead = self.dead
-        if dead is not None:
+        """Queue calls completed through their callbacks (asyncio, fire-and-forget).
+        The calling thread sends them itself when no one owns the sockets."""
+        mu = self._mu
+        mu.acquire()
+        try:
+            dead = self.dead
+            if dead is not None or self.closed:
+                for c in calls:
+                    self._fail(c, SessionExpired(dead or "the client was closed"))
+                return
             for c in calls:
-                self._fail(c, SessionExpired(dead))
-            return
-        self._outq.extend(calls)
-        if self._idle:
-            self._idle = False
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+                if c.urgent:
+                    self._urgent += 1
+            self._outq.extend(calls)
+            if self._owner is None:
+                self._owner = _SENDER
+                try:
+                    self._send_all(time.monotonic())
+                finally:
+                    self._leave_locked()
+            else:
+                self._wake_owner_locked()
+        finally:
+            mu.release()
 
     def post(self, shard, typ, args):
         """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
@@ -233,21 +309,25 @@ class _Engine:
             raise SessionExpired(self.dead)
 
     def shutdown(self):
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            os.write(self._wake_w, b"q")
-        except OSError:
-            pass
+        with self._mu:
+            if self.closed:
+                return
+            self.closed = True
+            self._wake_owner_locked()
+        self._hk_ev.set()
         self._thread.join(5.0)
+        deadline = time.monotonic() + 5.0
+        while self._owner is not None and time.monotonic() < deadline:
+            with self._mu:
+                self._wake_owner_locked()
+            time.sleep(0.001)
         for s in self._socks:
             s.close(0)
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
-    # -- completion
+    # -- completion (under _mu)
 
     def _fail(self, call, err):
         call.error = err
@@ -257,26 +337,77 @@ class _Engine:
         if call.done:
             return
         call.done = True
+        if call.urgent:
+            self._urgent -= 1
         if call.cb is not None:
             call.cb(call)
-        elif call.ev is not None:
-            call.ev.release()
+        else:
+            w = call.w
+            if w is not None:
+                w.left -= 1
+                if w.left == 0:
+                    w.signal()
 
     def _expire_local(self):
         if self.dead is None:
             self.dead = (f"session {self.session:#x} expired: no heartbeat was acknowledged by every shard "
                          f"within its TTL of {self.ttl:g}s; its locks have been released")
 
-    # -- I/O thread
+    # -- ownership (under _mu)
 
-    def _send_hello(self, i, now, initial=False):
-        self._hello_pending[i] = True
-        c = _Call(i, wire.HELLO, [max(1, int(self.ttl * 1000)), self.name], now + self.request_timeout)
-        c.cb = self._on_hello
-        if initial:
-            self.submit([c])
+    def _wake_owner_locked(self):
+        if self._owner is _HK and not self._polling:
+            self._hk_ev.set()
+        if self._polling and not self._pipe_full:
+            self._pipe_full = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def _hand_to_hk_locked(self):
+        """Make the housekeeper the owner if no one is (it serves HELLOs, asyncio calls)."""
+        if self._owner is None:
+            self._owner = _HK
+            self._hk_ev.set()
+
+    def _leave_locked(self):
+        """The owner lets go of the sockets: promote a waiting follower, or hand
+        the role to the housekeeper, or let go (unanswered lazy calls are picked
+        up by the next owner, or by the housekeeper within _ORPHAN_DELAY)."""
+        self._owner = None
+        if self.closed:
+            return              # every call has been failed; nothing left to serve
+        fl = self._followers
+        while fl:
+            k = next(iter(fl))
+            w = fl.pop(k)
+            if w.left > 0:
+                self._owner = w
+                w.promoted = True
+                w.signal()
+                return
+        if self._urgent > 0 or (self.dead is not None and any(self._pending)):
+            self._owner = _HK
+            self._hk_ev.set()
+            return
+        if self._outq or any(self._pending):
+            now = time.monotonic()
+            if self._orphaned_at is None:
+                self._orphaned_at = now
+            if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
+                self._hk_ev.set()
         else:
-            self._outq.append(c)
+            self._orphaned_at = None
+
+    # -- HELLO and heartbeats (under _mu)
+
+    def _send_hello(self, i, now):
+        self._hello_pending[i] = True
+        c = _Call(i, wire.HELLO, [max(1, int(self.ttl * 1000)), self.name], now + self.request_timeout,
+                  cb=self._on_hello, urgent=True)
+        self._urgent += 1
+        self._outq.append(c)
 
     def _on_hello(self, c):
         i = c.shard
@@ -336,58 +467,159 @@ class _Engine:
         if self.dead is None:
             self.dead = msg
 
-    def _run(self):
-        poller = zmq.Poller()
-        for s in self._socks:
-            poller.register(s, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        socks = self._socks
-        next_hb = time.monotonic() + self.hb_interval
-        while True:
-            now = time.monotonic()
-            if self._outq:
-                timeout = 0
-            else:
-                self._idle = True
-                if self._outq:
-                    timeout = 0
-                else:
-                    nxt = next_hb
-                    if self._heap:
-                        nxt = min(nxt, self._heap[0][0])
-                    timeout = max(0, min(200, int((nxt - now) * 1000) + 1))
-            events = dict(poller.poll(timeout))
-            self._idle = False
-            if self._wake_r in events:
-                try:
-                    data = os.read(self._wake_r, 65536)
-                except BlockingIOError:
-                    data = b""
-                if b"q" in data or self.closed:
-                    self._fail_all(SessionExpired("the client was closed"))
-                    return
-            for i, s in enumerate(socks):
-                if events.get(s):
-                    self._recv(i, s)
-            now = time.monotonic()
-            if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.ttl:
-                self._expire_local()
-            if self.dead is not None:
-                self._fail_all(SessionExpired(self.dead), keep_close=True)
-            if self._outq:
-                self._send_all(now)
-            if now >= next_hb:
-                next_hb = now + self.hb_interval
-                self._heartbeat(now)
+    def _heartbeat_locked(self, now):
+        """Queue a heartbeat to every shard that acknowledged nothing for ttl/4."""
+        if self._hello_left > 0 or self.dead is not None:
+            return
+        for i in range(self.n):
+            if self._hb_sent[i] is not None or self._hello_pending[i]:
+                continue
+            if now < self._lease_base[i] + self.hb_interval:
+                continue
+            self._hb_sent[i] = now
+            self._outq.append(_Call(i, wire.HEARTBEAT, [], now + self.request_timeout, cb=self._on_heartbeat))
+
+    def _next_hb(self, now):
+        t = now + self.hb_interval
+        for i in range(self.n):
+            if self._hb_sent[i] is None and not self._hello_pending[i]:
+                t = min(t, self._lease_base[i] + self.hb_interval)
+        return t
+
+    # -- the owner's work (under _mu unless said otherwise)
+
+    def _turn_locked(self, now):
+        """Lease check, sends, timers: the part of a loop turn before polling."""
+        if self.closed:
+            self._fail_all(SessionExpired("the client was closed"))
+            return
+        if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.ttl:
+            self._expire_local()
+        if self.dead is not None:
+            self._fail_all(SessionExpired(self.dead), keep_close=True)
+        if self._outq:
+            self._send_all(now)
+        heap = self._heap
+        if heap and heap[0][0] <= now:
             self._timers(now)
+
+    def _heap_top(self):
+        """The time of the next retry/deadline of a call still unanswered, or None
+        (entries of answered calls are dropped lazily, here)."""
+        heap = self._heap
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _poll_timeout_ms(self, now, cap):
+        nxt = now + cap
+        top = self._heap_top()
+        if top is not None:
+            nxt = min(nxt, top)
+        return max(0, int((nxt - now) * 1000) + 1)
+
+    def _serve(self, w):
+        """Own the sockets until ``w``'s calls are done (or, for the
+        housekeeper, until nothing urgent is left); then hand the role on.
+        Entered and left without ``_mu`` held; the caller is the owner."""
+        mu = self._mu
+        poller = self._poller
+        socks = self._socks
+        wake_r = self._wake_r
+        hk = w is _HK
+        mu.acquire()
+        try:
+            while True:
+                now = time.monotonic()
+                self._turn_locked(now)
+                if hk:
+                    if self._followers or (self._urgent <= 0 and not self._outq
+                                           and (not any(self._pending) or self.closed)):
+                        return
+                elif w.left == 0 or self.closed:
+                    return
+                timeout = self._poll_timeout_ms(now, 0.1 if not hk else min(0.1, self.hb_interval))
+                self._polling = True
+                mu.release()
+                try:
+                    events = poller.poll(timeout)
+                finally:
+                    mu.acquire()
+                    self._polling = False
+                for s, _ in events:
+                    if s == wake_r:
+                        self._pipe_full = False
+                        try:
+                            os.read(wake_r, 4096)
+                        except OSError:
+                            pass
+                    else:
+                        self._recv(socks.index(s), s)
+        finally:
+            self._leave_locked()
+            mu.release()
+
+    def _housekeeper(self):
+        mu = self._mu
+        while True:
+            with mu:
+                if self.closed and self._owner is None:
+                    self._owner = _HK
+                if self._owner is _HK:
+                    take = True
+                else:
+                    take = False
+                    now = time.monotonic()
+                    if self._owner is None and not self.closed:
+                        self._heartbeat_locked(now)
+                        top = self._heap_top()
+                        due = (self._outq or (top is not None and top <= now)
+                               or (self._orphaned_at is not None and now >= self._orphaned_at + _ORPHAN_DELAY)
+                               or (self.dead is None and self._hello_left == 0
+                                   and now > min(self._lease_base) + self.ttl))
+                        if due:
+                            self._owner = _HK
+                            take = True
+                            self._orphaned_at = None
+                    elif self._owner is not None:
+                        before = len(self._outq)
+                        self._heartbeat_locked(now)
+                        if len(self._outq) != before:
+                            self._wake_owner_locked()
+            if take:
+                self._serve(_HK)
+                if self.closed:
+                    with mu:
+                        if self._owner is None:
+                            return
+                continue
+            with mu:
+                now = time.monotonic()
+                nxt = self._next_hb(now)
+                top = self._heap_top()
+                if top is not None and self._owner is None:
+                    nxt = min(nxt, top)
+                if self._orphaned_at is not None:
+                    nxt = min(nxt, self._orphaned_at + _ORPHAN_DELAY)
+                if self.dead is None and self._hello_left == 0:
+                    nxt = min(nxt, min(self._lease_base) + self.ttl + 0.001)
+                if self.closed:
+                    nxt = now + 0.005
+                nxt = max(nxt, now + 0.001)
+                self._hk_wake_at = nxt
+            self._hk_ev.wait(nxt - now)
+            self._hk_ev.clear()
+            with mu:
+                self._hk_wake_at = 0.0
 
     def _recv(self, i, s):
         pending = self._pending[i]
+        lease = 0.0
         while True:
             try:
                 frame = s.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
                 reps = wire.unpack_replies(frame)
             except Exception:
@@ -402,6 +634,8 @@ class _Engine:
                     continue
                 if status == wire.OK:
                     c.result = payload
+                    if c.first_sent > lease:
+                        lease = c.first_sent
                 else:
                     c.error = wire.error_for(status, payload)
                     if status == wire.E_UNKNOWN_SESSION and c.typ not in (wire.HEARTBEAT, wire.HELLO):
@@ -412,7 +646,15 @@ class _Engine:
                             self._send_hello(i, time.monotonic())
                     elif status == wire.E_SESSION_EXPIRED:
                         self._expire_by_shard(str(payload))
+                    elif status != wire.E_UNKNOWN_SESSION and status != wire.E_PROTOCOL:
+                        if c.first_sent > lease:
+                            lease = c.first_sent
                 self._complete(c)
+        # any answer to a request of this session renews the lease on that shard
+        # (the shard renews it on every frame of a known session); HELLO and
+        # heartbeat callbacks do the same for themselves
+        if lease > self._lease_base[i] and self.epoch[i] and not self._hello_pending[i]:
+            self._lease_base[i] = lease
 
     def _send_all(self, now):
         outq = self._outq
@@ -424,6 +666,8 @@ class _Engine:
         retry = self.retry_interval
         while outq:
             c = outq.popleft()
+            if c.done:
+                continue
             i = c.shard
             seq = seqs[i]
             seqs[i] = seq + 1
@@ -438,32 +682,23 @@ class _Engine:
             else:
                 lst.append(req)
             c.backoff = retry
-            heapq.heappush(heap, (now + retry, next(tick), c))
-            if c.deadline is not None:
-                heapq.heappush(heap, (c.deadline, next(tick), c))
+            when = now + retry
+            if c.deadline is not None and c.deadline < when:
+                when = c.deadline
+            heapq.heappush(heap, (when, next(tick), c))
         for i, reqs in frames.items():
             self._send_frame(i, reqs)
 
     def _send_frame(self, i, reqs):
         pending = self._pending[i]
         ack = next(iter(pending), self._seq[i])
+        pack = self._packer.pack
         for k in range(0, len(reqs), wire.MAX_REQUESTS):
             try:
-                self._socks[i].send(wire.pack_requests(self.session, ack, reqs[k:k + wire.MAX_REQUESTS]),
+                self._socks[i].send(pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
                                     zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # retried by the timer
-
-    def _heartbeat(self, now):
-        for i in range(self.n):
-            if self._hb_sent[i] is not None or self._hello_pending[i]:
-                continue
-            self._hb_sent[i] = now
-            c = _Call(i, wire.HEARTBEAT, [], now + self.request_timeout)
-            c.cb = self._on_heartbeat
-            self._outq.append(c)
-        if self._outq:
-            self._send_all(now)
 
     def _timers(self, now):
         heap = self._heap
@@ -472,7 +707,7 @@ class _Engine:
             when, _, c = heapq.heappop(heap)
             if c.done:
                 continue
-            if c.deadline is not None and when >= c.deadline:
+            if c.deadline is not None and now >= c.deadline:
                 self._pending[c.shard].pop(c.seq, None)
                 self._fail(c, ShardUnavailable(
                     f"shard {c.shard} ({self.endpoints[c.shard]}) did not answer "
@@ -480,7 +715,10 @@ class _Engine:
                 continue
             # retry: the same (session, seq); the shard answers it once
             c.backoff = min(c.backoff * 2, 8.0)
-            heapq.heappush(heap, (now + c.backoff, next(self._tick), c))
+            when = now + c.backoff
+            if c.deadline is not None and c.deadline < when:
+                when = c.deadline
+            heapq.heappush(heap, (when, next(self._tick), c))
             req = [c.typ, c.seq]
             req.extend(c.args)
             resend.setdefault(c.shard, []).append(req)
@@ -495,6 +733,7 @@ class _Engine:
             for c in list(pending.values()):
                 self._fail(c, type(err)(str(err)))
             pending.clear()
+        self._heap.clear()
         if keep_close and not getattr(self, "_close_sent", False):
             self._close_sent = True
             # tell the shards at once rather than letting the leases run out
@@ -514,21 +753,55 @@ class _Engine:
         (no deadline: a lock wait without timeout; liveness comes from heartbeats).
         Returns a list of results or exception instances."""
         now = time.monotonic()
-        calls = []
         rt = self.request_timeout
-        for shard, typ, args, extra in specs:
-            ev = threading.Lock()
-            ev.acquire()
-            calls.append(_Call(shard, typ, args, None if extra is None else now + rt + extra, ev))
-        self.submit(calls)
-        out = []
-        for c in calls:
-            if not c.done:
-                while not c.ev.acquire(timeout=1.0):
-                    if not self._thread.is_alive() and not c.done:
-                        raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
-            out.append(c.error if c.error is not None else c.result)
-        return out
+        w = _Waiter(len(specs))
+        calls = [_Call(shard, typ, args, None if extra is None else now + rt + extra, w)
+                 for shard, typ, args, extra in specs]
+        mu = self._mu
+        mu.acquire()
+        try:
+            if self.dead is not None or self.closed:
+                err = self.dead or "the client was closed"
+                for c in calls:
+                    self._fail(c, SessionExpired(err))
+                lead = False
+            else:
+                self._outq.extend(calls)
+                if self._owner is None:
+                    self._owner = w
+                    lead = True
+                else:
+                    lead = False
+                    self._followers[id(w)] = w
+                    self._wake_owner_locked()
+        finally:
+            mu.release()
+        if lead:
+            self._serve(w)
+        elif w.left:
+            self._follow(w)
+        return [c.error if c.error is not None else c.result for c in calls]
+
+    def _follow(self, w):
+        while True:
+            if not w.ev.acquire(timeout=1.0):
+                if not self._thread.is_alive() and self._owner is None and w.left:
+                    raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
+                continue
+            with self._mu:
+                w.signalled = False
+                promoted = w.promoted
+                w.promoted = False
+                if not promoted:
+                    if w.left == 0:
+                        self._followers.pop(id(w), None)
+                        return
+                    continue
+            self._serve(w)      # the owner now; returns when w's calls are done
+            return
+
+
+_SENDER = object()   # owner token of a thread that only sends (submit) and lets go at once
 
 
 # -------------------------------------------------------------- transaction ops

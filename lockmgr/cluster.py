@@ -144,7 +144,9 @@ class LocalCluster:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
         from .probes import send_admin
-        send_admin(self.endpoints[i], wire.PEERS, [list(self.endpoints)], timeout=self.start_timeout)
+        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.endpoints)], timeout=self.start_timeout)
+        if "error" in res:
+            raise InvalidRequest(f"shard {i} refused its peers: {res['error']}")
 
     def stop(self):
         """Stop every shard (SIGTERM, then SIGKILL after 5 s). Idempotent."""

@@ -551,12 +551,13 @@ class ProbeEngine:
               wire.PROBE_CONFIRM: 6, wire.PROBE_VICTIM: 2}
 
     def accept(self, req):
-        """Queue a peer message; a malformed one raises ValueError (an E_PROTOCOL reply)."""
+        """Queue a peer message; for a malformed one return the error (an E_PROTOCOL reply)."""
         n = self._ARITY[req[0]]
         if len(req) != n + 2:
-            raise ValueError(f"{wire.TYPE_NAMES[req[0]]} takes {n} arguments (a shard-to-shard message, "
-                             f"docs/protocol.md); got {len(req) - 2}")
+            return (f"{wire.TYPE_NAMES[req[0]]} takes {n} arguments (a shard-to-shard message, "
+                    f"docs/protocol.md); got {len(req) - 2}")
         self.inbox.append(req)
+        return None
 
     def turn(self):
         """Handle queued peer messages (and what they cause); send the outbox."""
@@ -586,14 +587,21 @@ class ProbeEngine:
 
     def _a_peers(self, args):
         if len(args) != 1 or type(args[0]) is not list:
-            raise ValueError("PEERS takes [[endpoint, ...]]")
-        self.set_peers(args[0])
+            return {"error": "PEERS takes [[endpoint, ...]]"}
+        try:
+            self.set_peers(args[0])
+        except ValueError as e:
+            return {"error": str(e)}
         return {"peers": self.peers, "probe_delay_ms": self.delay * 1000 if self.enabled else None,
                 "probe_interval_ms": self.interval * 1000}
 
     def _a_faults(self, args):
         """Test hook: {"drop_next": n, "drop_prob": p, "delay_ms": d, "types": [..], "seed": s}; {} clears."""
-        f = dict(args[0]) if args and isinstance(args[0], dict) else {}
+        try:
+            f = dict(args[0]) if args and isinstance(args[0], dict) else {}
+            f = {k: f[k] for k in ("drop_next", "drop_prob", "delay_ms", "types", "seed") if k in f}
+        except (TypeError, ValueError):
+            f = {}
         if "types" in f and f["types"] is not None:
             f["types"] = set(f["types"])
         if "seed" in f:

@@ -35,6 +35,11 @@ from .errors import InvalidRequest, LockError
 from .modes import Mode
 from .paths import encode, MAX_DEPTH
 from .probes import DEFAULT_PROBE_DELAY, ProbeEngine
+
+try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
+    from ._core._ctable import encode as _encode
+except ImportError:  # pragma: no cover - no compiler
+    _encode = encode
 from .wire import (E_ABORTED, E_DEADLOCK, E_INTERNAL, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
                    E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
                    E_UNKNOWN_TYPE, E_UNSUPPORTED, OK)
@@ -50,6 +55,7 @@ MAX_TTL_MS = 3600 * 1000
 MAX_CACHE = 200_000       # cached replies per session (beyond: oldest dropped)
 MAX_TOMBSTONES = 4096     # finished txn ids remembered per session
 MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIRED)
+_TXN_LIMIT = 1 << 64
 
 
 class _Reply(Exception):
@@ -195,6 +201,7 @@ class Shard:
         self._tick = itertools.count()
         self._out = {}
         self._woken = collections.deque()
+        self._packer = wire.Packer()
         self._stop = False
         self._now = clock()
         self.counters = collections.Counter()
@@ -263,10 +270,13 @@ class Shard:
         if not out:
             return
         send = self._sock.send_multipart
-        pack = wire.pack_replies
+        pack = self._packer.pack
+        v = wire.VERSION
         for prefix, reps in out.items():
+            if not reps:
+                continue
             try:
-                send([*prefix, pack(reps)], zmq.NOBLOCK)
+                send([*prefix, pack([v, reps])], zmq.NOBLOCK)
             except zmq.ZMQError:  # peer gone or over its HWM: it will retry
                 self.counters["dropped_replies"] += 1
         self._out = {}
@@ -318,6 +328,9 @@ class Shard:
                 order, cache = sess.order, sess.cache
                 while order and order[0] < ack:
                     cache.pop(order.popleft(), None)
+        if sess is not None:
+            self._session_requests(sess, prefix, reqs)
+            return
         for req in reqs:
             if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
                 self.counters["bad_requests"] += 1
@@ -336,34 +349,79 @@ class Shard:
                         raise _Reply(E_UNKNOWN_SESSION,
                                      f"unknown session {sid:#x} on shard {self.index} (epoch {self.epoch}); "
                                      f"send HELLO")
-                    rep = sess.cache.get(seq)
-                    if rep is not None:               # a retry: the first answer again
-                        self.counters["retries_answered"] += 1
-                        self._send(prefix, rep)
-                        continue
-                    if seq in sess.inflight:          # a retry of a parked request
-                        self.counters["retries_answered"] += 1
-                        continue
-                    if seq < sess.ack:
-                        raise _Reply(E_STALE, f"seq {seq} was already acknowledged; not executed again")
-                    result = h(sess, seq, req[2:])
-                    if result is not _PARKED:
-                        self._answer(sess, seq, OK, result)
+                    self._session_requests(sess, prefix, [req])
                     continue
                 if typ == wire.HELLO:
                     sess = self._h_hello(sid, prefix, seq, req[2:])
                     continue
-                a = self._admin.get(typ)
-                if a is not None:
-                    self._send(prefix, [seq, OK, a(req[2:])])
+                self._other_request(typ, seq, prefix, req)
+            except _Reply as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, e.status, str(e))
+
+    def _other_request(self, typ, seq, prefix, req):
+        a = self._admin.get(typ)
+        if a is not None:
+            self._send(prefix, [seq, OK, a(req[2:])])
+            return
+        if typ in self._peer:            # shard -> shard (probes, lockmgr/probes.py): no reply
+            err = self._probes.accept(req)
+            if err:
+                raise _Reply(E_PROTOCOL, err)
+            return
+        if typ in (wire.PREPARE, wire.DECIDE):
+            raise _Reply(E_UNSUPPORTED, f"{wire.TYPE_NAMES[typ]} is reserved and not implemented "
+                                        f"by protocol version {wire.VERSION}")
+        raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
+
+    def _session_requests(self, sess, prefix, reqs):
+        """The requests of one frame from a known session (the hot loop)."""
+        handlers = self._handlers
+        cache = sess.cache
+        order = sess.order
+        inflight = sess.inflight
+        ack = sess.ack
+        sessions = self._sessions
+        sid = sess.id
+        out = self._out.get(prefix)
+        if out is None:
+            out = self._out[prefix] = []
+        for req in reqs:
+            if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
+                self.counters["bad_requests"] += 1
+                out.append([0, E_PROTOCOL, "a request must be an array [type, seq, *args] with int type and seq"])
+                continue
+            typ = req[0]
+            seq = req[1]
+            try:
+                h = handlers.get(typ)
+                if h is not None:
+                    rep = cache.get(seq)
+                    if rep is not None:               # a retry: the first answer again
+                        self.counters["retries_answered"] += 1
+                        out.append(rep)
+                        continue
+                    if seq in inflight:               # a retry of a parked request
+                        self.counters["retries_answered"] += 1
+                        continue
+                    if seq < ack:
+                        raise _Reply(E_STALE, f"seq {seq} was already acknowledged; not executed again")
+                    result = h(sess, seq, req[2:])
+                    if result is not _PARKED:
+                        if sid in sessions:           # still alive (not closed by this request)
+                            rep = [seq, OK, result]
+                            cache[seq] = rep
+                            order.append(seq)
+                            if len(order) > MAX_CACHE:
+                                cache.pop(order.popleft(), None)
+                            out.append(rep)
+                        else:
+                            self._answer(sess, seq, OK, result)
                     continue
-                if typ in self._peer:            # shard -> shard (probes): no reply when well formed
-                    self._probes.accept(req)
+                if typ == wire.HELLO:
+                    self._h_hello(sess.id, prefix, seq, req[2:])
                     continue
-                if typ in (wire.PREPARE, wire.DECIDE):
-                    raise _Reply(E_UNSUPPORTED, f"{wire.TYPE_NAMES[typ]} is reserved and not implemented "
-                                                f"by protocol version {wire.VERSION}")
-                raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
+                self._other_request(typ, seq, prefix, req)
             except _Reply as e:
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, e.status, str(e))
@@ -483,31 +541,42 @@ class Shard:
         tokens = w.tokens
         lock = table.lock
         tid = t.id
-        while w.idx < len(items):
-            path, mode = items[w.idx]
+        n = len(items)
+        idx = w.idx
+        append = tokens.append
+        while idx < n:
+            path, mode = items[idx]
             tok = lock(tid, path, mode, nowait)
             if tok > 0:
-                tokens.append(tok)
-                w.idx += 1
+                append(tok)
+                idx += 1
                 continue
+            w.idx = idx
             if tok == CONFLICT:
                 raise _Reply(E_NOT_AVAILABLE,
                              f"{path!r} is not available in mode {Mode(mode).name} without waiting"
                              + (f" (item {w.idx} of the batch; the {w.idx} before it are held)" if w.many else ""))
             # WAITING: park, arm the timer, look for a deadlock closed by this wait
-            t.wait = w
-            t.session.inflight[w.seq] = w
-            if w.deadline is not None:
-                w.timer = (w.deadline, next(self._tick), 0, w)
-                self._timers.add(w.timer)
-            self.counters["waits"] += 1
-            self._check_deadlock(t)
-            if t.wait is w:
-                self._probes.on_wait(t, w)
+            self._park(w)
             return _PARKED
+        w.idx = idx
         if w.many:
             return [tokens, self.epoch]
         return [tokens[0], w.fresh, self.epoch]
+
+    def _park(self, w):
+        """``w`` waits (the table queued its current item): arm its timer and
+        look for a deadlock closed by this wait."""
+        t = w.txn
+        t.wait = w
+        t.session.inflight[w.seq] = w
+        if w.deadline is not None:
+            w.timer = (w.deadline, next(self._tick), 0, w)
+            self._timers.add(w.timer)
+        self.counters["waits"] += 1
+        self._check_deadlock(t)
+        if t.wait is w:
+            self._probes.on_wait(t, w)     # cross-shard detection (lockmgr/probes.py)
 
     def _check_deadlock(self, t):
         table = self._table
@@ -583,15 +652,53 @@ class Shard:
     # -------------------------------------------------------------- handlers
 
     def _h_lock_one(self, sess, seq, args):
+        # The hot path: checks inline; the table validates the path itself (it
+        # raises InvalidRequest before changing anything); a _Wait is built only
+        # when the request has to wait.
         if len(args) != 6:
             raise _Reply(E_PROTOCOL, "LOCK takes [txn, path, mode, nowait, timeout_ms, epoch]")
         tid, path, mode, nowait, tmo, ep = args
-        _check_txn_id(tid)
-        path = _path(path)
-        mode = _check_mode(mode)
-        tmo = _check_timeout_ms(tmo)
-        self._check_epoch(tid, ep)
-        return self._start(sess, seq, tid, [(path, mode)], bool(nowait), tmo, False)
+        if type(tid) is not int or not 0 < tid < _TXN_LIMIT:
+            _check_txn_id(tid)
+        if type(path) is list:
+            if len(path) > MAX_DEPTH:
+                raise _Reply(E_TOO_BIG, f"resource path has {len(path)} components; at most {MAX_DEPTH} are allowed")
+            path = tuple(path)
+        else:
+            path = _path(path)
+        if type(mode) is not int or not 1 <= mode <= 5:
+            _check_mode(mode)
+        if tmo is not None:
+            _check_timeout_ms(tmo)
+        if ep and ep != self.epoch:
+            self._check_epoch(tid, ep)
+        nowait = bool(nowait)
+        table = self._table
+        t = self._txns.get(tid)
+        if t is None:
+            if tid in sess.tombs:
+                raise _Reply(E_ABORTED, f"transaction {tid} has finished on this shard")
+            tok = table.lock(tid, path, mode, nowait)     # InvalidRequest: nothing changed
+            t = _Txn(tid, sess)
+            self._txns[tid] = t
+            sess.txns[tid] = t
+            fresh = True
+        else:
+            if t.session is not sess:
+                raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            if t.wait is not None:
+                raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
+            fresh = table.mode_held(tid, path) == 0
+            tok = table.lock(tid, path, mode, nowait)
+        if tok > 0:
+            return [tok, fresh, self.epoch]
+        if tok == CONFLICT:
+            raise _Reply(E_NOT_AVAILABLE, f"{path!r} is not available in mode {Mode(mode).name} without waiting")
+        w = _Wait(t, seq, [(path, mode)], 0, [], False, fresh)
+        if tmo is not None:
+            w.deadline = self._now + tmo / 1000.0
+        self._park(w)
+        return _PARKED
 
     def _check_epoch(self, tid, ep):
         if ep and ep != self.epoch:
@@ -609,10 +716,20 @@ class Shard:
         if len(items) > wire.MAX_BATCH:
             raise _Reply(E_TOO_BIG, f"LOCK_MANY of {len(items)} items; at most {wire.MAX_BATCH}")
         parsed = []
+        append = parsed.append
+        enc = _encode
         for i, it in enumerate(items):
             if type(it) is not list or len(it) != 2:
                 raise _Reply(E_PROTOCOL, f"LOCK_MANY item {i} must be [path, mode]")
-            parsed.append((_path(it[0]), _check_mode(it[1])))
+            p, m = it
+            if type(p) is list and len(p) <= MAX_DEPTH:
+                p = tuple(p)
+                enc(p)                     # validates (InvalidRequest naming the problem)
+            else:
+                p = _path(p)
+            if type(m) is not int or not 1 <= m <= 5:
+                _check_mode(m)
+            append((p, m))
         tmo = _check_timeout_ms(tmo)
         return self._start(sess, seq, tid, parsed, bool(nowait), tmo, True)
 

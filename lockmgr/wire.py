@@ -134,6 +134,11 @@ _unpacker_opts = dict(raw=False, strict_map_key=False,
                       use_list=True)
 
 
+def Packer():
+    """A reusable msgpack packer with the wire options (not thread-safe)."""
+    return msgpack.Packer(**_packer_opts)
+
+
 def pack_requests(session, ack, reqs):
     return msgpack.packb([VERSION, session, ack, reqs], **_packer_opts)
 
