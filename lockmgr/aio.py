@@ -8,8 +8,9 @@ Interface:
         .transaction(**kw)      ``async with``: commit / abort
         await .close(), ``async with client``
         await .snapshot(), await .wait_for_graph(), await .stats()
+        await .recover(), await .indoubt(), await .resolve(gtrid, commit)   (2PC)
     Transaction: the sync Transaction's methods as coroutines
-        await .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .commit(), .abort()
+        await .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
         ``async with txn``
 
 It shares the sync client's engine (one I/O thread and one pipelined
@@ -25,6 +26,7 @@ import time
 from . import wire
 from .client import (ACTIVE, PREPARED, _Call, _TxnCore, _check_timeout, _g_finish, _g_held, _g_lock,
                      _g_lock_many, _g_unlock, Client as _SyncClient)
+from .client import _g_indoubt, _g_prepare, _g_resolve  # 2PC
 from .errors import InvalidRequest, LockError, LockNotAvailable
 from .manager import LockInfo
 from .modes import Mode
@@ -109,6 +111,10 @@ class Transaction:
 
     async def held(self):
         return await _drive(self._c, _g_held(self._c))
+
+    async def prepare(self):
+        """See :meth:`lockmgr.client.Transaction.prepare` (2PC, docs/2pc.md)."""
+        return await _drive(self._c, _g_prepare(self._c))
 
     async def commit(self):
         return await _drive(self._c, _g_finish(self._c, True))
@@ -197,6 +203,27 @@ class Client:
         """The shards' deadlock reports, oldest first (see Client.deadlocks)."""
         from ._cmd_probes import merge_reports
         return merge_reports(await self._admin(wire.DEADLOCKS))
+    # -- two-phase commit (docs/2pc.md); see lockmgr.client.Client
+
+    async def _drive_eng(self, gen):
+        try:
+            specs = next(gen)
+            while True:
+                specs = gen.send(await _call_many(self._eng, specs))
+        except StopIteration as e:
+            return e.value
+
+    async def recover(self):
+        """See :meth:`lockmgr.client.Client.recover`."""
+        return [d["gtrid"] for d in await self._drive_eng(_g_indoubt(self._eng, False))]
+
+    async def indoubt(self):
+        """See :meth:`lockmgr.client.Client.indoubt`."""
+        return await self._drive_eng(_g_indoubt(self._eng, True))
+
+    async def resolve(self, gtrid, commit):
+        """See :meth:`lockmgr.client.Client.resolve`."""
+        return await self._drive_eng(_g_resolve(self._eng, gtrid, commit))
 
     async def close(self):
         """End the session (see :meth:`lockmgr.client.Client.close`)."""

@@ -8,8 +8,9 @@ Interface:
         .transaction(**kw)       context manager: commit / abort
         .close(), context-manager use
         .snapshot(), .wait_for_graph(), .stats(), .session_id, .expired
+        .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/2pc.md)
     Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
-        .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .commit(), .abort()
+        .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
     admin_query(endpoints, type, timeout=2.0)   session-less PING/SNAPSHOT/GRAPH/STATS
 
 Structure: one ``_Engine`` per client owns one DEALER socket per shard, shared
@@ -825,6 +826,8 @@ class _TxnCore:
         self.default_timeout = client._default_timeout
 
     def refuse(self):
+        if self.state is PREPARED:
+            return InvalidRequest(f"transaction {self.id} is prepared: it can only be committed or aborted")
         if self.victim:
             return TransactionAborted(f"transaction {self.id} was aborted as a deadlock victim")
         if self.doom:
@@ -1022,7 +1025,7 @@ def _g_unlock(core, resource):
 def _g_held(core):
     core.check_active() if core.state is ACTIVE else None
     touched = sorted(core.touched)
-    if core.state is not ACTIVE or not touched:
+    if (core.state is not ACTIVE and core.state is not PREPARED) or not touched:
         return {}
     results = yield [(s, wire.HELD, [core.id], 0.0) for s in touched]
     out = {}
@@ -1037,6 +1040,8 @@ def _g_held(core):
 
 
 def _g_finish(core, commit):
+    if core.state is PREPARED:        # 2PC: the decision is logged on each shard before the release
+        return (yield from _g_decide_own(core, commit))
     if commit:
         if core.state is not ACTIVE and core.state is not PREPARED:
             raise core.refuse()
@@ -1058,6 +1063,121 @@ def _g_finish(core, commit):
         for res in results:
             if isinstance(res, BaseException) and not isinstance(res, TransactionAborted):
                 raise res
+    return None
+
+
+# ------------------------------------------------------- two-phase commit (2PC)
+# docs/2pc.md. PREPARE goes to every shard the transaction touched, in
+# parallel; each shard answers once the transaction's locks are fsynced in its
+# prepare log. DECIDE (commit/abort by gtrid, from any session) is answered
+# once the decision is fsynced, and only then are the locks released.
+
+_DECIDE_RESULTS = ("resolved", "done", "unknown")
+
+
+def _check_gtrid(gtrid):
+    if type(gtrid) not in (str, bytes) or not gtrid or len(gtrid) > 256:
+        raise InvalidRequest(f"gtrid must be a non-empty str of at most 256 characters; got {gtrid!r}")
+    return gtrid
+
+
+def _g_prepare(core):
+    if core.state is not ACTIVE:
+        raise core.refuse()
+    core.check_active()
+    if core.gtrid is None:
+        raise InvalidRequest("prepare() needs a global transaction id: begin(gtrid=...)")
+    _check_gtrid(core.gtrid)
+    touched = sorted(core.touched)
+    if not touched:
+        # holds nothing anywhere: nothing to make durable (XA's read-only vote)
+        core.state = PREPARED
+        return None
+    rt = core.eng.request_timeout
+    results = yield [(s, wire.PREPARE, [core.id, core.gtrid, core.touched[s], touched], rt) for s in touched]
+    err = None
+    for s, res in zip(touched, results):
+        if isinstance(res, BaseException) and (err is None or isinstance(res, TransactionAborted)):
+            err = res
+    if err is None and core.state is ACTIVE:
+        core.state = PREPARED
+        return None
+    # vote no: abort everywhere (a shard that prepared logs the abort before releasing)
+    if core.state is ACTIVE:
+        core.state = ABORTED
+        for s in touched:
+            core.eng.post(s, wire.RELEASE, [core.id, False])
+    if err is None:
+        err = core.refuse()
+    elif isinstance(err, TransactionAborted):
+        err = TransactionAborted(f"prepare failed: {err}; transaction {core.id} has been aborted")
+    raise err
+
+
+def _g_decide_own(core, commit):
+    touched = sorted(core.touched)
+    if not touched:
+        core.state = COMMITTED if commit else ABORTED
+        return None
+    core.eng.check_session()
+    rt = core.eng.request_timeout
+    results = yield [(s, wire.DECIDE, [core.gtrid, bool(commit)], rt) for s in touched]
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res       # still in doubt somewhere: stays PREPARED; retry, or resolve() from any client
+    core.state = COMMITTED if commit else ABORTED
+    return None
+
+
+def _g_indoubt(eng, with_locks):
+    eng.check_session()
+    results = yield [(i, wire.INDOUBT, [bool(with_locks)], 0.0) for i in range(eng.n)]
+    return _merge_indoubt(results)
+
+
+def _merge_indoubt(results):
+    out = {}
+    for i, rows in enumerate(results):
+        if isinstance(rows, BaseException):
+            raise rows
+        for gtrid, txn, age, parts, sid, locks in rows:
+            d = out.get(gtrid)
+            if d is None:
+                d = out[gtrid] = {"gtrid": gtrid, "txn": txn, "age": age, "shards": [], "participants": parts,
+                                  "session": sid, "locks": {}}
+            d["age"] = max(d["age"], age)
+            d["shards"].append(i)
+            if len(parts) > len(d["participants"]):
+                d["participants"] = parts
+            lk = d["locks"]
+            for p, m in locks:
+                p = tuple(p)
+                old = lk.get(p)
+                lk[p] = m if old is None else SUPREMUM[old][m]
+    res = sorted(out.values(), key=lambda d: d["txn"])
+    for d in res:
+        d["locks"] = {p: _MODES[m] for p, m in d["locks"].items()}
+        d["complete"] = set(d["participants"]) <= set(d["shards"])
+    return res
+
+
+def _g_resolve(eng, gtrid, commit):
+    _check_gtrid(gtrid)
+    if type(commit) is not bool:
+        raise InvalidRequest(f"commit must be True or False; got {commit!r}")
+    eng.check_session()
+    results = yield [(i, wire.DECIDE, [gtrid, commit], eng.request_timeout) for i in range(eng.n)]
+    unavailable = None
+    for res in results:
+        if isinstance(res, InvalidRequest):
+            raise res          # e.g. already resolved the other way
+        if isinstance(res, BaseException):
+            unavailable = unavailable or res
+    if unavailable is not None:
+        raise unavailable
+    if all(r == ["unknown"] for r in results):
+        raise InvalidRequest(f"unknown gtrid {gtrid!r}: no shard has it in doubt or remembers resolving it "
+                             f"(never prepared, or resolved and forgotten)")
     return None
 
 
@@ -1146,8 +1266,28 @@ class Transaction:
         """Every node held, with its mode (merged across shards: the supremum)."""
         return _drive(self._c.eng, _g_held(self._c))
 
+    def prepare(self):
+        """Phase one of two-phase commit (needs ``begin(gtrid=...)``).
+
+        Every shard where the transaction holds locks appends them, with their
+        fencing tokens, to its prepare log and fsyncs before answering (many
+        prepares share one fsync). Once this returns the locks survive
+        anything — this client's crash, session expiry, a shard restart —
+        until :meth:`commit`/:meth:`abort` here or ``Client.resolve(gtrid,
+        commit)`` from any client; new lock requests are refused
+        (InvalidRequest). If any shard fails to prepare, the transaction is
+        aborted everywhere (it votes no) and the error is raised; a shard that
+        did not answer may still hold it in doubt (``Client.recover()``).
+        """
+        return _drive(self._c.eng, _g_prepare(self._c))
+
     def commit(self):
-        """Release every lock and finish. Raises TransactionAborted if already finished."""
+        """Release every lock and finish. Raises TransactionAborted if already finished.
+
+        For a prepared transaction the decision is logged durably on every
+        shard before its locks there are released; on an error (a shard down)
+        the transaction stays prepared (in doubt): call commit() again or
+        ``Client.resolve(gtrid, True)``."""
         return _drive(self._c.eng, _g_finish(self._c, True))
 
     def abort(self):
@@ -1256,6 +1396,28 @@ class Client:
         blocker held or queued for there). See docs/probes.md."""
         from ._cmd_probes import merge_reports
         return merge_reports(self._admin(wire.DEADLOCKS))
+    # -- two-phase commit (docs/2pc.md)
+
+    def recover(self):
+        """The gtrids of the prepared transactions in doubt on any shard, oldest
+        first (what a restarted 2PC coordinator calls). Includes a transaction
+        prepared on only some of its shards (see :meth:`indoubt`, ``complete``)."""
+        return [d["gtrid"] for d in _drive(self._eng, _g_indoubt(self._eng, False))]
+
+    def indoubt(self):
+        """In-doubt transactions across the cluster: a list of dicts with
+        ``gtrid, txn, age`` (seconds since prepare), ``shards`` (where it is
+        prepared), ``participants`` (every shard it held locks on at prepare),
+        ``complete`` (prepared on all participants), ``session`` (the owning
+        session if still alive, else 0) and ``locks`` ({path: Mode})."""
+        return _drive(self._eng, _g_indoubt(self._eng, True))
+
+    def resolve(self, gtrid, commit):
+        """Finish the in-doubt transaction ``gtrid`` on every shard: commit
+        (True) or abort (False); each shard logs the decision durably, then
+        releases its locks. Idempotent (the same outcome again is a no-op);
+        the other outcome, or a gtrid no shard knows, raises InvalidRequest."""
+        return _drive(self._eng, _g_resolve(self._eng, gtrid, commit))
 
     def close(self):
         """End the session: the shards release its unprepared transactions' locks

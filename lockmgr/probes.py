@@ -535,7 +535,7 @@ class ProbeEngine:
         victim, members = args
         sh = self.shard
         t = sh._txns.get(victim)
-        if t is not None and t.state != "prepared":
+        if t is not None and t.state == "active":    # never a prepared (or preparing) 2PC txn
             if t.wait is not None:
                 sh._end_wait(t.wait, E_DEADLOCK,
                              f"transaction {victim} was chosen as deadlock victim (wait-for cycle {members}); "

@@ -16,6 +16,12 @@ table reports as granted; then send each client one frame with all its
 replies. The table never blocks; waiting requests are parked as ``_Wait``
 objects and answered later. Protocol: docs/protocol.md; design and the
 correctness argument: docs/service.md.
+
+2PC (section "Two-phase commit" at the end of Shard; docs/2pc.md): the data
+directory holds a PrepareLog; PREPARE/DECIDE are answered once their record is
+fsynced by the log's flusher thread, which wakes this loop with an internal
+WAKE frame over inproc; prepared transactions are restored before the socket
+serves anything.
 """
 
 import argparse
@@ -33,7 +39,8 @@ from . import wire
 from ._core import CONFLICT, WAITING, Table, BACKEND
 from .errors import InvalidRequest, LockError
 from .modes import Mode
-from .paths import encode, MAX_DEPTH
+from .paths import decode, encode, MAX_DEPTH
+from .wal import CorruptLog, PrepareLog
 from .probes import DEFAULT_PROBE_DELAY, ProbeEngine
 
 try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
@@ -55,6 +62,7 @@ MAX_TTL_MS = 3600 * 1000
 MAX_CACHE = 200_000       # cached replies per session (beyond: oldest dropped)
 MAX_TOMBSTONES = 4096     # finished txn ids remembered per session
 MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIRED)
+RESOLVED_MEMORY = 100_000  # resolved gtrids remembered for idempotent DECIDE (2PC)
 _TXN_LIMIT = 1 << 64
 
 
@@ -86,13 +94,18 @@ class _Session:
 
 
 class _Txn:
-    __slots__ = ("id", "session", "state", "wait")
+    __slots__ = ("id", "session", "state", "wait", "gtrid", "participants", "prepared_at", "outcome",
+                 "waiters", "nlocks")
 
     def __init__(self, tid, session):
         self.id = tid
-        self.session = session
-        self.state = "active"         # 'prepared' is reserved for 2PC (later issue)
+        self.session = session        # None for a prepared txn restored from the log
+        self.state = "active"         # 2PC: 'preparing' -> 'prepared' -> 'deciding' (then gone)
         self.wait = None              # the _Wait this txn is parked on
+        # 2PC slots (gtrid, participants, prepared_at, outcome, nlocks, waiters: the
+        # parked PREPARE/DECIDE requests [(session, seq, kind)]) are set when the
+        # txn leaves 'active' (see the "Two-phase commit" section), not here: the
+        # hot LOCK path creates a _Txn per transaction.
 
 
 class _Wait:
@@ -180,11 +193,11 @@ class Shard:
         self.index = index
         self.nshards = nshards
         self.partition_depth = partition_depth
-        self.epoch = read_and_bump_epoch(data_dir)
         self.data_dir = data_dir
         self._clock = clock
-        self._table = Table(escalation_threshold, self.epoch << EPOCH_BITS)
         self._ctx = ctx or zmq.Context.instance()
+        self._init_2pc(data_dir)      # opens the prepare log: bumps the epoch, replays (CorruptLog stops here)
+        self._table = Table(escalation_threshold, self.epoch << EPOCH_BITS)
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME * 16)
@@ -212,6 +225,7 @@ class Shard:
         }
         self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
                        wire.STATS: self._h_stats}
+        self._start_2pc()             # restores prepared txns before any request is served
         # -- distributed deadlock detection (lockmgr/probes.py, docs/probes.md)
         self._probes = ProbeEngine(self, probe_delay, probe_interval, peers)
         self._admin.update(self._probes.admin)
@@ -228,6 +242,7 @@ class Shard:
 
     def close(self):
         self._probes.close()
+        self._close_2pc()
         self._sock.close(0)
 
     def run_once(self, timeout_ms):
@@ -480,8 +495,8 @@ class Shard:
     def _end_session(self, sess, why):
         """Abort the session's unprepared transactions; forget it."""
         for t in list(sess.txns.values()):
-            if t.state == "prepared":
-                continue  # in doubt until resolved (2PC, later issue)
+            if t.state != "active":
+                continue  # preparing / prepared / deciding: in doubt until resolved (2PC)
             if t.wait is not None:
                 self._end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
             self._drop_txn(t)
@@ -523,6 +538,8 @@ class Shard:
 
     def _start(self, sess, seq, tid, items, nowait, timeout_ms, many):
         t = self._txn(sess, tid)
+        if t.state != "active":
+            raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
         if t.wait is not None:
             raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
         table = self._table
@@ -686,6 +703,8 @@ class Shard:
         else:
             if t.session is not sess:
                 raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            if t.state != "active":   # 2PC: prepared
+                raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
             if t.wait is not None:
                 raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
             fresh = table.mode_held(tid, path) == 0
@@ -739,6 +758,8 @@ class Shard:
         tid, path, check = args
         path = _path(path)
         t = self._txn(sess, tid, create=False)
+        if t is not None and t.state != "active":
+            raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
         if t is not None and t.wait is not None:
             raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; it cannot unlock meanwhile")
         table = self._table
@@ -767,6 +788,8 @@ class Shard:
         if t is not None:
             if t.session is not sess:
                 raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            if t.state != "active":   # a prepared txn: the decision is logged before the release
+                return self._decide(t, bool(args[1]), sess, seq)
             if t.wait is not None:
                 self._end_wait(t.wait, E_ABORTED, f"transaction {tid} was aborted while it waited")
             self._drop_txn(t)
@@ -791,7 +814,7 @@ class Shard:
         rows = []
         for p, tid, m, g in self._table.snapshot():
             t = txns.get(tid)
-            rows.append([list(p), tid, m, g, t.session.id if t else 0])
+            rows.append([list(p), tid, m, g, t.session.id if t is not None and t.session is not None else 0])
         return rows
 
     def _h_graph(self, args):
@@ -803,7 +826,274 @@ class Shard:
         s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
                  partition_depth=self.partition_depth, timers=len(self._timers))
         s["backend"] = BACKEND
+        s.update(self._stats_2pc())
         return s
+
+    # ============================================================ Two-phase commit
+    # (docs/2pc.md) PREPARE appends the transaction's locks and tokens to the
+    # shard's PrepareLog and parks the request; the log's flusher thread fsyncs
+    # (group commit) and wakes this loop through an internal WAKE frame sent to
+    # the shard's own ROUTER over inproc, so the loop never waits for the disk.
+    # DECIDE (and RELEASE of a prepared txn) logs the decision durably *before*
+    # the locks are released. Restored prepared txns have no session.
+
+    def _init_2pc(self, data_dir):
+        self._durable = collections.deque()   # batches of durable tickets, from the flusher thread
+        self._log_cb = {}                       # Ticket -> (callback, txn)
+        self._gtrids = {}                       # gtrid -> _Txn (preparing, prepared, deciding)
+        self._resolved = collections.OrderedDict()  # gtrid -> commit, the most recent RESOLVED_MEMORY
+        self._wake_sock = None
+        self._wake_ep = f"inproc://lockmgr-shard-wake-{os.getpid()}-{id(self):x}"
+        self._wake_frame = wire.pack_requests(0, 0, [[wire.WAKE, 0]])
+        self._replay_t0 = time.perf_counter()
+        self._plog = PrepareLog(data_dir, on_durable=self._on_durable)
+        try:
+            self.epoch = self._plog.epoch
+            if self.epoch >= (1 << (63 - EPOCH_BITS)):
+                raise RuntimeError("epoch space exhausted")
+            if self._plog.truncated_at is not None:
+                print(f"lockmgr shard {self.index}: prepare log {self._plog.path}: torn tail at offset "
+                      f"{self._plog.truncated_at} cut off ({len(self._plog.live)} prepared transaction(s) "
+                      f"kept; the cut records were never acknowledged)", file=sys.stderr, flush=True)
+            for g, c in self._plog.resolved.items():
+                self._resolved[g] = c
+        except BaseException:
+            self._plog.close()
+            raise
+
+    def _start_2pc(self):
+        self._sock.bind(self._wake_ep)
+        self._handlers[wire.PREPARE] = self._h_prepare
+        self._handlers[wire.DECIDE] = self._h_decide
+        self._admin[wire.INDOUBT] = self._h_indoubt
+        self._admin[wire.WAKE] = self._h_wake
+        t0 = self._replay_t0
+        table = self._table
+        lock = table.lock
+        txns, gtrids = self._txns, self._gtrids
+        nlocks = 0
+        for rec in sorted(self._plog.live_records().values(), key=lambda r: r["txn"]):
+            t = _Txn(rec["txn"], None)
+            t.state = "prepared"
+            t.outcome = None
+            t.waiters = None
+            t.gtrid = rec["gtrid"]
+            t.participants = rec.get("parts") or [self.index]
+            t.prepared_at = rec.get("at") or time.time()
+            tid = t.id
+            if tid in txns:
+                raise CorruptLog(f"transaction id {tid} appears twice among the prepared transactions of the log")
+            conv = tuple if rec.get("fmt") == "path" else decode
+            for key, mode, _token in rec["locks"]:
+                if lock(tid, conv(key), mode, True) <= 0:
+                    raise CorruptLog(f"prepared transaction {t.gtrid!r} conflicts with another in the log")
+            t.nlocks = len(rec["locks"])
+            nlocks += t.nlocks
+            txns[tid] = t
+            gtrids[t.gtrid] = t
+        self.restored = (len(gtrids), nlocks, time.perf_counter() - t0)
+        if gtrids:
+            print(f"lockmgr shard {self.index}: restored {len(gtrids)} prepared transaction(s) with {nlocks} "
+                  f"lock(s) from the prepare log in {self.restored[2] * 1000:.1f} ms (read + re-lock)", file=sys.stderr, flush=True)
+
+    def _close_2pc(self):
+        if self._plog is not None:
+            self._plog.close()      # joins the flusher thread: nobody uses the wake socket after this
+            self._plog = None
+        if self._wake_sock is not None:
+            self._wake_sock.close(0)
+            self._wake_sock = None
+
+    def _on_durable(self, batch):
+        """Flusher thread: hand the batch to the loop and wake it."""
+        self._durable.append(batch)
+        s = self._wake_sock
+        try:
+            if s is None:
+                s = self._wake_sock = self._ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(self._wake_ep)
+            while True:                       # drop the loop's (empty) answers to earlier wakes
+                try:
+                    s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            s.send(self._wake_frame, zmq.NOBLOCK)
+        except zmq.ZMQError:                  # shutting down; the loop also polls _durable each WAKE
+            pass
+
+    def _h_wake(self, args):
+        durable = self._durable
+        cbs = self._log_cb
+        while durable:
+            for tk in durable.popleft():
+                cb = cbs.pop(tk, None)
+                if cb is not None:
+                    cb[0](cb[1], tk)
+        return []
+
+    def _stats_2pc(self):
+        plog = self._plog
+        return {"indoubt": sum(1 for t in self._gtrids.values() if t.state == "prepared"),
+                "log_fsyncs": plog.fsyncs if plog else 0, "log_compactions": plog.compactions if plog else 0}
+
+    @staticmethod
+    def _check_gtrid(g):
+        if type(g) not in (str, bytes) or not g or len(g) > 256:
+            raise _Reply(E_INVALID, f"gtrid must be a non-empty str of at most 256 characters; got {g!r}")
+        return g
+
+    def _h_prepare(self, sess, seq, args):
+        if len(args) != 4:
+            raise _Reply(E_PROTOCOL, "PREPARE takes [txn, gtrid, epoch, [participant shard, ...]]")
+        tid, gtrid, ep, parts = args
+        _check_txn_id(tid)
+        gtrid = self._check_gtrid(gtrid)
+        if type(parts) is not list or not all(type(p) is int and 0 <= p < self.nshards for p in parts) \
+                or len(parts) > self.nshards:
+            raise _Reply(E_PROTOCOL, f"PREPARE participants must be a list of shard indexes in 0..{self.nshards - 1}")
+        self._check_epoch(tid, ep)
+        t = self._txn(sess, tid)
+        if t.state != "active":
+            if t.gtrid != gtrid:
+                raise _Reply(E_INVALID, f"transaction {tid} is {t.state} as gtrid {t.gtrid!r}")
+            if t.state == "prepared":
+                return [t.nlocks, self.epoch]          # prepared already: idempotent
+            if t.state == "preparing":
+                t.waiters.append((sess, seq, "prepare"))
+                sess.inflight[seq] = t
+                return _PARKED
+            raise _Reply(E_INVALID, f"transaction {tid} is being {'committed' if t.outcome else 'aborted'}")
+        if t.wait is not None:
+            raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; it cannot prepare meanwhile")
+        other = self._gtrids.get(gtrid)
+        if other is not None or gtrid in self._resolved:
+            raise _Reply(E_INVALID, f"gtrid {gtrid!r} is already used by "
+                                    f"{'transaction %d' % other.id if other else 'a resolved transaction'}")
+        table = self._table
+        lock = table.lock
+        # re-locking a held mode changes nothing and returns its current token.
+        # The shard logs paths (msgpack arrays: replay needs no decode) with
+        # "fmt": "path"; records with key bytes (PrepareLog's default) replay too.
+        locks = [[list(p), m, lock(tid, p, m)] for p, m in table.held(tid)]
+        t.state = "preparing"
+        t.outcome = None
+        t.gtrid = gtrid
+        t.participants = sorted(set(parts) | {self.index})
+        t.prepared_at = time.time()
+        t.nlocks = len(locks)
+        t.waiters = [(sess, seq, "prepare")]
+        self._gtrids[gtrid] = t
+        tk = self._plog.submit({"t": "prepare", "gtrid": gtrid, "txn": tid, "name": sess.name,
+                                "at": t.prepared_at, "parts": t.participants, "fmt": "path", "locks": locks})
+        self._log_cb[tk] = (self._prepare_durable, t)
+        sess.inflight[seq] = t
+        self.counters["prepares"] += 1
+        return _PARKED
+
+    def _answer_waiters(self, t, kind, status, payload):
+        """Answer the parked requests of ``kind`` ('prepare' or 'decide') on ``t``."""
+        keep = []
+        for w in t.waiters or ():
+            if w[2] != kind:
+                keep.append(w)
+                continue
+            w[0].inflight.pop(w[1], None)
+            self._answer(w[0], w[1], status, payload)
+        t.waiters = keep
+
+    def _prepare_durable(self, t, tk):
+        if tk.error is not None:
+            if t.state == "preparing":       # not durable: not prepared
+                t.state = "active"
+                self._gtrids.pop(t.gtrid, None)
+                t.gtrid = None
+                if t.session is not None and t.session.id not in self._sessions:
+                    self._drop_txn(t)         # its session ended meanwhile
+            self._answer_waiters(t, "prepare", E_INTERNAL, f"prepare not durable on shard {self.index}: {tk.error}")
+            return
+        if t.state == "preparing":
+            t.state = "prepared"
+            self._answer_waiters(t, "prepare", OK, [t.nlocks, self.epoch])
+        else:                                # decided while the prepare was being written
+            self._answer_waiters(t, "prepare", E_ABORTED,
+                                 f"transaction {t.id} was resolved while it was being prepared")
+
+    def _decide(self, t, commit, sess, seq):
+        """Log the decision for prepared ``t``; release its locks once it is durable.
+        (While it is still 'preparing' the resolve record is queued behind the
+        prepare record: the log keeps their order.)"""
+        if t.state == "deciding":
+            if t.outcome != commit:
+                raise _Reply(E_INVALID, f"gtrid {t.gtrid!r} is already being "
+                                        f"{'committed' if t.outcome else 'aborted'}")
+        else:
+            t.state = "deciding"
+            t.outcome = commit
+            tk = self._plog.submit({"t": "resolve", "gtrid": t.gtrid, "commit": commit})
+            self._log_cb[tk] = (self._decide_durable, t)
+            self.counters["decisions"] += 1
+        if t.waiters is None:
+            t.waiters = []
+        t.waiters.append((sess, seq, "decide"))
+        sess.inflight[seq] = t
+        return _PARKED
+
+    def _decide_durable(self, t, tk):
+        if tk.error is not None:
+            t.state = "prepared" if self._gtrids.get(t.gtrid) is t else "active"
+            self._answer_waiters(t, "decide", E_INTERNAL, f"decision not durable on shard {self.index}: {tk.error}")
+            return
+        self._gtrids.pop(t.gtrid, None)
+        self._resolved[t.gtrid] = t.outcome
+        if len(self._resolved) > RESOLVED_MEMORY:
+            self._resolved.popitem(last=False)
+        woken = self._table.release_all(t.id)
+        if woken:
+            self._woken.extend(woken)
+        self._txns.pop(t.id, None)
+        t.state = "committed" if t.outcome else "aborted"
+        sess = t.session
+        if sess is not None and self._sessions.get(sess.id) is sess:
+            sess.txns.pop(t.id, None)
+            sess.tombs.add(t.id)
+            sess.tomb_order.append(t.id)
+            if len(sess.tomb_order) > MAX_TOMBSTONES:
+                sess.tombs.discard(sess.tomb_order.popleft())
+        self._answer_waiters(t, "decide", OK, ["resolved"])
+        self._answer_waiters(t, "prepare", E_ABORTED, f"transaction {t.id} was resolved while it was being prepared")
+
+    def _h_decide(self, sess, seq, args):
+        if len(args) != 2:
+            raise _Reply(E_PROTOCOL, "DECIDE takes [gtrid, commit]")
+        gtrid = self._check_gtrid(args[0])
+        commit = args[1]
+        if type(commit) is not bool:
+            raise _Reply(E_INVALID, f"commit must be true or false; got {commit!r}")
+        t = self._gtrids.get(gtrid)
+        if t is None:
+            done = self._resolved.get(gtrid)
+            if done is None:
+                return ["unknown"]
+            if done != commit:
+                raise _Reply(E_INVALID, f"gtrid {gtrid!r} was already {'committed' if done else 'aborted'} "
+                                        f"on shard {self.index}")
+            return ["done"]
+        return self._decide(t, commit, sess, seq)
+
+    def _h_indoubt(self, args):
+        with_locks = bool(args[0]) if args else True
+        now = time.time()
+        held = self._table.held
+        out = []
+        for t in sorted(self._gtrids.values(), key=lambda t: t.id):
+            if t.state != "prepared":
+                continue
+            s = t.session
+            sid = s.id if s is not None and self._sessions.get(s.id) is s else 0
+            locks = [[list(p), m] for p, m in held(t.id)] if with_locks else []
+            out.append([t.gtrid, t.id, max(0.0, now - t.prepared_at), t.participants, sid, locks])
+        return out
 
 
 
@@ -834,11 +1124,16 @@ def add_serve_args(ap):
 
 
 def run_serve(args):
-    shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
-                  partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold,
-                  probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
-                  probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
-                  peers=[e.strip() for e in args.peers.split(",")] if args.peers else None)
+    try:
+        shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
+                      partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold,
+                      probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
+                      probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
+                      peers=[e.strip() for e in args.peers.split(",")] if args.peers else None)
+    except CorruptLog as e:
+        print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
+        sys.stderr.flush()
+        return 3
 
     def _term(signum, frame):
         shard.stop()

@@ -3,6 +3,8 @@
 Interface:
     PrepareLog(data_dir, *, compact_bytes=4 MiB, on_durable=None)
         .live -> dict[gtrid, record]      prepared and unresolved, after replay
+        .resolved -> dict[gtrid, bool]    resolutions still in the log at replay
+                                          (commit flag; compaction forgets them)
         .epoch -> int                     bumped and persisted at each open
         .submit(record) -> Ticket         queue a record; Ticket.wait() returns
                                           once it is on disk (fsynced)
@@ -195,11 +197,14 @@ class PrepareLog:
                 os.fsync(f.fileno())
         self.truncated_at = cut
         self.live = {}
+        self.resolved = {}   # gtrid -> commit (bool): resolve records still in the log at replay
         for r in records:
             if r.get("t") == "prepare":
                 self.live[r["gtrid"]] = r
+                self.resolved.pop(r["gtrid"], None)
             elif r.get("t") == "resolve":
-                self.live.pop(r["gtrid"], None)
+                if self.live.pop(r["gtrid"], None) is not None:
+                    self.resolved[r["gtrid"]] = bool(r.get("commit"))
         self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
         self._live_bytes = sum(len(_encode(r)) for r in self.live.values())
         self._file = open(self.path, "ab")

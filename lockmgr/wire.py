@@ -49,8 +49,11 @@ LOCK_MANY = 11     # [txn, [[path, mode], ...], nowait, timeout_ms|nil, epoch] -
 UNLOCK = 12        # [txn, path, check_only]     -> [held_here]
 RELEASE = 13       # [txn, committed]            -> []    commit/abort on this shard
 HELD = 14          # [txn]                       -> [[path, mode], ...]
-PREPARE = 20       # reserved: 2PC prepare (later issue)
-DECIDE = 21        # reserved: 2PC commit/abort of a prepared txn
+PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
+DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
+INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
+                   #                                     [[path, mode], ...]], ...]
+WAKE = 29          # internal: the shard's prepare-log flusher wakes the shard's loop (inproc)
 # Shard -> shard (session 0, seq 0, no reply): deadlock detection, docs/probes.md
 PROBE = 30         # [[init, init_shard, init_epoch, round], txn, path, via_directory]
 PROBE_REG = 31     # [txn, shard, wait_epoch]    to the directory shard of txn: txn waits at shard
@@ -68,7 +71,7 @@ FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the faul
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD",
-              PREPARE: "PREPARE", DECIDE: "DECIDE", PROBE: "PROBE", PING: "PING",
+              PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
                    PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM", DEADLOCKS: "DEADLOCKS",

@@ -1,0 +1,69 @@
+"""``lockmgr indoubt | resolve``: in-doubt (prepared) 2PC transactions of a cluster.
+
+    lockmgr indoubt tcp://127.0.0.1:7400,tcp://127.0.0.1:7401        (age, shards, locks)
+    lockmgr resolve tcp://127.0.0.1:7400,... GTRID --commit|--abort
+"""
+
+import sys
+
+from ._cliutil import command
+
+
+def _fmt_age(s):
+    if s < 120:
+        return f"{s:.1f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+@command("indoubt", "List the prepared (in-doubt) 2PC transactions of a cluster, with their age and locks.")
+def cmd_indoubt(p, args):
+    if p is not None:
+        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        p.add_argument("--timeout", type=float, default=2.0)
+        p.add_argument("--max-locks", type=int, default=20, help="locks shown per transaction (default 20)")
+        return None
+    from . import wire
+    from .client import _merge_indoubt, admin_query
+    res = admin_query(args.endpoints, wire.INDOUBT, args.timeout)
+    bad = [(i, r) for i, r in enumerate(res) if isinstance(r, Exception)]
+    for i, r in bad:
+        print(f"shard {i}: unavailable: {r}", file=sys.stderr)
+    rows = _merge_indoubt([[] if isinstance(r, Exception) else r for r in res])
+    if not rows:
+        print("no in-doubt transactions" + (" on the shards that answered" if bad else ""))
+    for d in rows:
+        state = "complete" if d["complete"] else "PARTIAL (not prepared on every participant: abort it)"
+        print(f"{d['gtrid']}  txn {d['txn']}  age {_fmt_age(d['age'])}  prepared on shards "
+              f"{d['shards']} of participants {d['participants']}  {state}"
+              + (f"  session {d['session']:#x} alive" if d["session"] else ""))
+        locks = sorted(d["locks"].items(), key=lambda kv: (len(kv[0]), repr(kv[0])))
+        for path, mode in locks[:args.max_locks]:
+            print(f"    {mode.name:<3} {path!r}")
+        if len(locks) > args.max_locks:
+            print(f"    ... and {len(locks) - args.max_locks} more")
+    print(f"{len(rows)} in-doubt transaction(s)")
+    return 1 if bad else 0
+
+
+@command("resolve", "Commit or abort one in-doubt 2PC transaction on every shard of a cluster.")
+def cmd_resolve(p, args):
+    if p is not None:
+        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        p.add_argument("gtrid", help="the global transaction id (see `lockmgr indoubt`)")
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--commit", action="store_true")
+        g.add_argument("--abort", action="store_true")
+        p.add_argument("--timeout", type=float, default=5.0)
+        return None
+    from .client import connect
+    from .errors import LockError
+    try:
+        with connect(args.endpoints, request_timeout=args.timeout, name="lockmgr-resolve") as c:
+            c.resolve(args.gtrid, bool(args.commit))
+    except LockError as e:
+        print(f"lockmgr resolve: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.gtrid}: {'committed' if args.commit else 'aborted'} on every shard")
+    return 0
