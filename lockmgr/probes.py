@@ -45,6 +45,7 @@ MAX_PATH = 256                  # transactions a probe may carry; longer paths a
 SEEN_TTL = 5.0                  # seconds a probe's visited set is kept (dedup)
 MAX_SEEN = 20_000               # probe rounds remembered per shard
 HOLD = 0.25                     # seconds a confirmed member's timeout may be deferred
+HOLD_MARGIN = 0.02              # the victim is aborted only this long before the holds lapse
 REPORTS = 64                    # deadlock reports kept per shard (a ring)
 DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
 
@@ -95,7 +96,10 @@ class ProbeEngine:
         self.multi = {}                     # tid -> set of other shards where tid waits too
         self.seen = {}                      # probe id -> set of tids visited here
         self.seen_order = collections.deque()
-        self.holds = {}                     # tid -> mono time until which its timeout waits
+        self.holds = {}                     # tid -> {probe id: mono deadline}: its timeout waits
+        self.pending = {}                   # probe id -> _Pending (victim's shard collects confirms)
+        self.where = {}                     # tid -> (shard, learned at): cache of wait locations
+        self.victims = collections.OrderedDict()   # victim -> its report here (recent, bounded)
         self.reports = collections.deque(maxlen=REPORTS)
         self.inbox = collections.deque()
         self.outbox = {}
@@ -111,7 +115,8 @@ class ProbeEngine:
             self.set_peers(peers)
         self.peer_types = {wire.PROBE: self._m_probe, wire.PROBE_REG: self._m_reg,
                            wire.PROBE_UNREG: self._m_unreg, wire.PROBE_MULTI: self._m_multi,
-                           wire.PROBE_CONFIRM: self._m_confirm, wire.PROBE_VICTIM: self._m_victim}
+                           wire.PROBE_CONFIRM: self._m_confirm, wire.PROBE_VICTIM: self._m_victim,
+                           wire.PROBE_CONFIRMED: self._m_confirmed}
         self.admin = {wire.DEADLOCKS: self._a_deadlocks, wire.PEERS: self._a_peers, wire.FAULTS: self._a_faults}
 
     # ------------------------------------------------------------ transport
@@ -225,11 +230,15 @@ class ProbeEngine:
                     self.again_q.append((now + self.interval, tid, ep))
                 elif first:
                     self.again_q.append((now + self.interval, tid, ep))
-        if self.dirmap and now >= self._next_sweep:
+        if now >= self._next_sweep and (self.dirmap or self.where or self.pending):
             self._next_sweep = now + self.interval
             old = now - DIR_TTL * self.interval
             for tid in [t for t, d in self.dirmap.items() if all(v[1] < old for v in d.values())]:
                 del self.dirmap[tid]
+            old = now - self.interval
+            for tid in [t for t, v in self.where.items() if v[1] < old]:
+                del self.where[tid]
+            self._purge_pending(now)
         self._arm()
         if self.inbox or self.outbox:
             self.turn()
@@ -259,23 +268,38 @@ class ProbeEngine:
         if not self.holds:
             return False
         tid = w.txn.id
-        until = self.holds.get(tid)
-        if until is None:
+        d = self.holds.get(tid)
+        if d is None:
             return False
         sh = self.shard
-        if until <= sh._now:
+        now = sh._now
+        for k in [k for k, v in d.items() if v <= now]:
+            del d[k]
+        if not d:
             del self.holds[tid]
             return False
+        until = max(d.values())
         w.timer = (until, next(sh._tick), 0, w)
         sh._timers.add(w.timer)
         self.c["timeouts_deferred"] += 1
         return True
 
-    def _release_holds(self, tids):
+    def _hold(self, tid, pid, deadline):
+        d = self.holds.get(tid)
+        if d is None:
+            d = self.holds[tid] = {}
+        d[pid] = max(d.get(pid, 0.0), deadline)
+
+    def _release_holds(self, tids, pid):
+        """End the holds that the confirm ``pid`` placed (other confirms' holds stay)."""
         sh = self.shard
         for tid in tids:
-            if self.holds.pop(tid, None) is None:
+            d = self.holds.get(tid)
+            if d is None or d.pop(pid, None) is None:
                 continue
+            if d:
+                continue                    # still held by another confirm: its timer re-checks
+            del self.holds[tid]
             t = sh._txns.get(tid)
             w = t.wait if t is not None else None
             if w is not None and w.timer is not None and w.deadline is not None and w.deadline <= sh._now:
@@ -290,11 +314,11 @@ class ProbeEngine:
         k = len(cycle)
         for i, tid in enumerate(cycle):
             rows.append(self._row(tid, cycle[(i + 1) % k]))
-        self._report(victim, rows, "local")
+        self._remember_victim(victim, self._report(victim, rows, "local"))
         if self.distributed:
             for s in range(self.n):
                 if s != self.me:
-                    self.send(s, [wire.PROBE_VICTIM, 0, victim, list(cycle)])
+                    self.send(s, [wire.PROBE_VICTIM, 0, victim, list(cycle), self.me, None])
         sh.counters["deadlocks_local"] += 1
 
     # ----------------------------------------------------------------- probes
@@ -347,6 +371,8 @@ class ProbeEngine:
         init = pid[0]
         me = self.me
         n = self.n
+        where = self.where
+        fresh = self.shard._now - self.interval
         stack = [(v, path)]
         while stack:
             u, p = stack.pop()
@@ -370,14 +396,46 @@ class ProbeEngine:
                 if x in g:
                     stack.append((x, p + [e]))
                 elif len(p) + 1 < MAX_PATH:
-                    self.send(directory(x, n), [wire.PROBE, 0, list(pid), x, p + [e], 1])
+                    loc = where.get(x)
+                    if loc is not None and loc[0] != me and loc[1] > fresh:
+                        # cached: straight to the shard where x waits (a miss there goes on
+                        # to the directory, so a stale entry only costs a hop)
+                        self.send(loc[0], [wire.PROBE, 0, list(pid), x, p + [e], 2])
+                        self.c["probes_direct"] += 1
+                    else:
+                        self.send(directory(x, n), [wire.PROBE, 0, list(pid), x, p + [e], 1])
                     self.c["probes_forwarded"] += 1
                 else:
                     self.c["probes_dropped_long"] += 1
 
+    def _learn(self, pid, path):
+        """Note where the transactions on a probe's path wait (routing hints only)."""
+        where = self.where
+        now = self.shard._now
+        me = self.me
+        if len(where) > 100_000:
+            where.clear()
+        if pid[1] != me:
+            where[pid[0]] = (pid[1], now)
+        for e in path:
+            s = e[1]
+            if s != me:
+                where[e[0]] = (s, now)
+                if e[4]:
+                    where[e[3]] = (s, now)
+
     def _m_probe(self, args):
         pid, x, path, via_dir = args
         pid = tuple(pid)
+        self._learn(pid, path)
+        if via_dir == 2:                   # sent on a cached location: on a miss ask the directory
+            rec = self.waits.get(x)
+            if rec is None or not self._valid(x, rec):
+                self.c["probes_cache_miss"] += 1
+                self.c["probes_forwarded"] += 1
+                self.send(directory(x, self.n), [wire.PROBE, 0, list(pid), x, path, 1])
+                return
+            via_dir = 0
         if via_dir:
             d = self.dirmap.get(x)
             if not d:
@@ -423,52 +481,116 @@ class ProbeEngine:
     # ------------------------------------------------------- confirm & abort
 
     def _found(self, pid, cycle):
-        """A probe came back to its initiator: confirm the cycle, then abort the victim."""
+        """A probe came back to its initiator: confirm the cycle on all its shards at once,
+        collect the answers at the victim's shard, which aborts the victim."""
         self.c["cycles_found"] += 1
         tids = [e[0] for e in cycle]
         victim = max(tids)
         vidx = tids.index(victim)
-        k = len(cycle)
-        self._confirm([list(pid), cycle, vidx, (vidx + 1) % k, [], time.time()])
+        vshard = cycle[vidx][1]
+        me = self.me
+        deadline = self.shard._now + HOLD
+        rows = self._check(pid, cycle, deadline)     # at least the closing edge is ours
+        if rows is None:
+            self.c["confirms_failed"] += 1
+            return
+        pidl = list(pid)
+        t_found = time.time()
+        for s in sorted({e[1] for e in cycle}):
+            if s != me:
+                # our own rows travel with the CONFIRM to the victim's shard (no extra message)
+                self.send(s, [wire.PROBE_CONFIRM, 0, pidl, cycle, vidx, deadline, t_found,
+                              rows if s == vshard else []])
+        if vshard == me:
+            self._collect(pid, rows, cycle, vidx, deadline, t_found)
 
     def _m_confirm(self, args):
-        self._confirm(list(args))
+        pid, cycle, vidx, deadline, t_found, pre = args
+        pid = tuple(pid)
+        vshard = cycle[vidx][1]
+        rows = self._check(pid, cycle, deadline)
+        if rows is None:
+            self.c["confirms_failed"] += 1
+            if vshard == self.me:
+                self._fail_pending(pid, deadline)
+            else:
+                self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 0, [], deadline])
+            return
+        if vshard == self.me:
+            self._collect(pid, pre + rows, cycle, vidx, deadline, t_found)
+        else:
+            self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 1, rows, deadline])
 
-    def _confirm(self, msg):
-        pid, cycle, vidx, cur, rows, t_found = msg
-        k = len(cycle)
+    def _m_confirmed(self, args):
+        pid, _shard, ok, rows, deadline = args
+        pid = tuple(pid)
+        if not ok:
+            self._fail_pending(pid, deadline)
+            return
+        self._collect(pid, rows, None, None, deadline, None)
+
+    def _check(self, pid, cycle, deadline):
+        """Re-check now every entry of ``cycle`` seen on this shard and hold those members'
+        lock-wait timeouts until ``deadline``; -> [[index, report row], ...] or None."""
         me = self.me
-        now = self.shard._now
-        while True:
-            e = cycle[cur]
+        if self.shard._now >= deadline:
+            return None
+        self._g = None
+        out = []
+        for i, e in enumerate(cycle):
             if e[1] != me:
-                msg[3] = cur
-                self.send(e[1], [wire.PROBE_CONFIRM, 0, *msg])
-                return
+                continue
             row = self._verify(e)
             if row is None:
-                self.c["confirms_failed"] += 1
-                self._release_holds([r["txn"] for r in rows if r["shard"] == me])
-                return
-            rows.append(row)
-            self.holds[e[0]] = now + HOLD
-            if cur == vidx:
-                self._abort_victim(e[0], rows, pid, t_found, cycle)
-                return
-            cur = (cur + 1) % k
+                self._release_holds([cycle[j][0] for j, _ in out], pid)
+                return None
+            self._hold(e[0], pid, deadline)
+            out.append([i, row])
+        return out
 
     def _verify(self, e):
         tid, shard, ep, target, tgt_ep = e
         rec = self.waits.get(tid)
         if rec is None or rec.ep != ep or not self._valid(tid, rec):
             return None
-        self._g = None
         g = self._graph()
         if target not in g.get(tid, ()):
             return None
         if tgt_ep and self._local_ep(target) != tgt_ep:
             return None
         return self._row(tid, target)
+
+    def _purge_pending(self, now):
+        for k in [k for k, p in self.pending.items() if p[2] <= now]:
+            del self.pending[k]
+
+    def _fail_pending(self, pid, deadline):
+        p = self.pending.get(pid)
+        if p is None:
+            if len(self.pending) > 1000:
+                self._purge_pending(self.shard._now)
+            p = self.pending[pid] = [None, None, deadline, None, {}, False]
+        p[5] = False
+        p[4] = None                         # failed: later answers for it are ignored
+
+    def _collect(self, pid, rows, cycle, vidx, deadline, t_found):
+        """At the victim's shard: gather re-checked entries; all k in -> abort the victim."""
+        p = self.pending.get(pid)
+        if p is None:
+            if len(self.pending) > 1000:
+                self._purge_pending(self.shard._now)
+            p = self.pending[pid] = [None, None, deadline, None, {}, True]
+        got = p[4]
+        if got is None:
+            return                          # a shard's check failed
+        if cycle is not None:
+            p[0], p[1], p[3] = cycle, vidx, t_found
+        for i, row in rows:
+            got[i] = row
+        if p[0] is None or len(got) < len(p[0]):
+            return
+        del self.pending[pid]
+        self._abort_victim(pid, p[0], p[1], p[2], p[3], got)
 
     def _row(self, tid, target):
         sh = self.shard
@@ -506,16 +628,32 @@ class ProbeEngine:
         self.reports.append(rep)
         return rep
 
-    def _abort_victim(self, victim, rows, pid, t_found, cycle):
+    def _remember_victim(self, victim, rep):
+        v = self.victims
+        v[victim] = rep
+        while len(v) > 256:
+            v.popitem(last=False)
+
+    def _abort_victim(self, pid, cycle, vidx, deadline, t_found, got):
         from .wire import E_DEADLOCK
         sh = self.shard
+        me = self.me
+        victim = cycle[vidx][0]
         t = sh._txns.get(victim)
-        if t is None or t.wait is None:
+        # every member was re-checked (after the probe) and is held until ``deadline``; the
+        # abort must come before any hold can lapse, and this shard's entries (the victim's
+        # among them) are checked once more now, in the turn that aborts
+        ok = t is not None and t.wait is not None and sh._clock() < deadline - HOLD_MARGIN
+        if ok:
+            self._g = None
+            ok = all(self._verify(e) is not None for e in cycle if e[1] == me)
+        if not ok:
             self.c["confirms_failed"] += 1
             return
-        # rows are in confirm order (victim last); present them starting at the victim
-        rows = rows[-1:] + rows[:-1]
+        k = len(cycle)
+        rows = [got[(vidx + j) % k] for j in range(k)]    # starting at the victim, edge order
         rep = self._report(victim, rows, "distributed")
+        self._remember_victim(victim, rep)
         self.c["deadlocks_found"] += 1
         cyc = rep["cycle"]
         sh._end_wait(t.wait, E_DEADLOCK,
@@ -525,14 +663,15 @@ class ProbeEngine:
         sh._drop_txn(t)
         self._g = None
         members = sorted(set(cyc))
-        self._release_holds(members)
+        self._release_holds(members, pid)
+        pidl = list(pid)
         for s in range(self.n):
-            if s != self.me:
-                self.send(s, [wire.PROBE_VICTIM, 0, victim, members])
+            if s != me:
+                self.send(s, [wire.PROBE_VICTIM, 0, victim, members, me, pidl])
 
     def _m_victim(self, args):
         from .wire import E_DEADLOCK
-        victim, members = args
+        victim, members, src, pid = args
         sh = self.shard
         t = sh._txns.get(victim)
         if t is not None and t.state == "active":    # never a prepared (or preparing) 2PC txn
@@ -543,12 +682,28 @@ class ProbeEngine:
             sh._drop_txn(t)
             self._g = None
             self.c["victims_aborted_remote"] += 1
-        self._release_holds(members)
+        mine = self.victims.get(victim)
+        if mine is not None and type(src) is int and src < self.me:
+            # the same victim was also chosen here (it waited on both shards, each confirmed a
+            # cycle through it) before the other's VICTIM arrived: one report per victim -- the
+            # lower shard's stays, this one is withdrawn
+            del self.victims[victim]
+            try:
+                self.reports.remove(mine)
+            except ValueError:
+                pass
+            if mine["kind"] == "distributed":
+                self.c["deadlocks_found"] -= 1
+            else:
+                self.c["deadlocks_local"] -= 1
+            self.c["deadlock_reports_merged"] += 1
+        if pid is not None:
+            self._release_holds(members, tuple(pid))
 
     # ------------------------------------------------------------------ loop
 
     _ARITY = {wire.PROBE: 4, wire.PROBE_REG: 3, wire.PROBE_UNREG: 2, wire.PROBE_MULTI: 2,
-              wire.PROBE_CONFIRM: 6, wire.PROBE_VICTIM: 2}
+              wire.PROBE_CONFIRM: 6, wire.PROBE_VICTIM: 4, wire.PROBE_CONFIRMED: 5}
 
     def accept(self, req):
         """Queue a peer message; for a malformed one return the error (an E_PROTOCOL reply)."""

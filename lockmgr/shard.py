@@ -28,6 +28,7 @@ import argparse
 import collections
 import itertools
 import os
+import select
 import signal
 import sys
 import time
@@ -247,10 +248,17 @@ class Shard:
 
     def run_once(self, timeout_ms):
         timers = self._timers
+        sock = self._sock
         if timers:
             due = (timers[0][0] - self._clock()) * 1000
-            timeout_ms = max(0, min(timeout_ms, int(due) + 1))
-        sock = self._sock
+            if 0 < due < 1 and timeout_ms > 0:
+                # zmq's poll counts whole milliseconds: wait out a sub-ms remainder on the
+                # socket's fd instead (a timer, e.g. a probe, is then not up to 1 ms late)
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    select.select([sock.getsockopt(zmq.FD)], [], [], due / 1000)
+                timeout_ms = 0
+            else:
+                timeout_ms = max(0, min(timeout_ms, int(due)))
         if sock.poll(timeout_ms):
             self._now = self._clock()
             recv = sock.recv_multipart
