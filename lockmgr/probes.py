@@ -613,7 +613,7 @@ class ProbeEngine:
             "waited_ms": round((sh._now - rec.start) * 1000, 3) if rec is not None else None,
         }
 
-    def _report(self, victim, rows, kind):
+    def _report(self, victim, rows, kind, t_found=None):
         now = time.time()
         starts = [r["wait_started"] for r in rows if r.get("wait_started")]
         closed = max(starts) if starts else None
@@ -624,6 +624,8 @@ class ProbeEngine:
             "detection_ms": round((now - closed) * 1000, 3) if closed else None,
             "members": rows,
         }
+        if t_found is not None:        # a distributed cycle: the probe found it at t_found
+            rep["confirm_ms"] = round((now - t_found) * 1000, 3)
         self.c["deadlock_reports"] += 1
         self.reports.append(rep)
         return rep
@@ -652,7 +654,7 @@ class ProbeEngine:
             return
         k = len(cycle)
         rows = [got[(vidx + j) % k] for j in range(k)]    # starting at the victim, edge order
-        rep = self._report(victim, rows, "distributed")
+        rep = self._report(victim, rows, "distributed", t_found)
         self._remember_victim(victim, rep)
         self.c["deadlocks_found"] += 1
         cyc = rep["cycle"]
