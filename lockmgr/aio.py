@@ -199,6 +199,10 @@ class Client:
     async def stats(self):
         return await self._admin(wire.STATS)
 
+    async def deadlocks(self):
+        """The shards' deadlock reports, oldest first (see Client.deadlocks)."""
+        from ._cmd_probes import merge_reports
+        return merge_reports(await self._admin(wire.DEADLOCKS))
     # -- two-phase commit (docs/2pc.md); see lockmgr.client.Client
 
     async def _drive_eng(self, gen):

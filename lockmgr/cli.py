@@ -23,6 +23,7 @@ def main(argv=None):
 # Subcommands live in their own modules; importing them registers them.
 from . import _cmd_embedded  # noqa: E402,F401  (registers 'embedded')
 from . import _cmd_service  # noqa: E402,F401  (registers serve, cluster, locks, demo)
+from . import _cmd_probes  # noqa: E402,F401  (registers deadlocks)
 from . import _cmd_2pc  # noqa: E402,F401  (registers indoubt, resolve)
 
 if __name__ == "__main__":

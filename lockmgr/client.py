@@ -1388,6 +1388,14 @@ class Client:
         """One dict of counters per shard."""
         return self._admin(wire.STATS)
 
+    def deadlocks(self):
+        """The deadlock reports kept by the shards (a bounded ring on each), oldest
+        first: dicts with ``id``, ``kind`` ('distributed' or 'local'), ``detected_at``
+        (wall time), ``detection_ms``, ``cycle``, ``victim`` and ``members`` (per
+        transaction: the resource and mode it waited for, its blocker and what the
+        blocker held or queued for there). See docs/probes.md."""
+        from ._cmd_probes import merge_reports
+        return merge_reports(self._admin(wire.DEADLOCKS))
     # -- two-phase commit (docs/2pc.md)
 
     def recover(self):

@@ -2,7 +2,7 @@
 
 Interface:
     LocalCluster(shards=3, *, data_dir=None, base_port=None, partition_depth=2,
-                 escalation_threshold=5000, start_timeout=20.0)
+                 escalation_threshold=5000, start_timeout=20.0, probe_delay=0.010, probe_interval=None)
         .endpoints          list of "tcp://127.0.0.1:port", in shard order
         .pids               list of shard PIDs (None for a killed shard)
         .connect(**kw)      lockmgr.connect(self.endpoints, **kw)
@@ -35,7 +35,7 @@ class LocalCluster:
     """A cluster of shard processes on this machine."""
 
     def __init__(self, shards=3, *, data_dir=None, base_port=None, partition_depth=2, escalation_threshold=5000,
-                 start_timeout=20.0):
+                 start_timeout=20.0, probe_delay=0.010, probe_interval=None):
         if type(shards) is not int or not 1 <= shards <= 256:
             raise InvalidRequest(f"shards must be an int in 1..256; got {shards!r}")
         if type(partition_depth) is not int or not 1 <= partition_depth <= 32:
@@ -44,6 +44,9 @@ class LocalCluster:
         self.partition_depth = partition_depth
         self.escalation_threshold = escalation_threshold
         self.start_timeout = start_timeout
+        # cross-shard deadlock detection (docs/probes.md): None disables it
+        self.probe_delay = probe_delay
+        self.probe_interval = probe_interval
         self._own_dir = data_dir is None
         self.data_dir = tempfile.mkdtemp(prefix="lockmgr-cluster-") if data_dir is None else data_dir
         os.makedirs(self.data_dir, exist_ok=True)
@@ -55,6 +58,8 @@ class LocalCluster:
         try:
             for i in range(shards):
                 self._start(i)
+            for i in range(shards):
+                self._send_peers(i)
         except BaseException:
             self.stop()
             raise
@@ -72,7 +77,10 @@ class LocalCluster:
         log = open(os.path.join(d, "shard.log"), "ab")
         cmd = [sys.executable, "-m", "lockmgr.shard", "--endpoint", self.endpoints[i], "--data-dir", d,
                "--index", str(i), "--shards", str(self.nshards), "--partition-depth", str(self.partition_depth),
-               "--escalation-threshold", str(self.escalation_threshold)]
+               "--escalation-threshold", str(self.escalation_threshold),
+               "--probe-delay-ms", str(-1 if self.probe_delay is None else self.probe_delay * 1000)]
+        if self.probe_interval is not None:
+            cmd += ["--probe-interval-ms", str(self.probe_interval * 1000)]
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -130,6 +138,15 @@ class LocalCluster:
         """Start shard ``i`` again on the same endpoint and data directory (a new epoch)."""
         self.kill(i)
         self._start(i)
+        self._send_peers(i)
+
+    def _send_peers(self, i):
+        """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
+        from . import wire
+        from .probes import send_admin
+        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.endpoints)], timeout=self.start_timeout)
+        if "error" in res:
+            raise InvalidRequest(f"shard {i} refused its peers: {res['error']}")
 
     def stop(self):
         """Stop every shard (SIGTERM, then SIGKILL after 5 s). Idempotent."""

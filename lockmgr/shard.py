@@ -28,6 +28,7 @@ import argparse
 import collections
 import itertools
 import os
+import select
 import signal
 import sys
 import time
@@ -41,6 +42,7 @@ from .errors import InvalidRequest, LockError
 from .modes import Mode
 from .paths import decode, encode, MAX_DEPTH
 from .wal import CorruptLog, PrepareLog
+from .probes import DEFAULT_PROBE_DELAY, ProbeEngine
 
 try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
     from ._core._ctable import encode as _encode
@@ -192,7 +194,8 @@ class Shard:
     """One shard of the lock service. Not thread-safe: run it in one thread."""
 
     def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
-                 partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None):
+                 partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
+                 probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None):
         if data_dir is None:
             raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
         self.index = index
@@ -232,6 +235,10 @@ class Shard:
         self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
                        wire.STATS: self._h_stats}
         self._start_2pc()             # restores prepared txns before any request is served
+        # -- distributed deadlock detection (lockmgr/probes.py, docs/probes.md)
+        self._probes = ProbeEngine(self, probe_delay, probe_interval, peers)
+        self._admin.update(self._probes.admin)
+        self._peer = self._probes.peer_types
 
     # ---------------------------------------------------------------- loop
 
@@ -243,15 +250,23 @@ class Shard:
         self._stop = True
 
     def close(self):
+        self._probes.close()
         self._close_2pc()
         self._sock.close(0)
 
     def run_once(self, timeout_ms):
         timers = self._timers
+        sock = self._sock
         if timers:
             due = (timers[0][0] - self._clock()) * 1000
-            timeout_ms = max(0, min(timeout_ms, int(due) + 1))
-        sock = self._sock
+            if 0 < due < 1 and timeout_ms > 0:
+                # zmq's poll counts whole milliseconds: wait out a sub-ms remainder on the
+                # socket's fd instead (a timer, e.g. a probe, is then not up to 1 ms late)
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    select.select([sock.getsockopt(zmq.FD)], [], [], due / 1000)
+                timeout_ms = 0
+            else:
+                timeout_ms = max(0, min(timeout_ms, int(due)))
         # pyzmq's compiled calls, not its Python wrappers (Socket.poll builds a
         # Poller per call, recv_multipart/send_multipart add frames and enum
         # flag arithmetic, and zmq.Again costs an exception per turn): on a
@@ -279,9 +294,14 @@ class Shard:
             _, _, kind, obj = timers.pop(0)
             if kind == 0:
                 self._on_wait_timeout(obj)
+            elif kind == 2:
+                self._probes.on_timer()     # probes (lockmgr/probes.py)
             else:
                 self._on_lease_timer(obj)
             self._process_woken()
+        pr = self._probes
+        if pr.inbox or pr.outbox:
+            pr.turn()
         self._flush()
 
     def _flush(self):
@@ -385,7 +405,12 @@ class Shard:
         if a is not None:
             self._send(prefix, [seq, OK, a(req[2:])])
             return
-        if typ in (wire.PREPARE, wire.DECIDE, wire.PROBE):
+        if typ in self._peer:            # shard -> shard (probes, lockmgr/probes.py): no reply
+            err = self._probes.accept(req)
+            if err:
+                raise _Reply(E_PROTOCOL, err)
+            return
+        if typ in (wire.PREPARE, wire.DECIDE):
             raise _Reply(E_UNSUPPORTED, f"{wire.TYPE_NAMES[typ]} is reserved and not implemented "
                                         f"by protocol version {wire.VERSION}")
         raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
@@ -593,6 +618,8 @@ class Shard:
             self._timers.add(w.timer)
         self.counters["waits"] += 1
         self._check_deadlock(t)
+        if t.wait is w:
+            self._probes.on_wait(t, w)     # cross-shard detection (lockmgr/probes.py)
 
     def _check_deadlock(self, t):
         table = self._table
@@ -604,6 +631,7 @@ class Shard:
             self.counters["deadlocks"] += 1
             if victim is None or victim.wait is None:  # cannot happen: every cycle member waits here
                 return
+            self._probes.on_local_victim(cycle, victim.id)
             self._end_wait(victim.wait, E_DEADLOCK,
                            f"transaction {victim.id} was chosen as deadlock victim (youngest in wait-for "
                            f"cycle {cycle} on shard {self.index}); it has been aborted")
@@ -623,6 +651,8 @@ class Shard:
         w.timer = None
         t = w.txn
         if t.wait is not w:
+            return
+        if self._probes.hold_timeout(w):   # on a cycle being confirmed: decided within HOLD
             return
         woken = self._table.cancel_wait(t.id)
         if woken:
@@ -1150,12 +1180,23 @@ def add_serve_args(ap):
     ap.add_argument("--shards", type=int, default=1, help="number of shards in the cluster")
     ap.add_argument("--partition-depth", type=int, default=2, help="routing depth the clients must use")
     ap.add_argument("--escalation-threshold", type=int, default=5000)
+    ap.add_argument("--probe-delay-ms", type=float, default=DEFAULT_PROBE_DELAY * 1000,
+                    help="a wait lasting this long starts a cross-shard deadlock probe (default 10; "
+                         "negative: no cross-shard detection)")
+    ap.add_argument("--probe-interval-ms", type=float, default=None,
+                    help="re-probe period while a wait lasts (default max(50, 5 x probe delay))")
+    ap.add_argument("--peers", default=None,
+                    help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
+                         "or send PEERS later (LocalCluster does)")
 
 
 def run_serve(args):
     try:
         shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
-                      partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold)
+                      partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold,
+                      probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
+                      probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
+                      peers=[e.strip() for e in args.peers.split(",")] if args.peers else None)
     except CorruptLog as e:
         print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
         sys.stderr.flush()

@@ -54,16 +54,30 @@ DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unkn
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
                    #                                     [[path, mode], ...]], ...]
 WAKE = 29          # internal: the shard's prepare-log flusher wakes the shard's loop (inproc)
-PROBE = 30         # reserved: cross-shard deadlock probe (Chandy-Misra-Haas)
+# Shard -> shard (session 0, seq 0, no reply): deadlock detection, docs/probes.md
+PROBE = 30         # [[init, init_shard, init_epoch, round], txn, path, via_directory]
+PROBE_REG = 31     # [txn, shard, wait_epoch]    to the directory shard of txn: txn waits at shard
+PROBE_UNREG = 32   # [txn, shard]                to the directory shard: that wait ended
+PROBE_MULTI = 33   # [txn, [other shard, ...]]   from the directory: txn also waits on those shards
+PROBE_CONFIRM = 34 # [probe id, cycle, victim_index, deadline, found_at, rows]  re-check your entries now
+PROBE_VICTIM = 35  # [txn, [cycle member, ...], from_shard]  abort txn here (deadlock victim)
+PROBE_CONFIRMED = 36  # [probe id, shard, ok, rows, deadline]  to the victim's shard: entries re-checked
 PING = 40          # (no session needed)         -> [epoch, shard_index, nshards, partition_depth]
 SNAPSHOT = 41      # []                          -> [[path, txn, mode, granted, session], ...]
 GRAPH = 42         # []                          -> [[waiter, [txn, ...]], ...]
 STATS = 43         # []                          -> {name: int}
+DEADLOCKS = 47     # [limit?]                    -> [report, ...]   (the shard's deadlock ring)
+PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, probe_interval_ms}
+FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD",
               PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
+TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
+                   PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM",
+                   PROBE_CONFIRMED: "PROBE_CONFIRMED", DEADLOCKS: "DEADLOCKS",
+                   PEERS: "PEERS", FAULTS: "FAULTS"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0

@@ -1,0 +1,79 @@
+"""``lockmgr deadlocks ENDPOINTS``: the latest detected deadlocks of a cluster
+(like InnoDB's LATEST DETECTED DEADLOCK), read from every shard's report ring."""
+
+import datetime
+import json
+import sys
+
+from ._cliutil import command
+
+
+def merge_reports(per_shard):
+    """One list of reports (oldest first) from per-shard DEADLOCKS answers; skips errors.
+
+    One report per victim: a victim waiting on two shards at once can be
+    confirmed on both before either's VICTIM message arrives (both abort the
+    same transaction); the earliest report is kept."""
+    out = {}
+    for res in per_shard:
+        if isinstance(res, Exception):
+            continue
+        for rep in res:
+            old = out.get(rep["victim"])
+            if old is None or rep["detected_at"] < old["detected_at"]:
+                out[rep["victim"]] = rep
+    return sorted(out.values(), key=lambda r: r["detected_at"])
+
+
+def format_report(rep):
+    ts = datetime.datetime.fromtimestamp(rep["detected_at"]).isoformat(sep=" ", timespec="milliseconds")
+    lines = [f"*** DEADLOCK {rep['id']} at {ts} ({rep['kind']}, decided by shard {rep['detected_by']}"
+             + (f", {rep['detection_ms']:.1f} ms after the closing wait began" if rep.get("detection_ms") is not None
+                else "") + ")"]
+    for k, m in enumerate(rep["members"], 1):
+        path, mode = m["waits_for"]
+        lines.append(f"  ({k}) TRANSACTION {m['txn']} (session {m.get('session')}) on shard {m['shard']}, "
+                     f"waiting {m.get('waited_ms')} ms")
+        lines.append(f"      WAITING FOR {mode} on {tuple(path) if path is not None else None!r}")
+        how = (f"holds {m['blocker_holds']}" if m.get("blocker_holds") else "") + \
+              (f"{' and ' if m.get('blocker_holds') else ''}is queued ahead for {m['blocker_queued']}"
+               if m.get("blocker_queued") else "")
+        lines.append(f"      BLOCKED BY transaction {m['blocker']}, which {how or 'blocks it'} there")
+        if m.get("holds"):
+            lines.append("      HOLDS on this shard: " + ", ".join(f"{md} {tuple(p)!r}" for p, md in m["holds"]))
+    lines.append(f"  *** WE ROLL BACK TRANSACTION {rep['victim']} (the youngest on the cycle)")
+    return "\n".join(lines)
+
+
+@command("deadlocks", "Show the latest detected deadlocks on every shard (cycle, resources, modes, victim).")
+def cmd_deadlocks(p, args):
+    if p is not None:
+        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        p.add_argument("--timeout", type=float, default=2.0)
+        p.add_argument("--json", action="store_true", help="print the reports as JSON")
+        p.add_argument("--stats", action="store_true", help="also print each shard's probe counters")
+        return None
+    from . import wire
+    from .client import admin_query
+    res = admin_query(args.endpoints, wire.DEADLOCKS, args.timeout)
+    bad = 0
+    for i, r in enumerate(res):
+        if isinstance(r, Exception):
+            print(f"shard {i}: unavailable: {r}", file=sys.stderr)
+            bad += 1
+    reps = merge_reports(res)
+    if args.json:
+        print(json.dumps(reps, indent=1))
+    else:
+        for rep in reps:
+            print(format_report(rep))
+            print()
+        print(f"{len(reps)} deadlock report(s) from {len(res) - bad} shard(s)")
+    if args.stats:
+        for i, s in enumerate(admin_query(args.endpoints, wire.STATS, args.timeout)):
+            if not isinstance(s, Exception):
+                keys = ("probes_sent", "probes_forwarded", "probes_dropped_stale", "probes_dropped_dup",
+                        "cycles_found", "confirms_failed", "deadlocks_found", "deadlocks_local",
+                        "victims_aborted_remote", "probe_msgs_sent", "timeouts_deferred")
+                print(f"shard {i}: " + ", ".join(f"{k}={s.get(k, 0)}" for k in keys))
+    return 1 if bad else 0

@@ -1,0 +1,786 @@
+"""Distributed deadlock detection by edge chasing (Chandy-Misra-Haas, AND model).
+
+Interface (used by lockmgr.shard; design and correctness argument: docs/probes.md):
+    ProbeEngine(shard, probe_delay=0.010, probe_interval=None, peers=None)
+        .on_wait(txn, wait)        a request of ``txn`` starts to wait (new wait epoch)
+        .on_local_victim(cycle, victim_tid)   the shard's local search chose a victim
+        .hold_timeout(wait) -> bool   defer a lock-wait timeout while a cycle is confirmed
+        .on_timer()                the shard's timer of kind 2 fired
+        .peer_types                message types exchanged between shards (no reply)
+        .admin                     {type: handler} of DEADLOCKS, PEERS, FAULTS
+        .inbox / .outbox, .turn()  handle queued peer messages; send the outbox
+        .close()
+    send_admin(endpoint, typ, args, timeout=2.0)   a session-less admin call with args
+
+Outline. A wait lasting ``probe_delay`` is *registered* with the transaction's
+directory shard (``directory(tid)``: a stable hash of the id) and starts a probe
+(``initiator, initiator's shard, wait epoch, round``). A probe at a shard runs a
+depth-first search over the local wait-for edges (hard edges to conflicting
+holders, soft edges to waiters queued ahead) from the transaction it arrived
+at; for every transaction reached that does not wait on this shard it sends one
+message to that transaction's directory, which forwards it to each shard where
+the transaction waits. An edge back to the initiator closes a cycle; then a
+CONFIRM message walks the cycle's shards once more, re-checking every wait
+(same epoch) and edge and holding the members' lock-wait timeouts, and ends at
+the shard of the victim (the youngest transaction of the cycle: the largest
+id), which aborts it there and tells every other shard to abort it too
+(VICTIM). Each step is O(1) messages per edge; probes are deduplicated per
+(probe, shard, transaction); stale probes are dropped and counted.
+"""
+
+import collections
+import itertools
+import random
+import time
+
+import zmq
+
+from . import wire
+from .modes import Mode
+
+__all__ = ["ProbeEngine", "directory", "send_admin", "DEFAULT_PROBE_DELAY"]
+
+DEFAULT_PROBE_DELAY = 0.010     # seconds a wait lasts before it is registered and probes
+MAX_PATH = 256                  # transactions a probe may carry; longer paths are dropped
+SEEN_TTL = 5.0                  # seconds a probe's visited set is kept (dedup)
+MAX_SEEN = 20_000               # probe rounds remembered per shard
+HOLD = 0.25                     # seconds a confirmed member's timeout may be deferred
+HOLD_MARGIN = 0.02              # the victim is aborted only this long before the holds lapse
+REPORTS = 64                    # deadlock reports kept per shard (a ring)
+DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
+
+# One report per victim: see docs/probes.md, "Deadlock reports".
+
+
+def directory(tid, n):
+    """The directory shard of transaction ``tid`` (stable across processes)."""
+    return (((tid * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % n if n > 1 else 0
+
+
+class _WaitRec:
+    __slots__ = ("w", "ep", "start", "wall", "registered", "round")
+
+    def __init__(self, w, ep, start, wall, registered):
+        self.w = w
+        self.ep = ep
+        self.start = start
+        self.wall = wall
+        self.registered = registered
+        self.round = 0
+
+
+def _mode_name(m):
+    try:
+        return Mode(m).name if m else None
+    except ValueError:
+        return str(m)
+
+
+class ProbeEngine:
+    def __init__(self, shard, probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None):
+        self.shard = shard
+        self.me = shard.index
+        self.n = shard.nshards
+        self.enabled = probe_delay is not None and probe_delay >= 0
+        self.delay = float(probe_delay) if self.enabled else 0.0
+        if probe_interval is None:
+            probe_interval = max(0.05, 5 * self.delay)
+        self.interval = float(probe_interval)
+        self.c = shard.counters
+        self._ep = itertools.count(1)
+        self.waits = {}                     # tid -> _WaitRec (waits on this shard)
+        self.delay_q = collections.deque()  # (due, tid, ep): first probe
+        self.again_q = collections.deque()  # (due, tid, ep): re-probe while still waiting
+        self.delayed = collections.deque()  # (due, dest, req): fault injection (delay)
+        self.dirmap = {}                    # tid -> {shard: ep}   (this shard as directory)
+        self.multi = {}                     # tid -> set of other shards where tid waits too
+        self.seen = {}                      # probe id -> set of tids visited here
+        self.seen_order = collections.deque()
+        self.holds = {}                     # tid -> {probe id: mono deadline}: its timeout waits
+        self.pending = {}                   # probe id -> _Pending (victim's shard collects confirms)
+        self.where = {}                     # tid -> (shard, learned at): cache of wait locations
+        self.victims = collections.OrderedDict()   # victim -> its report here (recent, bounded)
+        self.reports = collections.deque(maxlen=REPORTS)
+        self.inbox = collections.deque()
+        self.outbox = {}
+        self._g = None
+        self._armed = None
+        self._next_sweep = 0.0
+        self.fault = {}
+        self._rng = random.Random(0)
+        self.peers = None
+        self._socks = {}
+        self._ctx = shard._ctx
+        if peers:
+            self.set_peers(peers)
+        self.peer_types = {wire.PROBE: self._m_probe, wire.PROBE_REG: self._m_reg,
+                           wire.PROBE_UNREG: self._m_unreg, wire.PROBE_MULTI: self._m_multi,
+                           wire.PROBE_CONFIRM: self._m_confirm, wire.PROBE_VICTIM: self._m_victim,
+                           wire.PROBE_CONFIRMED: self._m_confirmed}
+        self.admin = {wire.DEADLOCKS: self._a_deadlocks, wire.PEERS: self._a_peers, wire.FAULTS: self._a_faults}
+
+    # ------------------------------------------------------------ transport
+
+    def set_peers(self, peers):
+        peers = [str(p) for p in peers]
+        if len(peers) != self.n:
+            raise ValueError(f"peers must list all {self.n} shard endpoints in shard order; got {len(peers)}")
+        for p in peers:
+            if not p.startswith("tcp://127.0.0.1:") and not p.startswith(("ipc://", "inproc://")):
+                raise ValueError(f"peer endpoint {p!r}: shards talk to each other on 127.0.0.1 only")
+        for s in self._socks.values():
+            s.close(0)
+        self._socks = {}
+        self.peers = peers
+
+    def _sock(self, i):
+        s = self._socks.get(i)
+        if s is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 100_000)
+            s.connect(self.peers[i])
+            self._socks[i] = s
+        return s
+
+    @property
+    def distributed(self):
+        return self.enabled and self.n > 1 and self.peers is not None
+
+    def send(self, dest, req):
+        if dest == self.me:
+            self.inbox.append(req)
+            return
+        f = self.fault
+        if f:
+            types = f.get("types")
+            if types is None or req[0] in types:
+                if f.get("drop_next", 0) > 0:
+                    f["drop_next"] -= 1
+                    self.c["probe_msgs_fault_dropped"] += 1
+                    return
+                p = f.get("drop_prob", 0.0)
+                if p and self._rng.random() < p:
+                    self.c["probe_msgs_fault_dropped"] += 1
+                    return
+                d = f.get("delay_ms", 0)
+                if d:
+                    self.delayed.append((self.shard._now + d / 1000.0, dest, req))
+                    self._arm()
+                    return
+        lst = self.outbox.get(dest)
+        if lst is None:
+            self.outbox[dest] = [req]
+        else:
+            lst.append(req)
+
+    def _send_outbox(self):
+        out = self.outbox
+        self.outbox = {}
+        for dest, reqs in out.items():
+            try:
+                self._sock(dest).send(wire.pack_requests(0, 0, reqs), zmq.NOBLOCK)
+                self.c["probe_msgs_sent"] += len(reqs)
+            except zmq.ZMQError:
+                self.c["probe_msgs_send_failed"] += len(reqs)
+
+    def close(self):
+        for s in self._socks.values():
+            s.close(0)
+        self._socks = {}
+
+    # ---------------------------------------------------------------- timers
+
+    def _arm(self):
+        due = None
+        for q in (self.delay_q, self.again_q, self.delayed):
+            if q and (due is None or q[0][0] < due):
+                due = q[0][0]
+        if due is None:
+            return
+        if self._armed is None or due < self._armed:
+            self._armed = due
+            sh = self.shard
+            sh._timers.add((due, next(sh._tick), 2, None))
+
+    def on_timer(self):
+        self._armed = None
+        now = self.shard._now
+        self._g = None
+        dl = self.delayed
+        while dl and dl[0][0] <= now:
+            _, dest, req = dl.popleft()
+            lst = self.outbox.setdefault(dest, [])
+            lst.append(req)
+        for q, first in ((self.delay_q, True), (self.again_q, False)):
+            while q and q[0][0] <= now:
+                _, tid, ep = q.popleft()
+                rec = self.waits.get(tid)
+                if rec is None or rec.ep != ep:
+                    continue                       # a newer wait of tid has its own timers
+                if not self._valid(tid, rec):
+                    self._forget(tid, rec)
+                    continue
+                if self.distributed:
+                    # (re-)register: a lost REG must not hide this wait for good, and the
+                    # directory forgets entries not refreshed within DIR_TTL intervals
+                    rec.registered = True
+                    self.send(directory(tid, self.n), [wire.PROBE_REG, 0, tid, self.me, ep])
+                    self._initiate(tid, rec)
+                    self.again_q.append((now + self.interval, tid, ep))
+                elif first:
+                    self.again_q.append((now + self.interval, tid, ep))
+        if now >= self._next_sweep and (self.dirmap or self.where or self.pending):
+            self._next_sweep = now + self.interval
+            old = now - DIR_TTL * self.interval
+            for tid in [t for t, d in self.dirmap.items() if all(v[1] < old for v in d.values())]:
+                del self.dirmap[tid]
+            old = now - self.interval
+            for tid in [t for t, v in self.where.items() if v[1] < old]:
+                del self.where[tid]
+            self._purge_pending(now)
+        self._arm()
+        if self.inbox or self.outbox:
+            self.turn()
+
+    def _forget(self, tid, rec):
+        del self.waits[tid]
+        self.multi.pop(tid, None)
+        if rec.registered and self.distributed:
+            self.send(directory(tid, self.n), [wire.PROBE_UNREG, 0, tid, self.me])
+
+    # ----------------------------------------------------------- shard hooks
+
+    def on_wait(self, t, w):
+        if not self.enabled:
+            return
+        tid = t.id
+        old = self.waits.get(tid)
+        now = self.shard._now
+        ep = next(self._ep)
+        self.waits[tid] = _WaitRec(w, ep, now, time.time(), old is not None and old.registered)
+        self.delay_q.append((now + self.delay, tid, ep))
+        if self._armed is None or now + self.delay < self._armed:
+            self._arm()
+
+    def hold_timeout(self, w):
+        """True if ``w``'s timeout is deferred (its txn is on a cycle being confirmed)."""
+        if not self.holds:
+            return False
+        tid = w.txn.id
+        d = self.holds.get(tid)
+        if d is None:
+            return False
+        sh = self.shard
+        now = sh._now
+        for k in [k for k, v in d.items() if v <= now]:
+            del d[k]
+        if not d:
+            del self.holds[tid]
+            return False
+        until = max(d.values())
+        w.timer = (until, next(sh._tick), 0, w)
+        sh._timers.add(w.timer)
+        self.c["timeouts_deferred"] += 1
+        return True
+
+    def _hold(self, tid, pid, deadline):
+        d = self.holds.get(tid)
+        if d is None:
+            d = self.holds[tid] = {}
+        d[pid] = max(d.get(pid, 0.0), deadline)
+
+    def _release_holds(self, tids, pid):
+        """End the holds that the confirm ``pid`` placed (other confirms' holds stay)."""
+        sh = self.shard
+        for tid in tids:
+            d = self.holds.get(tid)
+            if d is None or d.pop(pid, None) is None:
+                continue
+            if d:
+                continue                    # still held by another confirm: its timer re-checks
+            del self.holds[tid]
+            t = sh._txns.get(tid)
+            w = t.wait if t is not None else None
+            if w is not None and w.timer is not None and w.deadline is not None and w.deadline <= sh._now:
+                sh._timers.discard(w.timer)
+                w.timer = (sh._now, next(sh._tick), 0, w)
+                sh._timers.add(w.timer)
+
+    def on_local_victim(self, cycle, victim):
+        """Record a report for a cycle found by the local search; abort the victim elsewhere."""
+        sh = self.shard
+        rows = []
+        k = len(cycle)
+        for i, tid in enumerate(cycle):
+            rows.append(self._row(tid, cycle[(i + 1) % k]))
+        self._remember_victim(victim, self._report(victim, rows, "local"))
+        if self.distributed:
+            for s in range(self.n):
+                if s != self.me:
+                    self.send(s, [wire.PROBE_VICTIM, 0, victim, list(cycle), self.me, None])
+        sh.counters["deadlocks_local"] += 1
+
+    # ----------------------------------------------------------------- probes
+
+    def _graph(self):
+        g = self._g
+        if g is None:
+            g = self._g = self.shard._table.wait_for_graph()
+        return g
+
+    def _valid(self, tid, rec):
+        t = self.shard._txns.get(tid)
+        return t is not None and t.wait is rec.w and rec.w is not None
+
+    def _local_ep(self, tid):
+        rec = self.waits.get(tid)
+        if rec is not None and self._valid(tid, rec):
+            return rec.ep
+        return 0
+
+    def _initiate(self, tid, rec):
+        rec.round += 1
+        pid = (tid, self.me, rec.ep, rec.round)
+        self.c["probes_sent"] += 1
+        self._visit(pid, tid, [])
+
+    def _seen(self, pid):
+        s = self.seen.get(pid)
+        if s is None:
+            s = self.seen[pid] = set()
+            now = self.shard._now
+            so = self.seen_order
+            so.append((now, pid))
+            while so and (so[0][0] < now - SEEN_TTL or len(so) > MAX_SEEN):
+                self.seen.pop(so.popleft()[1], None)
+        return s
+
+    def _visit(self, pid, v, path):
+        """The probe ``pid`` arrived at ``v``, which should wait on this shard."""
+        rec = self.waits.get(v)
+        if rec is None or not self._valid(v, rec):
+            self.c["probes_dropped_stale"] += 1
+            return
+        seen = self._seen(pid)
+        if v in seen:
+            self.c["probes_dropped_dup"] += 1
+            return
+        seen.add(v)
+        g = self._graph()
+        init = pid[0]
+        me = self.me
+        n = self.n
+        where = self.where
+        fresh = self.shard._now - self.interval
+        stack = [(v, path)]
+        while stack:
+            u, p = stack.pop()
+            urec = self.waits.get(u)
+            uep = urec.ep if urec is not None and self._valid(u, urec) else 0
+            if not uep:
+                continue
+            others = self.multi.get(u)
+            if others and u != init and len(p) < MAX_PATH:
+                for s in others:
+                    self.send(s, [wire.PROBE, 0, list(pid), u, p, 0])
+                    self.c["probes_forwarded"] += 1
+            for x in g.get(u, ()):
+                e = [u, me, uep, x, self._local_ep(x)]
+                if x == init:
+                    self._found(pid, p + [e])
+                    return
+                if x in seen:
+                    continue
+                seen.add(x)
+                if x in g:
+                    stack.append((x, p + [e]))
+                elif len(p) + 1 < MAX_PATH:
+                    loc = where.get(x)
+                    if loc is not None and loc[0] != me and loc[1] > fresh:
+                        # cached: straight to the shard where x waits (a miss there goes on
+                        # to the directory, so a stale entry only costs a hop)
+                        self.send(loc[0], [wire.PROBE, 0, list(pid), x, p + [e], 2])
+                        self.c["probes_direct"] += 1
+                    else:
+                        self.send(directory(x, n), [wire.PROBE, 0, list(pid), x, p + [e], 1])
+                    self.c["probes_forwarded"] += 1
+                else:
+                    self.c["probes_dropped_long"] += 1
+
+    def _learn(self, pid, path):
+        """Note where the transactions on a probe's path wait (routing hints only)."""
+        where = self.where
+        now = self.shard._now
+        me = self.me
+        if len(where) > 100_000:
+            where.clear()
+        if pid[1] != me:
+            where[pid[0]] = (pid[1], now)
+        for e in path:
+            s = e[1]
+            if s != me:
+                where[e[0]] = (s, now)
+                if e[4]:
+                    where[e[3]] = (s, now)
+
+    def _m_probe(self, args):
+        pid, x, path, via_dir = args
+        pid = tuple(pid)
+        self._learn(pid, path)
+        if via_dir == 2:                   # sent on a cached location: on a miss ask the directory
+            rec = self.waits.get(x)
+            if rec is None or not self._valid(x, rec):
+                self.c["probes_cache_miss"] += 1
+                self.c["probes_forwarded"] += 1
+                self.send(directory(x, self.n), [wire.PROBE, 0, list(pid), x, path, 1])
+                return
+            via_dir = 0
+        if via_dir:
+            d = self.dirmap.get(x)
+            if not d:
+                self.c["probes_dropped_stale"] += 1   # x waits nowhere (registered): no edge out of x
+                return
+            self.c["probes_forwarded"] += 1
+            for s in d:
+                self.send(s, [wire.PROBE, 0, list(pid), x, path, 0])
+            return
+        self._visit(pid, x, path)
+
+    # -------------------------------------------------------------- directory
+
+    def _m_reg(self, args):
+        tid, s, ep = args
+        d = self.dirmap.setdefault(tid, {})
+        d[s] = (ep, self.shard._now)
+        if len(d) >= 2:
+            self._tell_multi(tid, d)
+
+    def _m_unreg(self, args):
+        tid, s = args
+        d = self.dirmap.get(tid)
+        if d is None or s not in d:
+            return
+        del d[s]
+        if not d:
+            del self.dirmap[tid]
+        else:
+            self._tell_multi(tid, d)
+
+    def _tell_multi(self, tid, d):
+        for s in d:
+            self.send(s, [wire.PROBE_MULTI, 0, tid, [o for o in d if o != s]])
+
+    def _m_multi(self, args):
+        tid, others = args
+        if others and tid in self.waits:
+            self.multi[tid] = set(others)
+        else:
+            self.multi.pop(tid, None)
+
+    # ------------------------------------------------------- confirm & abort
+
+    def _found(self, pid, cycle):
+        """A probe came back to its initiator: confirm the cycle on all its shards at once,
+        collect the answers at the victim's shard, which aborts the victim."""
+        self.c["cycles_found"] += 1
+        tids = [e[0] for e in cycle]
+        victim = max(tids)
+        vidx = tids.index(victim)
+        vshard = cycle[vidx][1]
+        me = self.me
+        deadline = self.shard._now + HOLD
+        rows = self._check(pid, cycle, deadline)     # at least the closing edge is ours
+        if rows is None:
+            self.c["confirms_failed"] += 1
+            return
+        pidl = list(pid)
+        t_found = time.time()
+        for s in sorted({e[1] for e in cycle}):
+            if s != me:
+                # our own rows travel with the CONFIRM to the victim's shard (no extra message)
+                self.send(s, [wire.PROBE_CONFIRM, 0, pidl, cycle, vidx, deadline, t_found,
+                              rows if s == vshard else []])
+        if vshard == me:
+            self._collect(pid, rows, cycle, vidx, deadline, t_found)
+
+    def _m_confirm(self, args):
+        pid, cycle, vidx, deadline, t_found, pre = args
+        pid = tuple(pid)
+        vshard = cycle[vidx][1]
+        rows = self._check(pid, cycle, deadline)
+        if rows is None:
+            self.c["confirms_failed"] += 1
+            if vshard == self.me:
+                self._fail_pending(pid, deadline)
+            else:
+                self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 0, [], deadline])
+            return
+        if vshard == self.me:
+            self._collect(pid, pre + rows, cycle, vidx, deadline, t_found)
+        else:
+            self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 1, rows, deadline])
+
+    def _m_confirmed(self, args):
+        pid, _shard, ok, rows, deadline = args
+        pid = tuple(pid)
+        if not ok:
+            self._fail_pending(pid, deadline)
+            return
+        self._collect(pid, rows, None, None, deadline, None)
+
+    def _check(self, pid, cycle, deadline):
+        """Re-check now every entry of ``cycle`` seen on this shard and hold those members'
+        lock-wait timeouts until ``deadline``; -> [[index, report row], ...] or None."""
+        me = self.me
+        if self.shard._now >= deadline:
+            return None
+        self._g = None
+        out = []
+        for i, e in enumerate(cycle):
+            if e[1] != me:
+                continue
+            row = self._verify(e)
+            if row is None:
+                self._release_holds([cycle[j][0] for j, _ in out], pid)
+                return None
+            self._hold(e[0], pid, deadline)
+            out.append([i, row])
+        return out
+
+    def _verify(self, e):
+        tid, shard, ep, target, tgt_ep = e
+        rec = self.waits.get(tid)
+        if rec is None or rec.ep != ep or not self._valid(tid, rec):
+            return None
+        g = self._graph()
+        if target not in g.get(tid, ()):
+            return None
+        if tgt_ep and self._local_ep(target) != tgt_ep:
+            return None
+        return self._row(tid, target)
+
+    def _purge_pending(self, now):
+        for k in [k for k, p in self.pending.items() if p[2] <= now]:
+            del self.pending[k]
+
+    def _fail_pending(self, pid, deadline):
+        p = self.pending.get(pid)
+        if p is None:
+            if len(self.pending) > 1000:
+                self._purge_pending(self.shard._now)
+            p = self.pending[pid] = [None, None, deadline, None, {}, False]
+        p[5] = False
+        p[4] = None                         # failed: later answers for it are ignored
+
+    def _collect(self, pid, rows, cycle, vidx, deadline, t_found):
+        """At the victim's shard: gather re-checked entries; all k in -> abort the victim."""
+        p = self.pending.get(pid)
+        if p is None:
+            if len(self.pending) > 1000:
+                self._purge_pending(self.shard._now)
+            p = self.pending[pid] = [None, None, deadline, None, {}, True]
+        got = p[4]
+        if got is None:
+            return                          # a shard's check failed
+        if cycle is not None:
+            p[0], p[1], p[3] = cycle, vidx, t_found
+        for i, row in rows:
+            got[i] = row
+        if p[0] is None or len(got) < len(p[0]):
+            return
+        del self.pending[pid]
+        self._abort_victim(pid, p[0], p[1], p[2], p[3], got)
+
+    def _row(self, tid, target):
+        sh = self.shard
+        table = sh._table
+        t = sh._txns.get(tid)
+        wo = table.waiting_on(tid)
+        path, mode = wo if wo else (None, 0)
+        held = table.mode_held(target, path) if path is not None else 0
+        twait = table.waiting_on(target)
+        queued = twait is not None and path is not None and tuple(twait[0]) == tuple(path)
+        rec = self.waits.get(tid)
+        return {
+            "txn": tid, "shard": self.me,
+            "session": t.session.name if t is not None else None,
+            "waits_for": [list(path) if path is not None else None, _mode_name(mode)],
+            "blocker": target, "blocker_holds": _mode_name(held),
+            "blocker_queued": _mode_name(twait[1]) if queued else None,
+            "holds": [[list(p), _mode_name(m)] for p, m in table.held(tid)[:16]],
+            "wait_started": rec.wall if rec is not None else None,
+            "waited_ms": round((sh._now - rec.start) * 1000, 3) if rec is not None else None,
+        }
+
+    def _report(self, victim, rows, kind, t_found=None):
+        now = time.time()
+        starts = [r["wait_started"] for r in rows if r.get("wait_started")]
+        closed = max(starts) if starts else None
+        rep = {
+            "id": f"{self.me}:{self.shard.epoch}:{self.c['deadlock_reports'] + 1}",
+            "kind": kind, "detected_at": now, "detected_by": self.me,
+            "cycle": [r["txn"] for r in rows], "victim": victim,
+            "detection_ms": round((now - closed) * 1000, 3) if closed else None,
+            "members": rows,
+        }
+        if t_found is not None:        # a distributed cycle: the probe found it at t_found
+            rep["confirm_ms"] = round((now - t_found) * 1000, 3)
+        self.c["deadlock_reports"] += 1
+        self.reports.append(rep)
+        return rep
+
+    def _remember_victim(self, victim, rep):
+        v = self.victims
+        v[victim] = rep
+        while len(v) > 256:
+            v.popitem(last=False)
+
+    def _abort_victim(self, pid, cycle, vidx, deadline, t_found, got):
+        from .wire import E_DEADLOCK
+        sh = self.shard
+        me = self.me
+        victim = cycle[vidx][0]
+        t = sh._txns.get(victim)
+        # every member was re-checked (after the probe) and is held until ``deadline``; the
+        # abort must come before any hold can lapse, and this shard's entries (the victim's
+        # among them) are checked once more now, in the turn that aborts
+        ok = t is not None and t.wait is not None and sh._clock() < deadline - HOLD_MARGIN
+        if ok:
+            self._g = None
+            ok = all(self._verify(e) is not None for e in cycle if e[1] == me)
+        if not ok:
+            self.c["confirms_failed"] += 1
+            return
+        k = len(cycle)
+        rows = [got[(vidx + j) % k] for j in range(k)]    # starting at the victim, edge order
+        rep = self._report(victim, rows, "distributed", t_found)
+        self._remember_victim(victim, rep)
+        self.c["deadlocks_found"] += 1
+        cyc = rep["cycle"]
+        sh._end_wait(t.wait, E_DEADLOCK,
+                     f"transaction {victim} was chosen as deadlock victim (youngest in the wait-for cycle "
+                     f"{cyc} spanning shards {sorted({e[1] for e in cycle})}, found by a probe from "
+                     f"transaction {pid[0]}); it has been aborted on every shard")
+        sh._drop_txn(t)
+        self._g = None
+        members = sorted(set(cyc))
+        self._release_holds(members, pid)
+        pidl = list(pid)
+        for s in range(self.n):
+            if s != me:
+                self.send(s, [wire.PROBE_VICTIM, 0, victim, members, me, pidl])
+
+    def _m_victim(self, args):
+        from .wire import E_DEADLOCK
+        victim, members, src, pid = args
+        sh = self.shard
+        t = sh._txns.get(victim)
+        if t is not None and t.state == "active":    # never a prepared (or preparing) 2PC txn
+            if t.wait is not None:
+                sh._end_wait(t.wait, E_DEADLOCK,
+                             f"transaction {victim} was chosen as deadlock victim (wait-for cycle {members}); "
+                             f"it has been aborted on every shard")
+            sh._drop_txn(t)
+            self._g = None
+            self.c["victims_aborted_remote"] += 1
+        mine = self.victims.get(victim)
+        if mine is not None and type(src) is int and src < self.me:
+            # the same victim was also chosen here (it waited on both shards, each confirmed a
+            # cycle through it) before the other's VICTIM arrived: one report per victim -- the
+            # lower shard's stays, this one is withdrawn
+            del self.victims[victim]
+            try:
+                self.reports.remove(mine)
+            except ValueError:
+                pass
+            if mine["kind"] == "distributed":
+                self.c["deadlocks_found"] -= 1
+            else:
+                self.c["deadlocks_local"] -= 1
+            self.c["deadlock_reports_merged"] += 1
+        if pid is not None:
+            self._release_holds(members, tuple(pid))
+
+    # ------------------------------------------------------------------ loop
+
+    _ARITY = {wire.PROBE: 4, wire.PROBE_REG: 3, wire.PROBE_UNREG: 2, wire.PROBE_MULTI: 2,
+              wire.PROBE_CONFIRM: 6, wire.PROBE_VICTIM: 4, wire.PROBE_CONFIRMED: 5}
+
+    def accept(self, req):
+        """Queue a peer message; for a malformed one return the error (an E_PROTOCOL reply)."""
+        n = self._ARITY[req[0]]
+        if len(req) != n + 2:
+            return (f"{wire.TYPE_NAMES[req[0]]} takes {n} arguments (a shard-to-shard message, "
+                    f"docs/protocol.md); got {len(req) - 2}")
+        self.inbox.append(req)
+        return None
+
+    def turn(self):
+        """Handle queued peer messages (and what they cause); send the outbox."""
+        sh = self.shard
+        self._g = None
+        inbox = self.inbox
+        types = self.peer_types
+        while inbox:
+            req = inbox.popleft()
+            h = types.get(req[0])
+            try:
+                h(req[2:])
+            except Exception:  # a malformed peer message must not stop the shard
+                self.c["probe_msgs_malformed"] += 1
+            if sh._woken:
+                sh._process_woken()
+                self._g = None
+        self._g = None
+        if self.outbox:
+            self._send_outbox()
+
+    # ------------------------------------------------------------------ admin
+
+    def _a_deadlocks(self, args):
+        limit = args[0] if args and type(args[0]) is int else REPORTS
+        return list(self.reports)[-limit:]
+
+    def _a_peers(self, args):
+        if len(args) != 1 or type(args[0]) is not list:
+            return {"error": "PEERS takes [[endpoint, ...]]"}
+        try:
+            self.set_peers(args[0])
+        except ValueError as e:
+            return {"error": str(e)}
+        return {"peers": self.peers, "probe_delay_ms": self.delay * 1000 if self.enabled else None,
+                "probe_interval_ms": self.interval * 1000}
+
+    def _a_faults(self, args):
+        """Test hook: {"drop_next": n, "drop_prob": p, "delay_ms": d, "types": [..], "seed": s}; {} clears."""
+        try:
+            f = dict(args[0]) if args and isinstance(args[0], dict) else {}
+            f = {k: f[k] for k in ("drop_next", "drop_prob", "delay_ms", "types", "seed") if k in f}
+        except (TypeError, ValueError):
+            f = {}
+        if "types" in f and f["types"] is not None:
+            f["types"] = set(f["types"])
+        if "seed" in f:
+            self._rng = random.Random(f.pop("seed"))
+        self.fault = f
+        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in f.items()}
+
+
+def send_admin(endpoint, typ, args, timeout=2.0):
+    """One session-less admin request with arguments; returns the payload or raises."""
+    from .wire import ShardUnavailable
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(endpoint)
+        s.send(wire.pack_requests(0, 0, [[typ, 1, *args]]))
+        if not s.poll(int(timeout * 1000)):
+            raise ShardUnavailable(f"{endpoint} did not answer within {timeout:g}s")
+        seq, status, payload = wire.unpack_replies(s.recv())[0]
+        if status != wire.OK:
+            raise wire.error_for(status, payload)
+        return payload
+    finally:
+        s.close(0)

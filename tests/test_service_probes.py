@@ -1,0 +1,474 @@
+"""Cross-shard deadlock detection (edge-chasing probes, docs/probes.md).
+
+Every scenario builds a cycle whose edges live on different shards of a
+3-shard LocalCluster (started here on 127.0.0.1, stopped by PID), and checks:
+exactly one victim per cycle (the youngest), the victim raises
+DeadlockDetected and is aborted by the service on every shard, the survivors
+finish, a report is kept. Faults are injected in the shard-to-shard transport
+(FAULTS: drop / delay probe messages). Every wait is bounded."""
+
+import collections
+import random
+import threading
+import time
+import zlib
+
+import pytest
+
+from lockmgr import DeadlockDetected, LocalCluster, LockTimeout, Mode, wire
+from lockmgr.client import admin_query
+from lockmgr.paths import encode
+from lockmgr.probes import send_admin
+
+X, S = Mode.X, Mode.S
+NSHARDS = 3
+PROBE_DELAY = 0.010
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(NSHARDS, partition_depth=2, probe_delay=PROBE_DELAY, probe_interval=0.05) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster):
+    c = cluster.connect(request_timeout=5.0)
+    yield c
+    c.close()
+
+
+def owner(path, n=NSHARDS):
+    return zlib.crc32(encode(path[:2])) % n
+
+
+_counter = collections.Counter()
+
+
+def row(shard):
+    """A fresh row resource owned by ``shard``."""
+    i = 0
+    while True:
+        _counter[shard] += 1
+        p = ("db", f"p{shard}_{_counter[shard]}_{i}")
+        if owner(p) == shard:
+            return p + (1,)
+        i += 1
+
+
+class Bg:
+    """Run ``fn`` in a thread; ``.outcome()`` is 'ok', or the exception class name."""
+
+    def __init__(self, fn):
+        self.res = None
+        self.t0 = time.perf_counter()
+        self.t1 = None
+        self.th = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.th.start()
+
+    def _run(self, fn):
+        try:
+            fn()
+            self.res = "ok"
+        except Exception as e:  # noqa: BLE001 - recorded for the assertion
+            self.res = e
+        self.t1 = time.perf_counter()
+
+    def outcome(self, timeout=10.0):
+        self.th.join(timeout)
+        assert not self.th.is_alive(), "a lock wait was not resolved in time"
+        return self.res if self.res == "ok" else type(self.res).__name__
+
+
+def waiting(client, tid, timeout=5.0):
+    """Block until ``tid`` waits somewhere (per the shards' wait-for graphs)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if tid in client.wait_for_graph():
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"transaction {tid} never started to wait")
+
+
+def reports_for(client, victim):
+    return [r for r in client.deadlocks() if r["victim"] == victim]
+
+
+def stats_sum(client, key):
+    return sum(s.get(key, 0) for s in client.stats())
+
+
+def test_two_shard_cycle(client):
+    a, b = row(0), row(1)
+    t1, t2 = client.begin("t1"), client.begin("t2")
+    t1.lock(a)
+    t2.lock(b)
+    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+    waiting(client, t1.id)
+    g2 = Bg(lambda: t2.lock(a))
+    assert g2.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok"
+    assert t2.state == "aborted"
+    # the service aborted the victim everywhere: what it held is free
+    with client.transaction() as t3:
+        t3.lock(b, nowait=True)
+        t3.lock(a, nowait=True)
+    reps = reports_for(client, t2.id)
+    assert len(reps) == 1
+    rep = reps[0]
+    assert rep["kind"] == "distributed" and set(rep["cycle"]) == {t1.id, t2.id}
+    m = {x["txn"]: x for x in rep["members"]}
+    assert m[t2.id]["waits_for"] == [list(a), "X"] and m[t2.id]["blocker"] == t1.id
+    assert m[t2.id]["blocker_holds"] == "X" and m[t2.id]["shard"] == 0
+    assert m[t1.id]["waits_for"] == [list(b), "X"] and m[t1.id]["shard"] == 1
+    assert rep["detection_ms"] is not None and rep["detection_ms"] < 2000
+    # the victim's exception came within probe_delay + a loose bound of its wait
+    assert g2.t1 - g2.t0 < 2.0
+
+
+def test_three_shard_cycle(client):
+    a, b, c = row(0), row(1), row(2)
+    t1, t2, t3 = client.begin(), client.begin(), client.begin()
+    t1.lock(a)
+    t2.lock(b)
+    t3.lock(c)
+    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+    waiting(client, t1.id)
+    g2 = Bg(lambda: (t2.lock(c), t2.commit()))
+    waiting(client, t2.id)
+    g3 = Bg(lambda: t3.lock(a))
+    assert g3.outcome() == "DeadlockDetected"        # t3 is the youngest
+    assert g2.outcome() == "ok" and g1.outcome() == "ok"
+    rep, = reports_for(client, t3.id)
+    assert sorted(rep["cycle"]) == sorted([t1.id, t2.id, t3.id])
+    assert {x["shard"] for x in rep["members"]} == {0, 1, 2}
+
+
+def test_cycle_mixing_local_and_remote_edges(client):
+    a, a2, b = row(0), row(0), row(1)
+    t1, t2, t3 = client.begin(), client.begin(), client.begin()
+    t1.lock(a)
+    t2.lock(a2)
+    t3.lock(b)
+    g1 = Bg(lambda: (t1.lock(a2), t1.commit()))          # local edge t1 -> t2 on shard 0
+    waiting(client, t1.id)
+    g2 = Bg(lambda: (t2.lock(b), t2.commit()))           # remote: t2 -> t3 on shard 1
+    waiting(client, t2.id)
+    g3 = Bg(lambda: t3.lock(a))                          # t3 -> t1 on shard 0 closes the cycle
+    assert g3.outcome() == "DeadlockDetected"
+    assert g2.outcome() == "ok" and g1.outcome() == "ok"
+    rep, = reports_for(client, t3.id)
+    assert sorted(rep["cycle"]) == sorted([t1.id, t2.id, t3.id])
+
+
+def test_cycle_through_a_queued_soft_edge(client):
+    a, q = row(0), row(1)
+    t1, t2, t3 = client.begin(), client.begin(), client.begin()
+    t1.lock(a, S)
+    t3.lock(q, X)
+    g2 = Bg(lambda: (t2.lock(a, X), t2.commit()))        # t2 -> t1 (hard)
+    waiting(client, t2.id)
+    g3 = Bg(lambda: t3.lock(a, S))                       # compatible with t1, queued behind t2: t3 -> t2 (soft)
+    waiting(client, t3.id)
+    g1 = Bg(lambda: (t1.lock(q, X), t1.commit()))        # t1 -> t3 on shard 1 closes the cycle
+    assert g3.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok" and g2.outcome() == "ok"
+    rep, = reports_for(client, t3.id)
+    m = {x["txn"]: x for x in rep["members"]}
+    assert m[t3.id]["blocker"] == t2.id and m[t3.id]["blocker_queued"] == "X"
+
+
+def test_two_cycles_sharing_a_transaction(client):
+    a, b, c = row(0), row(1), row(2)
+    t1, t2, t3 = client.begin(), client.begin(), client.begin()
+    t1.lock(b)
+    t1.lock(c)
+    t2.lock(a, S)
+    t3.lock(a, S)
+    g2 = Bg(lambda: t2.lock(b))                          # t2 -> t1 (shard 1)
+    g3 = Bg(lambda: t3.lock(c))                          # t3 -> t1 (shard 2)
+    waiting(client, t2.id)
+    waiting(client, t3.id)
+    g1 = Bg(lambda: (t1.lock(a, X), t1.commit()))        # t1 -> t2 and t1 -> t3 (shard 0): two cycles
+    assert g2.outcome() == "DeadlockDetected"
+    assert g3.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok"
+    assert len(reports_for(client, t2.id)) == 1 and len(reports_for(client, t3.id)) == 1
+    assert not reports_for(client, t1.id)
+
+
+def test_cycle_closing_while_another_transaction_times_out(client):
+    a, b = row(0), row(1)
+    t4 = client.begin()                                  # oldest: never the victim
+    t1, t2 = client.begin(), client.begin()
+    t1.lock(a)
+    t2.lock(b)
+    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+    waiting(client, t1.id)
+    g4 = Bg(lambda: t4.lock(a, timeout=PROBE_DELAY))    # t4 -> t1; times out while the cycle closes
+    waiting(client, t4.id)
+    g2 = Bg(lambda: t2.lock(a))                          # t2 -> t1 (hard) and t2 -> t4 (soft, while queued)
+    assert g4.outcome() == "LockTimeout"
+    assert g2.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok"
+    assert len(reports_for(client, t2.id)) == 1
+    assert not reports_for(client, t4.id) and not reports_for(client, t1.id)
+    t4.abort()
+
+
+def test_waits_on_several_shards_at_once(client):
+    a, b, c = row(0), row(1), row(2)
+    t1, t2 = client.begin(), client.begin()
+    t1.lock(a)
+    t1.lock(b)
+    t2.lock(c)
+    g2 = Bg(lambda: t2.lock_many([(a, X), (b, X)]))      # t2 waits on shards 0 and 1 at once
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        snap = [li for li in client.snapshot() if li.txn == t2.id and not li.granted]
+        if len(snap) == 2:
+            break
+        time.sleep(0.002)
+    g1 = Bg(lambda: (t1.lock(c), t1.commit()))           # t1 -> t2 on shard 2
+    assert g2.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok"
+    assert len(reports_for(client, t2.id)) == 1
+    assert not [li for li in client.snapshot() if li.txn == t2.id]
+
+
+def test_strong_lock_above_partition_depth_in_a_cycle(client):
+    # t1 X-locks ("dbz",) on every shard, in shard order; it holds shard 0's and
+    # waits on shard 1 behind t2's intention lock; t2 then waits for t1 on shard 0
+    b = row(1)
+    b = ("dbz",) + b[1:]
+    while owner(b) != 1:
+        b = ("dbz", b[1] + "x", 1)
+    t1, t2 = client.begin(), client.begin()
+    t2.lock(b)                                           # IX on ("dbz",) at shard 1
+    g1 = Bg(lambda: (t1.lock(("dbz",), X), t1.commit()))
+    waiting(client, t1.id)
+    a = ("dbz", "a", 1)
+    while owner(a) != 0:
+        a = ("dbz", a[1] + "a", 1)
+    g2 = Bg(lambda: t2.lock(a))                          # needs IX on ("dbz",) at shard 0: held X by t1
+    assert g2.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok"
+
+
+def _faults(cluster, plan):
+    for ep in cluster.endpoints:
+        send_admin(ep, wire.FAULTS, [plan])
+
+
+def test_lost_probes_delay_detection_but_a_later_probe_finds_the_cycle(cluster, client):
+    before = stats_sum(client, "probe_msgs_fault_dropped")
+    _faults(cluster, {"drop_next": 4})                   # every shard drops its next 4 peer messages
+    try:
+        a, b = row(0), row(2)
+        t1, t2 = client.begin(), client.begin()
+        t1.lock(a)
+        t2.lock(b)
+        g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+        waiting(client, t1.id)
+        g2 = Bg(lambda: t2.lock(a))
+        assert g2.outcome() == "DeadlockDetected"
+        assert g1.outcome() == "ok"
+        assert len(reports_for(client, t2.id)) == 1
+        assert stats_sum(client, "probe_msgs_fault_dropped") > before
+    finally:
+        _faults(cluster, {})
+
+
+def test_random_loss_never_aborts_a_transaction_outside_a_cycle(cluster, client):
+    _faults(cluster, {"drop_prob": 0.3, "seed": 7})
+    try:
+        for _ in range(3):
+            a, b = row(1), row(2)
+            t1, t2 = client.begin(), client.begin()
+            t1.lock(a)
+            t2.lock(b)
+            g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+            waiting(client, t1.id)
+            g2 = Bg(lambda: t2.lock(a))
+            assert g2.outcome(20) == "DeadlockDetected"
+            assert g1.outcome(20) == "ok"
+    finally:
+        _faults(cluster, {})
+
+
+def test_a_delayed_probe_for_a_cycle_that_is_gone_aborts_nobody(cluster, client):
+    before = stats_sum(client, "deadlocks_found")
+    _faults(cluster, {"delay_ms": 150})                  # every peer message arrives 150 ms late
+    try:
+        a, b = row(0), row(1)
+        t1, t2 = client.begin(), client.begin()
+        t1.lock(a)
+        t2.lock(b)
+        g1 = Bg(lambda: t1.lock(b, timeout=0.06))        # the cycle lasts until t1 times out
+        waiting(client, t1.id)
+        g2 = Bg(lambda: (t2.lock(a), t2.commit()))
+        assert g1.outcome() == "LockTimeout"
+        t1.abort()
+        assert g2.outcome() == "ok"
+        time.sleep(0.5)                                  # let every delayed message arrive
+    finally:
+        _faults(cluster, {})
+    assert stats_sum(client, "deadlocks_found") == before
+    assert not reports_for(client, t1.id) and not reports_for(client, t2.id)
+
+
+def test_deadlocks_command(cluster, client, capsys):
+    from lockmgr import cli
+    a, b = row(0), row(1)
+    t1, t2 = client.begin(), client.begin()
+    t1.lock(a)
+    t2.lock(b)
+    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+    waiting(client, t1.id)
+    g2 = Bg(lambda: t2.lock(a))
+    assert g2.outcome() == "DeadlockDetected" and g1.outcome() == "ok"
+    assert cli.main(["deadlocks", ",".join(cluster.endpoints), "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert f"WE ROLL BACK TRANSACTION {t2.id}" in out
+    assert "WAITING FOR X on" in out and "deadlocks_found=" in out
+    st = client.stats()
+    for key in ("probes_sent", "probes_forwarded", "probes_dropped_stale", "deadlocks_found"):
+        assert any(key in s for s in st), key
+
+
+# ------------------------------------------------------------- randomized
+
+def _cycles(g):
+    """Every elementary cycle's member set reachable in graph g (small graphs): via SCCs."""
+    index, low, on, stack, out = {}, {}, set(), [], []
+    counter = [0]
+
+    def strong(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in g.get(v, ()):
+                out.append(frozenset(comp))
+
+    for v in list(g):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_randomized_no_false_deadlocks_and_none_left_undetected(cluster):
+    """Clients lock random rows across shards in random orders (no timeouts, so
+    a cycle lasts until a victim breaks it). An observer rebuilds the global
+    wait-for graph from every shard's GRAPH (about every 5 ms) and checks:
+    every victim's cycle is in each observation taken between the closing
+    wait and the abort (no false deadlocks), and no cycle stays in the
+    observations longer than probe_delay + probe_interval + a bound."""
+    rows = [row(s) for s in range(NSHARDS) for _ in range(3)]
+    seconds = 4.0
+    stop = time.monotonic() + seconds
+    victims = []
+    errors = []
+    done = collections.Counter()
+    clients = [cluster.connect(request_timeout=5.0) for _ in range(2)]
+
+    def worker(k):
+        rnd = random.Random(1000 + k)
+        c = clients[k % len(clients)]
+        while time.monotonic() < stop:
+            t = c.begin()
+            try:
+                for r in rnd.sample(rows, rnd.randint(2, 3)):
+                    t.lock(r, X if rnd.random() < 0.8 else S)
+                time.sleep(rnd.random() * 0.003)
+                t.commit()
+                done["commit"] += 1
+            except DeadlockDetected:
+                victims.append((t.id, time.time()))
+                done["victim"] += 1
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+                t.abort()
+
+    observations = []                                    # (t_start, t_end, graph)
+    obs_stop = threading.Event()
+
+    def observer():
+        while not obs_stop.is_set():
+            t0 = time.time()
+            g = {}
+            for edges in admin_query(cluster.endpoints, wire.GRAPH):
+                if isinstance(edges, Exception):
+                    continue
+                for w, v in edges:
+                    g.setdefault(w, set()).update(v)
+            observations.append((t0, time.time(), g))
+            time.sleep(0.002)
+
+    ob = threading.Thread(target=observer, daemon=True)
+    ob.start()
+    ths = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(6)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join(seconds + 30)
+    obs_stop.set()
+    ob.join(5)
+    reps = {}
+    for c in clients:
+        for r in c.deadlocks():
+            reps[r["victim"]] = r
+    for c in clients:
+        c.close()
+    assert not errors, errors[:5]
+    assert done["commit"] > 20
+    assert victims, "the workload produced no deadlock; make it denser"
+    # (1) no false deadlocks: each victim's cycle is in the last observation before the abort
+    kinds = collections.Counter()
+    for tid, _when in victims:
+        rep = reps.get(tid)
+        assert rep is not None, f"victim {tid} has no deadlock report"
+        kinds[rep["kind"]] += 1
+        if rep["kind"] == "local":
+            continue        # found by the table's own search the instant the wait began
+        cyc = rep["cycle"]
+        edges = list(zip(cyc, cyc[1:] + cyc[:1]))
+        # the cycle existed from the start of its members' latest wait to the abort;
+        # the last observation taken wholly inside that window must show it
+        start = max(m["wait_started"] for m in rep["members"])
+        before = [o for o in observations if start <= o[0] and o[1] <= rep["detected_at"]]
+        if not before:
+            kinds["unobserved"] += 1     # detected faster than one observation takes
+            continue
+        bad = [o for o in before if not all(b in o[2].get(a, ()) for a, b in edges)]
+        assert not bad, (
+            f"victim {tid}: cycle {cyc} not in the global wait-for graph just before its abort: {rep}, "
+            f"{[{k: v for k, v in o[2].items() if k in cyc} for o in bad[-3:]]}")
+    assert kinds["distributed"] > kinds["unobserved"], kinds
+    # (2) no cycle stays undetected: a cycle (a strongly connected set) seen in the
+    # observations disappears within probe_delay + probe_interval + a bound
+    bound = PROBE_DELAY + 0.05 + 1.0
+    first = {}
+    for t0, t1, g in observations:
+        now_cycles = set(_cycles(g))
+        for cyc in now_cycles:
+            first.setdefault(cyc, t0)
+        for cyc in list(first):
+            if cyc not in now_cycles:
+                del first[cyc]
+        for cyc, since in first.items():
+            assert t1 - since <= bound, f"cycle {set(cyc)} undetected for {t1 - since:.3f}s"
