@@ -46,7 +46,7 @@ SEEN_TTL = 5.0                  # seconds a probe's visited set is kept (dedup)
 MAX_SEEN = 20_000               # probe rounds remembered per shard
 HOLD = 0.25                     # seconds a confirmed member's timeout may be deferred
 HOLD_MARGIN = 0.02              # the victim is aborted only this long before the holds lapse
-REPORTS = 64                    # deadlock reports kept per shard (a ring)
+REPORTS = 1024                  # deadlock reports kept per shard (a bounded ring)
 DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
 
 # One report per victim: see docs/probes.md, "Deadlock reports".
