@@ -1,4 +1,4 @@
-"""Benchmarks of 2PC on the lock service (figures: benchmarks/RESULTS_2pc.md).
+"""Benchmarks of 2PC on the lock service (figures: benchmarks/RESULTS.md).
 
     python benchmarks/bench_2pc.py                       # everything
     python benchmarks/bench_2pc.py --only prepare,restart,interference

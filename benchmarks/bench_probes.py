@@ -1,4 +1,4 @@
-"""Cross-shard deadlock detection benchmarks (docs/probes.md).
+"""Cross-shard deadlock detection benchmarks (docs/design.md ("Distributed deadlock detection")).
 
     PYTHONPATH=. python benchmarks/bench_probes.py latency [--reps 20]
     PYTHONPATH=. python benchmarks/bench_probes.py throughput [--seconds 3 --rounds 2]

@@ -1,4 +1,4 @@
-"""Benchmarks of the lock service (a script; figures go to benchmarks/RESULTS_service.md).
+"""Benchmarks of the lock service (a script; figures go to benchmarks/RESULTS.md).
 
     python benchmarks/bench_service.py                 # everything
     python benchmarks/bench_service.py --only latency,throughput,batch,shards,compare

@@ -113,7 +113,7 @@ class Transaction:
         return await _drive(self._c, _g_held(self._c))
 
     async def prepare(self):
-        """See :meth:`lockmgr.client.Transaction.prepare` (2PC, docs/2pc.md)."""
+        """See :meth:`lockmgr.client.Transaction.prepare` (2PC, docs/design.md ("Two-phase commit in the service"))."""
         return await _drive(self._c, _g_prepare(self._c))
 
     async def commit(self):
@@ -203,7 +203,7 @@ class Client:
         """The shards' deadlock reports, oldest first (see Client.deadlocks)."""
         from ._cmd_probes import merge_reports
         return merge_reports(await self._admin(wire.DEADLOCKS))
-    # -- two-phase commit (docs/2pc.md); see lockmgr.client.Client
+    # -- two-phase commit (docs/design.md ("Two-phase commit in the service")); see lockmgr.client.Client
 
     async def _drive_eng(self, gen):
         try:

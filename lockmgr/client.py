@@ -8,7 +8,7 @@ Interface:
         .transaction(**kw)       context manager: commit / abort
         .close(), context-manager use
         .snapshot(), .wait_for_graph(), .stats(), .session_id, .expired
-        .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/2pc.md)
+        .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/design.md ("Two-phase commit in the service"))
     Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
         .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
     admin_query(endpoints, type, timeout=2.0)   session-less PING/SNAPSHOT/GRAPH/STATS
@@ -24,7 +24,7 @@ checked by whoever owns the sockets.
 Transaction logic (routing, strong locks on every shard, merging) is written
 once as generators (``_ops``) that yield batches of shard calls; the sync
 client drives them with blocking waits, ``lockmgr.aio`` with awaits.
-Design: docs/service.md. Protocol: docs/protocol.md.
+Design: docs/design.md ("The lock service"). Protocol: docs/protocol.md.
 """
 
 import collections
@@ -1067,7 +1067,7 @@ def _g_finish(core, commit):
 
 
 # ------------------------------------------------------- two-phase commit (2PC)
-# docs/2pc.md. PREPARE goes to every shard the transaction touched, in
+# docs/design.md ("Two-phase commit in the service"). PREPARE goes to every shard the transaction touched, in
 # parallel; each shard answers once the transaction's locks are fsynced in its
 # prepare log. DECIDE (commit/abort by gtrid, from any session) is answered
 # once the decision is fsynced, and only then are the locks released.
@@ -1393,10 +1393,10 @@ class Client:
         first: dicts with ``id``, ``kind`` ('distributed' or 'local'), ``detected_at``
         (wall time), ``detection_ms``, ``cycle``, ``victim`` and ``members`` (per
         transaction: the resource and mode it waited for, its blocker and what the
-        blocker held or queued for there). See docs/probes.md."""
+        blocker held or queued for there). See docs/design.md ("Distributed deadlock detection")."""
         from ._cmd_probes import merge_reports
         return merge_reports(self._admin(wire.DEADLOCKS))
-    # -- two-phase commit (docs/2pc.md)
+    # -- two-phase commit (docs/design.md ("Two-phase commit in the service"))
 
     def recover(self):
         """The gtrids of the prepared transactions in doubt on any shard, oldest

@@ -44,7 +44,7 @@ class LocalCluster:
         self.partition_depth = partition_depth
         self.escalation_threshold = escalation_threshold
         self.start_timeout = start_timeout
-        # cross-shard deadlock detection (docs/probes.md): None disables it
+        # cross-shard deadlock detection (docs/design.md ("Distributed deadlock detection")): None disables it
         self.probe_delay = probe_delay
         self.probe_interval = probe_interval
         self._own_dir = data_dir is None

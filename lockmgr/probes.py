@@ -1,6 +1,6 @@
 """Distributed deadlock detection by edge chasing (Chandy-Misra-Haas, AND model).
 
-Interface (used by lockmgr.shard; design and correctness argument: docs/probes.md):
+Interface (used by lockmgr.shard; design and correctness argument: docs/design.md ("Distributed deadlock detection")):
     ProbeEngine(shard, probe_delay=0.010, probe_interval=None, peers=None)
         .on_wait(txn, wait)        a request of ``txn`` starts to wait (new wait epoch)
         .on_local_victim(cycle, victim_tid)   the shard's local search chose a victim
@@ -49,7 +49,7 @@ HOLD_MARGIN = 0.02              # the victim is aborted only this long before th
 REPORTS = 1024                  # deadlock reports kept per shard (a bounded ring)
 DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
 
-# One report per victim: see docs/probes.md, "Deadlock reports".
+# One report per victim: see docs/design.md ("Distributed deadlock detection"), "Deadlock reports".
 
 
 def directory(tid, n):

@@ -15,9 +15,9 @@ session leases) kept in a SortedList; continue the lock requests that the
 table reports as granted; then send each client one frame with all its
 replies. The table never blocks; waiting requests are parked as ``_Wait``
 objects and answered later. Protocol: docs/protocol.md; design and the
-correctness argument: docs/service.md.
+correctness argument: docs/design.md ("The lock service").
 
-2PC (section "Two-phase commit" at the end of Shard; docs/2pc.md): the data
+2PC (section "Two-phase commit" at the end of Shard; docs/design.md ("Two-phase commit in the service")): the data
 directory holds a PrepareLog; PREPARE/DECIDE are answered once their record is
 fsynced by the log's flusher thread, which wakes this loop with an internal
 WAKE frame over inproc; prepared transactions are restored before the socket
@@ -235,7 +235,7 @@ class Shard:
         self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
                        wire.STATS: self._h_stats}
         self._start_2pc()             # restores prepared txns before any request is served
-        # -- distributed deadlock detection (lockmgr/probes.py, docs/probes.md)
+        # -- distributed deadlock detection (lockmgr/probes.py, docs/design.md ("Distributed deadlock detection"))
         self._probes = ProbeEngine(self, probe_delay, probe_interval, peers)
         self._admin.update(self._probes.admin)
         self._peer = self._probes.peer_types
@@ -897,7 +897,7 @@ class Shard:
         return s
 
     # ============================================================ Two-phase commit
-    # (docs/2pc.md) PREPARE appends the transaction's locks and tokens to the
+    # (docs/design.md ("Two-phase commit in the service")) PREPARE appends the transaction's locks and tokens to the
     # shard's PrepareLog and parks the request; the log's flusher thread fsyncs
     # (group commit) and wakes this loop through an internal WAKE frame sent to
     # the shard's own ROUTER over inproc, so the loop never waits for the disk.

@@ -54,7 +54,7 @@ DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unkn
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
                    #                                     [[path, mode], ...]], ...]
 WAKE = 29          # internal: the shard's prepare-log flusher wakes the shard's loop (inproc)
-# Shard -> shard (session 0, seq 0, no reply): deadlock detection, docs/probes.md
+# Shard -> shard (session 0, seq 0, no reply): deadlock detection, docs/design.md ("Distributed deadlock detection")
 PROBE = 30         # [[init, init_shard, init_epoch, round], txn, path, via_directory]
 PROBE_REG = 31     # [txn, shard, wait_epoch]    to the directory shard of txn: txn waits at shard
 PROBE_UNREG = 32   # [txn, shard]                to the directory shard: that wait ended

@@ -1,4 +1,4 @@
-"""Cross-shard deadlock detection (edge-chasing probes, docs/probes.md).
+"""Cross-shard deadlock detection (edge-chasing probes, docs/design.md ("Distributed deadlock detection")).
 
 Every scenario builds a cycle whose edges live on different shards of a
 3-shard LocalCluster (started here on 127.0.0.1, stopped by PID), and checks:
