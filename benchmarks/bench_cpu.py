@@ -1,4 +1,4 @@
-"""CPU-cost probes for the lock service (figures in benchmarks/RESULTS_perf2.md).
+"""CPU-cost probes for the lock service (figures in benchmarks/RESULTS.md).
 
 On 2 cores shared with other work, throughput swings with the load; CPU time
 per operation moves much less, so these report CPU time, to be run side by
