@@ -153,20 +153,22 @@ def test_sigkill_during_prepares(tmp_path, seed):
     for round_ in range(3):
         p = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(round_)],
                              stdout=subprocess.PIPE, text=True)
-        target = rnd.randint(1, 30)
-        deadline = time.monotonic() + 20
-        got = 0
-        while got < target and time.monotonic() < deadline:
-            if not select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                break
-            line = p.stdout.readline()
-            if not line:
-                break
-            acked.add(line.strip())
-            got += 1
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-        p.stdout.close()
+        try:
+            target = rnd.randint(1, 30)
+            deadline = time.monotonic() + 20
+            got = 0
+            while got < target and time.monotonic() < deadline:
+                if not select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    break
+                line = p.stdout.readline()
+                if not line:
+                    break
+                acked.add(line.strip())
+                got += 1
+        finally:  # stopped by its PID whatever happens above
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(10)
+            p.stdout.close()
         assert got > 0, "the child acknowledged no prepare"
         with LockManager(data_dir=tmp_path) as m:
             rec = set(m.recover())

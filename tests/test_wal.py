@@ -3,6 +3,7 @@
 import logging
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -128,17 +129,22 @@ def test_sigkill_never_loses_an_acknowledged_prepare(tmp_path, seed):
     for round_ in range(3):
         p = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         acked = set()
-        deadline = time.monotonic() + 10
-        target = rnd.randint(1, 40)
-        while len(acked) < target and time.monotonic() < deadline:
-            line = p.stdout.readline()
-            if not line:
-                break
-            acked.add(f"k{line.split()[0]}")
-        time.sleep(rnd.random() * 0.01)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(10)
-        p.stdout.close()
+        try:
+            deadline = time.monotonic() + 10
+            target = rnd.randint(1, 40)
+            while len(acked) < target and time.monotonic() < deadline:
+                if not select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    break
+                line = p.stdout.readline()
+                if not line:
+                    break
+                acked.add(f"k{line.split()[0]}")
+            time.sleep(rnd.random() * 0.01)
+        finally:  # stopped by its PID whatever happens above
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(10)
+            p.stdout.close()
+        assert acked, "the child acknowledged nothing"
         with PrepareLog(str(tmp_path)) as w:
             assert acked <= set(w.live)       # every acknowledged prepare is there
             for r in w.live.values():         # and every record is whole
