@@ -1217,7 +1217,7 @@ class Transaction:
 
     @property
     def gtrid(self):
-        """The global transaction id given to ``begin`` (for 2PC; later issue)."""
+        """The global transaction id given to ``begin`` (for 2PC)."""
         return self._c.gtrid
 
     @property
