@@ -99,7 +99,7 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
              timeout=1.0, progress=True, out=sys.stdout):
     """Threads share one client; each transaction locks rows of one table
     (mostly X, some S) in random order. Returns a summary dict."""
-    from . import DeadlockDetected, LockTimeout, Mode
+    from . import DeadlockDetected, LockError, LockTimeout, Mode
     from .client import connect
     eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
     client = connect(eps, default_timeout=timeout)
@@ -131,7 +131,10 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
                 t.abort()
             except Exception:
                 mine["errors"] += 1
-                t.abort()
+                try:
+                    t.abort()
+                except LockError:   # e.g. SessionExpired: counted above already
+                    pass
             if mine["committed"] % 50 == 0:
                 with lock:
                     for key in counts:

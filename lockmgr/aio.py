@@ -120,8 +120,11 @@ class Transaction:
         return await _drive(self._c, _g_finish(self._c, True))
 
     async def abort(self):
+        """See :meth:`lockmgr.client.Transaction.abort` (raises SessionExpired only)."""
         try:
             return await _drive(self._c, _g_finish(self._c, False))
+        except SessionExpired:
+            raise
         except LockError:
             return None
 
@@ -133,7 +136,10 @@ class Transaction:
             if self._c.state is ACTIVE or self._c.state is PREPARED:
                 await self.commit()
         else:
-            await self.abort()
+            try:
+                await self.abort()
+            except LockError:
+                pass            # never hide the exception that is propagating
         return False
 
 

@@ -1052,8 +1052,17 @@ def _g_finish(core, commit):
         except SessionExpired:
             core.state = ABORTED
             raise
-    elif core.state is not ACTIVE and core.state is not PREPARED:
+    elif core.state is not ACTIVE:
         return None
+    else:
+        # abort of an active transaction: its locks go either way (released
+        # now, or by the shards when the lease runs out), but an expired
+        # session is reported, as for every other call
+        try:
+            core.eng.check_session()
+        except SessionExpired:
+            core.state = ABORTED
+            raise
     core.state = COMMITTED if commit else ABORTED
     touched = sorted(core.touched)
     if not touched or core.eng.dead is not None:
@@ -1291,12 +1300,22 @@ class Transaction:
         return _drive(self._c.eng, _g_finish(self._c, True))
 
     def abort(self):
-        """Release every lock and finish as aborted. Idempotent; never raises for
-        a finished transaction or an expired session (the locks are gone)."""
+        """Release every lock and finish as aborted. Idempotent: a no-op on a
+        finished transaction. Raises SessionExpired if the session has expired
+        (the shards release the locks themselves then); other failures to reach
+        a shard are not raised (the lease releases what could not be)."""
         try:
             return _drive(self._c.eng, _g_finish(self._c, False))
+        except SessionExpired:
+            raise
         except LockError:
             return None
+
+    def _abort_quietly(self):
+        try:
+            self.abort()
+        except LockError:
+            pass
 
     def __enter__(self):
         return self
@@ -1306,7 +1325,7 @@ class Transaction:
             if self._c.state is ACTIVE or self._c.state is PREPARED:
                 self.commit()
         else:
-            self.abort()
+            self._abort_quietly()   # never hide the exception that is propagating
         return False
 
 

@@ -26,9 +26,11 @@ import sys, lockmgr
 c = lockmgr.connect(sys.argv[1], session_ttl=1.0, request_timeout=2.0)
 t = c.begin()
 t.lock(("db", "t", 1), lockmgr.Mode.X)
+u = c.begin()
+u.lock(("db", "u", 1), lockmgr.Mode.S)
 print("LOCKED", flush=True)
 sys.stdin.readline()          # the test SIGSTOPs us here, then SIGCONTs and writes a line
-for call in (lambda: t.lock(("db", "t", 2)), t.commit, lambda: c.begin()):
+for call in (lambda: t.lock(("db", "t", 2)), t.commit, u.abort, lambda: c.begin()):
     try:
         call()
         print("OK", flush=True)
@@ -72,7 +74,7 @@ def test_sigstopped_client_loses_its_lease(cluster):
             os.kill(child.pid, signal.SIGCONT)
             child.stdin.write(b"go\n")
             child.stdin.flush()
-            assert [_readline(child, 20) for _ in range(3)] == ["SessionExpired"] * 3
+            assert [_readline(child, 20) for _ in range(4)] == ["SessionExpired"] * 4
             t.commit()
     finally:
         os.kill(child.pid, signal.SIGCONT)
