@@ -399,3 +399,24 @@ def test_invalid_request_is_value_error_and_lock_error():
     assert issubclass(InvalidRequest, ValueError) and issubclass(InvalidRequest, LockError)
     for e in (LockTimeout, LockNotAvailable, DeadlockDetected, TransactionAborted):
         assert issubclass(e, LockError)
+
+
+def test_lock_many(lm):
+    t1, t2 = lm.begin(), lm.begin()
+    toks = t1.lock_many([(("db", "m", 1), X), (("db", "m", 2), S), ("solo", IX)])
+    assert len(toks) == 3 and all(tok > 0 for tok in toks)
+    assert t1.held()[("db", "m", 1)] == X and t1.held()[("db", "m", 2)] == S and t1.held()[("solo",)] == IX
+    assert t1.lock_many([]) == []
+    with pytest.raises(InvalidRequest):
+        t2.lock_many([(("db", "m", 3), X), (("db", 1.5), X)])   # a bad item: nothing is locked
+    assert t2.held() == {}
+    with pytest.raises(InvalidRequest):
+        t2.lock_many([(("db", "m", 3), 9)])
+    with pytest.raises(LockNotAvailable):
+        t2.lock_many([(("db", "m", 4), X), (("db", "m", 1), S)], nowait=True)
+    assert t2.held()[("db", "m", 4)] == X                        # not atomic: the first one stays
+    with pytest.raises(LockTimeout):
+        t2.lock_many([(("db", "m", 1), S)], timeout=0.05)
+    t1.commit()
+    assert t2.lock_many([(("db", "m", 1), X)])[0] > toks[0]
+    t2.commit()
