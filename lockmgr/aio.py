@@ -24,9 +24,10 @@ import asyncio
 import time
 
 from . import wire
-from .client import (ACTIVE, PREPARED, _Call, _TxnCore, _check_timeout, _g_finish, _g_held, _g_lock,
+from .client import (ACTIVE, PREPARED, _Call, _TxnCore, _g_finish, _g_held, _g_lock,
                      _g_lock_many, _g_unlock, Client as _SyncClient)
 from .client import _g_indoubt, _g_prepare, _g_resolve  # 2PC
+from ._checks import check_timeout
 from .errors import InvalidRequest, LockError, LockNotAvailable
 from .manager import LockInfo
 from .modes import Mode
@@ -246,7 +247,7 @@ class Client:
 async def connect(endpoints, *, session_ttl=10.0, partition_depth=None, request_timeout=5.0, default_timeout=None,
                   name=None):
     """Open a session (see :func:`lockmgr.connect`); returns an asyncio :class:`Client`."""
-    _check_timeout(default_timeout)
+    check_timeout(default_timeout)
     loop = asyncio.get_running_loop()
     sync = await loop.run_in_executor(None, lambda: _SyncClient(
         endpoints, session_ttl=session_ttl, partition_depth=partition_depth, request_timeout=request_timeout,

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 import zmq
 
 from . import wire
+from ._checks import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted)
 from .manager import LockInfo
@@ -95,18 +96,6 @@ def new_txn_id():
         return (ms << (_ID_COUNTER_BITS + _ID_TAG_BITS)) | (ctr << _ID_TAG_BITS) | _id_tag
 
 
-def _check_timeout(timeout):
-    if timeout is None:
-        return None
-    if type(timeout) is bool or not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
-        raise InvalidRequest(f"timeout must be None or a number of seconds >= 0; got {timeout!r}")
-    return float(timeout)
-
-
-def _check_mode(mode):
-    if type(mode) is bool or not isinstance(mode, int) or not 1 <= mode <= 5:
-        raise InvalidRequest(f"unknown lock mode {mode!r}; expected one of Mode.IS, IX, S, SIX, X")
-    return int(mode)
 
 
 def _parse_endpoints(endpoints):
@@ -873,7 +862,7 @@ class _TxnCore:
 def _prepare(core, resource, mode):
     key = encode(resource)       # validates the path (InvalidRequest)
     path = resource if type(resource) is tuple else (resource,)
-    mode = _check_mode(mode)
+    mode = check_mode(mode)
     return path, key, mode
 
 
@@ -893,7 +882,7 @@ def _failure(core, err, shard):
 
 def _g_lock(core, resource, mode, timeout, nowait):
     core.check_active()
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     path, key, mode = _prepare(core, resource, mode)
     if timeout is None:
         timeout = core.default_timeout
@@ -931,7 +920,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
 
 def _g_lock_many(core, items, timeout, nowait):
     core.check_active()
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     try:
         items = list(items)
     except TypeError:
@@ -1338,7 +1327,7 @@ class Client:
 
     def __init__(self, endpoints, *, session_ttl=10.0, partition_depth=None, request_timeout=5.0,
                  default_timeout=None, name=None):
-        self._default_timeout = _check_timeout(default_timeout)
+        self._default_timeout = check_timeout(default_timeout)
         try:
             self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name)
         except zmq.ZMQError as e:

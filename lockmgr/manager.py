@@ -33,6 +33,7 @@ from collections import OrderedDict, namedtuple
 from contextlib import contextmanager
 
 from ._core import CONFLICT, WAITING, table_class
+from ._checks import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted)
 from .modes import Mode
@@ -58,12 +59,6 @@ EPOCH_SHIFT = 40          # fencing token = epoch << 40 | grants in this epoch
 RESOLVED_MEMORY = 100_000  # resolved gtrids remembered for idempotent resolve()
 
 
-def _check_timeout(timeout):
-    if timeout is None:
-        return None
-    if type(timeout) is bool or not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
-        raise InvalidRequest(f"timeout must be None or a number of seconds >= 0; got {timeout!r}")
-    return float(timeout)
 
 
 class Transaction:
@@ -121,7 +116,7 @@ class Transaction:
         InvalidRequest. Runtime: O(depth) when granted at once.
         """
         if timeout is not None:
-            timeout = _check_timeout(timeout)
+            timeout = check_timeout(timeout)
         # Fast path, without the manager's mutex: the table serialises its
         # own calls. A concurrent abort() sets the state before releasing, so
         # the state is checked again after the grant (see docs/design.md).
@@ -225,11 +220,9 @@ class Transaction:
             if type(it) not in (tuple, list) or len(it) != 2:
                 raise InvalidRequest(f"lock_many item {i} must be a (resource, mode) pair; got {it!r}")
             encode(it[0])                    # validates the path
-            m = it[1]
-            if type(m) is bool or not isinstance(m, int) or not Mode.IS <= m <= Mode.X:
-                raise InvalidRequest(f"lock_many item {i}: unknown lock mode {m!r}")
+            check_mode(it[1])
         if timeout is not None:
-            timeout = _check_timeout(timeout)
+            timeout = check_timeout(timeout)
         elif self._mgr._default_timeout is not None:
             timeout = self._mgr._default_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -414,7 +407,7 @@ class LockManager:
                  data_dir=None, _backend=None):
         if type(escalation_threshold) is not int or escalation_threshold < 1:
             raise InvalidRequest(f"escalation_threshold must be an int >= 1; got {escalation_threshold!r}")
-        self._default_timeout = _check_timeout(default_timeout)
+        self._default_timeout = check_timeout(default_timeout)
         self._detect = bool(deadlock_detection)
         # _backend ("c"/"python") is for tests and benchmarks that compare backends
         self._log = None

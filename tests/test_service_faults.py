@@ -17,7 +17,9 @@ import pytest
 
 import lockmgr
 from lockmgr import (DeadlockDetected, LocalCluster, LockError, LockTimeout, Mode, SessionExpired,
-                     ShardUnavailable, TransactionAborted, compatible)
+                     ShardUnavailable, TransactionAborted)
+
+from jepsen import check_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -237,16 +239,6 @@ def test_jepsen_history(cluster):
         assert not th.is_alive()
     assert not errors, errors
     assert len(history) > 200
-    by_res = {}
-    for h in history:
-        by_res.setdefault(h[0], []).append(h)
-    for r, hs in by_res.items():
-        hs.sort(key=lambda h: h[3])
-        for i, a in enumerate(hs):
-            for b in hs[i + 1:]:
-                if compatible(a[1], b[1]):
-                    continue
-                assert b[3] >= a[4], f"incompatible holds overlap on {r}: {a} and {b}"
-                assert b[2] > a[2], f"token went backwards on {r}: {a} then {b}"
+    for r, hs in check_history(history).items():
         xs = [h[2] for h in hs if h[1] == Mode.X]
         assert xs == sorted(xs) and len(set(xs)) == len(xs)

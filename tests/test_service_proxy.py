@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from lockmgr import DeadlockDetected, LocalCluster, LockError, LockTimeout, Mode, compatible, connect
+from lockmgr import DeadlockDetected, LocalCluster, LockError, LockTimeout, Mode, connect
 from faultproxy import FaultProxy
+from jepsen import check_history
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +65,7 @@ def test_history_under_drop_dup_reorder(cluster, seed):
         assert len(history) > 60
         faults = {k: sum(p.counts[k] for p in proxies) for k in ("dropped", "duplicated", "delayed")}
         assert all(v > 0 for v in faults.values()), faults   # the faults really happened
-        by_res = {}
-        for h in history:
-            by_res.setdefault(h[0], []).append(h)
-        for r, hs in by_res.items():
-            hs.sort(key=lambda h: h[3])
-            for i, a in enumerate(hs):
-                for b in hs[i + 1:]:
-                    if compatible(a[1], b[1]):
-                        continue
-                    assert b[3] >= a[4], f"incompatible holds overlap on {r}: {a} and {b}"
-                    assert b[2] > a[2], f"token went backwards on {r}: {a} then {b}"
+        check_history(history)
         # nothing leaked: every lock was released despite lost and repeated messages
         with connect(cluster.endpoints) as c:
             assert [row for row in c.snapshot() if row.resource[0] in ("db", "pr")] == []

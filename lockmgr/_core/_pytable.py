@@ -26,6 +26,7 @@ C table is tested against (tests/test_table_model.py).
 import functools
 import threading
 
+from .._checks import check_mode
 from ..errors import InvalidRequest
 from ..modes import CONFLICTS, SUPREMUM, INTENTION
 from ..paths import encode, decode, prefix_ends, MAX_DEPTH
@@ -55,11 +56,6 @@ def _check_txn(txn):
         raise InvalidRequest(f"transaction id must be an int in 1..2**64-1; got {txn!r}")
 
 
-def _check_mode(mode):
-    if type(mode) is bool or not isinstance(mode, int) or not IS <= mode <= X:
-        raise InvalidRequest(
-            f"unknown lock mode {mode!r}; expected one of Mode.IS, IX, S, SIX, X")
-    return int(mode)
 
 
 class _Req:
@@ -199,7 +195,7 @@ class Table:
             if type(resource) is list:
                 resource = tuple(resource)
             try:
-                mode = _check_mode(mode)
+                mode = check_mode(mode)
                 encode(resource)
             except InvalidRequest as e:
                 raise InvalidRequest(f"lock_many item {i}: {e}") from None
@@ -214,7 +210,7 @@ class Table:
 
     def _lock(self, txn, resource, mode, nowait):
         _check_txn(txn)
-        mode = _check_mode(mode)
+        mode = check_mode(mode)
         key = encode(resource)
         t = self._txns.get(txn)
         if t is not None and t.waiting is not None:
