@@ -413,7 +413,14 @@ class LockManager:
         self._log = None
         token_base = 0
         if data_dir is not None:
-            self._log = PrepareLog(os.fspath(data_dir))
+            try:
+                path = os.fspath(data_dir)
+            except TypeError:
+                raise InvalidRequest(f"data_dir must be a path (str or os.PathLike); got {data_dir!r}") from None
+            try:
+                self._log = PrepareLog(path)
+            except (NotADirectoryError, FileExistsError, PermissionError) as e:
+                raise InvalidRequest(f"data_dir {path!r} is not a usable directory: {e}") from None
             token_base = self._log.epoch << EPOCH_SHIFT
         self._table = table_class(_backend)(escalation_threshold, token_base)
         self._mutex = threading.Lock()

@@ -176,3 +176,13 @@ def test_sigkill_during_prepares(tmp_path, seed):
             for info in m.indoubt():                  # none half there: 5 rows + 4 ancestors each
                 assert len(info["locks"]) == 9, info
     assert os.path.exists(os.path.join(tmp_path, LOG_NAME))
+
+
+def test_bad_data_dir(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(InvalidRequest, match="data_dir"):
+        LockManager(data_dir=42)
+    with pytest.raises(InvalidRequest, match="data_dir"):
+        LockManager(data_dir=f)
+    assert f.read_text() == "x"              # nothing changed
