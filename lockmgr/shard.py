@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - no compiler
     _encode = encode
 from .wire import (E_ABORTED, E_DEADLOCK, E_INTERNAL, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
                    E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
-                   E_UNKNOWN_TYPE, E_UNSUPPORTED, OK)
+                   E_UNKNOWN_TYPE, OK)
 
 __all__ = ["Shard", "main", "read_and_bump_epoch"]
 
@@ -410,9 +410,6 @@ class Shard:
             if err:
                 raise _Reply(E_PROTOCOL, err)
             return
-        if typ in (wire.PREPARE, wire.DECIDE):
-            raise _Reply(E_UNSUPPORTED, f"{wire.TYPE_NAMES[typ]} is reserved and not implemented "
-                                        f"by protocol version {wire.VERSION}")
         raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
 
     def _session_requests(self, sess, prefix, reqs):

@@ -92,7 +92,7 @@ E_PROTOCOL = 8           # malformed frame or request
 E_TOO_BIG = 9            # frame, batch or path over a limit
 E_UNKNOWN_TYPE = 10      # unknown message type
 E_STALE = 11             # a retry of a request already acknowledged (not executed)
-E_UNSUPPORTED = 12       # a reserved type that this version does not implement
+E_UNSUPPORTED = 12       # a reserved type that a server does not implement (none in this version)
 E_INTERNAL = 13          # a bug; the request changed nothing we know of
 
 
