@@ -6,7 +6,10 @@
 latency: a ring of k transactions over s shards (T_i holds a row on shard
 i mod s and then waits for T_{i+1}'s row); the last wait closes the cycle and
 its transaction is the youngest, so it is the victim: we time that lock call
-from the moment it is issued to its DeadlockDetected. Messages per deadlock:
+from the moment it is issued to its DeadlockDetected. All k transactions share
+one Client (one connection per shard); the survivors commit only after the
+victim's exception is caught, so their commits do not compete with the
+victim's thread for the GIL inside the measured interval. Messages per deadlock:
 shard-to-shard messages sent (all shards) / deadlocks.
 throughput: a deadlock-free contended workload (each transaction X-locks two
 of a few hot rows on different shards, in one global order) with detection
@@ -56,8 +59,17 @@ def bench_latency(reps):
                     for t, r in zip(ts, rows):
                         t.lock(r)
                     ths = []
+                    caught = threading.Event()
+
+                    def survivor(i):
+                        ts[i].lock(rows[i + 1])
+                        # commit only once the victim's exception is in: the survivors'
+                        # commits (a cascade of grants) must not compete for this process's
+                        # GIL with the victim's thread inside the measured interval
+                        caught.wait(10)
+                        ts[i].commit()
                     for i in range(k - 1):
-                        th = threading.Thread(target=lambda i=i: (ts[i].lock(rows[i + 1]), ts[i].commit()))
+                        th = threading.Thread(target=survivor, args=(i,))
                         th.start()
                         ths.append(th)
                     # wait until the k-1 waits are parked
@@ -69,6 +81,7 @@ def bench_latency(reps):
                         raise AssertionError("no deadlock")
                     except DeadlockDetected:
                         lat.append((time.perf_counter() - t0) * 1000)
+                    caught.set()
                     for th in ths:
                         th.join()
                 mpd = (msgs(client) - m0) / reps

@@ -8,7 +8,7 @@ Interface (used by lockmgr.shard; design and correctness argument: docs/design.m
         .on_timer()                the shard's timer of kind 2 fired
         .peer_types                message types exchanged between shards (no reply)
         .admin                     {type: handler} of DEADLOCKS, PEERS, FAULTS
-        .inbox / .outbox, .turn()  handle queued peer messages; send the outbox
+        .inbox / .outbox, .turn(send=True), .send_outbox()   handle queued peer messages; send the outbox
         .close()
     send_admin(endpoint, typ, args, timeout=2.0)   a session-less admin call with args
 
@@ -48,6 +48,8 @@ HOLD = 0.25                     # seconds a confirmed member's timeout may be de
 HOLD_MARGIN = 0.02              # the victim is aborted only this long before the holds lapse
 REPORTS = 1024                  # deadlock reports kept per shard (a bounded ring)
 DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
+PARK_PER_TXN = 8                # probes a directory keeps for one not-yet-registered transaction
+MAX_PARKED = 10_000             # transactions with parked probes per shard (beyond: dropped as stale)
 
 # One report per victim: see docs/design.md ("Distributed deadlock detection"), "Deadlock reports".
 
@@ -99,6 +101,7 @@ class ProbeEngine:
         self.holds = {}                     # tid -> {probe id: mono deadline}: its timeout waits
         self.pending = {}                   # probe id -> _Pending (victim's shard collects confirms)
         self.where = {}                     # tid -> (shard, learned at): cache of wait locations
+        self.parked = {}                    # tid -> [(expires, pid, path)]: probes for tid, before its REG
         self.victims = collections.OrderedDict()   # victim -> its report here (recent, bounded)
         self.reports = collections.deque(maxlen=REPORTS)
         self.inbox = collections.deque()
@@ -174,7 +177,7 @@ class ProbeEngine:
         else:
             lst.append(req)
 
-    def _send_outbox(self):
+    def send_outbox(self):
         out = self.outbox
         self.outbox = {}
         for dest, reqs in out.items():
@@ -196,6 +199,10 @@ class ProbeEngine:
         for q in (self.delay_q, self.again_q, self.delayed):
             if q and (due is None or q[0][0] < due):
                 due = q[0][0]
+        if self.dirmap or self.where or self.pending or self.parked:
+            # the sweep of expired directory / cache / confirm / parked entries
+            if due is None or self._next_sweep < due:
+                due = self._next_sweep
         if due is None:
             return
         if self._armed is None or due < self._armed:
@@ -230,7 +237,7 @@ class ProbeEngine:
                     self.again_q.append((now + self.interval, tid, ep))
                 elif first:
                     self.again_q.append((now + self.interval, tid, ep))
-        if now >= self._next_sweep and (self.dirmap or self.where or self.pending):
+        if now >= self._next_sweep and (self.dirmap or self.where or self.pending or self.parked):
             self._next_sweep = now + self.interval
             old = now - DIR_TTL * self.interval
             for tid in [t for t, d in self.dirmap.items() if all(v[1] < old for v in d.values())]:
@@ -238,6 +245,14 @@ class ProbeEngine:
             old = now - self.interval
             for tid in [t for t, v in self.where.items() if v[1] < old]:
                 del self.where[tid]
+            for tid, lst in list(self.parked.items()):
+                keep = [e for e in lst if e[0] > now]
+                if len(keep) != len(lst):
+                    self.c["probes_dropped_stale"] += len(lst) - len(keep)
+                    if keep:
+                        self.parked[tid] = keep
+                    else:
+                        del self.parked[tid]
             self._purge_pending(now)
         self._arm()
         if self.inbox or self.outbox:
@@ -390,6 +405,11 @@ class ProbeEngine:
                 if x == init:
                     self._found(pid, p + [e])
                     return
+                if x < init:
+                    # only the oldest member's probe closes a cycle (every other member is
+                    # younger than it): a probe never follows an edge to an older transaction
+                    self.c["probes_pruned"] += 1
+                    continue
                 if x in seen:
                     continue
                 seen.add(x)
@@ -439,7 +459,10 @@ class ProbeEngine:
         if via_dir:
             d = self.dirmap.get(x)
             if not d:
-                self.c["probes_dropped_stale"] += 1   # x waits nowhere (registered): no edge out of x
+                # x waits nowhere registered: it runs (no edge out of it), or its wait is still
+                # younger than probe_delay. Keep the probe until x registers (then it goes on at
+                # once) or for one probe_interval (then it is dropped as stale).
+                self._park(x, pid, path)
                 return
             self.c["probes_forwarded"] += 1
             for s in d:
@@ -449,12 +472,41 @@ class ProbeEngine:
 
     # -------------------------------------------------------------- directory
 
+    def _park(self, x, pid, path):
+        lst = self.parked.get(x)
+        if lst is None:
+            if len(self.parked) >= MAX_PARKED:
+                self.c["probes_dropped_stale"] += 1
+                return
+            lst = self.parked[x] = []
+        else:
+            # one parked probe per initiator's wait: a later round replaces an earlier one
+            lst[:] = [e for e in lst if e[1][:3] != pid[:3]]
+            if len(lst) >= PARK_PER_TXN:
+                lst.pop(0)
+                self.c["probes_dropped_stale"] += 1
+        # kept for two intervals: the initiator's next round (one interval later) replaces it,
+        # so while the initiator waits one of its probes is always parked here
+        lst.append((self.shard._now + 2 * self.interval, pid, path))
+        self.c["probes_parked"] += 1
+        self._arm()                         # (the sweep drops it when it expires)
+
     def _m_reg(self, args):
         tid, s, ep = args
         d = self.dirmap.setdefault(tid, {})
         d[s] = (ep, self.shard._now)
         if len(d) >= 2:
             self._tell_multi(tid, d)
+        lst = self.parked.pop(tid, None)
+        if lst:
+            now = self.shard._now
+            for exp, pid, path in lst:
+                if exp > now:
+                    self.send(s, [wire.PROBE, 0, list(pid), tid, path, 0])
+                    self.c["probes_unparked"] += 1
+                    self.c["probes_forwarded"] += 1
+                else:
+                    self.c["probes_dropped_stale"] += 1
 
     def _m_unreg(self, args):
         tid, s = args
@@ -662,6 +714,7 @@ class ProbeEngine:
                      f"transaction {victim} was chosen as deadlock victim (youngest in the wait-for cycle "
                      f"{cyc} spanning shards {sorted({e[1] for e in cycle})}, found by a probe from "
                      f"transaction {pid[0]}); it has been aborted on every shard")
+        sh._flush()                 # the victim's answer leaves before the clean-up below
         sh._drop_txn(t)
         self._g = None
         members = sorted(set(cyc))
@@ -716,8 +769,9 @@ class ProbeEngine:
         self.inbox.append(req)
         return None
 
-    def turn(self):
-        """Handle queued peer messages (and what they cause); send the outbox."""
+    def turn(self, send=True):
+        """Handle queued peer messages (and what they cause); send the outbox (unless
+        ``send`` is false: the shard then sends its client replies first)."""
         sh = self.shard
         self._g = None
         inbox = self.inbox
@@ -733,8 +787,13 @@ class ProbeEngine:
                 sh._process_woken()
                 self._g = None
         self._g = None
-        if self.outbox:
-            self._send_outbox()
+        if send and self.outbox:
+            self.send_outbox()
+
+    def gauges(self):
+        """Current sizes (for STATS), next to the counters."""
+        return {"probe_waits_now": len(self.waits), "probe_directory_now": len(self.dirmap),
+                "probes_parked_now": sum(len(v) for v in self.parked.values())}
 
     # ------------------------------------------------------------------ admin
 

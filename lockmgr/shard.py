@@ -300,9 +300,13 @@ class Shard:
                 self._on_lease_timer(obj)
             self._process_woken()
         pr = self._probes
-        if pr.inbox or pr.outbox:
-            pr.turn()
+        if pr.inbox:
+            pr.turn(send=False)
+        # client replies first (a deadlock victim's answer among them), then the peer
+        # messages (whose effects -- aborts elsewhere, grants -- compete for the cores)
         self._flush()
+        if pr.outbox:
+            pr.send_outbox()
 
     def _flush(self):
         out = self._out
@@ -891,6 +895,7 @@ class Shard:
                  partition_depth=self.partition_depth, timers=len(self._timers))
         s["backend"] = BACKEND
         s.update(self._stats_2pc())
+        s.update(self._probes.gauges())
         return s
 
     # ============================================================ Two-phase commit

@@ -472,3 +472,63 @@ def test_randomized_no_false_deadlocks_and_none_left_undetected(cluster):
                 del first[cyc]
         for cyc, since in first.items():
             assert t1 - since <= bound, f"cycle {set(cyc)} undetected for {t1 - since:.3f}s"
+
+
+def _until(pred, what, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_oldest_probe_parks_at_the_directory_until_the_closing_wait_registers():
+    """Only the oldest member's probe can close a cycle (probes never follow an edge to an
+    older transaction). Here the oldest, t1, probes before t2 waits: the directory keeps
+    the probe until t2's wait registers and then sends it on. probe_interval is 60 s, so
+    without the parked probe nothing would find this cycle within the test's bounds."""
+    with LocalCluster(NSHARDS, partition_depth=2, probe_delay=0.05, probe_interval=60.0) as c:
+        cl = c.connect(request_timeout=5.0)
+        try:
+            a, b = row(0), row(1)
+            t1, t2 = cl.begin("old"), cl.begin("young")
+            assert t1.id < t2.id
+            t1.lock(a)
+            t2.lock(b)
+            g1 = Bg(lambda: (t1.lock(b, timeout=20), t1.commit()))
+            # t1's probe reached t2, which holds b but waits nowhere: parked
+            _until(lambda: stats_sum(cl, "probes_parked_now") >= 1, "t1's probe to be parked")
+            assert stats_sum(cl, "probes_unparked") == 0
+            with pytest.raises(DeadlockDetected) as ei:
+                t2.lock(a, timeout=20)      # closes the cycle; a LockTimeout would fail the test
+            assert g1.outcome(30) == "ok"
+            assert f"found by a probe from transaction {t1.id}" in str(ei.value)
+            assert stats_sum(cl, "probes_unparked") >= 1
+            assert stats_sum(cl, "probes_pruned") >= 1      # t2's own probe: its edge to t1 is pruned
+            assert stats_sum(cl, "probes_parked_now") == 0
+            assert len(reports_for(cl, t2.id)) == 1
+        finally:
+            cl.close()
+
+
+def test_parked_probes_expire():
+    """A probe parked for a transaction that never waits is dropped (counted stale)
+    after two probe intervals; the directory does not grow."""
+    with LocalCluster(NSHARDS, partition_depth=2, probe_delay=0.01, probe_interval=0.05) as c:
+        cl = c.connect(request_timeout=5.0)
+        try:
+            a = row(0)
+            t1, t2 = cl.begin(), cl.begin()
+            t2.lock(a)                       # t2 holds a and never waits
+            stale0 = stats_sum(cl, "probes_dropped_stale")
+            with pytest.raises(LockTimeout):
+                t1.lock(a, timeout=0.5)      # t1 probes (and re-probes) into t2: parked each time
+            assert stats_sum(cl, "probes_parked") >= 2
+            _until(lambda: stats_sum(cl, "probes_parked_now") == 0, "parked probes to expire")
+            assert stats_sum(cl, "probes_dropped_stale") > stale0
+            assert stats_sum(cl, "probes_unparked") == 0
+            t2.commit()
+            t1.abort()
+        finally:
+            cl.close()
