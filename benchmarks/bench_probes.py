@@ -1,7 +1,7 @@
 """Cross-shard deadlock detection benchmarks (docs/design.md ("Distributed deadlock detection")).
 
     PYTHONPATH=. python benchmarks/bench_probes.py latency [--reps 20]
-    PYTHONPATH=. python benchmarks/bench_probes.py throughput [--seconds 3 --rounds 2]
+    PYTHONPATH=. python benchmarks/bench_probes.py throughput [--seconds 3 --rounds 6]
 
 latency: a ring of k transactions over s shards (T_i holds a row on shard
 i mod s and then waits for T_{i+1}'s row); the last wait closes the cycle and
@@ -128,16 +128,25 @@ def run_tp(c, seconds, threads=8):
 
 
 def bench_throughput(seconds, rounds):
+    """Rounds of (on, off) or (off, on), alternating which goes first; the figure is
+    the median over rounds of on/off within a round (the two runs of a round are
+    back to back, so slow drifts of the shared machine's load cancel)."""
     res = {"on": [], "off": []}
+    ratios = []
     for r in range(rounds):
+        got = {}
         for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
             with LocalCluster(3, probe_delay=0.010 if mode == "on" else None) as c:
                 tps, probes, waits = run_tp(c, seconds)
             res[mode].append(tps)
+            got[mode] = tps
             print(f"round {r} detection {mode:>3}: {tps:9.0f} txn/s  (waits {waits}, probes started {probes})",
                   flush=True)
+        ratios.append(got["on"] / got["off"])
     on, off = statistics.mean(res["on"]), statistics.mean(res["off"])
     print(f"mean: on {on:.0f} txn/s, off {off:.0f} txn/s, on/off = {on / off:.3f}")
+    ratios.sort()
+    print(f"on/off per round: {' '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
 
 
 def main(argv=None):
@@ -145,7 +154,7 @@ def main(argv=None):
     ap.add_argument("what", choices=["latency", "throughput"])
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=6)
     a = ap.parse_args(argv)
     if a.what == "latency":
         bench_latency(a.reps)

@@ -17,6 +17,7 @@ with ``base_port=None`` each shard binds port 0 and reports the port it got).
 """
 
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -47,6 +48,9 @@ class LocalCluster:
         # cross-shard deadlock detection (docs/design.md ("Distributed deadlock detection")): None disables it
         self.probe_delay = probe_delay
         self.probe_interval = probe_interval
+        # shard-to-shard messages (and PEERS/FAULTS) carry this key: no other local process can
+        # abort a transaction as a deadlock victim (given to the shards in their environment)
+        self.cluster_key = secrets.token_hex(16)
         self._own_dir = data_dir is None
         self.data_dir = tempfile.mkdtemp(prefix="lockmgr-cluster-") if data_dir is None else data_dir
         os.makedirs(self.data_dir, exist_ok=True)
@@ -84,6 +88,7 @@ class LocalCluster:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["LOCKMGR_CLUSTER_KEY"] = self.cluster_key
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         self._procs[i] = p
         if self._logs[i] is not None:
@@ -144,7 +149,8 @@ class LocalCluster:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
         from .probes import send_admin
-        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.endpoints)], timeout=self.start_timeout)
+        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.endpoints)], timeout=self.start_timeout,
+                         key=self.cluster_key)
         if "error" in res:
             raise InvalidRequest(f"shard {i} refused its peers: {res['error']}")
 

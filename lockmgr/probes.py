@@ -10,7 +10,7 @@ Interface (used by lockmgr.shard; design and correctness argument: docs/design.m
         .admin                     {type: handler} of DEADLOCKS, PEERS, FAULTS
         .inbox / .outbox, .turn(send=True), .send_outbox()   handle queued peer messages; send the outbox
         .close()
-    send_admin(endpoint, typ, args, timeout=2.0)   a session-less admin call with args
+    send_admin(endpoint, typ, args, timeout=2.0, key=None)   a session-less admin call with args
 
 Outline. A wait lasting ``probe_delay`` is *registered* with the transaction's
 directory shard (``directory(tid)``: a stable hash of the id) and starts a probe
@@ -182,7 +182,7 @@ class ProbeEngine:
         self.outbox = {}
         for dest, reqs in out.items():
             try:
-                self._sock(dest).send(wire.pack_requests(0, 0, reqs), zmq.NOBLOCK)
+                self._sock(dest).send(wire.pack_requests(self.shard.peer_sid, 0, reqs), zmq.NOBLOCK)
                 self.c["probe_msgs_sent"] += len(reqs)
             except zmq.ZMQError:
                 self.c["probe_msgs_send_failed"] += len(reqs)
@@ -826,15 +826,16 @@ class ProbeEngine:
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in f.items()}
 
 
-def send_admin(endpoint, typ, args, timeout=2.0):
-    """One session-less admin request with arguments; returns the payload or raises."""
+def send_admin(endpoint, typ, args, timeout=2.0, key=None):
+    """One session-less admin request with arguments; returns the payload or raises.
+    ``key``: the cluster key (needed for PEERS and FAULTS when the shard has one)."""
     from .wire import ShardUnavailable
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     try:
         s.connect(endpoint)
-        s.send(wire.pack_requests(0, 0, [[typ, 1, *args]]))
+        s.send(wire.pack_requests(wire.peer_session(key), 0, [[typ, 1, *args]]))
         if not s.poll(int(timeout * 1000)):
             raise ShardUnavailable(f"{endpoint} did not answer within {timeout:g}s")
         seq, status, payload = wire.unpack_replies(s.recv())[0]

@@ -74,6 +74,8 @@ _NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
 _RCVMORE, _EVENTS, _POLLIN = int(zmq.RCVMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 
 
+_PEER_ADMIN = frozenset((wire.PEERS, wire.FAULTS))   # admin messages that need the cluster key
+
 class _Reply(Exception):
     """Raised by a handler to answer with an error status."""
 
@@ -195,11 +197,13 @@ class Shard:
 
     def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
                  partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
-                 probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None):
+                 probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None):
         if data_dir is None:
             raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
         self.index = index
         self.nshards = nshards
+        # shard-to-shard frames (and PEERS/FAULTS) must carry this in their session field
+        self.peer_sid = wire.peer_session(cluster_key)
         self.partition_depth = partition_depth
         self.data_dir = data_dir
         self._clock = clock
@@ -399,12 +403,16 @@ class Shard:
                 if typ == wire.HELLO:
                     sess = self._h_hello(sid, prefix, seq, req[2:])
                     continue
-                self._other_request(typ, seq, prefix, req)
+                self._other_request(typ, seq, prefix, req, sid)
             except _Reply as e:
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, e.status, str(e))
 
-    def _other_request(self, typ, seq, prefix, req):
+    def _other_request(self, typ, seq, prefix, req, sid):
+        if self.peer_sid and sid != self.peer_sid and (typ in self._peer or typ in _PEER_ADMIN):
+            self.counters["peer_refused"] += 1
+            raise _Reply(E_PROTOCOL, f"{wire.TYPE_NAMES[typ]} is a shard-to-shard message: it must carry the "
+                                     f"cluster key's session (the shard was started with a cluster key)")
         a = self._admin.get(typ)
         if a is not None:
             self._send(prefix, [seq, OK, a(req[2:])])
@@ -463,7 +471,7 @@ class Shard:
                 if typ == wire.HELLO:
                     self._h_hello(sess.id, prefix, seq, req[2:])
                     continue
-                self._other_request(typ, seq, prefix, req)
+                self._other_request(typ, seq, prefix, req, sess.id)
             except _Reply as e:
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, e.status, str(e))
@@ -1187,18 +1195,37 @@ def add_serve_args(ap):
                          "negative: no cross-shard detection)")
     ap.add_argument("--probe-interval-ms", type=float, default=None,
                     help="re-probe period while a wait lasts (default max(50, 5 x probe delay))")
+    ap.add_argument("--cluster-key-file", default=None,
+                    help="a file holding the cluster key that shard-to-shard messages (and PEERS, FAULTS) "
+                         "must carry; or set LOCKMGR_CLUSTER_KEY. Without one, any local process can send them")
     ap.add_argument("--peers", default=None,
                     help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
                          "or send PEERS later (LocalCluster does)")
 
 
 def run_serve(args):
+    key = os.environ.get("LOCKMGR_CLUSTER_KEY") or None
+    if args.cluster_key_file:
+        try:
+            with open(args.cluster_key_file) as f:
+                key = f.read().strip()
+        except OSError as e:
+            print(f"lockmgr shard {args.index}: cannot read --cluster-key-file: {e}", file=sys.stderr)
+            return 2
+        if not key:
+            print(f"lockmgr shard {args.index}: --cluster-key-file {args.cluster_key_file} is empty",
+                  file=sys.stderr)
+            return 2
+    if key is None and args.shards > 1:
+        print(f"lockmgr shard {args.index}: warning: no cluster key: any process that can reach this "
+              f"shard can send it shard-to-shard messages (deadlock victims, PEERS)", file=sys.stderr)
     try:
         shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
                       partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold,
                       probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
                       probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
-                      peers=[e.strip() for e in args.peers.split(",")] if args.peers else None)
+                      peers=[e.strip() for e in args.peers.split(",")] if args.peers else None,
+                      cluster_key=key)
     except CorruptLog as e:
         print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
         sys.stderr.flush()

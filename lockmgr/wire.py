@@ -144,6 +144,17 @@ def Packer():
     return msgpack.Packer(**_packer_opts)
 
 
+def peer_session(key):
+    """The session field of shard-to-shard frames for a cluster key (a str; "" or None:
+    0, no key). Shards given the key accept peer messages and PEERS/FAULTS only in
+    frames carrying it (docs/protocol.md, "Shard-to-shard messages")."""
+    if not key:
+        return 0
+    import hashlib
+    d = hashlib.blake2b(key.encode(), digest_size=8, person=b"lockmgr-peers").digest()
+    return int.from_bytes(d, "big") or 1
+
+
 def pack_requests(session, ack, reqs):
     return msgpack.packb([VERSION, session, ack, reqs], **_packer_opts)
 

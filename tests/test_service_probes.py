@@ -15,7 +15,7 @@ import zlib
 
 import pytest
 
-from lockmgr import DeadlockDetected, LocalCluster, LockTimeout, Mode, wire
+from lockmgr import DeadlockDetected, LocalCluster, LockNotAvailable, LockTimeout, Mode, wire
 from lockmgr.client import admin_query
 from lockmgr.paths import encode
 from lockmgr.probes import send_admin
@@ -257,7 +257,7 @@ def test_strong_lock_above_partition_depth_in_a_cycle(client):
 
 def _faults(cluster, plan):
     for ep in cluster.endpoints:
-        send_admin(ep, wire.FAULTS, [plan])
+        send_admin(ep, wire.FAULTS, [plan], key=cluster.cluster_key)
 
 
 def test_lost_probes_delay_detection_but_a_later_probe_finds_the_cycle(cluster, client):
@@ -532,3 +532,45 @@ def test_parked_probes_expire():
             t1.abort()
         finally:
             cl.close()
+
+
+def test_shard_to_shard_messages_need_the_cluster_key(cluster, client):
+    """A process without the cluster key cannot abort a transaction as a deadlock
+    victim, re-point a shard's peers or inject faults: each is refused with an error
+    naming the problem, and nothing changes."""
+    import zmq
+    a = row(0)
+    t1 = client.begin()
+    t1.lock(a)
+    ep = cluster.endpoints[0]
+    refused0 = stats_sum(client, "peer_refused")
+    victims0 = stats_sum(client, "victims_aborted_remote")
+    forged = [[wire.PROBE_VICTIM, 0, t1.id, [t1.id], 1, None],
+              [wire.PEERS, 1, [["tcp://127.0.0.1:9"] * NSHARDS]],
+              [wire.FAULTS, 2, {"drop_next": 1000}]]
+    ctx = zmq.Context.instance()
+    for req in forged:
+        for sid in (0, 12345):          # no session, or a made-up one
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            try:
+                s.connect(ep)
+                s.send(wire.pack_requests(sid, 0, [req]))
+                assert s.poll(5000), "the shard did not answer"
+                (seq, status, msg), = wire.unpack_replies(s.recv())
+            finally:
+                s.close()
+            assert status == wire.E_PROTOCOL and "cluster key" in msg, (req[0], status, msg)
+    assert stats_sum(client, "peer_refused") == refused0 + 6
+    assert stats_sum(client, "victims_aborted_remote") == victims0
+    # t1 still holds a, the peers and the fault plan are unchanged
+    t2 = client.begin()
+    with pytest.raises(LockNotAvailable):
+        t2.lock(a, nowait=True)
+    assert t1.held()[a] == X
+    t1.commit()
+    t2.lock(a, nowait=True)
+    t2.commit()
+    assert send_admin(ep, wire.FAULTS, [{}], key=cluster.cluster_key) == {}
+    with pytest.raises(Exception, match="cluster key"):
+        send_admin(ep, wire.FAULTS, [{}], key="not-the-key")
