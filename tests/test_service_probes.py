@@ -572,5 +572,8 @@ def test_shard_to_shard_messages_need_the_cluster_key(cluster, client):
     t2.lock(a, nowait=True)
     t2.commit()
     assert send_admin(ep, wire.FAULTS, [{}], key=cluster.cluster_key) == {}
+    # with the key, a malformed peer message is answered with its arity
+    with pytest.raises(Exception, match="PROBE takes 4 arguments"):
+        send_admin(ep, wire.PROBE, [], key=cluster.cluster_key)
     with pytest.raises(Exception, match="cluster key"):
         send_admin(ep, wire.FAULTS, [{}], key="not-the-key")
