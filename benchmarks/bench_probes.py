@@ -4,7 +4,10 @@
     PYTHONPATH=. python benchmarks/bench_probes.py throughput [--seconds 3 --rounds 6]
 
 latency: a ring of k transactions over s shards (T_i holds a row on shard
-i mod s and then waits for T_{i+1}'s row); the last wait closes the cycle and
+i mod s and then waits for T_{i+1}'s row), in two shapes: the closing wait
+right after the k-1 others parked (all waits within a few ms), and the closing
+wait once the others have registered (each older than probe_delay: waits piling
+up over time, the common shape); the last wait closes the cycle and
 its transaction is the youngest, so it is the victim: we time that lock call
 from the moment it is issued to its DeadlockDetected. All k transactions share
 one Client (one connection per shard); the survivors commit only after the
@@ -43,7 +46,16 @@ def msgs(client):
     return sum(s.get("probe_msgs_sent", 0) for s in client.stats())
 
 
-def bench_latency(reps):
+def registered(client):
+    return sum(s.get("probe_directory_now", 0) for s in client.stats())
+
+
+def bench_latency(reps, settled):
+    """``settled``: the closing wait comes once the k-1 other waits are registered
+    (older than probe_delay: the usual shape of a deadlock, waits piling up over
+    time); otherwise right after they are parked (all k waits within a few ms)."""
+    print("the closing wait comes " + ("after the other k-1 waits have registered (each older than probe_delay)"
+                                       if settled else "as soon as the other k-1 waits are parked"))
     print(f"{'txns':>4} {'shards':>6} {'p50 ms':>8} {'p90 ms':>8} {'min ms':>8} {'p50 - delay':>11} {'msgs/deadlock':>13}")
     for nshards in (2, 3):
         with LocalCluster(nshards, probe_delay=0.010) as c:
@@ -75,6 +87,10 @@ def bench_latency(reps):
                     # wait until the k-1 waits are parked
                     while len(client.wait_for_graph()) < k - 1:
                         time.sleep(0.001)
+                    if settled:
+                        r0 = time.monotonic()
+                        while registered(client) < k - 1 and time.monotonic() < r0 + 5:
+                            time.sleep(0.001)
                     t0 = time.perf_counter()
                     try:
                         ts[-1].lock(rows[0])
@@ -157,7 +173,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=6)
     a = ap.parse_args(argv)
     if a.what == "latency":
-        bench_latency(a.reps)
+        bench_latency(a.reps, settled=False)
+        bench_latency(a.reps, settled=True)
     else:
         bench_throughput(a.seconds, a.rounds)
 

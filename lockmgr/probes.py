@@ -405,9 +405,10 @@ class ProbeEngine:
                 if x == init:
                     self._found(pid, p + [e])
                     return
-                if x < init:
-                    # only the oldest member's probe closes a cycle (every other member is
-                    # younger than it): a probe never follows an edge to an older transaction
+                if x < init and p:
+                    # the oldest member's probe closes every cycle (all other members are
+                    # younger than it): beyond its first edge (which closes a 2-cycle at
+                    # once from either end) a probe never follows an edge to an older one
                     self.c["probes_pruned"] += 1
                     continue
                 if x in seen:

@@ -484,30 +484,38 @@ def _until(pred, what, timeout=5.0):
 
 
 def test_oldest_probe_parks_at_the_directory_until_the_closing_wait_registers():
-    """Only the oldest member's probe can close a cycle (probes never follow an edge to an
-    older transaction). Here the oldest, t1, probes before t2 waits: the directory keeps
-    the probe until t2's wait registers and then sends it on. probe_interval is 60 s, so
-    without the parked probe nothing would find this cycle within the test's bounds."""
+    """Beyond its first edge a probe never follows an edge to an older transaction, so
+    only the oldest member's probe can close a 3-cycle. Here the oldest, t1, probes
+    before t3 waits: its probe walks t1 -> t2 -> t3, and t3's directory keeps it until
+    t3's wait registers, then sends it on. probe_interval is 60 s, so without the
+    parked probe nothing would find this cycle within the test's bounds (t3's own
+    probe goes t3 -> t1 and is pruned at t1 -> t2)."""
     with LocalCluster(NSHARDS, partition_depth=2, probe_delay=0.05, probe_interval=60.0) as c:
         cl = c.connect(request_timeout=5.0)
         try:
-            a, b = row(0), row(1)
-            t1, t2 = cl.begin("old"), cl.begin("young")
-            assert t1.id < t2.id
+            a, b, d = row(0), row(1), row(2)
+            t1, t2, t3 = cl.begin("old"), cl.begin("mid"), cl.begin("young")
+            assert t1.id < t2.id < t3.id
             t1.lock(a)
             t2.lock(b)
+            t3.lock(d)
             g1 = Bg(lambda: (t1.lock(b, timeout=20), t1.commit()))
-            # t1's probe reached t2, which holds b but waits nowhere: parked
-            _until(lambda: stats_sum(cl, "probes_parked_now") >= 1, "t1's probe to be parked")
-            assert stats_sum(cl, "probes_unparked") == 0
+            waiting(cl, t1.id)
+            g2 = Bg(lambda: (t2.lock(d, timeout=20), t2.commit()))
+            # both waits registered; t1's and t2's probes reached t3, which holds d but waits
+            # nowhere: both parked at t3's directory (t1's may have been parked at t2's first)
+            _until(lambda: stats_sum(cl, "probe_directory_now") >= 2 and stats_sum(cl, "probes_parked_now") >= 2,
+                   "the probes to be parked at t3's directory")
+            unparked0 = stats_sum(cl, "probes_unparked")
+            pruned0 = stats_sum(cl, "probes_pruned")
             with pytest.raises(DeadlockDetected) as ei:
-                t2.lock(a, timeout=20)      # closes the cycle; a LockTimeout would fail the test
-            assert g1.outcome(30) == "ok"
+                t3.lock(a, timeout=20)      # closes the cycle; a LockTimeout would fail the test
+            assert g1.outcome(30) == "ok" and g2.outcome(30) == "ok"
             assert f"found by a probe from transaction {t1.id}" in str(ei.value)
-            assert stats_sum(cl, "probes_unparked") >= 1
-            assert stats_sum(cl, "probes_pruned") >= 1      # t2's own probe: its edge to t1 is pruned
+            assert stats_sum(cl, "probes_unparked") >= unparked0 + 1
+            assert stats_sum(cl, "probes_pruned") > pruned0     # t3's own probe, at t1 -> t2
             assert stats_sum(cl, "probes_parked_now") == 0
-            assert len(reports_for(cl, t2.id)) == 1
+            assert len(reports_for(cl, t3.id)) == 1
         finally:
             cl.close()
 
