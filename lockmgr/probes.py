@@ -44,10 +44,12 @@ DEFAULT_PROBE_DELAY = 0.010     # seconds a wait lasts before it is registered a
 MAX_PATH = 256                  # transactions a probe may carry; longer paths are dropped
 SEEN_TTL = 5.0                  # seconds a probe's visited set is kept (dedup)
 MAX_SEEN = 20_000               # probe rounds remembered per shard
-HOLD = 0.25                     # seconds a confirmed member's timeout may be deferred
+HOLD = 0.25                     # seconds a confirmed member's timeout may be deferred (first round)
+HOLD_MAX = 2.0                  # ... doubling with each re-probe round of the same wait, up to this
 HOLD_MARGIN = 0.02              # the victim is aborted only this long before the holds lapse
 REPORTS = 1024                  # deadlock reports kept per shard (a bounded ring)
 DIR_TTL = 3                     # directory entries not refreshed within this many intervals expire
+MAX_REG_EDGES = 64              # out-edges a registration carries; more: the directory forwards probes instead
 PARK_PER_TXN = 8                # probes a directory keeps for one not-yet-registered transaction
 MAX_PARKED = 10_000             # transactions with parked probes per shard (beyond: dropped as stale)
 
@@ -232,7 +234,7 @@ class ProbeEngine:
                     # (re-)register: a lost REG must not hide this wait for good, and the
                     # directory forgets entries not refreshed within DIR_TTL intervals
                     rec.registered = True
-                    self.send(directory(tid, self.n), [wire.PROBE_REG, 0, tid, self.me, ep])
+                    self.send(directory(tid, self.n), [wire.PROBE_REG, 0, tid, self.me, ep, self._out_edges(tid)])
                     self._initiate(tid, rec)
                     self.again_q.append((now + self.interval, tid, ep))
                 elif first:
@@ -258,6 +260,15 @@ class ProbeEngine:
         if self.inbox or self.outbox:
             self.turn()
 
+    def _out_edges(self, tid):
+        """tid's wait-for edges here, for its registration: [[target, target's wait epoch
+        here or 0], ...], or None if there are more than MAX_REG_EDGES."""
+        out = self._graph().get(tid, ())
+        if len(out) > MAX_REG_EDGES:
+            self.c["probe_regs_without_edges"] += 1
+            return None
+        return [[x, self._local_ep(x)] for x in out]
+
     def _forget(self, tid, rec):
         del self.waits[tid]
         self.multi.pop(tid, None)
@@ -277,6 +288,16 @@ class ProbeEngine:
         self.delay_q.append((now + self.delay, tid, ep))
         if self._armed is None or now + self.delay < self._armed:
             self._arm()
+
+    def on_wait_end(self, tid):
+        """A wait of ``tid`` here ended (granted, timed out, aborted): unregister it now, so
+        that its directory stops extending probes along its old edges."""
+        rec = self.waits.pop(tid, None)
+        if rec is None:
+            return
+        self.multi.pop(tid, None)
+        if rec.registered and self.distributed:
+            self.send(directory(tid, self.n), [wire.PROBE_UNREG, 0, tid, self.me])
 
     def hold_timeout(self, w):
         """True if ``w``'s timeout is deferred (its txn is on a cycle being confirmed)."""
@@ -462,14 +483,44 @@ class ProbeEngine:
             if not d:
                 # x waits nowhere registered: it runs (no edge out of it), or its wait is still
                 # younger than probe_delay. Keep the probe until x registers (then it goes on at
-                # once) or for one probe_interval (then it is dropped as stale).
+                # once) or for two probe intervals (then it is dropped as stale).
                 self._park(x, pid, path)
                 return
-            self.c["probes_forwarded"] += 1
-            for s in d:
-                self.send(s, [wire.PROBE, 0, list(pid), x, path, 0])
+            self._extend(pid, x, path, d)
             return
         self._visit(pid, x, path)
+
+    def _extend(self, pid, x, path, d):
+        """At x's directory: follow x's out-edges as its registrations reported them, each
+        to the next transaction's directory (one message per edge, no visit to x's shard).
+        A registration without its edges (too many) sends the probe to that shard instead."""
+        seen = self._seen(pid)
+        key = -1 - x            # (this shard's visits of x use the key x: a separate mark)
+        if key in seen:
+            self.c["probes_dropped_dup"] += 1
+            return
+        seen.add(key)
+        if len(path) + 1 >= MAX_PATH:
+            self.c["probes_dropped_long"] += 1
+            return
+        init = pid[0]
+        n = self.n
+        pidl = list(pid)
+        for s, (ep, _, edges) in d.items():
+            if edges is None:
+                self.send(s, [wire.PROBE, 0, pidl, x, path, 0])
+                self.c["probes_forwarded"] += 1
+                continue
+            for y, yep in edges:
+                e = [x, s, ep, y, yep]
+                if y == init:
+                    self._found(pid, path + [e])
+                    return
+                if y < init:
+                    self.c["probes_pruned"] += 1     # (never the initiator's first edge here)
+                    continue
+                self.send(directory(y, n), [wire.PROBE, 0, pidl, y, path + [e], 1])
+                self.c["probes_forwarded"] += 1
 
     # -------------------------------------------------------------- directory
 
@@ -493,9 +544,11 @@ class ProbeEngine:
         self._arm()                         # (the sweep drops it when it expires)
 
     def _m_reg(self, args):
-        tid, s, ep = args
+        tid, s, ep, edges = args
+        if edges is not None:
+            edges = [(int(y), int(yep)) for y, yep in edges]     # (malformed: counted by turn())
         d = self.dirmap.setdefault(tid, {})
-        d[s] = (ep, self.shard._now)
+        d[s] = (ep, self.shard._now, edges)
         if len(d) >= 2:
             self._tell_multi(tid, d)
         lst = self.parked.pop(tid, None)
@@ -503,9 +556,8 @@ class ProbeEngine:
             now = self.shard._now
             for exp, pid, path in lst:
                 if exp > now:
-                    self.send(s, [wire.PROBE, 0, list(pid), tid, path, 0])
                     self.c["probes_unparked"] += 1
-                    self.c["probes_forwarded"] += 1
+                    self._extend(pid, tid, path, d)
                 else:
                     self.c["probes_dropped_stale"] += 1
 
@@ -542,8 +594,10 @@ class ProbeEngine:
         vidx = tids.index(victim)
         vshard = cycle[vidx][1]
         me = self.me
-        deadline = self.shard._now + HOLD
-        rows = self._check(pid, cycle, deadline)     # at least the closing edge is ours
+        # a cycle still there at a later round may have failed to confirm in time (an
+        # overloaded machine): each round allows twice as long, so a confirm always fits
+        deadline = self.shard._now + min(HOLD * (1 << min(pid[3] - 1, 8)), HOLD_MAX)
+        rows = self._check(pid, cycle, deadline)     # this shard's entries (none at a directory off the cycle)
         if rows is None:
             self.c["confirms_failed"] += 1
             return
@@ -587,6 +641,7 @@ class ProbeEngine:
         lock-wait timeouts until ``deadline``; -> [[index, report row], ...] or None."""
         me = self.me
         if self.shard._now >= deadline:
+            self.c["confirms_late"] += 1
             return None
         self._g = None
         out = []
@@ -698,7 +753,10 @@ class ProbeEngine:
         # every member was re-checked (after the probe) and is held until ``deadline``; the
         # abort must come before any hold can lapse, and this shard's entries (the victim's
         # among them) are checked once more now, in the turn that aborts
-        ok = t is not None and t.wait is not None and sh._clock() < deadline - HOLD_MARGIN
+        ok = t is not None and t.wait is not None
+        if ok and sh._clock() >= deadline - HOLD_MARGIN:
+            self.c["confirms_late"] += 1
+            ok = False
         if ok:
             self._g = None
             ok = all(self._verify(e) is not None for e in cycle if e[1] == me)
@@ -758,7 +816,7 @@ class ProbeEngine:
 
     # ------------------------------------------------------------------ loop
 
-    _ARITY = {wire.PROBE: 4, wire.PROBE_REG: 3, wire.PROBE_UNREG: 2, wire.PROBE_MULTI: 2,
+    _ARITY = {wire.PROBE: 4, wire.PROBE_REG: 4, wire.PROBE_UNREG: 2, wire.PROBE_MULTI: 2,
               wire.PROBE_CONFIRM: 6, wire.PROBE_VICTIM: 4, wire.PROBE_CONFIRMED: 5}
 
     def accept(self, req):

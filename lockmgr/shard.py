@@ -650,6 +650,7 @@ class Shard:
         t = w.txn
         if t.wait is w:
             t.wait = None
+            self._probes.on_wait_end(t.id)
         t.session.inflight.pop(w.seq, None)
         if w.timer is not None:
             self._timers.discard(w.timer)
@@ -685,6 +686,7 @@ class Shard:
                 self._end_session(sess, "expired: no heartbeat within its TTL")
                 continue
             t.wait = None
+            self._probes.on_wait_end(t.id)
             sess.inflight.pop(w.seq, None)
             if w.timer is not None:
                 self._timers.discard(w.timer)

@@ -377,7 +377,7 @@ def test_randomized_no_false_deadlocks_and_none_left_undetected(cluster):
     wait-for graph from every shard's GRAPH (about every 5 ms) and checks:
     every victim's cycle is in each observation taken between the closing
     wait and the abort (no false deadlocks), and no cycle stays in the
-    observations longer than probe_delay + probe_interval + a bound."""
+    observations longer than probe_delay + 2 x probe_interval + a bound."""
     rows = [row(s) for s in range(NSHARDS) for _ in range(3)]
     seconds = 4.0
     stop = time.monotonic() + seconds
@@ -460,8 +460,8 @@ def test_randomized_no_false_deadlocks_and_none_left_undetected(cluster):
             f"{[{k: v for k, v in o[2].items() if k in cyc} for o in bad[-3:]]}")
     assert kinds["distributed"] > kinds["unobserved"], kinds
     # (2) no cycle stays undetected: a cycle (a strongly connected set) seen in the
-    # observations disappears within probe_delay + probe_interval + a bound
-    bound = PROBE_DELAY + 0.05 + 1.0
+    # observations disappears within probe_delay + 2 x probe_interval + a bound
+    bound = PROBE_DELAY + 2 * 0.05 + 1.0
     first = {}
     for t0, t1, g in observations:
         now_cycles = set(_cycles(g))
@@ -516,6 +516,8 @@ def test_oldest_probe_parks_at_the_directory_until_the_closing_wait_registers():
             assert stats_sum(cl, "probes_pruned") > pruned0     # t3's own probe, at t1 -> t2
             assert stats_sum(cl, "probes_parked_now") == 0
             assert len(reports_for(cl, t3.id)) == 1
+            # the waits ended: unregistered at once (not at their next timer, 60 s away)
+            _until(lambda: stats_sum(cl, "probe_directory_now") == 0, "the directories to empty")
         finally:
             cl.close()
 
@@ -585,3 +587,26 @@ def test_shard_to_shard_messages_need_the_cluster_key(cluster, client):
         send_admin(ep, wire.PROBE, [], key=cluster.cluster_key)
     with pytest.raises(Exception, match="cluster key"):
         send_admin(ep, wire.FAULTS, [{}], key="not-the-key")
+
+
+def test_cycle_through_a_wait_with_more_edges_than_a_registration_carries(client):
+    """A wait blocked by more than 64 holders registers without its edge list; probes
+    reaching its directory go to its shard, whose live table has the edges."""
+    from lockmgr import probes
+    a, b = row(0), row(1)
+    old = client.begin("old")
+    old.lock(b)
+    readers = [client.begin() for _ in range(probes.MAX_REG_EDGES + 2)]
+    for r in readers:
+        r.lock(a, S)
+    young = readers[-1]
+    before = stats_sum(client, "probe_regs_without_edges")
+    g1 = Bg(lambda: (old.lock(a), old.commit()))     # waits for all the readers
+    waiting(client, old.id)
+    _until(lambda: stats_sum(client, "probe_regs_without_edges") > before, "a registration without edges")
+    with pytest.raises(DeadlockDetected):
+        young.lock(b)                                # young -> old -> young
+    for r in readers[:-1]:
+        r.commit()
+    assert g1.outcome() == "ok"
+    assert len(reports_for(client, young.id)) == 1
