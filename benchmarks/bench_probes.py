@@ -20,6 +20,7 @@ on (probe_delay 10 ms) and off, alternated; transactions per second.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -132,15 +133,29 @@ def run_tp(c, seconds, threads=8):
             done[0] += n
 
     ths = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    cpu0 = shard_cpu(c)
     t0 = time.perf_counter()
     for th in ths:
         th.start()
     for th in ths:
         th.join()
     el = time.perf_counter() - t0
+    cpu = shard_cpu(c) - cpu0
     st = client.stats()
     client.close()
-    return done[0] / el, sum(s.get("probes_sent", 0) for s in st), sum(s.get("waits", 0) for s in st)
+    return (done[0] / el, sum(s.get("probes_sent", 0) for s in st), sum(s.get("waits", 0) for s in st),
+            cpu / max(1, done[0]) * 1e6)
+
+
+def shard_cpu(c):
+    """CPU seconds (user + system) used so far by the cluster's shard processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in c.pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])      # utime, stime
+    return total / tick
 
 
 def bench_throughput(seconds, rounds):
@@ -148,21 +163,25 @@ def bench_throughput(seconds, rounds):
     the median over rounds of on/off within a round (the two runs of a round are
     back to back, so slow drifts of the shared machine's load cancel)."""
     res = {"on": [], "off": []}
+    cpu = {"on": [], "off": []}
     ratios = []
     for r in range(rounds):
         got = {}
         for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
             with LocalCluster(3, probe_delay=0.010 if mode == "on" else None) as c:
-                tps, probes, waits = run_tp(c, seconds)
+                tps, probes, waits, us = run_tp(c, seconds)
             res[mode].append(tps)
+            cpu[mode].append(us)
             got[mode] = tps
-            print(f"round {r} detection {mode:>3}: {tps:9.0f} txn/s  (waits {waits}, probes started {probes})",
-                  flush=True)
+            print(f"round {r} detection {mode:>3}: {tps:9.0f} txn/s  (waits {waits}, probes started {probes}; "
+                  f"shard CPU {us:.0f} us/txn)", flush=True)
         ratios.append(got["on"] / got["off"])
     on, off = statistics.mean(res["on"]), statistics.mean(res["off"])
     print(f"mean: on {on:.0f} txn/s, off {off:.0f} txn/s, on/off = {on / off:.3f}")
     ratios.sort()
     print(f"on/off per round: {' '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
+    con, coff = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    print(f"shard CPU per txn (median): on {con:.0f} us, off {coff:.0f} us, on/off = {con / coff:.3f}")
 
 
 def main(argv=None):

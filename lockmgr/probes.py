@@ -110,6 +110,7 @@ class ProbeEngine:
         self.outbox = {}
         self._g = None
         self._armed = None
+        self._armed_entry = None
         self._next_sweep = 0.0
         self.fault = {}
         self._rng = random.Random(0)
@@ -198,6 +199,15 @@ class ProbeEngine:
 
     def _arm(self):
         due = None
+        waits = self.waits
+        for q in (self.delay_q, self.again_q):
+            # drop the entries of waits that already ended (most waits are shorter than
+            # probe_delay): no timer fires for them
+            while q:
+                rec = waits.get(q[0][1])
+                if rec is not None and rec.ep == q[0][2]:
+                    break
+                q.popleft()
         for q in (self.delay_q, self.again_q, self.delayed):
             if q and (due is None or q[0][0] < due):
                 due = q[0][0]
@@ -208,12 +218,16 @@ class ProbeEngine:
         if due is None:
             return
         if self._armed is None or due < self._armed:
-            self._armed = due
             sh = self.shard
-            sh._timers.add((due, next(sh._tick), 2, None))
+            if self._armed_entry is not None:
+                sh._timers.discard(self._armed_entry)     # one probe timer at a time
+            self._armed = due
+            self._armed_entry = (due, next(sh._tick), 2, None)
+            sh._timers.add(self._armed_entry)
 
     def on_timer(self):
         self._armed = None
+        self._armed_entry = None
         now = self.shard._now
         self._g = None
         dl = self.delayed
@@ -298,6 +312,12 @@ class ProbeEngine:
         self.multi.pop(tid, None)
         if rec.registered and self.distributed:
             self.send(directory(tid, self.n), [wire.PROBE_UNREG, 0, tid, self.me])
+        q = self.delay_q
+        if q and q[0][1] == tid and self._armed_entry is not None and self._armed == q[0][0]:
+            # the timer armed for this wait's probe_delay would fire for nothing: re-arm
+            self.shard._timers.discard(self._armed_entry)
+            self._armed = self._armed_entry = None
+            self._arm()
 
     def hold_timeout(self, w):
         """True if ``w``'s timeout is deferred (its txn is on a cycle being confirmed)."""
