@@ -29,6 +29,7 @@ id), which aborts it there and tells every other shard to abort it too
 """
 
 import collections
+import hashlib
 import itertools
 import random
 import time
@@ -53,7 +54,21 @@ MAX_REG_EDGES = 64              # out-edges a registration carries; more: the di
 PARK_PER_TXN = 8                # probes a directory keeps for one not-yet-registered transaction
 MAX_PARKED = 10_000             # transactions with parked probes per shard (beyond: dropped as stale)
 
+# every counter the engine keeps, reported (0 until it first moves) in STATS
+COUNTERS = ("probes_sent", "probes_forwarded", "probes_direct", "probes_cache_miss", "probes_pruned",
+            "probes_parked", "probes_unparked", "probes_dropped_stale", "probes_dropped_dup",
+            "probes_dropped_long", "probe_regs_without_edges", "cycles_found", "confirms_failed",
+            "confirms_late", "deadlocks_found", "deadlocks_local", "victims_aborted_remote",
+            "timeouts_deferred", "deadlock_reports", "deadlock_reports_merged", "probe_msgs_sent",
+            "probe_msgs_send_failed", "probe_msgs_malformed", "probe_msgs_fault_dropped")
+
 # One report per victim: see docs/design.md ("Distributed deadlock detection"), "Deadlock reports".
+
+
+def _cycle_key(tids):
+    """A 64-bit fingerprint of a cycle's members in order (part of a confirm's id)."""
+    return int.from_bytes(hashlib.blake2b(b"".join(t.to_bytes(8, "big") for t in tids),
+                                          digest_size=8).digest(), "big")
 
 
 def directory(tid, n):
@@ -610,6 +625,10 @@ class ProbeEngine:
         collect the answers at the victim's shard, which aborts the victim."""
         self.c["cycles_found"] += 1
         tids = [e[0] for e in cycle]
+        # One probe round can close several different cycles (its branches run on), so the
+        # confirm is keyed by the round *and* the cycle: collections and holds of two
+        # cycles never mix (mixed rows would "confirm" a cycle that does not exist).
+        pid = tuple(pid[:4]) + (_cycle_key(tids),)
         victim = max(tids)
         vidx = tids.index(victim)
         vshard = cycle[vidx][1]
@@ -870,9 +889,11 @@ class ProbeEngine:
             self.send_outbox()
 
     def gauges(self):
-        """Current sizes (for STATS), next to the counters."""
-        return {"probe_waits_now": len(self.waits), "probe_directory_now": len(self.dirmap),
-                "probes_parked_now": sum(len(v) for v in self.parked.values())}
+        """Every counter (0 if it never moved) and the current sizes, for STATS."""
+        out = {k: self.c.get(k, 0) for k in COUNTERS}
+        out.update(probe_waits_now=len(self.waits), probe_directory_now=len(self.dirmap),
+                   probes_parked_now=sum(len(v) for v in self.parked.values()))
+        return out
 
     # ------------------------------------------------------------------ admin
 
