@@ -5,15 +5,16 @@ Interface:
           partition_depth=2, escalation_threshold=5000, clock=time.monotonic)
         .endpoint            the bound endpoint (port resolved)
         .epoch               this start's epoch (persisted, bumped at each start)
-        .run_once(timeout_ms) one loop turn: poll, drain, timers, reply in bulk
+        .run_once(timeout_ms) one loop turn: poll, drain (replying after each frame), timers
         .serve_forever(), .stop(), .close()
     main(argv)               ``python -m lockmgr.shard`` / ``lockmgr serve``
 
-The loop: poll the socket; drain every frame that is ready (up to a bound) and
-handle each request against the table; fire due timers (lock-wait timeouts,
-session leases) kept in a SortedList; continue the lock requests that the
-table reports as granted; then send each client one frame with all its
-replies. The table never blocks; waiting requests are parked as ``_Wait``
+The loop: poll the socket; drain every frame that is ready (up to a bound),
+handle each request against the table and send the replies that frame
+produced (one frame per client) before reading the next; fire due timers
+(lock-wait timeouts, session leases) kept in a SortedList; continue the lock
+requests that the table reports as granted; then send what the timers
+produced. The table never blocks; waiting requests are parked as ``_Wait``
 objects and answered later. Protocol: docs/protocol.md; design and the
 correctness argument: docs/design.md ("The lock service").
 
@@ -287,6 +288,12 @@ class Shard:
                     self.counters["internal_errors"] += 1
                     print(f"lockmgr shard {self.index}: internal error: {e!r}", file=sys.stderr)
                 self._process_woken()
+                # Reply now, not at the end of the drain: a pipelining client
+                # then gets its answers (and sends more) while we handle the
+                # frames behind its, instead of every client idling until a
+                # long drain ends (it left the 2 cores ~40% idle under load).
+                if self._out:
+                    self._flush()
                 if not _get(sock, _EVENTS) & _POLLIN:
                     break
         self._now = now = self._clock()
