@@ -67,6 +67,15 @@ MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIR
 RESOLVED_MEMORY = 100_000  # resolved gtrids remembered for idempotent DECIDE (2PC)
 _TXN_LIMIT = 1 << 64
 
+# LOCK_MANY items straight into the compiled table's form (wire.unpack_requests_packed);
+# the pure-Python table takes the items as msgpack decodes them
+if BACKEND == "c":
+    from ._core._ctable import PackedItems as _PackedItems
+    _unpack_requests = wire.unpack_requests_packed
+else:
+    _PackedItems = list
+    _unpack_requests = wire.unpack_requests
+
 # pyzmq's compiled socket methods and plain int flags, for the loop's hot path
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _recv, _send, _get = _ZSocket.recv, _ZSocket.send, _ZSocket.get
@@ -362,7 +371,7 @@ class Shard:
                        [0, E_PROTOCOL, f"expected one message part after the routing id; got {n - 1}"])
             return
         try:
-            sid, ack, reqs = wire.unpack_requests(payload)
+            sid, ack, reqs = _unpack_requests(payload)
         except wire.ProtocolError as e:
             self.counters["bad_frames"] += 1
             self._send(prefix, [0, e.status, str(e)])
@@ -755,15 +764,18 @@ class Shard:
                                     f"locks of transaction {tid}; the transaction is aborted")
 
     def _h_lock_many(self, sess, seq, args):
-        # The hot path: one Table.lock_many call validates and locks the wire
-        # items as they are (paths as lists); only an error, a wait or a
-        # conflict builds Python state per item.
+        # The hot path: one Table.lock_many call locks the wire items as they
+        # came: a PackedItems (validated and encoded by the frame decoder) or,
+        # if some item is not valid, the lists msgpack made (the table then
+        # validates them first); only an error, a wait or a conflict builds
+        # Python state per item.
         if len(args) != 5:
             raise _Reply(E_PROTOCOL, "LOCK_MANY takes [txn, [[path, mode], ...], nowait, timeout_ms, epoch]")
         tid, items, nowait, tmo, ep = args
         _check_txn_id(tid)
         self._check_epoch(tid, ep)
-        if type(items) is not list:
+        ti = type(items)
+        if ti is not list and ti is not _PackedItems:
             raise _Reply(E_PROTOCOL, "LOCK_MANY items must be an array of [path, mode]")
         if len(items) > wire.MAX_BATCH:
             raise _Reply(E_TOO_BIG, f"LOCK_MANY of {len(items)} items; at most {wire.MAX_BATCH}")
@@ -806,6 +818,8 @@ class Shard:
     def _many_items(items):
         """The LOCK_MANY items as [(path tuple, mode)], validated one by one
         (raises the _Reply or InvalidRequest naming the first bad one)."""
+        if type(items) is _PackedItems:
+            return items.decoded()         # valid, by construction
         parsed = []
         append = parsed.append
         enc = _encode
