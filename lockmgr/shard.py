@@ -73,7 +73,8 @@ if BACKEND == "c":
     from ._core._ctable import PackedItems as _PackedItems
     _unpack_requests = wire.unpack_requests_packed
 else:
-    _PackedItems = list
+    class _PackedItems:   # never made: the pure-Python table takes msgpack's lists
+        pass
     _unpack_requests = wire.unpack_requests
 
 # pyzmq's compiled socket methods and plain int flags, for the loop's hot path
