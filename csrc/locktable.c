@@ -11,6 +11,10 @@
  *   lt_destroy(t)                       -- free it and everything in it
  *   lt_lock(t, txn, key, ends, depth, mode, nowait)
  *                                       -- lock a path, root to leaf
+ *   lt_lock_many(t, txn, keys, ends, items, n, nowait, results, done)
+ *                                       -- lt_lock per item, in order, until
+ *                                          one is not granted; reuses the
+ *                                          shared ancestors' lookups
  *   lt_unlock(t, txn, key, ends, depth) -- early release of one node
  *   lt_release_all(t, txn)              -- commit / abort
  *   lt_cancel_wait(t, txn)              -- withdraw the pending request
@@ -49,7 +53,11 @@
  * resources by key (slot = 32-bit hash tag + index; a tag match is always
  * confirmed by comparing the whole key, so a collision never merges two
  * resources), requests by (txn, resource) (slot = index), txns by id.
- * They grow at 3/4 (requests: 1/2) load and shrink below 1/8.
+ * They grow at 3/4 (requests: 1/2) load and shrink below 1/8, but never
+ * below HASH_KEEP slots once grown: a shard that takes and releases a batch
+ * of a hundred locks at a time would otherwise resize all three hashes
+ * twice per batch (2% of its CPU in bench_service --only batch).  lt_compact()
+ * still gives everything back.
  *
  * A lock() plans every level first, reserves every slot it may need, and only
  * then mutates: on LT_E_NOMEM (and every other error) nothing has changed.
@@ -153,6 +161,7 @@ typedef struct {
 
 typedef struct { uint32_t tag, idx; } lt_rent;
 
+#define HASH_KEEP 4096u    /* slots a grown hash keeps (see the header comment) */
 #define NKCLASS 8           /* key blocks of 32 << k bytes, up to 4096 */
 
 struct lt_table {
@@ -465,7 +474,7 @@ static void rh_delete(lt_table *T, uint32_t h, uint32_t idx)
     T->rh[i].idx = 0;
     T->rh[i].tag = 0;
     T->rh_count--;
-    if (T->rh_mask >= 64 && (uint64_t)T->rh_count * 8 < (uint64_t)T->rh_mask + 1)
+    if (T->rh_mask >= HASH_KEEP && (uint64_t)T->rh_count * 8 < (uint64_t)T->rh_mask + 1)
         (void)rh_resize(T, (T->rh_mask + 1) / 2);   /* on failure: stay big */
 }
 
@@ -555,7 +564,7 @@ static void qh_delete(lt_table *T, uint32_t q)
 
 static void qh_maybe_shrink(lt_table *T)
 {
-    if (T->qh_mask >= 64 && (uint64_t)T->qh_count * 8 < (uint64_t)T->qh_mask + 1)
+    if (T->qh_mask >= HASH_KEEP && (uint64_t)T->qh_count * 8 < (uint64_t)T->qh_mask + 1)
         (void)qh_resize(T, (T->qh_mask + 1) / 2);
 }
 
@@ -614,7 +623,7 @@ static void th_delete(lt_table *T, uint32_t x)
     }
     T->th[i] = 0;
     T->th_count--;
-    if (T->th_mask >= 64 && (uint64_t)T->th_count * 8 < (uint64_t)T->th_mask + 1)
+    if (T->th_mask >= HASH_KEEP && (uint64_t)T->th_count * 8 < (uint64_t)T->th_mask + 1)
         (void)th_resize(T, (T->th_mask + 1) / 2);
 }
 
@@ -1055,17 +1064,39 @@ static uint64_t covering_token(lt_table *T, uint32_t ti, const uint8_t *key,
     return leaf ? REQ(T, leaf)->token : 0;
 }
 
-int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *ends,
-                int depth, int mode, int nowait)
-{
+/* What one lock() looked up, for the next item of an lt_lock_many() batch:
+ * levels 0..nvalid-1 of `key` (ends `ends`) have their key hash, resource and
+ * this txn's request (0: none) in hs/rs/qs, as they stand after the call.
+ * Between two items of a batch the table changes only through the batch's own
+ * lock() calls, which create resources and requests and never free one --
+ * except an escalation, which frees requests (and resources) below the
+ * parent: it sets nvalid = 0.  Levels a lock() did not look up (below a
+ * covering ancestor) are not valid. */
+typedef struct {
+    const uint8_t *key;
+    const uint16_t *ends;
+    int nvalid;
+    uint32_t ti;
     uint32_t hs[LT_MAX_DEPTH], rs[LT_MAX_DEPTH], qs[LT_MAX_DEPTH];
+} lt_memo;
+
+/* lt_lock with the first `reuse` levels' lookups taken from m (the caller
+ * checked they are the same keys); leaves this call's lookups in m. */
+static int64_t lock_one(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                        int depth, int mode, int nowait, lt_memo *m, int reuse)
+{
+    uint32_t *hs = m->hs, *rs = m->rs, *qs = m->qs;
     uint8_t pl[LT_MAX_DEPTH], wants[LT_MAX_DEPTH];
     int np = 0;
 
+    m->key = key;
+    m->ends = ends;
+    m->nvalid = 0;
     if (depth < 1 || depth > LT_MAX_DEPTH || mode < LT_IS || mode > LT_X)
         return LT_E_INTERNAL;
-    uint32_t ti = txn_find(T, txn);
+    uint32_t ti = reuse ? m->ti : txn_find(T, txn);
     lt_txn *t = ti ? TXN(T, ti) : NULL;
+    m->ti = ti;
     if (t && t->waiting)
         return LT_E_ALREADY_WAITING;
     int intent = lt_intention[mode];
@@ -1074,9 +1105,12 @@ int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *e
      * ancestor already covers the whole subtree. */
     for (int i = 0; i < depth; i++) {
         int want = i == depth - 1 ? mode : intent;
-        hs[i] = key_hash(T, key, ends[i]);
-        rs[i] = res_find(T, key, ends[i], hs[i]);
-        qs[i] = (t && rs[i]) ? req_find(T, ti, rs[i]) : 0;
+        if (i >= reuse) {
+            hs[i] = key_hash(T, key, ends[i]);
+            rs[i] = res_find(T, key, ends[i], hs[i]);
+            qs[i] = (t && rs[i]) ? req_find(T, ti, rs[i]) : 0;
+        }
+        m->nvalid = i + 1;
         if (qs[i]) {
             const lt_req *r = REQ(T, qs[i]);
             int held = r->held;
@@ -1143,6 +1177,7 @@ int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *e
             t = TXN(T, ti);
         }
     }
+    m->ti = ti;
 
     uint64_t token = 0;
     for (int k = 0; k < np; k++) {
@@ -1167,6 +1202,7 @@ int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *e
             }
             if (pi && REQ(T, pi)->nchildren > T->threshold) {
                 int e = try_escalate(T, ti, pi);
+                m->nvalid = 0;      /* it freed requests and resources below pi */
                 if (e < 0)
                     return LT_E_INTERNAL;
                 if (e)
@@ -1193,6 +1229,45 @@ int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *e
             return LT_E_INTERNAL;
     }
     return (int64_t)token;
+}
+
+int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                int depth, int mode, int nowait)
+{
+    lt_memo m;
+    return lock_one(T, txn, key, ends, depth, mode, nowait, &m, 0);
+}
+
+int64_t lt_lock_many(lt_table *T, uint64_t txn, const uint8_t *keys, const uint16_t *ends,
+                     const lt_item *items, size_t n, int nowait, int64_t *results, size_t *done)
+{
+    lt_memo m;
+    int64_t r = 0;
+    size_t k = 0;
+    m.nvalid = 0;
+    m.ti = 0;
+    while (k < n) {
+        const lt_item *it = &items[k];
+        const uint8_t *key = keys + it->off;
+        const uint16_t *e = ends + it->eoff;
+        int depth = it->depth;
+        /* the leading levels whose keys equal the previous item's: their
+         * lookups are still valid (see lt_memo) */
+        int reuse = 0;
+        if (m.nvalid) {
+            int lim = m.nvalid < depth ? m.nvalid : depth;
+            uint32_t from = 0;
+            while (reuse < lim && e[reuse] == m.ends[reuse] &&
+                   memcmp(key + from, m.key + from, e[reuse] - from) == 0)
+                from = e[reuse++];
+        }
+        r = lock_one(T, txn, key, e, depth, it->mode, nowait, &m, reuse);
+        results[k++] = r;
+        if (r < 0)
+            break;
+    }
+    *done = k;
+    return r;
 }
 
 /* ------------------------------------------------------------ release */

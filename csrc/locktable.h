@@ -13,6 +13,7 @@
  * Interface:
  *   lt_create, lt_destroy          -- make / free a table
  *   lt_lock                        -- lock a path (intention locks on ancestors)
+ *   lt_lock_many                   -- lt_lock per item until one is not granted
  *   lt_unlock, lt_release_all,     -- release; the woken transactions are then
  *   lt_cancel_wait                    in lt_woken()
  *   lt_find_cycle, lt_wait_edges, lt_wait_graph
@@ -98,6 +99,19 @@ void lt_destroy(lt_table *t);
  * LT_WAITING, LT_CONFLICT (nowait only; nothing changed) or an LT_E_*. */
 int64_t lt_lock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                 int depth, int mode, int nowait);
+/* One item of lt_lock_many: its key is keys[off ..], its ends are
+ * ends[eoff .. eoff + depth) (offsets inside its own key). */
+typedef struct {
+    uint32_t off, eoff;
+    uint8_t depth, mode;
+} lt_item;
+/* Exactly what lt_lock on each item in order would do and return, stopping
+ * after the first result that is not a token (LT_WAITING, LT_CONFLICT or an
+ * error; the items before it stay granted).  results[0..*done) get the
+ * results; returns the last one (0 if n == 0).  Faster than n lt_lock calls
+ * when consecutive items share ancestors: their lookups are reused. */
+int64_t lt_lock_many(lt_table *T, uint64_t txn, const uint8_t *keys, const uint16_t *ends,
+                     const lt_item *items, size_t n, int nowait, int64_t *results, size_t *done);
 /* These return the number of woken transactions (ids in lt_woken()) or LT_E_*. */
 int64_t lt_unlock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                   int depth);

@@ -45,10 +45,16 @@ cdef extern from "locktable.h" nogil:
         uint64_t heap_allocs
         uint64_t hash_slots
 
+    ctypedef struct lt_item:
+        uint32_t off, eoff
+        uint8_t depth, mode
+
     lt_table *lt_create(uint64_t threshold, uint64_t token_base)
     void lt_destroy(lt_table *t)
     int64_t lt_lock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                     int depth, int mode, int nowait)
+    int64_t lt_lock_many(lt_table *t, uint64_t txn, const uint8_t *keys, const uint16_t *ends,
+                         const lt_item *items, size_t n, int nowait, int64_t *results, size_t *done)
     int64_t lt_unlock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                       int depth)
     int64_t lt_release_all(lt_table *t, uint64_t txn)
