@@ -17,10 +17,12 @@ Structure: one ``_Engine`` per client owns one DEALER socket per shard, shared
 by every thread and task (leader/follower): a caller that finds the sockets
 free owns them, sends its own frame and receives its own reply (no thread
 switch); callers that arrive meanwhile queue their calls, which the owner
-sends coalesced in one frame per shard (pipelining) and completes; a
-housekeeping thread sends heartbeats, serves asyncio calls and picks up
-answers no one is waiting for; deadlines, retries and the session lease are
-checked by whoever owns the sockets.
+sends coalesced in one frame per shard (pipelining) and completes; an
+asyncio event loop owns them the same way while its calls are outstanding,
+serving them from ``add_reader`` callbacks (``_LoopDriver``); a housekeeping
+thread sends heartbeats, serves asyncio calls when their loop does not own
+the sockets and picks up answers no one is waiting for; deadlines, retries
+and the session lease are checked by whoever owns the sockets.
 Transaction logic (routing, strong locks on every shard, merging) is written
 once as generators (``_ops``) that yield batches of shard calls; the sync
 client drives them with blocking waits, ``lockmgr.aio`` with awaits.
@@ -159,6 +161,7 @@ class _Call:
 
 
 _HK = object()       # the owner token of the housekeeping thread
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 
 
@@ -357,8 +360,7 @@ class _Engine:
                 self._timers(now)
         if self._owner is drv:
             for i, s in enumerate(self._socks):
-                if s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    self._recv(i, s)
+                self._recv(i, s)
             if self._outq and not drv.flushing:
                 drv.flushing = True
                 drv.loop.call_soon(drv.flush)
@@ -709,7 +711,9 @@ class _Engine:
     def _recv(self, i, s):
         pending = self._pending[i]
         lease = 0.0
-        while True:
+        # drain while EVENTS says a message is ready (rather than until a
+        # zmq.Again, whose construction costs more than the check)
+        while s.getsockopt(_EVENTS) & _POLLIN:
             try:
                 frame = s.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -973,8 +977,7 @@ class _LoopDriver:
             if eng._owner is not self:
                 self.detach()             # stale (the sockets were taken over)
                 return
-            eng._recv(i, eng._socks[i])
-            eng._drv_io(self, send=False)    # the woken tasks' calls go with the queued ones (flush)
+            eng._drv_io(self, send=False)    # receives; the woken tasks' calls go with the queued ones (flush)
 
     def on_wake(self):
         eng = self.eng
