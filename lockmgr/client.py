@@ -202,6 +202,8 @@ class _Engine:
         self.retry_interval = min(1.0, self.request_timeout / 4)
         self.hb_interval = self.ttl / 4
         self._drv_tick = min(0.1, self.retry_interval / 2)   # an asyncio owner's timer (retries, deadlines, lease)
+        # an asyncio owner that has not run for this long is taken over by the housekeeper
+        self._drv_stall = max(3 * self._drv_tick, min(0.5, self.hb_interval))
         self.partition_depth = partition_depth
         self.name = name or f"pid{os.getpid()}"
         self.session = random.SystemRandom().getrandbits(63) | 1
@@ -349,6 +351,7 @@ class _Engine:
         a reply that arrived meanwhile, so read EVENTS after sending); then
         maybe let go."""
         now = time.monotonic()
+        drv.last_io = now
         if self.closed or self.dead is not None or (self._hello_left == 0
                                                      and now > min(self._lease_base) + self.ttl):
             self._turn_locked(now)        # fails every call
@@ -618,6 +621,10 @@ class _Engine:
         try:
             while True:
                 now = time.monotonic()
+                if hk:
+                    # no one else queues heartbeats while the housekeeper owns the
+                    # sockets (e.g. serving an asyncio lock wait longer than the TTL)
+                    self._heartbeat_locked(now)
                 self._turn_locked(now)
                 if hk:
                     if self._followers or (self._urgent <= 0 and not self._outq
@@ -653,10 +660,13 @@ class _Engine:
                 if self.closed and self._owner is None:
                     self._owner = _HK
                 owner = self._owner
-                if type(owner) is _LoopDriver and not owner.loop.is_running():
-                    # a loop that stopped (or closed) while owning: it runs none of
-                    # its callbacks now; take the sockets (its stale readers let go
-                    # if it runs again)
+                if type(owner) is _LoopDriver and (not owner.loop.is_running()
+                                                   or time.monotonic() - owner.last_io > self._drv_stall):
+                    # a loop that stopped (or closed) while owning, or one blocked
+                    # by its user's code (its timer has not run): it serves no one
+                    # now, heartbeats included; take the sockets (safe: the loop
+                    # touches them only under _mu after checking that it owns
+                    # them; its stale callbacks let go when it runs again)
                     self._owner = _HK
                     self._polling = False
                 if self._owner is _HK:
@@ -700,7 +710,7 @@ class _Engine:
                 if self.closed:
                     nxt = now + 0.005
                 if type(self._owner) is _LoopDriver:
-                    nxt = min(nxt, now + 0.5)    # check that its loop still runs
+                    nxt = min(nxt, now + self._drv_stall / 2)    # check that its loop still runs
                 nxt = max(nxt, now + 0.001)
                 self._hk_wake_at = nxt
             self._hk_ev.wait(nxt - now)
@@ -926,7 +936,7 @@ class _LoopDriver:
     The housekeeper takes the sockets from a loop that stopped while owning
     them. Fields other than ``loop``/``tid`` are used on the loop thread only."""
 
-    __slots__ = ("eng", "loop", "tid", "attached", "timer", "leaving", "flushing", "__weakref__")
+    __slots__ = ("eng", "loop", "tid", "attached", "timer", "leaving", "flushing", "last_io", "__weakref__")
 
     def __init__(self, eng, loop):
         self.eng = eng
@@ -936,6 +946,7 @@ class _LoopDriver:
         self.timer = None
         self.leaving = False
         self.flushing = False
+        self.last_io = 0.0           # when it last did the owner's work (read by the housekeeper)
 
     def resolve(self, call):
         """The callback of this loop's calls (``call.w`` is the future)."""
@@ -950,6 +961,7 @@ class _LoopDriver:
                 pass        # the loop is closed: no one awaits the call any more
 
     def attach(self):
+        self.last_io = time.monotonic()
         if not self.attached:
             self.attached = True
             eng = self.eng

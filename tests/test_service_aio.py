@@ -174,6 +174,31 @@ def test_lock_wait_longer_than_the_lease(cluster):
         holder.close()
 
 
+def test_loop_blocked_by_user_code_while_owning_keeps_the_session(cluster):
+    """A task waits for a lock (the loop owns the sockets) while another task
+    blocks the loop for longer than the lease: the housekeeper takes the
+    sockets over and heartbeats go on; the wait is then granted."""
+    holder = cluster.connect()
+    h = holder.begin()
+    h.lock(("db", "blocked", 1), Mode.X)
+    threading.Timer(1.6, h.commit).start()
+
+    async def main():
+        async with await lockmgr.aio.connect(cluster.endpoints, session_ttl=0.6) as ac:
+            t = ac.begin()
+            wait = asyncio.ensure_future(t.lock(("db", "blocked", 1), Mode.X))
+            await asyncio.sleep(0.05)
+            assert isinstance(ac._eng._owner, _LoopDriver)
+            time.sleep(1.2)                          # blocks the loop: 2x the TTL
+            await wait
+            await t.commit()
+            assert not ac.expired
+    try:
+        run(main(), timeout=20)
+    finally:
+        holder.close()
+
+
 def test_lock_timeout_through_the_loop(cluster):
     async def main():
         async with await lockmgr.aio.connect(cluster.endpoints) as ac:
