@@ -10,12 +10,25 @@ batch       the same with LOCK_MANY batches of 64: locks granted/s
 shards      throughput with 1 shard vs 2 shards
 compare     acquire+release of random uncontended keys, 1 and 8 clients: lockmgr
             (the real Client), Redis (redis-py Lock, local redis-server) and
-            PostgreSQL advisory locks (psycopg, a throwaway cluster). The script
-            installs nothing; it starts redis-server / initdb+pg_ctl when the
-            binaries exist and says so when they do not.
+            PostgreSQL advisory locks (psycopg, a throwaway cluster), in three
+            client models (--model): processes, threads, asyncio.
+
+The comparison needs redis-server, PostgreSQL's initdb/pg_ctl and the python
+packages redis and psycopg; install them with
+
+    bash benchmarks/install_compare_deps.sh
+
+(apt-get redis-server / postgresql if missing, pip the `bench` extra of
+pyproject.toml). This script installs nothing: it starts a throwaway
+redis-server and an initdb'd PostgreSQL (fsync=off) on 127.0.0.1 when they are
+installed (initdb/pg_ctl on PATH or in Debian's /usr/lib/postgresql/*/bin) and
+says which system it skipped and why when they are not. Run as root, it runs
+PostgreSQL as the 'postgres' user (postgres refuses to run as root).
 """
 
 import argparse
+import asyncio
+import glob
 import multiprocessing as mp
 import os
 import shutil
@@ -324,12 +337,96 @@ def _pg_worker(port, seconds, cid, out, shared=None):
     conn.close()
 
 
+# asyncio model: ``clients`` tasks of one event loop in one process; each
+# coroutine returns its own rate. Same workload as the workers above.
+
+async def _lm_task(cl, seconds, cid):
+    i = n = 0
+    stop = time.monotonic() + seconds
+    t0 = time.perf_counter()
+    while time.monotonic() < stop:
+        t = cl.begin()
+        await t.lock(("k", cid, i), Mode.X)
+        await t.commit()
+        i += 1
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+async def _lm_async(endpoints, seconds, clients):
+    import lockmgr.aio
+    cl = await lockmgr.aio.connect(endpoints)      # ONE client: every task pipelines on its connection
+    try:
+        return await asyncio.gather(*(_lm_task(cl, seconds, i) for i in range(clients)))
+    finally:
+        await cl.close()
+
+
+async def _redis_task(r, seconds, cid):
+    i = n = 0
+    stop = time.monotonic() + seconds
+    t0 = time.perf_counter()
+    while time.monotonic() < stop:
+        lk = r.lock(f"k:{cid}:{i}", timeout=10)
+        await lk.acquire()
+        await lk.release()
+        i += 1
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+async def _redis_async(port, seconds, clients):
+    import redis.asyncio
+    r = redis.asyncio.Redis(host="127.0.0.1", port=port)   # one client; its pool gives each task a connection
+    try:
+        return await asyncio.gather(*(_redis_task(r, seconds, i) for i in range(clients)))
+    finally:
+        await r.aclose()
+
+
+async def _pg_task(port, seconds, cid):
+    import psycopg
+    conn = await psycopg.AsyncConnection.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                                                 autocommit=True)
+    try:
+        cur = conn.cursor()
+        i = n = 0
+        stop = time.monotonic() + seconds
+        t0 = time.perf_counter()
+        while time.monotonic() < stop:
+            k = (cid << 32) | i
+            await cur.execute("SELECT pg_advisory_lock(%s)", (k,))
+            await cur.execute("SELECT pg_advisory_unlock(%s)", (k,))
+            i += 1
+            n += 1
+        return n / (time.perf_counter() - t0)
+    finally:
+        await conn.close()
+
+
+async def _pg_async(port, seconds, clients):
+    # one AsyncConnection per task (a connection runs one statement at a time)
+    return await asyncio.gather(*(_pg_task(port, seconds, i) for i in range(clients)))
+
+
+_ASYNC = {}     # the sync worker -> its asyncio counterpart (filled below)
+
+
+def _asyncio_host(target, arg, seconds, clients, q):
+    """One process, one event loop, ``clients`` tasks (see the _*_async functions)."""
+    for rate in asyncio.run(_ASYNC[target](arg, seconds, clients)):
+        q.put(rate)
+
+
 def _parallel(target, arg, clients, seconds, model="processes"):
     """``clients`` concurrent clients running ``target``: one process each
-    (model "processes"), or threads of one process ("threads"), run in a child
-    process so every system starts from the same clean interpreter."""
+    (model "processes"), threads of one process ("threads") or asyncio tasks
+    of one process ("asyncio"), run in a child process so every system starts
+    from the same clean interpreter."""
     q = mp.Queue()
-    if model == "threads":
+    if model == "asyncio":
+        ps = [mp.Process(target=_asyncio_host, args=(target, arg, seconds, clients, q))]
+    elif model == "threads":
         ps = [mp.Process(target=_threads_host, args=(target, arg, seconds, clients, q))]
     else:
         ps = [mp.Process(target=target, args=(arg, seconds, i, q)) for i in range(clients)]
@@ -356,6 +453,43 @@ def _threads_host(target, arg, seconds, clients, q):
         t.join()
     if "client" in shared:
         shared["client"].close()
+
+
+_ASYNC.update({_lm_worker: _lm_async, _redis_worker: _redis_async, _pg_worker: _pg_async})
+
+
+def _find_pg():
+    """(initdb, pg_ctl) from one directory: PATH first, then Debian's
+    /usr/lib/postgresql/<version>/bin (newest version first); or None."""
+    dirs = []
+    w = shutil.which("initdb")
+    if w:
+        dirs.append(os.path.dirname(w))
+
+    def version(d):
+        v = d.split("/")[-2]
+        return tuple(int(x) for x in v.split(".") if x.isdigit())
+    dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    for d in dirs:
+        initdb, pg_ctl = os.path.join(d, "initdb"), os.path.join(d, "pg_ctl")
+        if os.access(initdb, os.X_OK) and os.access(pg_ctl, os.X_OK):
+            return initdb, pg_ctl
+    return None
+
+
+def _pg_user():
+    """subprocess keyword arguments that run PostgreSQL's tools: {} normally;
+    as root (postgres refuses to run as root) the 'postgres' user's uid/gid,
+    or None when there is no such user."""
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [],
+            "env": dict(os.environ, HOME=pw.pw_dir, USER="postgres", LOGNAME="postgres")}
 
 
 def bench_compare(seconds, shards, model="processes"):
@@ -391,47 +525,40 @@ def bench_compare(seconds, shards, model="processes"):
             p.send_signal(signal.SIGTERM)
             p.wait(10)
     else:
-        print("redis: skipped (" + ("redis-server not installed" if not redis_bin else "redis-py not installed") + ")")
-    initdb = shutil.which("initdb")
-    pg_ctl = shutil.which("pg_ctl")
+        print("redis: skipped (" + ("redis-server not installed" if not redis_bin else "redis-py not installed")
+              + "; bash benchmarks/install_compare_deps.sh installs it)")
+    pg = _find_pg()
     try:
         import psycopg  # noqa: F401
         have_psycopg = True
     except ImportError:
         have_psycopg = False
-    if initdb and pg_ctl and have_psycopg:
+    runas = _pg_user() if pg else {}
+    if pg and have_psycopg and runas is not None:
+        initdb, pg_ctl = pg
         d = tempfile.mkdtemp(prefix="bench-pg-")
         port = free_port()
-        env = dict(os.environ)
-        runas = []
-        if os.geteuid() == 0:     # postgres refuses to run as root
-            try:
-                import pwd
-                pwd.getpwnam("postgres")
-                shutil.chown(d, "postgres")
-                runas = ["runuser", "-u", "postgres", "--"]
-            except (KeyError, ImportError):
-                runas = None
-        if runas is None:
-            print("postgresql: skipped (running as root and no 'postgres' user)")
-        else:
-            try:
-                subprocess.run(runas + [initdb, "-D", d + "/data", "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                               check=True, stdout=subprocess.DEVNULL, env=env)
-                subprocess.run(runas + [pg_ctl, "-D", d + "/data", "-o",
-                                        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={d} "
-                                        f"-c fsync=off -c max_connections=50", "-w", "-l", d + "/log", "start"],
-                               check=True, stdout=subprocess.DEVNULL, env=env)
-                print(f"started a throwaway postgres ({initdb}) on 127.0.0.1:{port}")
-                for n in (1, 8):
-                    rows[("postgres", n)] = _parallel(_pg_worker, port, n, seconds, model)
-            finally:
-                subprocess.run(runas + [pg_ctl, "-D", d + "/data", "-m", "immediate", "stop"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                shutil.rmtree(d, ignore_errors=True)
+        if runas:
+            os.chown(d, runas["user"], runas["group"])     # mkdtemp made it 0700, root's
+        kw = dict(runas, cwd=d, check=True, stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run([initdb, "-D", d + "/data", "-U", "postgres", "--auth=trust", "-E", "UTF8"], **kw)
+            subprocess.run([pg_ctl, "-D", d + "/data", "-o",
+                            f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={d} "
+                            f"-c fsync=off -c max_connections=50", "-w", "-l", d + "/log", "start"], **kw)
+            print(f"started a throwaway postgres ({initdb}{', as user postgres' if runas else ''}) "
+                  f"on 127.0.0.1:{port}")
+            for n in (1, 8):
+                rows[("postgres", n)] = _parallel(_pg_worker, port, n, seconds, model)
+        finally:
+            kw.update(check=False, stderr=subprocess.DEVNULL)
+            subprocess.run([pg_ctl, "-D", d + "/data", "-m", "immediate", "stop"], **kw)
+            shutil.rmtree(d, ignore_errors=True)
     else:
-        print("postgresql: skipped (" + ("initdb/pg_ctl not installed" if not (initdb and pg_ctl)
-                                         else "psycopg not installed") + ")")
+        print("postgresql: skipped (" + ("initdb/pg_ctl not found on PATH or in /usr/lib/postgresql/*/bin"
+                                         if not pg else "psycopg not installed" if not have_psycopg
+                                         else "running as root and there is no 'postgres' user to run it as")
+              + "; bash benchmarks/install_compare_deps.sh installs it)")
     print(f"acquire+release of random uncontended keys ({seconds:g}s per cell; clients = {model}; "
           f"lockmgr: {shards} shard(s), begin+lock+commit):")
     print(f"  {'system':10} {'1 client':>14} {'8 clients':>14}   lockmgr/system at 1 / 8")
@@ -449,9 +576,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--clients", type=int, default=2, help="raw pipelined client processes")
     ap.add_argument("--compare-shards", type=int, default=1)
-    ap.add_argument("--model", default="processes,threads",
+    ap.add_argument("--model", default="processes,threads,asyncio",
                     help="client concurrency model(s) for compare: processes (one client per process), "
-                         "threads (8 threads of one process)")
+                         "threads (8 threads of one process), asyncio (8 tasks of one event loop)")
     args = ap.parse_args()
     what = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, lockmgr backend {lockmgr.BACKEND}, {os.cpu_count()} cpus")

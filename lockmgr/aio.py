@@ -13,10 +13,13 @@ Interface:
         await .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
         ``async with txn``
 
-It shares the sync client's engine (one I/O thread and one pipelined
-connection per shard) and its transaction logic (the ``_ops`` generators);
-completions reach the event loop through ``call_soon_threadsafe``. Many tasks
-may use one Client at once. Cancelling a task that awaits ``lock()`` aborts
+It shares the sync client's engine (one pipelined connection per shard) and
+its transaction logic (the ``_ops`` generators). The event loop itself owns
+the sockets while its calls are outstanding and no other thread does: it
+sends, and receives in ``add_reader`` callbacks on the sockets' ZMQ_FDs, so a
+call involves no other thread (``client._LoopDriver``); when another thread
+owns them, that thread completes the calls through ``call_soon_threadsafe``.
+Many tasks may use one Client at once. Cancelling a task that awaits ``lock()`` aborts
 that transaction (its request cannot be withdrawn halfway).
 """
 
@@ -38,26 +41,21 @@ __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailab
 _MODES = tuple(Mode)
 
 
-def _resolve(fut, call):
-    if not fut.done():
-        fut.set_result(call)
-
-
 async def _call_many(eng, specs):
     loop = asyncio.get_running_loop()
+    drv = eng.loop_driver(loop)
+    cb = drv.resolve
     now = time.monotonic()
     rt = eng.request_timeout
-    calls, futs = [], []
+    calls = []
     for shard, typ, args, extra in specs:
-        fut = loop.create_future()
-        c = _Call(shard, typ, args, None if extra is None else now + rt + extra, urgent=True,
-                  cb=(lambda call, fut=fut: loop.call_soon_threadsafe(_resolve, fut, call)))
-        calls.append(c)
-        futs.append(fut)
-    eng.submit(calls)
+        # the future rides in the call's ``w`` slot (a call with a callback has no _Waiter)
+        calls.append(_Call(shard, typ, args, None if extra is None else now + rt + extra, loop.create_future(),
+                           cb, True))
+    eng.submit_async(calls, drv)
     out = []
-    for f in futs:
-        c = await f
+    for c in calls:
+        await c.w
         out.append(c.error if c.error is not None else c.result)
     return out
 

@@ -17,10 +17,12 @@ Structure: one ``_Engine`` per client owns one DEALER socket per shard, shared
 by every thread and task (leader/follower): a caller that finds the sockets
 free owns them, sends its own frame and receives its own reply (no thread
 switch); callers that arrive meanwhile queue their calls, which the owner
-sends coalesced in one frame per shard (pipelining) and completes; a
-housekeeping thread sends heartbeats, serves asyncio calls and picks up
-answers no one is waiting for; deadlines, retries and the session lease are
-checked by whoever owns the sockets.
+sends coalesced in one frame per shard (pipelining) and completes; an
+asyncio event loop owns them the same way while its calls are outstanding,
+serving them from ``add_reader`` callbacks (``_LoopDriver``); a housekeeping
+thread sends heartbeats, serves asyncio calls when their loop does not own
+the sockets and picks up answers no one is waiting for; deadlines, retries
+and the session lease are checked by whoever owns the sockets.
 Transaction logic (routing, strong locks on every shard, merging) is written
 once as generators (``_ops``) that yield batches of shard calls; the sync
 client drives them with blocking waits, ``lockmgr.aio`` with awaits.
@@ -159,6 +161,7 @@ class _Call:
 
 
 _HK = object()       # the owner token of the housekeeping thread
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 
 
@@ -198,6 +201,9 @@ class _Engine:
         self.request_timeout = float(request_timeout)
         self.retry_interval = min(1.0, self.request_timeout / 4)
         self.hb_interval = self.ttl / 4
+        self._drv_tick = min(0.1, self.retry_interval / 2)   # an asyncio owner's timer (retries, deadlines, lease)
+        # an asyncio owner that has not run for this long is taken over by the housekeeper
+        self._drv_stall = max(3 * self._drv_tick, min(0.5, self.hb_interval))
         self.partition_depth = partition_depth
         self.name = name or f"pid{os.getpid()}"
         self.session = random.SystemRandom().getrandbits(63) | 1
@@ -216,6 +222,8 @@ class _Engine:
             s.setsockopt(zmq.RCVHWM, 0)
             s.connect(ep)
             self._socks.append(s)
+        self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner
+        self._driver = None              # the _LoopDriver of the event loop that used the client last
         self._packer = wire.Packer()
         self._mu = threading.Lock()
         self._owner = None               # None, a _Waiter (a sync caller) or _HK
@@ -273,16 +281,108 @@ class _Engine:
                 if c.urgent:
                     self._urgent += 1
             self._outq.extend(calls)
-            if self._owner is None:
+            owner = self._owner
+            if owner is None:
                 self._owner = _SENDER
                 try:
                     self._send_all(time.monotonic())
                 finally:
                     self._leave_locked()
+            elif type(owner) is _LoopDriver and owner.tid == threading.get_ident():
+                self._drv_io(owner)     # e.g. a RELEASE posted by a coroutine while its loop owns the sockets
             else:
                 self._wake_owner_locked()
         finally:
             mu.release()
+
+    def submit_async(self, calls, drv):
+        """Queue asyncio calls (their callback is ``drv.resolve``), on ``drv``'s
+        loop thread. A loop that finds the sockets free owns them until its
+        calls are answered: it sends, and it receives in add_reader callbacks
+        (no other thread involved); otherwise the owner serves the calls and
+        completes them through ``call_soon_threadsafe``."""
+        mu = self._mu
+        mu.acquire()
+        try:
+            dead = self.dead
+            if dead is not None or self.closed:
+                for c in calls:
+                    self._fail(c, SessionExpired(dead or "the client was closed"))
+                return
+            self._urgent += len(calls)
+            self._outq.extend(calls)
+            owner = self._owner
+            if owner is None:
+                self._owner = owner = drv
+                self._polling = True     # others wake it through the pipe, which the loop watches
+                drv.attach()
+            if owner is drv:
+                if self._urgent > len(calls):
+                    # other calls are outstanding: their tasks, woken by the same
+                    # reply frame, are likely to send next; send once they have
+                    # (one frame for all, at the end of this loop iteration)
+                    if not drv.flushing:
+                        drv.flushing = True
+                        drv.loop.call_soon(drv.flush)
+                else:
+                    self._drv_io(drv)
+            else:
+                self._wake_owner_locked()
+        finally:
+            mu.release()
+
+    def loop_driver(self, loop):
+        """The _LoopDriver for ``loop`` (the running loop of the calling thread)."""
+        d = self._driver
+        if d is not None and d.loop is loop:
+            return d
+        d = _LoopDriver(self, loop)
+        with self._mu:
+            old = self._driver
+            if old is None or self._owner is not old:
+                self._driver = d     # else: another loop owns the sockets now; d serves this call only
+        return d
+
+    # -- an event loop as the owner (under _mu, on the loop's thread)
+
+    def _drv_io(self, drv, send=True):
+        """The owner's work: lease, sends (unless ``send`` is false), timers;
+        then whatever the sockets hold (a send can consume the ZMQ_FD edge of
+        a reply that arrived meanwhile, so read EVENTS after sending); then
+        maybe let go."""
+        now = time.monotonic()
+        drv.last_io = now
+        if self.closed or self.dead is not None or (self._hello_left == 0
+                                                     and now > min(self._lease_base) + self.ttl):
+            self._turn_locked(now)        # fails every call
+        else:
+            if send and self._outq:
+                self._send_all(now)
+            heap = self._heap
+            if heap and heap[0][0] <= now:
+                self._timers(now)
+        if self._owner is drv:
+            for i, s in enumerate(self._socks):
+                self._recv(i, s)
+            if self._outq and not drv.flushing:
+                drv.flushing = True
+                drv.loop.call_soon(drv.flush)
+            self._drv_check_leave(drv)
+
+    def _drv_check_leave(self, drv):
+        if self._followers or self.closed:
+            self._drv_leave(drv)         # a sync caller waits: promote it (it serves everyone)
+        elif self._urgent <= 0 and not self._outq and not drv.leaving:
+            # nothing asyncio outstanding: let go after the callbacks already
+            # scheduled (the tasks just woken usually send their next call at
+            # once, and keep the sockets)
+            drv.leaving = True
+            drv.loop.call_soon(drv.maybe_leave)
+
+    def _drv_leave(self, drv):
+        drv.detach()
+        self._polling = False
+        self._leave_locked()
 
     def post(self, shard, typ, args):
         """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
@@ -521,6 +621,10 @@ class _Engine:
         try:
             while True:
                 now = time.monotonic()
+                if hk:
+                    # no one else queues heartbeats while the housekeeper owns the
+                    # sockets (e.g. serving an asyncio lock wait longer than the TTL)
+                    self._heartbeat_locked(now)
                 self._turn_locked(now)
                 if hk:
                     if self._followers or (self._urgent <= 0 and not self._outq
@@ -555,6 +659,16 @@ class _Engine:
             with mu:
                 if self.closed and self._owner is None:
                     self._owner = _HK
+                owner = self._owner
+                if type(owner) is _LoopDriver and (not owner.loop.is_running()
+                                                   or time.monotonic() - owner.last_io > self._drv_stall):
+                    # a loop that stopped (or closed) while owning, or one blocked
+                    # by its user's code (its timer has not run): it serves no one
+                    # now, heartbeats included; take the sockets (safe: the loop
+                    # touches them only under _mu after checking that it owns
+                    # them; its stale callbacks let go when it runs again)
+                    self._owner = _HK
+                    self._polling = False
                 if self._owner is _HK:
                     take = True
                 else:
@@ -595,6 +709,8 @@ class _Engine:
                     nxt = min(nxt, min(self._lease_base) + self.ttl + 0.001)
                 if self.closed:
                     nxt = now + 0.005
+                if type(self._owner) is _LoopDriver:
+                    nxt = min(nxt, now + self._drv_stall / 2)    # check that its loop still runs
                 nxt = max(nxt, now + 0.001)
                 self._hk_wake_at = nxt
             self._hk_ev.wait(nxt - now)
@@ -605,7 +721,9 @@ class _Engine:
     def _recv(self, i, s):
         pending = self._pending[i]
         lease = 0.0
-        while True:
+        # drain while EVENTS says a message is ready (rather than until a
+        # zmq.Again, whose construction costs more than the check)
+        while s.getsockopt(_EVENTS) & _POLLIN:
             try:
                 frame = s.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -757,7 +875,12 @@ class _Engine:
                 lead = False
             else:
                 self._outq.extend(calls)
-                if self._owner is None:
+                owner = self._owner
+                if owner is None or (type(owner) is _LoopDriver and owner.tid == threading.get_ident()):
+                    # free, or owned by the event loop this very thread runs (blocked
+                    # here, so it touches no socket until we are done): take them
+                    if owner is not None:
+                        self._polling = False
                     self._owner = w
                     lead = True
                 else:
@@ -777,6 +900,8 @@ class _Engine:
             if not w.ev.acquire(timeout=1.0):
                 if not self._thread.is_alive() and self._owner is None and w.left:
                     raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
+                if type(self._owner) is _LoopDriver:
+                    self._hk_ev.set()        # its loop may have stopped: the housekeeper takes over
                 continue
             with self._mu:
                 w.signalled = False
@@ -792,6 +917,123 @@ class _Engine:
 
 
 _SENDER = object()   # owner token of a thread that only sends (submit) and lets go at once
+
+
+def _set_future(fut, call):
+    if not fut.done():
+        fut.set_result(call)
+
+
+class _LoopDriver:
+    """An asyncio event loop as the owner of the engine's sockets.
+
+    While it owns them (``_Engine._owner is self``), the loop watches every
+    socket's ZMQ_FD and the engine's wake pipe with ``add_reader`` and does
+    the owner's work in those callbacks, on the loop thread: an asyncio call
+    is sent, received and completed with no thread switch. It lets go once no
+    asyncio call is outstanding, or at once when a synchronous caller waits
+    (promoted as usual). A timer runs retries, deadlines and the lease check.
+    The housekeeper takes the sockets from a loop that stopped while owning
+    them. Fields other than ``loop``/``tid`` are used on the loop thread only."""
+
+    __slots__ = ("eng", "loop", "tid", "attached", "timer", "leaving", "flushing", "last_io", "__weakref__")
+
+    def __init__(self, eng, loop):
+        self.eng = eng
+        self.loop = loop
+        self.tid = threading.get_ident()
+        self.attached = False
+        self.timer = None
+        self.leaving = False
+        self.flushing = False
+        self.last_io = 0.0           # when it last did the owner's work (read by the housekeeper)
+
+    def resolve(self, call):
+        """The callback of this loop's calls (``call.w`` is the future)."""
+        fut = call.w
+        if threading.get_ident() == self.tid:
+            if not fut.done():
+                fut.set_result(call)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(_set_future, fut, call)
+            except RuntimeError:
+                pass        # the loop is closed: no one awaits the call any more
+
+    def attach(self):
+        self.last_io = time.monotonic()
+        if not self.attached:
+            self.attached = True
+            eng = self.eng
+            add = self.loop.add_reader
+            for i, fd in enumerate(eng._fds):
+                add(fd, self.on_readable, i)
+            add(eng._wake_r, self.on_wake)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.eng._drv_tick, self.on_timer)
+
+    def detach(self):
+        if self.attached:
+            self.attached = False
+            rm = self.loop.remove_reader
+            for fd in self.eng._fds:
+                rm(fd)
+            rm(self.eng._wake_r)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_readable(self, i):
+        eng = self.eng
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()             # stale (the sockets were taken over)
+                return
+            eng._drv_io(self, send=False)    # receives; the woken tasks' calls go with the queued ones (flush)
+
+    def on_wake(self):
+        eng = self.eng
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()
+                return
+            eng._pipe_full = False
+            try:
+                os.read(eng._wake_r, 4096)
+            except OSError:
+                pass
+            eng._drv_io(self)
+
+    def on_timer(self):
+        eng = self.eng
+        self.timer = None
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()
+                return
+            eng._drv_io(self)
+            if eng._owner is self and self.timer is None:
+                self.timer = self.loop.call_later(eng._drv_tick, self.on_timer)
+
+    def flush(self):
+        eng = self.eng
+        self.flushing = False
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()
+                if eng._outq:
+                    eng._wake_owner_locked()
+                return
+            eng._drv_io(self)
+
+    def maybe_leave(self):
+        eng = self.eng
+        with eng._mu:
+            self.leaving = False
+            if eng._owner is not self:
+                self.detach()
+            elif eng._followers or eng.closed or (eng._urgent <= 0 and not eng._outq):
+                eng._drv_leave(self)
 
 
 # -------------------------------------------------------------- transaction ops

@@ -1,0 +1,84 @@
+"""Instructions per acquire+release in the client process (all its threads,
+ZeroMQ's I/O thread included), counted by valgrind's callgrind: repeatable
+where timings on the shared 2-core machine are not (benchmarks/RESULTS.md,
+"Service performance, round 3").
+
+    python benchmarks/callgrind_client.py [--models sync,aio1,aio8]
+
+A 1-shard LocalCluster runs natively; the client runs under
+``valgrind --tool=callgrind`` twice per model, for 200 and for 1,000
+acquire+releases (begin + lock(X) + commit on fresh keys), and the
+difference of the two totals divided by 800 is printed, so start-up and
+import costs cancel out. Models: ``sync`` (one thread), ``aioN`` (N tasks
+sharing one ``lockmgr.aio`` client; N in 1..8). With N > 1 the count depends
+on how calls coalesce into frames, i.e. on timing: expect a few % of spread.
+"""
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+
+import lockmgr  # noqa: E402
+import lockmgr.aio  # noqa: E402
+from lockmgr import LocalCluster, Mode  # noqa: E402
+
+
+def client(model, n, endpoint):
+    if model == "sync":
+        cl = lockmgr.connect([endpoint])
+        for i in range(n):
+            t = cl.begin()
+            t.lock(("k", 0, i), Mode.X)
+            t.commit()
+        cl.close()
+        return
+    k = int(model[3:])
+
+    async def main():
+        cl = await lockmgr.aio.connect([endpoint])
+
+        async def w(cid):
+            for i in range(n // k):
+                t = cl.begin()
+                await t.lock(("k", cid, i), Mode.X)
+                await t.commit()
+        await asyncio.gather(*(w(c) for c in range(k)))
+        await cl.close()
+    asyncio.run(main())
+
+
+def count(model, n, endpoint):
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "callgrind.out")
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                        os.path.abspath(__file__), "--client", model, str(n), endpoint],
+                       env=dict(os.environ, PYTHONPATH=HERE), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(out) as f:
+            for line in f:
+                if line.startswith(("totals:", "summary:")):
+                    return int(line.split()[1])
+    raise RuntimeError("no totals in the callgrind output")
+
+
+def main():
+    if sys.argv[1:2] == ["--client"]:
+        client(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="sync,aio1,aio8")
+    args = ap.parse_args()
+    with LocalCluster(1) as c:
+        for model in args.models.split(","):
+            lo, hi = count(model, 200, c.endpoints[0]), count(model, 1000, c.endpoints[0])
+            print(f"{model}: {(hi - lo) / 800:,.0f} client instructions per acquire+release", flush=True)
+
+
+if __name__ == "__main__":
+    main()
