@@ -696,16 +696,19 @@ class ProbeEngine:
         return out
 
     def _verify(self, e):
+        """Entry ``e`` still holds here: its report row, else None."""
+        return self._row(e[0], e[3]) if self._holds(e) else None
+
+    def _holds(self, e):
+        """The waiter is in the same wait (epoch) and the edge is in the table (for a soft
+        edge, its target still in the same queued wait)."""
         tid, shard, ep, target, tgt_ep = e
         rec = self.waits.get(tid)
         if rec is None or rec.ep != ep or not self._valid(tid, rec):
-            return None
-        g = self._graph()
-        if target not in g.get(tid, ()):
-            return None
-        if tgt_ep and self._local_ep(target) != tgt_ep:
-            return None
-        return self._row(tid, target)
+            return False
+        if target not in self._graph().get(tid, ()):
+            return False
+        return not tgt_ep or self._local_ep(target) == tgt_ep
 
     def _purge_pending(self, now):
         for k in [k for k, p in self.pending.items() if p[2] <= now]:
@@ -798,7 +801,7 @@ class ProbeEngine:
             ok = False
         if ok:
             self._g = None
-            ok = all(self._verify(e) is not None for e in cycle if e[1] == me)
+            ok = all(self._holds(e) for e in cycle if e[1] == me)
         if not ok:
             self.c["confirms_failed"] += 1
             return
