@@ -124,7 +124,7 @@ class _Waiter:
     sleeps on, woken when its last call completes or when it is promoted to
     be the socket owner (leader). Every field is changed under ``_Engine._mu``."""
 
-    __slots__ = ("ev", "left", "signalled", "promoted")
+    __slots__ = ("ev", "left", "signalled", "promoted", "since")
 
     def __init__(self, n):
         self.ev = threading.Lock()
@@ -132,6 +132,7 @@ class _Waiter:
         self.left = n
         self.signalled = False
         self.promoted = False
+        self.since = time.monotonic()
 
     def signal(self):
         if not self.signalled:
@@ -230,6 +231,7 @@ class _Engine:
         self._polling = False            # the owner sleeps in poll (wake it through the pipe)
         self._pipe_full = False          # a wake byte is in the pipe
         self._followers = {}             # id -> _Waiter of sync callers waiting for an owner's service
+        self.handoffs = 0                # times a long-waiting owner handed the sockets to a newer caller
         self._urgent = 0                 # outstanding calls someone must receive promptly
         self._orphaned_at = None         # when an owner last let go with calls unanswered
         self._hk_ev = threading.Event()
@@ -611,12 +613,15 @@ class _Engine:
     def _serve(self, w):
         """Own the sockets until ``w``'s calls are done (or, for the
         housekeeper, until nothing urgent is left); then hand the role on.
-        Entered and left without ``_mu`` held; the caller is the owner."""
+        Entered and left without ``_mu`` held; the caller is the owner.
+        Returns True if ``w`` handed the role to a newer caller before its own
+        calls were done (it then follows)."""
         mu = self._mu
         poller = self._poller
         socks = self._socks
         wake_r = self._wake_r
         hk = w is _HK
+        demoted = False
         mu.acquire()
         try:
             while True:
@@ -632,6 +637,21 @@ class _Engine:
                         return
                 elif w.left == 0 or self.closed:
                     return
+                elif self._followers and now - w.since > _HANDOFF_AFTER:
+                    # Our calls have waited a while (a lock wait, most likely) and a newer
+                    # caller's request has just gone out: let it own the sockets, so that
+                    # its answer wakes it directly instead of us and then it (one thread
+                    # hand-off less on its critical path); we follow until promoted back.
+                    f = self._newest_follower()
+                    if f is not None:
+                        self.handoffs += 1
+                        w.since = now
+                        self._followers[id(w)] = w
+                        self._owner = f
+                        f.promoted = True
+                        f.signal()
+                        demoted = True
+                        return True
                 timeout = self._poll_timeout_ms(now, 0.1 if not hk else min(0.1, self.hb_interval))
                 self._polling = True
                 mu.release()
@@ -650,8 +670,19 @@ class _Engine:
                     else:
                         self._recv(socks.index(s), s)
         finally:
-            self._leave_locked()
+            if not demoted:
+                self._leave_locked()
             mu.release()
+
+    def _newest_follower(self):
+        """The most recent follower with calls left, taken out of the followers (under _mu)."""
+        fl = self._followers
+        for k in reversed(fl):
+            f = fl[k]
+            if f.left > 0 and not f.promoted:
+                del fl[k]
+                return f
+        return None
 
     def _housekeeper(self):
         mu = self._mu
@@ -890,7 +921,8 @@ class _Engine:
         finally:
             mu.release()
         if lead:
-            self._serve(w)
+            if self._serve(w):
+                self._follow(w)
         elif w.left:
             self._follow(w)
         return [c.error if c.error is not None else c.result for c in calls]
@@ -912,9 +944,12 @@ class _Engine:
                         self._followers.pop(id(w), None)
                         return
                     continue
-            self._serve(w)      # the owner now; returns when w's calls are done
+            if self._serve(w):  # the owner now; returns when w's calls are done
+                continue        # ... or when it handed the role to a newer caller
             return
 
+
+_HANDOFF_AFTER = 0.002   # an owner whose calls are older than this hands the sockets to a newer caller
 
 _SENDER = object()   # owner token of a thread that only sends (submit) and lets go at once
 

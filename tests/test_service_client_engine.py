@@ -1,0 +1,46 @@
+"""The sync client's leader/follower engine (lockmgr.client._Engine; docs/design.md
+("Client")): an owner whose calls wait long (a lock wait) hands the sockets to a
+newer caller, which then gets its answer without a thread hand-off; the owner
+follows and is promoted back, and every call still completes."""
+
+import threading
+import time
+
+from lockmgr import Mode
+
+
+def test_long_waiting_owner_hands_the_sockets_to_newer_callers(cluster):
+    shared = cluster.connect(request_timeout=5.0)
+    other = cluster.connect(request_timeout=5.0)
+    try:
+        blocker = other.begin()
+        blocker.lock(("eng", "hot", 1), Mode.X)
+        waiter = shared.begin()
+        got = {}
+
+        def wait_for_hot():
+            got["token"] = waiter.lock(("eng", "hot", 1), Mode.X, timeout=20)
+
+        th = threading.Thread(target=wait_for_hot, daemon=True)
+        th.start()
+        end = time.monotonic() + 5
+        while waiter.id not in shared.wait_for_graph():      # (this call is itself a handed-over caller)
+            assert time.monotonic() < end, "the waiter never started to wait"
+            time.sleep(0.005)
+        before = shared._eng.handoffs
+        tokens = []
+        for i in range(50):                                  # quick calls from another thread
+            with shared.transaction() as t:
+                tokens.append(t.lock(("eng", "quick", i), Mode.X))
+        assert len(tokens) == 50 and all(tok > 0 for tok in tokens)
+        assert shared._eng.handoffs > before                 # the long-waiting owner let go
+        assert th.is_alive() and "token" not in got          # still waiting, and still served:
+        blocker.commit()
+        th.join(10)
+        assert not th.is_alive() and got["token"] > 0
+        waiter.commit()
+        with shared.transaction() as t:                      # the engine is idle and usable
+            t.lock(("eng", "after", 1), Mode.X, nowait=True)
+    finally:
+        shared.close()
+        other.close()
