@@ -58,6 +58,9 @@ class LocalCluster:
         self._logs = [None] * shards
         self.endpoints = [f"tcp://127.0.0.1:{base_port + i}" if base_port else "tcp://127.0.0.1:0"
                           for i in range(shards)]
+        # the shards talk to each other over unix sockets in their directories (cheaper
+        # than loopback TCP); over TCP if the path is too long for a unix socket
+        self.peer_endpoints = [None] * shards
         self._stopped = False
         try:
             for i in range(shards):
@@ -85,6 +88,10 @@ class LocalCluster:
                "--probe-delay-ms", str(-1 if self.probe_delay is None else self.probe_delay * 1000)]
         if self.probe_interval is not None:
             cmd += ["--probe-interval-ms", str(self.probe_interval * 1000)]
+        sock_path = os.path.join(os.path.abspath(d), "peers.ipc")
+        peer_ep = f"ipc://{sock_path}" if len(sock_path) < 100 else None
+        if peer_ep:
+            cmd += ["--peer-endpoint", peer_ep]
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -97,6 +104,7 @@ class LocalCluster:
         line = self._read_ready(p, i)
         # "READY tcp://127.0.0.1:PORT epoch=E backend=B"
         self.endpoints[i] = line.split()[1]
+        self.peer_endpoints[i] = peer_ep or self.endpoints[i]
 
     def _read_ready(self, p, i):
         deadline = time.monotonic() + self.start_timeout
@@ -149,8 +157,8 @@ class LocalCluster:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
         from .probes import send_admin
-        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.endpoints)], timeout=self.start_timeout,
-                         key=self.cluster_key)
+        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.peer_endpoints)],
+                         timeout=self.start_timeout, key=self.cluster_key)
         if "error" in res:
             raise InvalidRequest(f"shard {i} refused its peers: {res['error']}")
 

@@ -208,9 +208,12 @@ class Shard:
 
     def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
                  partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
-                 probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None):
+                 probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None,
+                 peer_endpoint=None):
         if data_dir is None:
             raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
+        if peer_endpoint is not None and not (type(peer_endpoint) is str and peer_endpoint.startswith("ipc://")):
+            raise InvalidRequest(f"peer endpoint must be ipc://PATH; got {peer_endpoint!r}")
         self.index = index
         self.nshards = nshards
         # shard-to-shard frames (and PEERS/FAULTS) must carry this in their session field
@@ -231,6 +234,10 @@ class Shard:
         self._sock.bind(endpoint)
         self._pollin = [(self._sock, zmq.POLLIN)]
         self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        # a second endpoint on the same socket for the other shards (a unix socket: one
+        # shard-to-shard message is then ~20-30 % cheaper than over loopback TCP)
+        if peer_endpoint is not None:
+            self._sock.bind(peer_endpoint)
         self._sessions = {}
         self._expired = collections.OrderedDict()
         self._txns = {}
@@ -1222,6 +1229,9 @@ def add_serve_args(ap):
     ap.add_argument("--cluster-key-file", default=None,
                     help="a file holding the cluster key that shard-to-shard messages (and PEERS, FAULTS) "
                          "must carry; or set LOCKMGR_CLUSTER_KEY. Without one, any local process can send them")
+    ap.add_argument("--peer-endpoint", default=None,
+                    help="also bind this ipc://PATH for messages from the other shards (they must list "
+                         "it in --peers / PEERS)")
     ap.add_argument("--peers", default=None,
                     help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
                          "or send PEERS later (LocalCluster does)")
@@ -1249,7 +1259,7 @@ def run_serve(args):
                       probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
                       probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
                       peers=[e.strip() for e in args.peers.split(",")] if args.peers else None,
-                      cluster_key=key)
+                      cluster_key=key, peer_endpoint=args.peer_endpoint)
     except CorruptLog as e:
         print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
         sys.stderr.flush()

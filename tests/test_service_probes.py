@@ -610,3 +610,34 @@ def test_cycle_through_a_wait_with_more_edges_than_a_registration_carries(client
         r.commit()
     assert g1.outcome() == "ok"
     assert len(reports_for(client, young.id)) == 1
+
+
+def test_shards_talk_over_unix_sockets_and_after_a_restart(tmp_path):
+    """LocalCluster's shards send each other probes over ipc:// endpoints in their
+    directories; a restarted shard binds its endpoint again and detection works."""
+    with LocalCluster(2, partition_depth=2, probe_delay=0.01, probe_interval=0.05) as c:
+        assert all(ep.startswith("ipc://") for ep in c.peer_endpoints), c.peer_endpoints
+        c.restart(1)
+        cl = c.connect(request_timeout=5.0)
+        try:
+            a = ("dbu", "a", 1)
+            while zlib.crc32(encode(a[:2])) % 2 != 0:
+                a = ("dbu", a[1] + "a", 1)
+            b = ("dbu", "b", 1)
+            while zlib.crc32(encode(b[:2])) % 2 != 1:
+                b = ("dbu", b[1] + "b", 1)
+            t1, t2 = cl.begin(), cl.begin()
+            t1.lock(a)
+            t2.lock(b)
+            g1 = Bg(lambda: (t1.lock(b), t1.commit()))
+            waiting(cl, t1.id)
+            with pytest.raises(DeadlockDetected):
+                t2.lock(a, timeout=10)
+            assert g1.outcome() == "ok"
+            assert stats_sum(cl, "probe_msgs_sent") > 0
+        finally:
+            cl.close()
+    from lockmgr.shard import Shard
+    from lockmgr.errors import InvalidRequest
+    with pytest.raises(InvalidRequest, match="ipc://"):
+        Shard("tcp://127.0.0.1:0", str(tmp_path), peer_endpoint="tcp://127.0.0.1:0")
