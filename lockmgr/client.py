@@ -268,16 +268,21 @@ class _Engine:
 
     # -- called from any thread
 
+    def _refused_locked(self, calls):
+        """Fail ``calls`` if the session is dead or the client closed (under _mu)."""
+        if self.dead is not None or self.closed:
+            for c in calls:
+                self._fail(c, SessionExpired(self.dead or "the client was closed"))
+            return True
+        return False
+
     def submit(self, calls):
         """Queue calls completed through their callbacks (asyncio, fire-and-forget).
         The calling thread sends them itself when no one owns the sockets."""
         mu = self._mu
         mu.acquire()
         try:
-            dead = self.dead
-            if dead is not None or self.closed:
-                for c in calls:
-                    self._fail(c, SessionExpired(dead or "the client was closed"))
+            if self._refused_locked(calls):
                 return
             for c in calls:
                 if c.urgent:
@@ -306,10 +311,7 @@ class _Engine:
         mu = self._mu
         mu.acquire()
         try:
-            dead = self.dead
-            if dead is not None or self.closed:
-                for c in calls:
-                    self._fail(c, SessionExpired(dead or "the client was closed"))
+            if self._refused_locked(calls):
                 return
             self._urgent += len(calls)
             self._outq.extend(calls)
