@@ -641,9 +641,9 @@ class _Engine:
                     return
                 elif self._followers and now - w.since > _HANDOFF_AFTER:
                     # Our calls have waited a while (a lock wait, most likely) and a newer
-                    # caller's request has just gone out: let it own the sockets, so that
-                    # its answer wakes it directly instead of us and then it (one thread
-                    # hand-off less on its critical path); we follow until promoted back.
+                    # caller's request has just gone out: let that caller own the sockets,
+                    # so its answer wakes it directly rather than waking us first (one
+                    # thread hand-off less on its path); we follow until promoted back.
                     f = self._newest_follower()
                     if f is not None:
                         self.handoffs += 1
@@ -664,17 +664,21 @@ class _Engine:
                     self._polling = False
                 for s, _ in events:
                     if s == wake_r:
-                        self._pipe_full = False
-                        try:
-                            os.read(wake_r, 4096)
-                        except OSError:
-                            pass
+                        self._drain_wake_locked()
                     else:
                         self._recv(socks.index(s), s)
         finally:
             if not demoted:
                 self._leave_locked()
             mu.release()
+
+    def _drain_wake_locked(self):
+        """Empty the wake pipe (its byte has done its job: the owner is awake)."""
+        self._pipe_full = False
+        try:
+            os.read(self._wake_r, 4096)
+        except OSError:
+            pass
 
     def _newest_follower(self):
         """The most recent follower with calls left, taken out of the followers (under _mu)."""
@@ -989,8 +993,7 @@ class _LoopDriver:
         """The callback of this loop's calls (``call.w`` is the future)."""
         fut = call.w
         if threading.get_ident() == self.tid:
-            if not fut.done():
-                fut.set_result(call)
+            _set_future(fut, call)
         else:
             try:
                 self.loop.call_soon_threadsafe(_set_future, fut, call)
@@ -1034,11 +1037,7 @@ class _LoopDriver:
             if eng._owner is not self:
                 self.detach()
                 return
-            eng._pipe_full = False
-            try:
-                os.read(eng._wake_r, 4096)
-            except OSError:
-                pass
+            eng._drain_wake_locked()
             eng._drv_io(self)
 
     def on_timer(self):

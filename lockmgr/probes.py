@@ -321,12 +321,10 @@ class ProbeEngine:
     def on_wait_end(self, tid):
         """A wait of ``tid`` here ended (granted, timed out, aborted): unregister it now, so
         that its directory stops extending probes along its old edges."""
-        rec = self.waits.pop(tid, None)
+        rec = self.waits.get(tid)
         if rec is None:
             return
-        self.multi.pop(tid, None)
-        if rec.registered and self.distributed:
-            self.send(directory(tid, self.n), [wire.PROBE_UNREG, 0, tid, self.me])
+        self._forget(tid, rec)
         q = self.delay_q
         if q and q[0][1] == tid and self._armed_entry is not None and self._armed == q[0][0]:
             # the timer armed for this wait's probe_delay would fire for nothing: re-arm

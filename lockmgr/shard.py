@@ -87,6 +87,7 @@ _RCVMORE, _EVENTS, _POLLIN = int(zmq.RCVMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 
 _PEER_ADMIN = frozenset((wire.PEERS, wire.FAULTS))   # admin messages that need the cluster key
 
+
 class _Reply(Exception):
     """Raised by a handler to answer with an error status."""
 
@@ -1264,6 +1265,9 @@ def run_serve(args):
         print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
         sys.stderr.flush()
         return 3
+    except InvalidRequest as e:      # a bad option (e.g. --peer-endpoint): nothing was started
+        print(f"lockmgr shard {args.index}: {e}", file=sys.stderr)
+        return 2
 
     def _term(signum, frame):
         shard.stop()

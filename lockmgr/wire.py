@@ -26,6 +26,8 @@ answer and is never executed twice. ``ack``: the client has every answer for
 seqs below it, so the shard may forget them (and refuses them as stale).
 """
 
+import hashlib
+
 import msgpack
 
 try:   # the compiled table's LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx)
@@ -155,9 +157,10 @@ def peer_session(key):
     """The session field of shard-to-shard frames for a cluster key (a str; "" or None:
     0, no key). Shards given the key accept peer messages and PEERS/FAULTS only in
     frames carrying it (docs/protocol.md, "Shard-to-shard messages")."""
+    if key is not None and type(key) is not str:
+        raise InvalidRequest(f"a cluster key must be a str; got {type(key).__name__}")
     if not key:
         return 0
-    import hashlib
     d = hashlib.blake2b(key.encode(), digest_size=8, person=b"lockmgr-peers").digest()
     return int.from_bytes(d, "big") or 1
 

@@ -641,3 +641,13 @@ def test_shards_talk_over_unix_sockets_and_after_a_restart(tmp_path):
     from lockmgr.errors import InvalidRequest
     with pytest.raises(InvalidRequest, match="ipc://"):
         Shard("tcp://127.0.0.1:0", str(tmp_path), peer_endpoint="tcp://127.0.0.1:0")
+    with pytest.raises(InvalidRequest, match="cluster key must be a str"):
+        Shard("tcp://127.0.0.1:0", str(tmp_path), cluster_key=b"bytes")
+    # the command says so and starts nothing
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "lockmgr.shard", "--endpoint", "tcp://127.0.0.1:0",
+                        "--data-dir", str(tmp_path / "d"), "--peer-endpoint", "tcp://127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "peer endpoint must be ipc://PATH" in r.stderr, (r.returncode, r.stderr)
+    assert "READY" not in r.stdout
