@@ -4,6 +4,8 @@ Interface:
     LocalCluster(shards=3, *, data_dir=None, base_port=None, partition_depth=2,
                  escalation_threshold=5000, start_timeout=20.0, probe_delay=0.010, probe_interval=None)
         .endpoints          list of "tcp://127.0.0.1:port", in shard order
+        .peer_endpoints     what the shards use to reach each other (ipc:// in their dirs)
+        .cluster_key        the random key their shard-to-shard messages carry
         .pids               list of shard PIDs (None for a killed shard)
         .connect(**kw)      lockmgr.connect(self.endpoints, **kw)
         .kill(i)            SIGKILL shard i;  .restart(i): same endpoint and data dir

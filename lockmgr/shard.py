@@ -2,7 +2,10 @@
 
 Interface:
     Shard(endpoint="tcp://127.0.0.1:0", data_dir=..., *, index=0, nshards=1,
-          partition_depth=2, escalation_threshold=5000, clock=time.monotonic)
+          partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
+          probe_delay=0.010, probe_interval=None, peers=None,
+          cluster_key=None,      # str: peer messages, PEERS and FAULTS must carry it
+          peer_endpoint=None)    # "ipc://PATH": also bound, for the other shards' messages
         .endpoint            the bound endpoint (port resolved)
         .epoch               this start's epoch (persisted, bumped at each start)
         .run_once(timeout_ms) one loop turn: poll, drain (replying after each frame), timers
