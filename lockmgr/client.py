@@ -858,8 +858,12 @@ class _Engine:
                     f"shard {c.shard} ({self.endpoints[c.shard]}) did not answer "
                     f"{wire.TYPE_NAMES.get(c.typ, c.typ)} within the request timeout"))
                 continue
-            # retry: the same (session, seq); the shard answers it once
-            c.backoff = min(c.backoff * 2, 8.0)
+            # retry: the same (session, seq); the shard answers it once. Within
+            # the request timeout the interval stays fixed (a call gets ~4 tries
+            # before its deadline, so one lost frame or reply costs one interval,
+            # not the call); past it (a lock wait) the interval doubles up to 8 s.
+            if now - c.first_sent >= self.request_timeout:
+                c.backoff = min(c.backoff * 2, 8.0)
             when = now + c.backoff
             if c.deadline is not None and c.deadline < when:
                 when = c.deadline
