@@ -149,18 +149,25 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
     ths = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
     for th in ths:
         th.start()
-    while any(th.is_alive() for th in ths):
-        for th in ths:
-            th.join(0.25)
+    # a terminal gets the progress line redrawn in place every 0.25 s; a pipe or
+    # a file a plain line per second
+    tty = progress and getattr(out, "isatty", lambda: False)()
+    next_line = 1.0
+    while True:
+        alive = [th for th in ths if th.is_alive()]
+        if not alive:
             break
-        if progress:
-            el = time.perf_counter() - t0
+        alive[0].join(0.25)
+        el = time.perf_counter() - t0
+        if progress and (tty or el >= next_line):
+            next_line = el + 1.0
             with lock:
                 c, lk, d = live["committed"], live["locks"], live["deadlocks"]
-            out.write(f"\r  {el:5.1f}s  committed {c:>8,}  locks {lk:>9,}  ({lk / max(el, 1e-9):>9,.0f}/s)  "
-                      f"deadlocks {d:>5,}   ")
+            line = (f"  {el:5.1f}s  committed {c:>8,}  locks {lk:>9,}  ({lk / max(el, 1e-9):>9,.0f}/s)  "
+                    f"deadlocks {d:>5,}   ")
+            out.write("\r" + line if tty else line.rstrip() + "\n")
             out.flush()
-    if progress:
+    if tty:
         out.write("\n")
     elapsed = time.perf_counter() - t0
     per_shard = client.stats()

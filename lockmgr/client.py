@@ -112,9 +112,24 @@ def _parse_endpoints(endpoints):
     if not eps:
         raise InvalidRequest("no endpoints given")
     for e in eps:
-        if "://" not in e:
-            raise InvalidRequest(f"endpoint {e!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:7400")
+        _check_endpoint(e)
     return eps
+
+
+def _check_endpoint(e):
+    """``tcp://HOST:PORT`` (PORT 1..65535) or ``ipc://PATH``; anything else is bad input."""
+    scheme, sep, rest = e.partition("://")
+    if not sep:
+        raise InvalidRequest(f"endpoint {e!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:7400")
+    if scheme == "ipc":
+        if not rest:
+            raise InvalidRequest(f"endpoint {e!r}: ipc:// needs a path")
+        return
+    if scheme != "tcp":
+        raise InvalidRequest(f"endpoint {e!r}: transport {scheme!r} is not supported (use tcp:// or ipc://)")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidRequest(f"endpoint {e!r} needs a host and a port in 1..65535, like tcp://127.0.0.1:7400")
 
 
 # ------------------------------------------------------------------- engine

@@ -87,7 +87,8 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "lockmgr.shard", "--endpoint", self.endpoints[i], "--data-dir", d,
                "--index", str(i), "--shards", str(self.nshards), "--partition-depth", str(self.partition_depth),
                "--escalation-threshold", str(self.escalation_threshold),
-               "--probe-delay-ms", str(-1 if self.probe_delay is None else self.probe_delay * 1000)]
+               "--probe-delay-ms", str(-1 if self.probe_delay is None else self.probe_delay * 1000),
+               "--parent-pid", str(os.getpid())]      # the shard stops if this process dies
         if self.probe_interval is not None:
             cmd += ["--probe-interval-ms", str(self.probe_interval * 1000)]
         sock_path = os.path.join(os.path.abspath(d), "peers.ipc")

@@ -63,6 +63,7 @@ _PARKED = object()   # a handler's result: the request waits; it is answered lat
 EPOCH_BITS = 40           # token = epoch << 40 | per-epoch counter
 DRAIN_LIMIT = 4096        # frames handled per loop turn before timers and replies
 MAX_POLL_MS = 100
+PARENT_CHECK = 0.5           # seconds between checks that --parent-pid still lives
 MAX_TTL_MS = 3600 * 1000
 MAX_CACHE = 200_000       # cached replies per session (beyond: oldest dropped)
 MAX_TOMBSTONES = 4096     # finished txn ids remembered per session
@@ -268,9 +269,19 @@ class Shard:
 
     # ---------------------------------------------------------------- loop
 
-    def serve_forever(self):
+    def serve_forever(self, parent_pid=None):
+        """Serve until stop(); with ``parent_pid``, also until that process is
+        gone (checked every PARENT_CHECK seconds: a LocalCluster or ``lockmgr
+        cluster`` killed by SIGKILL must not leave its shards running)."""
+        check_at = time.monotonic() + PARENT_CHECK
         while not self._stop:
             self.run_once(MAX_POLL_MS)
+            if parent_pid is not None and time.monotonic() >= check_at:
+                check_at = time.monotonic() + PARENT_CHECK
+                if os.getppid() != parent_pid:
+                    print(f"lockmgr shard {self.index}: parent process {parent_pid} is gone; stopping",
+                          file=sys.stderr)
+                    break
 
     def stop(self):
         self._stop = True
@@ -1236,6 +1247,8 @@ def add_serve_args(ap):
     ap.add_argument("--peer-endpoint", default=None,
                     help="also bind this ipc://PATH for messages from the other shards (they must list "
                          "it in --peers / PEERS)")
+    ap.add_argument("--parent-pid", type=int, default=None,
+                    help="stop when this process (the one that started the shard) is gone")
     ap.add_argument("--peers", default=None,
                     help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
                          "or send PEERS later (LocalCluster does)")
@@ -1281,7 +1294,7 @@ def run_serve(args):
     sys.stdout.write(f"READY {shard.endpoint} epoch={shard.epoch} backend={BACKEND}\n")
     sys.stdout.flush()
     try:
-        shard.serve_forever()
+        shard.serve_forever(getattr(args, "parent_pid", None))
     finally:
         shard.close()
     return 0

@@ -242,3 +242,58 @@ def test_jepsen_history(cluster):
     for r, hs in check_history(history).items():
         xs = [h[2] for h in hs if h[1] == Mode.X]
         assert xs == sorted(xs) and len(set(xs)) == len(xs)
+
+
+@pytest.mark.parametrize("endpoint, text", [
+    ("tcp://127.0.0.1", "needs a host and a port"),
+    ("tcp://127.0.0.1:0", "needs a host and a port"),
+    ("tcp://127.0.0.1:70000", "needs a host and a port"),
+    ("tcp://:7400", "needs a host and a port"),
+    ("http://127.0.0.1:7400", "transport 'http' is not supported"),
+    ("ipc://", "needs a path"),
+    ("127.0.0.1:7400", "is not a ZeroMQ endpoint"),
+])
+def test_bad_endpoints_are_invalid_requests(endpoint, text):
+    with pytest.raises(lockmgr.InvalidRequest, match=text):
+        lockmgr.connect(endpoint)
+    with pytest.raises(lockmgr.InvalidRequest, match=text):
+        asyncio.run(lockmgr.aio.connect(["tcp://127.0.0.1:7400", endpoint]))
+
+
+PARENT = r"""
+import sys, lockmgr
+c = lockmgr.LocalCluster(2)
+c.__enter__()
+print(" ".join(str(p) for p in c.pids), flush=True)
+sys.stdin.readline()          # SIGKILLed here: no clean-up runs
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_shards_stop_when_the_cluster_process_is_killed():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              cwd=ROOT)
+    pids = []
+    try:
+        pids = [int(p) for p in _readline(parent, 60).split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids), "shards outlived the process that started them"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
