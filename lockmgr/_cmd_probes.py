@@ -39,6 +39,9 @@ def format_report(rep):
               (f"{' and ' if m.get('blocker_holds') else ''}is queued ahead for {m['blocker_queued']}"
                if m.get("blocker_queued") else "")
         lines.append(f"      BLOCKED BY transaction {m['blocker']}, which {how or 'blocks it'} there")
+        if m.get("blocking"):
+            lines.append("      HOLDS (blocking the cycle): " + ", ".join(
+                f"{md} {tuple(p)!r} on shard {s}" for s, p, md in m["blocking"]))
         if m.get("holds"):
             lines.append("      HOLDS on this shard: " + ", ".join(f"{md} {tuple(p)!r}" for p, md in m["holds"]))
     lines.append(f"  *** WE ROLL BACK TRANSACTION {rep['victim']} (the youngest on the cycle)")

@@ -763,6 +763,12 @@ class ProbeEngine:
 
     def _report(self, victim, rows, kind, t_found=None):
         now = time.time()
+        # what each member holds that blocks the cycle: its row's "holds" lists
+        # only the shard where it waits, and in a cross-shard cycle the lock it
+        # blocks with lives on another shard -- in the row of the member it blocks
+        for r in rows:
+            r["blocking"] = [[b["shard"], b["waits_for"][0], b["blocker_holds"]]
+                             for b in rows if b["blocker"] == r["txn"] and b.get("blocker_holds")]
         starts = [r["wait_started"] for r in rows if r.get("wait_started")]
         closed = max(starts) if starts else None
         rep = {

@@ -121,6 +121,9 @@ def test_two_shard_cycle(client):
     assert m[t2.id]["waits_for"] == [list(a), "X"] and m[t2.id]["blocker"] == t1.id
     assert m[t2.id]["blocker_holds"] == "X" and m[t2.id]["shard"] == 0
     assert m[t1.id]["waits_for"] == [list(b), "X"] and m[t1.id]["shard"] == 1
+    # each member's blocking hold, on the shard where the other member waits for it
+    assert m[t1.id]["blocking"] == [[0, list(a), "X"]]
+    assert m[t2.id]["blocking"] == [[1, list(b), "X"]]
     assert rep["detection_ms"] is not None and rep["detection_ms"] < 2000
     # the victim's exception came within probe_delay + a loose bound of its wait
     assert g2.t1 - g2.t0 < 2.0
