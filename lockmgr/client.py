@@ -47,7 +47,12 @@ from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailab
                      TransactionAborted)
 from .manager import LockInfo
 from .modes import Mode, SUPREMUM
+from ._core import BACKEND as _BACKEND
 from .paths import encode, prefix_ends
+
+if _BACKEND == "c":
+    # the compiled twin of paths.encode: same keys, same errors (tests/test_ctable.py)
+    from ._core._ctable import encode  # noqa: F811
 from .wire import SessionExpired, ShardUnavailable
 
 __all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable"]
@@ -177,7 +182,11 @@ class _Call:
 
 
 _HK = object()       # the owner token of the housekeeping thread
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+# pyzmq's compiled socket calls, without the Python wrappers (as in the shard)
+_ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
+_zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
+_zmq_poll = zmq.zmq_poll
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 
 
@@ -258,10 +267,8 @@ class _Engine:
         self._tick = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        self._poller = zmq.Poller()
-        for s in self._socks:
-            self._poller.register(s, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        # zmq_poll's items: every shard socket, then the wake pipe
+        self._pollitems = [(s, _POLLIN) for s in self._socks] + [(self._wake_r, _POLLIN)]
         self._ready = threading.Event()
         self._hello_error = None
         self._hello_left = self.n
@@ -634,7 +641,7 @@ class _Engine:
         Returns True if ``w`` handed the role to a newer caller before its own
         calls were done (it then follows)."""
         mu = self._mu
-        poller = self._poller
+        items = self._pollitems
         socks = self._socks
         wake_r = self._wake_r
         hk = w is _HK
@@ -673,7 +680,7 @@ class _Engine:
                 self._polling = True
                 mu.release()
                 try:
-                    events = poller.poll(timeout)
+                    events = _zmq_poll(items, timeout)
                 finally:
                     mu.acquire()
                     self._polling = False
@@ -775,9 +782,9 @@ class _Engine:
         lease = 0.0
         # drain while EVENTS says a message is ready (rather than until a
         # zmq.Again, whose construction costs more than the check)
-        while s.getsockopt(_EVENTS) & _POLLIN:
+        while _zget(s, _EVENTS) & _POLLIN:
             try:
-                frame = s.recv(zmq.NOBLOCK)
+                frame = _zrecv(s, _NOBLOCK)
             except zmq.Again:
                 break
             try:
@@ -855,8 +862,8 @@ class _Engine:
         pack = self._packer.pack
         for k in range(0, len(reqs), wire.MAX_REQUESTS):
             try:
-                self._socks[i].send(pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
-                                    zmq.NOBLOCK)
+                _zsend(self._socks[i], pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
+                       _NOBLOCK)
             except zmq.ZMQError:
                 pass  # retried by the timer
 
