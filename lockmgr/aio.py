@@ -7,7 +7,8 @@ Interface:
         .begin(name=None, *, gtrid=None) -> Transaction     (no round trip)
         .transaction(**kw)      ``async with``: commit / abort
         await .close(), ``async with client``
-        await .snapshot(), await .wait_for_graph(), await .stats()
+        await .snapshot(), await .wait_for_graph(), await .stats(), await .deadlocks()
+        .endpoints, .partition_depth, .session_id, .expired
         await .recover(), await .indoubt(), await .resolve(gtrid, commit)   (2PC)
     Transaction: the sync Transaction's methods as coroutines
         await .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()

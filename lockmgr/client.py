@@ -7,11 +7,12 @@ Interface:
         .begin(name=None, *, gtrid=None) -> Transaction
         .transaction(**kw)       context manager: commit / abort
         .close(), context-manager use
-        .snapshot(), .wait_for_graph(), .stats(), .session_id, .expired
+        .snapshot(), .wait_for_graph(), .stats(), .deadlocks(), .session_id, .expired
+        .endpoints, .partition_depth
         .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/design.md ("Two-phase commit in the service"))
     Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
         .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
-    admin_query(endpoints, type, timeout=2.0)   session-less PING/SNAPSHOT/GRAPH/STATS
+    admin_query(endpoints, typ, timeout=2.0)    session-less PING/SNAPSHOT/GRAPH/STATS/INDOUBT/DEADLOCKS
 
 Structure: one ``_Engine`` per client owns one DEALER socket per shard, shared
 by every thread and task (leader/follower): a caller that finds the sockets

@@ -7,6 +7,7 @@ Interface:
         .peer_endpoints     what the shards use to reach each other (ipc:// in their dirs)
         .cluster_key        the random key their shard-to-shard messages carry
         .pids               list of shard PIDs (None for a killed shard)
+        .shard_dir(i)       shard i's data directory (epoch file, prepare log, shard.log)
         .connect(**kw)      lockmgr.connect(self.endpoints, **kw)
         .kill(i)            SIGKILL shard i;  .restart(i): same endpoint and data dir
         .stop()             SIGTERM every shard (SIGKILL after a grace period)
@@ -160,10 +161,11 @@ class LocalCluster:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
         from .probes import send_admin
-        res = send_admin(self.endpoints[i], wire.PEERS, [list(self.peer_endpoints)],
-                         timeout=self.start_timeout, key=self.cluster_key)
-        if "error" in res:
-            raise InvalidRequest(f"shard {i} refused its peers: {res['error']}")
+        try:
+            send_admin(self.endpoints[i], wire.PEERS, [list(self.peer_endpoints)],
+                       timeout=self.start_timeout, key=self.cluster_key)
+        except InvalidRequest as e:
+            raise InvalidRequest(f"shard {i} refused its peers: {e}") from None
 
     def stop(self):
         """Stop every shard (SIGTERM, then SIGKILL after 5 s). Idempotent."""

@@ -111,7 +111,7 @@ class ProbeEngine:
         self.delay_q = collections.deque()  # (due, tid, ep): first probe
         self.again_q = collections.deque()  # (due, tid, ep): re-probe while still waiting
         self.delayed = collections.deque()  # (due, dest, req): fault injection (delay)
-        self.dirmap = {}                    # tid -> {shard: ep}   (this shard as directory)
+        self.dirmap = {}                    # tid -> {shard: (ep, refreshed, edges)}   (this shard as directory)
         self.multi = {}                     # tid -> set of other shards where tid waits too
         self.seen = {}                      # probe id -> set of tids visited here
         self.seen_order = collections.deque()
@@ -271,8 +271,13 @@ class ProbeEngine:
         if now >= self._next_sweep and (self.dirmap or self.where or self.pending or self.parked):
             self._next_sweep = now + self.interval
             old = now - DIR_TTL * self.interval
-            for tid in [t for t, d in self.dirmap.items() if all(v[1] < old for v in d.values())]:
-                del self.dirmap[tid]
+            for tid, d in list(self.dirmap.items()):
+                # each waiting shard refreshes its own entry: one lost UNREG must not keep a
+                # shard's old entry (and its edges) alive beside another shard's live wait
+                for s in [s for s, v in d.items() if v[1] < old]:
+                    del d[s]
+                if not d:
+                    del self.dirmap[tid]
             old = now - self.interval
             for tid in [t for t, v in self.where.items() if v[1] < old]:
                 del self.where[tid]
@@ -376,13 +381,20 @@ class ProbeEngine:
                 w.timer = (sh._now, next(sh._tick), 0, w)
                 sh._timers.add(w.timer)
 
-    def on_local_victim(self, cycle, victim):
-        """Record a report for a cycle found by the local search; abort the victim elsewhere."""
+    def on_local_victim(self, cycle, victim, closer=None):
+        """Record a report for a cycle found by the local search (when ``closer``
+        started to wait); abort the victim elsewhere."""
         sh = self.shard
         rows = []
         k = len(cycle)
+        v = cycle.index(victim) if victim in cycle else 0
+        cycle = list(cycle[v:]) + list(cycle[:v])      # the report's cycle starts at the victim
         for i, tid in enumerate(cycle):
-            rows.append(self._row(tid, cycle[(i + 1) % k]))
+            row = self._row(tid, cycle[(i + 1) % k])
+            if tid == closer and row["wait_started"] is None:
+                # the wait that closed the cycle began just now (it is not registered yet)
+                row["wait_started"], row["waited_ms"] = time.time(), 0.0
+            rows.append(row)
         self._remember_victim(victim, self._report(victim, rows, "local"))
         if self.distributed:
             for s in range(self.n):
@@ -904,17 +916,20 @@ class ProbeEngine:
 
     # ------------------------------------------------------------------ admin
 
+    # (an admin handler raises ValueError for bad arguments: the shard answers E_INVALID)
+
     def _a_deadlocks(self, args):
-        limit = args[0] if args and type(args[0]) is int else REPORTS
+        if not args:
+            return list(self.reports)
+        limit = args[0]
+        if len(args) != 1 or type(limit) is not int or limit < 1:
+            raise ValueError(f"DEADLOCKS takes [] or [limit] with an int limit >= 1; got {args!r}")
         return list(self.reports)[-limit:]
 
     def _a_peers(self, args):
         if len(args) != 1 or type(args[0]) is not list:
-            return {"error": "PEERS takes [[endpoint, ...]]"}
-        try:
-            self.set_peers(args[0])
-        except ValueError as e:
-            return {"error": str(e)}
+            raise ValueError("PEERS takes [[endpoint, ...]]")
+        self.set_peers(args[0])          # ValueError: nothing changed
         return {"peers": self.peers, "probe_delay_ms": self.delay * 1000 if self.enabled else None,
                 "probe_interval_ms": self.interval * 1000}
 

@@ -9,7 +9,8 @@ Interface:
         .endpoint            the bound endpoint (port resolved)
         .epoch               this start's epoch (persisted, bumped at each start)
         .run_once(timeout_ms) one loop turn: poll, drain (replying after each frame), timers
-        .serve_forever(), .stop(), .close()
+        .serve_forever(parent_pid=None)   until stop(), or until process parent_pid is gone
+        .stop(), .close()
     main(argv)               ``python -m lockmgr.shard`` / ``lockmgr serve``
 
 The loop: poll the socket; drain every frame that is ready (up to a bound),
@@ -454,7 +455,11 @@ class Shard:
                                      f"cluster key's session (the shard was started with a cluster key)")
         a = self._admin.get(typ)
         if a is not None:
-            self._send(prefix, [seq, OK, a(req[2:])])
+            try:
+                res = a(req[2:])
+            except ValueError as e:      # bad arguments: nothing changed
+                raise _Reply(E_INVALID, str(e)) from None
+            self._send(prefix, [seq, OK, res])
             return
         if typ in self._peer:            # shard -> shard (probes, lockmgr/probes.py): no reply
             err = self._probes.accept(req)
@@ -679,7 +684,7 @@ class Shard:
             self.counters["deadlocks"] += 1
             if victim is None or victim.wait is None:  # cannot happen: every cycle member waits here
                 return
-            self._probes.on_local_victim(cycle, victim.id)
+            self._probes.on_local_victim(cycle, victim.id, t.id)
             self._end_wait(victim.wait, E_DEADLOCK,
                            f"transaction {victim.id} was chosen as deadlock victim (youngest in wait-for "
                            f"cycle {cycle} on shard {self.index}); it has been aborted")
@@ -924,6 +929,10 @@ class Shard:
         if len(args) != 1:
             raise _Reply(E_PROTOCOL, "HELD takes [txn]")
         _check_txn_id(args[0])
+        t = self._txns.get(args[0])
+        if t is not None and t.session is not sess and t.state == "active":
+            # (a prepared transaction outlives its session: anyone may look at it)
+            raise _Reply(E_INVALID, f"transaction {args[0]} belongs to another session")
         return [[list(p), m] for p, m in self._table.held(args[0])]
 
     # ----------------------------------------------------------------- admin
@@ -1231,7 +1240,7 @@ def main(argv=None):
 def add_serve_args(ap):
     ap.add_argument("--endpoint", default="tcp://127.0.0.1:7400",
                     help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:7400; port 0 picks a free one)")
-    ap.add_argument("--data-dir", default="lockmgr-shard-data", help="directory holding the shard's epoch")
+    ap.add_argument("--data-dir", default="lockmgr-shard-data", help="directory holding the shard's epoch file and its prepare log (2PC)")
     ap.add_argument("--index", type=int, default=0, help="this shard's index in the cluster (0-based)")
     ap.add_argument("--shards", type=int, default=1, help="number of shards in the cluster")
     ap.add_argument("--partition-depth", type=int, default=2, help="routing depth the clients must use")

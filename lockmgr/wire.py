@@ -63,13 +63,15 @@ DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unkn
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
                    #                                     [[path, mode], ...]], ...]
 WAKE = 29          # internal: the shard's prepare-log flusher wakes the shard's loop (inproc)
-# Shard -> shard (session 0, seq 0, no reply): deadlock detection, docs/design.md ("Distributed deadlock detection")
+# Shard -> shard (seq 0, no reply; session 0, or the cluster key's wire.peer_session(key) when the
+# shards have one): deadlock detection, docs/design.md ("Distributed deadlock detection")
 PROBE = 30         # [[init, init_shard, init_epoch, round], txn, path, via_directory]
-PROBE_REG = 31     # [txn, shard, wait_epoch]    to the directory shard of txn: txn waits at shard
+PROBE_REG = 31     # [txn, shard, wait_epoch, edges]  to the directory shard of txn: txn waits at shard
+                   #   (edges: [[target, target's wait epoch there or 0], ...], or nil if > 64)
 PROBE_UNREG = 32   # [txn, shard]                to the directory shard: that wait ended
 PROBE_MULTI = 33   # [txn, [other shard, ...]]   from the directory: txn also waits on those shards
 PROBE_CONFIRM = 34 # [probe id, cycle, victim_index, deadline, found_at, rows]  re-check your entries now
-PROBE_VICTIM = 35  # [txn, [cycle member, ...], from_shard]  abort txn here (deadlock victim)
+PROBE_VICTIM = 35  # [txn, [cycle member, ...], from_shard, probe id or nil]  abort txn here (deadlock victim)
 PROBE_CONFIRMED = 36  # [probe id, shard, ok, rows, deadline]  to the victim's shard: entries re-checked
 PING = 40          # (no session needed)         -> [epoch, shard_index, nshards, partition_depth]
 SNAPSHOT = 41      # []                          -> [[path, txn, mode, granted, session], ...]

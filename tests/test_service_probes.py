@@ -129,6 +129,26 @@ def test_two_shard_cycle(client):
     assert g2.t1 - g2.t0 < 2.0
 
 
+def test_local_cycle_report_starts_at_the_victim_and_times_the_closing_wait(client):
+    a, b = row(0), row(0)                   # both on shard 0: found by its local search
+    t1, t2 = client.begin("old"), client.begin("young")
+    t1.lock(a)
+    t2.lock(b)
+    g2 = Bg(lambda: t2.lock(a))             # the victim (youngest) waits first, for a while
+    waiting(client, t2.id)
+    time.sleep(0.3)
+    g1 = Bg(lambda: (t1.lock(b), t1.commit()))   # t1's wait closes the cycle
+    assert g2.outcome() == "DeadlockDetected"
+    assert g1.outcome() == "ok"
+    rep, = reports_for(client, t2.id)
+    assert rep["kind"] == "local" and rep["cycle"] == [t2.id, t1.id]
+    m = {x["txn"]: x for x in rep["members"]}
+    assert m[t1.id]["wait_started"] is not None and m[t1.id]["waited_ms"] == 0.0
+    assert m[t2.id]["waited_ms"] >= 250
+    # detection is timed from the closing wait (t1's), not from t2's older one
+    assert rep["detection_ms"] is not None and rep["detection_ms"] < 200
+
+
 def test_three_shard_cycle(client):
     a, b, c = row(0), row(1), row(2)
     t1, t2, t3 = client.begin(), client.begin(), client.begin()
@@ -545,6 +565,24 @@ def test_parked_probes_expire():
             t1.abort()
         finally:
             cl.close()
+
+
+def test_bad_admin_arguments_are_refused_and_change_nothing(cluster, client):
+    from lockmgr import InvalidRequest
+    ep, key = cluster.endpoints[0], cluster.cluster_key
+    before = send_admin(ep, wire.PEERS, [list(cluster.peer_endpoints)], key=key)
+    for args, text in [([["tcp://10.0.0.1:1"] * NSHARDS], "127.0.0.1 only"),
+                       ([["tcp://127.0.0.1:9"]], f"all {NSHARDS} shard endpoints"),
+                       (["tcp://127.0.0.1:9"], "PEERS takes"),
+                       ([], "PEERS takes")]:
+        with pytest.raises(InvalidRequest, match=text):
+            send_admin(ep, wire.PEERS, args, key=key)
+    assert send_admin(ep, wire.PEERS, [list(cluster.peer_endpoints)], key=key) == before
+    for args in ([0], [-3], ["5"], [1, 2]):
+        with pytest.raises(InvalidRequest, match="DEADLOCKS takes"):
+            send_admin(ep, wire.DEADLOCKS, args)
+    allr = send_admin(ep, wire.DEADLOCKS, [])
+    assert send_admin(ep, wire.DEADLOCKS, [1]) == allr[-1:]
 
 
 def test_shard_to_shard_messages_need_the_cluster_key(cluster, client):

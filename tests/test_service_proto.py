@@ -261,8 +261,11 @@ def test_txn_of_another_session_is_refused(shard, raw):
         hello(raw, 0xD1)
         rep = raw.call([wire.RELEASE, 2, 801, True])
         assert rep[1] == wire.E_INVALID and "another session" in rep[2]
+        rep = raw.call([wire.HELD, 3, 801])
+        assert rep[1] == wire.E_INVALID and "another session" in rep[2]
         assert [r for r in stats(shard)["_snapshot"] if r[1] == 801]
-        other.call([wire.RELEASE, 3, 801, True])
+        assert other.call([wire.HELD, 3, 801]) == [3, wire.OK, [[["o"], X]]]
+        other.call([wire.RELEASE, 4, 801, True])
     finally:
         other.close()
 
