@@ -209,6 +209,15 @@ def _path(obj):
     return p
 
 
+def _tomb(sess, tid):
+    """Remember that ``tid`` finished in ``sess`` (a late LOCK for it is refused);
+    the session keeps the latest MAX_TOMBSTONES."""
+    sess.tombs.add(tid)
+    sess.tomb_order.append(tid)
+    if len(sess.tomb_order) > MAX_TOMBSTONES:
+        sess.tombs.discard(sess.tomb_order.popleft())
+
+
 class Shard:
     """One shard of the lock service. Not thread-safe: run it in one thread."""
 
@@ -610,10 +619,7 @@ class Shard:
         self._txns.pop(t.id, None)
         sess = t.session
         sess.txns.pop(t.id, None)
-        sess.tombs.add(t.id)
-        sess.tomb_order.append(t.id)
-        if len(sess.tomb_order) > MAX_TOMBSTONES:
-            sess.tombs.discard(sess.tomb_order.popleft())
+        _tomb(sess, t.id)
 
     def _start(self, sess, seq, tid, items, nowait, timeout_ms, many):
         t = self._txn(sess, tid)
@@ -921,8 +927,7 @@ class Shard:
                 self._end_wait(t.wait, E_ABORTED, f"transaction {tid} was aborted while it waited")
             self._drop_txn(t)
         elif tid not in sess.tombs:
-            sess.tombs.add(tid)
-            sess.tomb_order.append(tid)
+            _tomb(sess, tid)
         return []
 
     def _h_held(self, sess, seq, args):
@@ -1188,10 +1193,7 @@ class Shard:
         sess = t.session
         if sess is not None and self._sessions.get(sess.id) is sess:
             sess.txns.pop(t.id, None)
-            sess.tombs.add(t.id)
-            sess.tomb_order.append(t.id)
-            if len(sess.tomb_order) > MAX_TOMBSTONES:
-                sess.tombs.discard(sess.tomb_order.popleft())
+            _tomb(sess, t.id)
         self._answer_waiters(t, "decide", OK, ["resolved"])
         self._answer_waiters(t, "prepare", E_ABORTED, f"transaction {t.id} was resolved while it was being prepared")
 

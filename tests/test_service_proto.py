@@ -302,3 +302,37 @@ def test_req_socket_envelope(shard):
     finally:
         s.close(0)
         ctx.term()
+
+
+def test_tombstones_per_session_stay_bounded(tmp_path):
+    """RELEASEs of transactions a session never started (a client committing
+    everywhere, retries after a restart) tombstone them; a session keeps only
+    the latest MAX_TOMBSTONES, however many it sends."""
+    import threading
+    from lockmgr.shard import MAX_TOMBSTONES, Shard
+    sh = Shard("tcp://127.0.0.1:0", str(tmp_path))
+    th = threading.Thread(target=sh.serve_forever, daemon=True)
+    th.start()
+    r = Raw(sh.endpoint)
+    try:
+        hello(r, 0xAB)
+        n = MAX_TOMBSTONES + 500
+        seq = 2
+        for base in range(0, n, 500):
+            r.send([[wire.RELEASE, seq + k, 10_000 + base + k, True] for k in range(500)])
+            got = 0
+            while got < 500:
+                got += len(r.recv())
+            seq += 500
+        # a late LOCK of a recently released id is refused; the session is healthy
+        rep = r.call([wire.LOCK, seq, 10_000 + n - 1, ["t"], X, False, None, 0])
+        assert rep[1] == wire.E_ABORTED
+        assert r.call([wire.LOCK, seq + 1, 5, ["t"], X, False, None, 0])[1] == wire.OK
+    finally:
+        r.close()
+        sh.stop()
+        th.join(5)
+        assert not th.is_alive()
+        sess = sh._sessions[0xAB]
+        sh.close()
+    assert len(sess.tombs) == len(sess.tomb_order) == MAX_TOMBSTONES
