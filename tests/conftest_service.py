@@ -1,16 +1,11 @@
 """Service fixtures: a 3-shard LocalCluster per test session and a fresh
 client (session) per test.
 
-To run the shared Transaction suite (tests/test_transaction_api.py) against
-the cluster from tests/conftest.py, add ``pytest_plugins = ["conftest_service"]``
-and make the ``lm`` fixture's params ``BACKENDS + ["cluster"]`` with::
-
-    if request.param == "cluster":
-        return request.getfixturevalue("cluster_lm")
-
-Until then tests/test_service_api.py runs that suite against the cluster by
-importing its tests. Shards are started by the tests on 127.0.0.1 with free
-ports and stopped by PID (LocalCluster.stop).
+tests/conftest.py loads this file (``pytest_plugins``) and makes "cluster"
+one of the ``lm`` fixture's targets, so the shared Transaction suite
+(tests/test_transaction_api.py) runs against the cluster as well as against
+the embedded manager on each backend. Shards are started by the tests on
+127.0.0.1 with free ports and stopped by PID (LocalCluster.stop).
 """
 
 import pytest
