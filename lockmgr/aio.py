@@ -88,6 +88,7 @@ class Transaction:
     name = property(lambda self: self._c.name)
     gtrid = property(lambda self: self._c.gtrid)
     state = property(lambda self: self._c.state)
+    prepared_at = property(lambda self: self._c.prepared_at)
 
     def __repr__(self):
         return f"<lockmgr.aio.Transaction id={self._c.id} {self._c.state}>"

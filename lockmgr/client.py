@@ -1105,7 +1105,7 @@ class _TxnCore:
     """State of one transaction, shared by the sync and asyncio front ends."""
 
     __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
-                 "default_timeout")
+                 "default_timeout", "prepared_at")
 
     def __init__(self, client, name, gtrid):
         self.client = client
@@ -1113,6 +1113,7 @@ class _TxnCore:
         self.id = new_txn_id()
         self.name = name
         self.gtrid = gtrid
+        self.prepared_at = None     # wall time prepare() succeeded (as lockmgr.Transaction.prepared_at)
         self.state = ACTIVE
         self.victim = False
         self.touched = {}      # shard -> epoch seen there (0 until the first answer)
@@ -1395,6 +1396,7 @@ def _g_prepare(core):
     if not touched:
         # holds nothing anywhere: nothing to make durable (XA's read-only vote)
         core.state = PREPARED
+        core.prepared_at = time.time()
         return None
     rt = core.eng.request_timeout
     results = yield [(s, wire.PREPARE, [core.id, core.gtrid, core.touched[s], touched], rt) for s in touched]
@@ -1404,6 +1406,7 @@ def _g_prepare(core):
             err = res
     if err is None and core.state is ACTIVE:
         core.state = PREPARED
+        core.prepared_at = time.time()
         return None
     # vote no: abort everywhere (a shard that prepared logs the abort before releasing)
     if core.state is ACTIVE:
@@ -1527,6 +1530,11 @@ class Transaction:
     def state(self):
         """'active', 'prepared', 'committed' or 'aborted'."""
         return self._c.state
+
+    @property
+    def prepared_at(self):
+        """Wall-clock time (``time.time()``) when :meth:`prepare` succeeded, else None."""
+        return self._c.prepared_at
 
     def __repr__(self):
         return f"<lockmgr.client.Transaction id={self._c.id} name={self._c.name!r} {self._c.state}>"

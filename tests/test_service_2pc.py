@@ -57,8 +57,11 @@ def test_prepare_refuses_new_locks_and_survives_close(cluster3):
         x = c.begin()
         x.lock(("db", "a", 9))
         x.prepare()
+    assert t.prepared_at is None
+    before = time.time()
     t.prepare()
     assert t.state == "prepared"
+    assert before <= t.prepared_at <= time.time()      # as lockmgr.Transaction.prepared_at
     with pytest.raises(InvalidRequest, match="prepared"):
         t.lock(("db", "a", 3))
     with pytest.raises(InvalidRequest, match="prepared"):
