@@ -1308,6 +1308,39 @@ int64_t lt_unlock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t 
     return T->nwoken;
 }
 
+int64_t lt_downgrade(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *ends, int depth,
+                     int mode)
+{
+    uint32_t len = ends[depth - 1];
+    uint32_t ti = txn_find(T, txn);
+    uint32_t si = ti ? res_find(T, key, len, key_hash(T, key, len)) : 0;
+    uint32_t ri = si ? req_find(T, ti, si) : 0;
+    if (!ri || REQ(T, ri)->held == LT_NL)
+        return LT_E_NOT_HELD;
+    if (TXN(T, ti)->waiting)
+        return LT_E_UNLOCK_WAITING;
+    lt_req *r = REQ(T, ri);
+    int old = r->held;
+    if (mode < LT_IS || mode > LT_X || lt_supremum[mode][old] != old)
+        return LT_E_NOT_WEAKER;
+    /* the intention the txn's own children need on this node stays covered */
+    if (r->nchildren && lt_supremum[mode][r->nstrong ? LT_IX : LT_IS] != mode)
+        return LT_E_HAS_CHILDREN;
+    T->nwoken = 0;
+    if (mode == old)
+        return 0;
+    lt_res *res = RES(T, si);
+    count_sub(res, old);
+    count_add(res, mode);
+    if (r->parent) {
+        lt_req *p = REQ(T, r->parent);
+        p->nstrong = p->nstrong - STRONG(old) + STRONG(mode);
+    }
+    r->held = (uint8_t)mode;
+    grant_waiters(T, si);
+    return T->nwoken;
+}
+
 int64_t lt_release_all(lt_table *T, uint64_t txn)
 {
     T->nwoken = 0;

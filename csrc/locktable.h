@@ -15,7 +15,7 @@
  *   lt_lock                        -- lock a path (intention locks on ancestors)
  *   lt_lock_many                   -- lt_lock per item until one is not granted
  *   lt_unlock, lt_release_all,     -- release; the woken transactions are then
- *   lt_cancel_wait                    in lt_woken()
+ *   lt_cancel_wait, lt_downgrade      in lt_woken()
  *   lt_find_cycle, lt_wait_edges, lt_wait_graph
  *                                  -- the wait-for graph
  *   lt_is_waiting, lt_waiting_on, lt_mode_held, lt_txn_nreqs, lt_held,
@@ -51,6 +51,7 @@ enum { LT_NL = 0, LT_IS = 1, LT_IX = 2, LT_S = 3, LT_SIX = 4, LT_X = 5 };
 #define LT_E_NOMEM            (-7)
 #define LT_E_INTERNAL         (-8)
 #define LT_E_NOT_EMPTY        (-9)  /* debug hook needs an empty table */
+#define LT_E_NOT_WEAKER       (-10) /* downgrade: the mode does not lie under the held one */
 
 #define LT_MAX_DEPTH      32
 #define LT_MAX_COMPONENT  1024
@@ -116,6 +117,14 @@ int64_t lt_lock_many(lt_table *T, uint64_t txn, const uint8_t *keys, const uint1
 int64_t lt_unlock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                   int depth);
 int64_t lt_release_all(lt_table *t, uint64_t txn);
+/* Set txn's granted lock on the node back to a weaker mode (one it held before
+ * a conversion: lt_supremum[mode][held] == held), e.g. to undo a conversion
+ * that a later step refused; waiters it no longer blocks are granted.  Its
+ * children keep the intention they need on it (else LT_E_HAS_CHILDREN); the
+ * token is kept.  LT_E_NOT_HELD, LT_E_UNLOCK_WAITING (txn waits),
+ * LT_E_NOT_WEAKER: nothing changed. */
+int64_t lt_downgrade(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                     int depth, int mode);
 int64_t lt_cancel_wait(lt_table *t, uint64_t txn);
 const uint64_t *lt_woken(const lt_table *t);
 

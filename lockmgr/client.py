@@ -1195,7 +1195,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
     shards = core.route(key, len(path), mode)
     deadline = None if timeout is None else time.monotonic() + timeout
     wpath = list(path)
-    fresh = []
+    done = []          # (shard, mode held there before): what to undo if a later shard refuses
     token = 0
     for s in shards:
         tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
@@ -1205,18 +1205,21 @@ def _g_lock(core, resource, mode, timeout, nowait):
         res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
                        None if deadline is None else tmo / 1000.0)]
         if isinstance(res, BaseException):
-            if isinstance(res, (LockTimeout, LockNotAvailable)) and fresh:
+            if isinstance(res, (LockTimeout, LockNotAvailable)) and done:
                 # a strong lock on a node above the partition depth failed on a later
-                # shard: withdraw it from the shards where it was newly granted
-                rb = yield [(f, wire.UNLOCK, [core.id, wpath, False], 0.0) for f in fresh]
+                # shard: undo it where it was granted -- released where it was new,
+                # set back to the mode held before where it converted one -- so the
+                # transaction keeps what it held, as one table would leave it
+                rb = yield [(f, wire.UNLOCK, [core.id, wpath, False], 0.0) if not prev
+                            else (f, wire.DOWNGRADE, [core.id, wpath, prev], 0.0) for f, prev in done]
             raise _failure(core, res, s)
-        tok, was_fresh, ep2 = res
+        tok, prev, ep2 = res
         if not ep:
             core.touched[s] = ep2
         if s == shards[0]:
             token = tok
-        if was_fresh:
-            fresh.append(s)
+        if SUPREMUM[prev][mode] != prev:      # this lock changed what was held there
+            done.append((s, prev))
     if core.state is not ACTIVE:   # aborted by another thread meanwhile
         for s in shards:
             core.eng.post(s, wire.RELEASE, [core.id, False])
@@ -1240,21 +1243,34 @@ def _g_lock_many(core, items, timeout, nowait):
         timeout = core.default_timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     tokens = [0] * len(parsed)
-    groups = {}
-    strong = []
+    # In order: a strong item (S/SIX/X on a node above the partition depth: every
+    # shard, in shard order) on its own; each run of other items between strong
+    # ones in one message per shard, all shards in parallel. Per shard the items
+    # keep their order and a strong item comes after exactly the items before it,
+    # so a call that succeeds leaves what successive lock() calls would.
+    run = {}
     for i, (path, key, mode) in enumerate(parsed):
         shards = core.route(key, len(path), mode)
-        if len(shards) > 1:
-            strong.append(i)
-        else:
-            groups.setdefault(shards[0], []).append(i)
-    for i in strong:
-        path, key, mode = parsed[i]
+        if len(shards) == 1:
+            run.setdefault(shards[0], []).append(i)
+            continue
+        if run:
+            yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
+            run = {}
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         tokens[i] = yield from _g_lock(core, path, mode, left, nowait)
-    # one message per shard (chunks of MAX_BATCH in rounds), all shards in parallel
+    if run:
+        yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
+    if core.state is not ACTIVE:
+        raise core.refuse()
+    return tokens
+
+
+def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
+    """Lock ``groups`` ({shard: [item index, ...]}): one LOCK_MANY per shard
+    (chunks of MAX_BATCH in rounds), all shards in parallel; fills ``tokens``."""
     order = sorted(groups)
-    rounds = max((len(v) + wire.MAX_BATCH - 1) // wire.MAX_BATCH for v in groups.values()) if groups else 0
+    rounds = max((len(v) + wire.MAX_BATCH - 1) // wire.MAX_BATCH for v in groups.values())
     for r in range(rounds):
         specs, idxs = [], []
         tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
@@ -1283,10 +1299,6 @@ def _g_lock_many(core, items, timeout, nowait):
                 tokens[i] = tok
         if err is not None:
             raise _failure(core, err[0], err[1])
-    if core.state is not ACTIVE:
-        raise core.refuse()
-    return tokens
-
 
 def _g_unlock(core, resource):
     core.check_active()

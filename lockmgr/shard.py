@@ -136,9 +136,9 @@ class _Txn:
 
 
 class _Wait:
-    __slots__ = ("txn", "seq", "items", "idx", "tokens", "many", "timer", "fresh", "deadline")
+    __slots__ = ("txn", "seq", "items", "idx", "tokens", "many", "timer", "prev", "deadline")
 
-    def __init__(self, txn, seq, items, idx, tokens, many, fresh):
+    def __init__(self, txn, seq, items, idx, tokens, many, prev):
         self.txn = txn
         self.seq = seq
         self.items = items            # [(path, mode), ...]
@@ -146,7 +146,7 @@ class _Wait:
         self.tokens = tokens
         self.many = many
         self.timer = None
-        self.fresh = fresh
+        self.prev = prev              # LOCK: the mode held on the node before (0: none), for the reply
         self.deadline = None          # absolute clock time, or None: wait forever
 
 
@@ -267,6 +267,7 @@ class Shard:
         self._handlers = {
             wire.HEARTBEAT: self._h_heartbeat, wire.CLOSE: self._h_close, wire.LOCK: self._h_lock_one,
             wire.LOCK_MANY: self._h_lock_many, wire.UNLOCK: self._h_unlock, wire.RELEASE: self._h_release,
+            wire.DOWNGRADE: self._h_downgrade,
             wire.HELD: self._h_held,
         }
         self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
@@ -628,8 +629,8 @@ class Shard:
         if t.wait is not None:
             raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
         table = self._table
-        fresh = None if many else table.mode_held(tid, items[0][0]) == 0
-        w = _Wait(t, seq, items, 0, [], many, fresh)
+        prev = None if many else table.mode_held(tid, items[0][0])
+        w = _Wait(t, seq, items, 0, [], many, prev)
         if timeout_ms is not None:
             w.deadline = self._now + timeout_ms / 1000.0
         return self._run(w, nowait)
@@ -664,7 +665,7 @@ class Shard:
         w.idx = idx
         if w.many:
             return [tokens, self.epoch]
-        return [tokens[0], w.fresh, self.epoch]
+        return [tokens[0], w.prev, self.epoch]
 
     def _park(self, w):
         """``w`` waits (the table queued its current item): arm its timer and
@@ -786,7 +787,7 @@ class Shard:
             t = _Txn(tid, sess)
             self._txns[tid] = t
             sess.txns[tid] = t
-            fresh = True
+            prev = 0
         else:
             if t.session is not sess:
                 raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
@@ -794,13 +795,13 @@ class Shard:
                 raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
             if t.wait is not None:
                 raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
-            fresh = table.mode_held(tid, path) == 0
+            prev = table.mode_held(tid, path)
             tok = table.lock(tid, path, mode, nowait)
         if tok > 0:
-            return [tok, fresh, self.epoch]
+            return [tok, prev, self.epoch]
         if tok == CONFLICT:
             raise _Reply(E_NOT_AVAILABLE, f"{path!r} is not available in mode {Mode(mode).name} without waiting")
-        w = _Wait(t, seq, [(path, mode)], 0, [], False, fresh)
+        w = _Wait(t, seq, [(path, mode)], 0, [], False, prev)
         if tmo is not None:
             w.deadline = self._now + tmo / 1000.0
         self._park(w)
@@ -911,6 +912,23 @@ class Shard:
         if woken:
             self._woken.extend(woken)
         return [True]
+
+    def _h_downgrade(self, sess, seq, args):
+        """Set a held lock back to a weaker mode: the client undoing a conversion that
+        a strong lock above the partition depth made here before a later shard refused."""
+        if len(args) != 3:
+            raise _Reply(E_PROTOCOL, "DOWNGRADE takes [txn, path, mode]")
+        tid, path, mode = args
+        path = _path(path)
+        t = self._txn(sess, tid, create=False)
+        if t is None:
+            raise _Reply(E_INVALID, f"transaction {tid} does not hold {path!r}")
+        if t.state != "active":
+            raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
+        woken = self._table.downgrade(tid, path, mode)     # InvalidRequest: nothing changed
+        if woken:
+            self._woken.extend(woken)
+        return []
 
     def _h_release(self, sess, seq, args):
         if len(args) != 2:

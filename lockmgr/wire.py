@@ -53,11 +53,12 @@ MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 HELLO = 1          # [ttl_ms, name]              -> [epoch, shard_index, nshards, partition_depth]
 HEARTBEAT = 2      # []                          -> [epoch]
 CLOSE = 3          # []                          -> []    end the session (prepared txns stay in doubt)
-LOCK = 10          # [txn, path, mode, nowait, timeout_ms|nil, epoch] -> [token, fresh, epoch]
+LOCK = 10          # [txn, path, mode, nowait, timeout_ms|nil, epoch] -> [token, prev_mode, epoch]
 LOCK_MANY = 11     # [txn, [[path, mode], ...], nowait, timeout_ms|nil, epoch] -> [[token, ...], epoch]
 UNLOCK = 12        # [txn, path, check_only]     -> [held_here]
 RELEASE = 13       # [txn, committed]            -> []    commit/abort on this shard
 HELD = 14          # [txn]                       -> [[path, mode], ...]
+DOWNGRADE = 15     # [txn, path, mode]           -> []    back to a weaker mode held before (undo a conversion)
 PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
 DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
@@ -82,7 +83,7 @@ PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, prob
 FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
-              LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD",
+              LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
               PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",

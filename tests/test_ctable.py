@@ -206,6 +206,14 @@ class Differential(RuleBasedStateMachine):
     def release_all(self, txn):
         self.same("release_all", txn)
 
+    @rule(txn=TXNS, path=PATHS, mode=MODES)
+    def downgrade(self, txn, path, mode):
+        self.same("downgrade", txn, path, mode)
+
+    @rule(txn=st.one_of(TXNS, ODD_TXNS), path=PATHS, mode=st.one_of(MODES, ODD_MODES))
+    def downgrade_odd(self, txn, path, mode):
+        self.same("downgrade", txn, path, mode)
+
     @rule(txn=TXNS)
     def cancel_wait(self, txn):
         self.same("cancel_wait", txn)
@@ -254,6 +262,41 @@ Differential.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_differential = Differential.TestCase
+
+
+@pytest.mark.parametrize("T", [_pytable.Table, _ctable.Table], ids=["python", "c"])
+def test_downgrade_undoes_a_conversion_and_wakes_who_it_blocked(T):
+    t = T()
+    tok_is = t.lock(1, ("db",), IS)
+    tok_s = t.lock(1, ("db",), S)                  # IS -> S
+    assert tok_s > tok_is
+    assert t.lock(2, ("db", "x"), IX) == _pytable.WAITING   # IX on db waits behind the S
+    assert t.downgrade(1, ("db",), IS) == [2]      # back to IS: the IX waiter is granted
+    assert t.held(1) == [(("db",), IS)]
+    assert t.mode_held(2, ("db",)) == IX
+    assert t.downgrade(1, ("db",), IS) == []       # to the held mode: nothing to do
+    for bad in (S, X, SIX):                        # only weaker modes
+        with pytest.raises(InvalidRequest, match="weaker mode"):
+            t.downgrade(1, ("db",), bad)
+    with pytest.raises(InvalidRequest, match="does not hold"):
+        t.downgrade(1, ("other",), IS)
+    with pytest.raises(InvalidRequest, match="does not hold"):
+        t.downgrade(3, ("db",), IS)
+    t._check()
+    # the intention its own children need stays: X on a child needs IX here
+    t.lock(3, ("db2", "r"), X)                     # IX on db2
+    t.lock(3, ("db2",), SIX)                       # IX -> SIX
+    with pytest.raises(InvalidRequest, match="below"):
+        t.downgrade(3, ("db2",), IS)
+    assert t.held(3)[0] == (("db2",), SIX)
+    assert t.downgrade(3, ("db2",), IX) == []
+    assert t.held(3) == [(("db2",), IX), (("db2", "r"), X)]
+    # not while waiting
+    t.lock(4, ("z",), X)
+    t.lock(3, ("z",), S)
+    with pytest.raises(InvalidRequest, match="waiting"):
+        t.downgrade(3, ("db2",), IX)
+    t._check()
 
 
 def _both(fn):

@@ -133,6 +133,10 @@ BAD_REQUESTS = [
     ([wire.LOCK_MANY, 5, 1, "x", False, None, 0], wire.E_PROTOCOL, "must be an array"),
     ([wire.UNLOCK, 5, 424242, ["a"], False], wire.E_INVALID, "does not hold"),
     ([wire.HELD, 5], wire.E_PROTOCOL, "HELD takes"),
+    ([wire.DOWNGRADE, 5, 424242, ["a"]], wire.E_PROTOCOL, "DOWNGRADE takes"),
+    ([wire.DOWNGRADE, 5, 424242, ["a"], 1], wire.E_INVALID, "does not hold"),
+    ([wire.DOWNGRADE, 5, 424242, ["a"], 9], wire.E_INVALID, "does not hold"),
+    ([wire.DOWNGRADE, 5, "x", ["a"], 1], wire.E_INVALID, "transaction id"),
     ([wire.RELEASE, 5, "x", True], wire.E_INVALID, "transaction id"),
 ]
 
@@ -251,6 +255,25 @@ def test_acknowledged_seq_is_stale(shard, raw):
     rep = raw.recv()[0]
     assert rep[1] == wire.E_STALE and "acknowledged" in rep[2]
     assert not [r for r in stats(shard)["_snapshot"] if r[1] == 701]
+
+
+def test_downgrade_undoes_a_conversion_and_refuses_what_it_cannot(shard, raw):
+    hello(raw, 0xD6)
+    assert raw.call([wire.LOCK, 2, 811, ["dg"], wire_mode("IS"), False, None, 0])[2][1] == 0   # prev: none
+    assert raw.call([wire.LOCK, 3, 811, ["dg"], S, False, None, 0])[2][1] == wire_mode("IS")  # prev: IS
+    for req, text in [([wire.DOWNGRADE, 4, 811, ["dg"], X], "weaker mode"),
+                      ([wire.DOWNGRADE, 5, 811, ["dg"], 0], "mode"),
+                      ([wire.DOWNGRADE, 6, 811, ["nope"], 1], "does not hold")]:
+        rep = raw.call(req)
+        assert rep[1] == wire.E_INVALID and text in rep[2], rep
+    assert raw.call([wire.HELD, 7, 811])[2] == [[["dg"], S]]
+    assert raw.call([wire.DOWNGRADE, 8, 811, ["dg"], wire_mode("IS")]) == [8, wire.OK, []]
+    assert raw.call([wire.HELD, 9, 811])[2] == [[["dg"], wire_mode("IS")]]
+    assert raw.call([wire.RELEASE, 10, 811, True])[1] == wire.OK
+
+
+def wire_mode(name):
+    return int(Mode[name])
 
 
 def test_txn_of_another_session_is_refused(shard, raw):

@@ -14,6 +14,7 @@ cdef extern from "locktable.h" nogil:
         LT_E_NOMEM
         LT_E_INTERNAL
         LT_E_NOT_EMPTY
+        LT_E_NOT_WEAKER
         LT_MAX_DEPTH
         LT_MAX_COMPONENT
         LT_MAX_KEY
@@ -58,6 +59,8 @@ cdef extern from "locktable.h" nogil:
     int64_t lt_unlock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                       int depth)
     int64_t lt_release_all(lt_table *t, uint64_t txn)
+    int64_t lt_downgrade(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                         int depth, int mode)
     int64_t lt_cancel_wait(lt_table *t, uint64_t txn)
     const uint64_t *lt_woken(const lt_table *t)
     int lt_find_cycle(lt_table *t, uint64_t txn, const uint64_t **path, size_t *n)

@@ -295,6 +295,9 @@ cdef object _fail(int64_t code, object txn, object path):
     if code == LT_E_HAS_CHILDREN:
         raise InvalidRequest(
             f"transaction {txn} still holds lock(s) below {path!r}; unlock those first")
+    if code == LT_E_NOT_WEAKER:
+        raise InvalidRequest(f"transaction {txn} holds {path!r} in a mode that does not cover the one asked "
+                             f"for; a downgrade only goes to a weaker mode")
     if code == LT_E_NOMEM:
         raise MemoryError("lock table: out of memory")
     raise AssertionError(f"lock table: internal error {code}")
@@ -923,6 +926,28 @@ cdef class Table:
         cdef uint64_t tid = _txn_id(txn)
         cdef int depth = _encode(resource, buf, ends)
         cdef int64_t n = lt_unlock(self._t, tid, buf, ends, depth)
+        if n == 0:
+            return []
+        if n > 0:
+            return _woken(self._t, n)
+        return _fail(n, txn, _decode(buf, ends[depth - 1]))
+
+    def downgrade(self, txn, resource, mode):
+        """Set ``txn``'s lock on ``resource`` back to the weaker ``mode`` (one it
+        held before a conversion); the woken txn ids.
+
+        For undoing a conversion that a later step refused (the service's strong
+        locks above the partition depth). Refused with InvalidRequest, nothing
+        changed: not held, ``txn`` waits, ``mode`` not covered by the held mode,
+        or ``mode`` too weak for the intention its children need. The token is
+        kept. Runtime complexity: O(queue).
+        """
+        cdef uint8_t buf[KEYBUF]
+        cdef uint16_t ends[MAXDEPTH]
+        cdef uint64_t tid = _txn_id(txn)
+        cdef int depth = _encode(resource, buf, ends)
+        cdef int m = _mode(mode)
+        cdef int64_t n = lt_downgrade(self._t, tid, buf, ends, depth, m)
         if n == 0:
             return []
         if n > 0:

@@ -428,6 +428,44 @@ class Table:
         return woken
 
     @_serialised
+    def downgrade(self, txn, resource, mode):
+        """Set ``txn``'s lock on ``resource`` back to the weaker ``mode`` (one it
+        held before a conversion); returns the woken txn ids.
+
+        For undoing a conversion that a later step refused. Refused with
+        InvalidRequest, nothing changed: not held, ``txn`` waits, ``mode`` not
+        covered by the held mode, or too weak for the intention that ``txn``'s
+        children below it need. The token is kept. Runtime complexity: O(queue).
+        """
+        _check_txn(txn)
+        key = encode(resource)
+        mode = check_mode(mode)
+        t = self._txns.get(txn)
+        r = t.reqs.get(key) if t is not None else None
+        if r is None or r.held == NL:
+            raise InvalidRequest(f"transaction {txn} does not hold {decode(key)!r}")
+        if t.waiting is not None:
+            raise InvalidRequest(f"transaction {txn} is waiting for a lock; it cannot unlock meanwhile")
+        old = r.held
+        if SUPREMUM[mode][old] != old:
+            raise InvalidRequest(f"transaction {txn} holds {decode(key)!r} in a mode that does not cover the "
+                                 f"one asked for; a downgrade only goes to a weaker mode")
+        if r.nchildren:
+            strong = any(q.parent is r and q.held in (IX, SIX, X) for q in t.reqs.values())
+            if SUPREMUM[mode][IX if strong else IS] != mode:
+                raise InvalidRequest(f"transaction {txn} still holds lock(s) below {decode(key)!r}; "
+                                     f"unlock those first")
+        if mode == old:
+            return []
+        res = r.res
+        res.counts[old] -= 1
+        res.counts[mode] += 1
+        r.held = mode
+        woken = []
+        self._grant_waiters(res, woken)
+        return woken
+
+    @_serialised
     def release_all(self, txn):
         """Release every request of ``txn`` (held or waiting). Runtime: O(its locks)."""
         _check_txn(txn)
