@@ -11,6 +11,13 @@ shards. After every step both sides must have answered alike (granted,
 hold exactly the same locks (``held()``) in both. Tokens differ by design
 (each shard numbers its own grants) and are not compared; that they
 increase is tested elsewhere.
+
+A second machine adds blocking ``lock()`` calls (one thread per
+transaction) on the nodes at or below the partition depth: who waits, who is
+granted on a release (FIFO, conversions first), which transaction is the
+deadlock victim (the youngest of the cycle, also when the cycle spans
+shards) must be the same on both sides. The differences by design are in
+docs/design.md ("The lock service").
 """
 
 import queue
