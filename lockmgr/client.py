@@ -1575,9 +1575,11 @@ class Transaction:
         """Lock several ``(resource, mode)`` pairs; returns their tokens in order.
 
         The requests for one shard go in one message (the shard takes them in
-        the given order); different shards work in parallel. Not atomic: on an
-        error, the locks granted before it are kept (like a sequence of
-        ``lock()`` calls).
+        the given order); different shards work in parallel; a strong lock on a
+        node above the partition depth goes on its own, after the items before
+        it. A call that succeeds leaves what successive ``lock()`` calls would.
+        Not atomic: on an error, the locks granted before it are kept, and items
+        after it that live on other shards may be granted too.
         """
         return _drive(self._c.eng, _g_lock_many(self._c, items, timeout, nowait))
 
