@@ -927,7 +927,9 @@ static inline void grant_new(lt_table *T, lt_res *res, uint32_t ri, int mode)
         REQ(T, r->parent)->nstrong += STRONG(mode);
 }
 
-static inline void grant_conversion(lt_table *T, lt_res *res, lt_req *r, int nw)
+/* Change the mode granted request r holds (a conversion up, a downgrade):
+ * the resource's counts and the parent's count of strong children follow. */
+static inline void set_held(lt_table *T, lt_res *res, lt_req *r, int nw)
 {
     int old = r->held;
     count_sub(res, old);
@@ -937,6 +939,11 @@ static inline void grant_conversion(lt_table *T, lt_res *res, lt_req *r, int nw)
         p->nstrong = p->nstrong - STRONG(old) + STRONG(nw);
     }
     r->held = (uint8_t)nw;
+}
+
+static inline void grant_conversion(lt_table *T, lt_res *res, lt_req *r, int nw)
+{
+    set_held(T, res, r, nw);
     r->want = LT_NL;
     r->token = ++T->token;
     T->granted++;
@@ -1329,14 +1336,7 @@ int64_t lt_downgrade(lt_table *T, uint64_t txn, const uint8_t *key, const uint16
     T->nwoken = 0;
     if (mode == old)
         return 0;
-    lt_res *res = RES(T, si);
-    count_sub(res, old);
-    count_add(res, mode);
-    if (r->parent) {
-        lt_req *p = REQ(T, r->parent);
-        p->nstrong = p->nstrong - STRONG(old) + STRONG(mode);
-    }
-    r->held = (uint8_t)mode;
+    set_held(T, RES(T, si), r, mode);
     grant_waiters(T, si);
     return T->nwoken;
 }
