@@ -1284,6 +1284,11 @@ def add_serve_args(ap):
 
 
 def run_serve(args):
+    parent = getattr(args, "parent_pid", None)
+    if parent is not None and parent != os.getppid():
+        print(f"lockmgr shard {args.index}: --parent-pid {parent} is not this process's parent "
+              f"({os.getppid()}); nothing started", file=sys.stderr)
+        return 2
     key = os.environ.get("LOCKMGR_CLUSTER_KEY") or None
     if args.cluster_key_file:
         try:
