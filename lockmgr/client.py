@@ -1195,7 +1195,8 @@ def _g_lock(core, resource, mode, timeout, nowait):
     shards = core.route(key, len(path), mode)
     deadline = None if timeout is None else time.monotonic() + timeout
     wpath = list(path)
-    done = []          # (shard, mode held there before): what to undo if a later shard refuses
+    strong = len(shards) > 1
+    done = []          # a strong lock: (shard, mode held there before), to undo if a later shard refuses
     token = 0
     for s in shards:
         tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
@@ -1218,7 +1219,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
             core.touched[s] = ep2
         if s == shards[0]:
             token = tok
-        if SUPREMUM[prev][mode] != prev:      # this lock changed what was held there
+        if strong and SUPREMUM[prev][mode] != prev:      # this lock changed what was held there
             done.append((s, prev))
     if core.state is not ACTIVE:   # aborted by another thread meanwhile
         for s in shards:
@@ -1299,6 +1300,7 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
                 tokens[i] = tok
         if err is not None:
             raise _failure(core, err[0], err[1])
+
 
 def _g_unlock(core, resource):
     core.check_active()

@@ -387,7 +387,7 @@ class ProbeEngine:
         sh = self.shard
         rows = []
         k = len(cycle)
-        v = cycle.index(victim) if victim in cycle else 0
+        v = cycle.index(victim)                        # the victim is a member (the youngest)
         cycle = list(cycle[v:]) + list(cycle[:v])      # the report's cycle starts at the victim
         for i, tid in enumerate(cycle):
             row = self._row(tid, cycle[(i + 1) % k])
