@@ -121,12 +121,16 @@ class Transaction:
         return await _drive(self._c, _g_finish(self._c, True))
 
     async def abort(self):
-        """See :meth:`lockmgr.client.Transaction.abort` (raises SessionExpired only)."""
+        """See :meth:`lockmgr.client.Transaction.abort` (raises SessionExpired; and, for a
+        prepared transaction, every failure and TransactionCommitted)."""
+        prepared = self._c.state is PREPARED
         try:
             return await _drive(self._c, _g_finish(self._c, False))
         except SessionExpired:
             raise
         except LockError:
+            if prepared:
+                raise
             return None
 
     async def __aenter__(self):

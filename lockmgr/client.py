@@ -45,7 +45,7 @@ import zmq
 from . import wire
 from ._checks import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
-                     TransactionAborted)
+                     TransactionAborted, TransactionCommitted)
 from .manager import LockInfo
 from .modes import Mode, SUPREMUM
 from ._core import BACKEND as _BACKEND
@@ -188,6 +188,9 @@ _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
 _zmq_poll = zmq.zmq_poll
+# the most two machines' monotonic clocks may differ in rate (a fraction: 1000 ppm,
+# ten times what commodity crystal oscillators drift)
+MAX_CLOCK_DRIFT = 0.001
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 
 
@@ -224,6 +227,12 @@ class _Engine:
         self.endpoints = _parse_endpoints(endpoints)
         self.n = len(self.endpoints)
         self.ttl = float(session_ttl)
+        # the lease as this client counts it: ttl from the send time of the latest
+        # request a shard answered, less what clock rates may differ by (the shard
+        # counts ttl from when it handled that request, which is later); see
+        # docs/design.md ("Sessions and leases")
+        self.ttl_ms = max(1, int(self.ttl * 1000))     # what HELLO tells the shards
+        self.lease = self.ttl_ms / 1000.0 * (1.0 - 2 * MAX_CLOCK_DRIFT)
         self.request_timeout = float(request_timeout)
         self.retry_interval = min(1.0, self.request_timeout / 4)
         self.hb_interval = self.ttl / 4
@@ -236,9 +245,11 @@ class _Engine:
         self.epoch = [0] * self.n
         self.dead = None                 # the message once the session has expired / closed
         self.closed = False
+        self._close_sent = False         # CLOSE went to every shard (once the session is dead)
         self._lease_base = [0.0] * self.n
         self._hb_sent = [None] * self.n  # send time of the outstanding heartbeat, or None
         self._hello_pending = [False] * self.n
+        self._secret = [None] * self.n   # per shard: the session's secret (from HELLO) to re-bind it
         self._ctx = zmq.Context()
         self._socks = []
         for ep in self.endpoints:
@@ -380,7 +391,7 @@ class _Engine:
         now = time.monotonic()
         drv.last_io = now
         if self.closed or self.dead is not None or (self._hello_left == 0
-                                                     and now > min(self._lease_base) + self.ttl):
+                                                     and now > min(self._lease_base) + self.lease):
             self._turn_locked(now)        # fails every call
         else:
             if send and self._outq:
@@ -415,13 +426,10 @@ class _Engine:
         """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
         self.submit([_Call(shard, typ, args, time.monotonic() + self.request_timeout)])
 
-    def lease_left(self):
-        return min(self._lease_base) + self.ttl - time.monotonic()
-
     def check_session(self):
         if self.dead is not None:
             raise SessionExpired(self.dead)
-        if time.monotonic() > min(self._lease_base) + self.ttl:
+        if time.monotonic() > min(self._lease_base) + self.lease:
             self._expire_local()
             raise SessionExpired(self.dead)
 
@@ -521,8 +529,10 @@ class _Engine:
 
     def _send_hello(self, i, now):
         self._hello_pending[i] = True
-        c = _Call(i, wire.HELLO, [max(1, int(self.ttl * 1000)), self.name], now + self.request_timeout,
-                  cb=self._on_hello, urgent=True)
+        args = [self.ttl_ms, self.name]
+        if self._secret[i] is not None:
+            args.append(self._secret[i])    # re-binds the session if the shard still has it
+        c = _Call(i, wire.HELLO, args, now + self.request_timeout, cb=self._on_hello, urgent=True)
         self._urgent += 1
         self._outq.append(c)
 
@@ -536,7 +546,9 @@ class _Engine:
                 self._hello_error = c.error
                 self._ready.set()
             return
-        epoch, index, nshards, depth = c.result
+        epoch, index, nshards, depth = c.result[:4]
+        if len(c.result) > 4:
+            self._secret[i] = c.result[4]
         if self._hello_left > 0:
             if nshards != self.n or index != i:
                 self._hello_error = InvalidRequest(
@@ -610,7 +622,7 @@ class _Engine:
         if self.closed:
             self._fail_all(SessionExpired("the client was closed"))
             return
-        if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.ttl:
+        if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.lease:
             self._expire_local()
         if self.dead is not None:
             self._fail_all(SessionExpired(self.dead), keep_close=True)
@@ -740,7 +752,7 @@ class _Engine:
                         due = (self._outq or (top is not None and top <= now)
                                or (self._orphaned_at is not None and now >= self._orphaned_at + _ORPHAN_DELAY)
                                or (self.dead is None and self._hello_left == 0
-                                   and now > min(self._lease_base) + self.ttl))
+                                   and now > min(self._lease_base) + self.lease))
                         if due:
                             self._owner = _HK
                             take = True
@@ -766,7 +778,7 @@ class _Engine:
                 if self._orphaned_at is not None:
                     nxt = min(nxt, self._orphaned_at + _ORPHAN_DELAY)
                 if self.dead is None and self._hello_left == 0:
-                    nxt = min(nxt, min(self._lease_base) + self.ttl + 0.001)
+                    nxt = min(nxt, min(self._lease_base) + self.lease + 0.001)
                 if self.closed:
                     nxt = now + 0.005
                 if type(self._owner) is _LoopDriver:
@@ -792,6 +804,8 @@ class _Engine:
                 reps = wire.unpack_replies(frame)
             except Exception:
                 continue
+            if type(reps) is not list:
+                continue
             for rep in reps:
                 try:
                     seq, status, payload = rep
@@ -801,6 +815,11 @@ class _Engine:
                 if c is None:
                     continue
                 if status == wire.OK:
+                    err = wire.check_reply(c.typ, payload, c.args)
+                    if err is not None:
+                        c.error = err
+                        self._complete(c)
+                        continue
                     c.result = payload
                     if c.first_sent > lease:
                         lease = c.first_sent
@@ -906,7 +925,7 @@ class _Engine:
                 self._fail(c, type(err)(str(err)))
             pending.clear()
         self._heap.clear()
-        if keep_close and not getattr(self, "_close_sent", False):
+        if keep_close and not self._close_sent:
             self._close_sent = True
             # tell the shards at once rather than letting the leases run out
             for i in range(self.n):
@@ -1445,6 +1464,17 @@ def _g_decide_own(core, commit):
     for res in results:
         if isinstance(res, BaseException):
             raise res       # still in doubt somewhere: stays PREPARED; retry, or resolve() from any client
+    for res in results:
+        if res[0] == "conflict":
+            # decided the other way elsewhere (Client.resolve from another session): report
+            # what happened, and the transaction is in that state
+            core.state = COMMITTED if res[1] else ABORTED
+            if res[1]:
+                raise TransactionCommitted(
+                    f"transaction {core.id} (gtrid {core.gtrid!r}) was committed by another resolver; "
+                    f"it was not aborted")
+            raise TransactionAborted(f"transaction {core.id} (gtrid {core.gtrid!r}) was aborted by another "
+                                     f"resolver; it was not committed")
     core.state = COMMITTED if commit else ABORTED
     return None
 
@@ -1488,11 +1518,13 @@ def _g_resolve(eng, gtrid, commit):
     eng.check_session()
     results = yield [(i, wire.DECIDE, [gtrid, commit], eng.request_timeout) for i in range(eng.n)]
     unavailable = None
-    for res in results:
+    for i, res in enumerate(results):
         if isinstance(res, InvalidRequest):
-            raise res          # e.g. already resolved the other way
+            raise res
         if isinstance(res, BaseException):
             unavailable = unavailable or res
+        elif res[0] == "conflict":
+            raise InvalidRequest(f"gtrid {gtrid!r} was already {'committed' if res[1] else 'aborted'} on shard {i}")
     if unavailable is not None:
         raise unavailable
     if all(r == ["unknown"] for r in results):
@@ -1614,19 +1646,29 @@ class Transaction:
         For a prepared transaction the decision is logged durably on every
         shard before its locks there are released; on an error (a shard down)
         the transaction stays prepared (in doubt): call commit() again or
-        ``Client.resolve(gtrid, True)``."""
+        ``Client.resolve(gtrid, True)``. If another client aborted it meanwhile
+        (``Client.resolve(gtrid, False)``), TransactionAborted says so and its
+        state is 'aborted'."""
         return _drive(self._c.eng, _g_finish(self._c, True))
 
     def abort(self):
         """Release every lock and finish as aborted. Idempotent: a no-op on a
         finished transaction. Raises SessionExpired if the session has expired
         (the shards release the locks themselves then); other failures to reach
-        a shard are not raised (the lease releases what could not be)."""
+        a shard are not raised (the lease releases what could not be).
+
+        A prepared transaction is different: its locks outlive the session, so
+        every failure is raised (it stays prepared: retry, or ``Client.resolve``),
+        and TransactionCommitted if another client committed it meanwhile
+        (``Client.resolve(gtrid, True)``; its state is then 'committed')."""
+        prepared = self._c.state is PREPARED
         try:
             return _drive(self._c.eng, _g_finish(self._c, False))
         except SessionExpired:
             raise
         except LockError:
+            if prepared:
+                raise
             return None
 
     def _abort_quietly(self):

@@ -11,6 +11,7 @@ __all__ = [
     "LockNotAvailable",
     "DeadlockDetected",
     "TransactionAborted",
+    "TransactionCommitted",
     "InvalidRequest",
 ]
 
@@ -42,6 +43,16 @@ class DeadlockDetected(LockError):
 
 class TransactionAborted(LockError):
     """An operation on a transaction that was aborted or has already finished."""
+
+
+class TransactionCommitted(LockError):
+    """``abort()`` of a prepared (2PC) transaction that was committed instead:
+    another client or the manager resolved it (``resolve(gtrid, True)``).
+
+    The transaction is committed and its locks are released; its state says
+    ``'committed'``. (The opposite case, ``commit()`` of a prepared transaction
+    that was aborted elsewhere, raises :class:`TransactionAborted`.)
+    """
 
 
 class InvalidRequest(LockError, ValueError):

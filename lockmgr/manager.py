@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from ._core import CONFLICT, WAITING, table_class
 from ._checks import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
-                     LockTimeout, TransactionAborted)
+                     LockTimeout, TransactionAborted, TransactionCommitted)
 from .modes import Mode
 from .paths import decode, encode
 from .wal import CorruptLog, PrepareLog
@@ -70,7 +70,7 @@ class Transaction:
     """
 
     __slots__ = ("_mgr", "_table", "id", "name", "gtrid", "_state", "_wake", "_victim", "_resolving",
-                 "prepared_at", "__weakref__")
+                 "prepared_at", "_resolved_by", "__weakref__")
 
     def __init__(self, mgr, tid, name, gtrid=None):
         self._mgr = mgr
@@ -80,6 +80,7 @@ class Transaction:
         self.gtrid = gtrid
         self._resolving = False
         self.prepared_at = None
+        self._resolved_by = None        # who decided a prepared transaction: "owner" or "resolve"
         self._state = ACTIVE
         self._wake = None      # a held threading.Lock while this txn waits
         self._victim = False   # aborted as a deadlock victim
@@ -327,18 +328,22 @@ class Transaction:
         self._resolve(COMMITTED)
 
     def abort(self):
-        """Release every lock and finish as aborted. Idempotent; a no-op once finished."""
+        """Release every lock and finish as aborted. Idempotent; a no-op once finished,
+        except for a prepared transaction that :meth:`LockManager.resolve` committed:
+        that raises TransactionCommitted (the transaction is committed)."""
         try:
             self._resolve(ABORTED)
         except TransactionAborted:
             pass
 
-    def _resolve(self, outcome):
+    def _resolve(self, outcome, by="owner"):
         mgr = self._mgr
         with mgr._mutex:
             if self._resolving:
                 raise InvalidRequest(f"transaction {self.id} is being prepared or resolved by another thread")
             if self._state is ACTIVE or (self._state is PREPARED and mgr._log is None):
+                if self._state is PREPARED:
+                    self._resolved_by = by
                 if outcome is ABORTED:
                     self._abort_locked(victim=False)
                 else:
@@ -346,6 +351,13 @@ class Transaction:
                 mgr._remember(self.gtrid, outcome)
                 return
             if self._state is not PREPARED:
+                if self._resolved_by == "resolve" and self._state is not outcome:
+                    # prepared, then decided the other way by LockManager.resolve()
+                    if self._state is COMMITTED:
+                        raise TransactionCommitted(f"transaction {self.id} (gtrid {self.gtrid!r}) was committed "
+                                                   f"by LockManager.resolve(); it was not aborted")
+                    raise TransactionAborted(f"transaction {self.id} (gtrid {self.gtrid!r}) was aborted by "
+                                             f"LockManager.resolve(); it was not committed")
                 if outcome is ABORTED:
                     return
                 raise self._refuse()
@@ -357,6 +369,7 @@ class Transaction:
             with mgr._mutex:
                 self._resolving = False
                 if ticket.durable:
+                    self._resolved_by = by
                     self._finish_locked(outcome)
                     mgr._remember(self.gtrid, outcome)
 
@@ -514,7 +527,7 @@ class LockManager:
                 return
             if t._state is not PREPARED:
                 raise InvalidRequest(f"transaction {gtrid!r} is {t._state}, not prepared")
-        t._resolve(outcome)
+        t._resolve(outcome, by="resolve")
 
     def close(self):
         """Close the prepare log (prepared transactions stay in it)."""

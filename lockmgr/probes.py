@@ -37,7 +37,9 @@ import time
 import zmq
 
 from . import wire
+from ._checks import brief
 from .modes import Mode
+from .timers import TimerKind
 
 __all__ = ["ProbeEngine", "directory", "send_admin", "DEFAULT_PROBE_DELAY"]
 
@@ -237,7 +239,7 @@ class ProbeEngine:
             if self._armed_entry is not None:
                 sh._timers.discard(self._armed_entry)     # one probe timer at a time
             self._armed = due
-            self._armed_entry = (due, next(sh._tick), 2, None)
+            self._armed_entry = (due, next(sh._tick), TimerKind.PROBE, None)
             sh._timers.add(self._armed_entry)
 
     def on_timer(self):
@@ -353,7 +355,7 @@ class ProbeEngine:
             del self.holds[tid]
             return False
         until = max(d.values())
-        w.timer = (until, next(sh._tick), 0, w)
+        w.timer = (until, next(sh._tick), TimerKind.WAIT, w)
         sh._timers.add(w.timer)
         self.c["timeouts_deferred"] += 1
         return True
@@ -378,7 +380,7 @@ class ProbeEngine:
             w = t.wait if t is not None else None
             if w is not None and w.timer is not None and w.deadline is not None and w.deadline <= sh._now:
                 sh._timers.discard(w.timer)
-                w.timer = (sh._now, next(sh._tick), 0, w)
+                w.timer = (sh._now, next(sh._tick), TimerKind.WAIT, w)
                 sh._timers.add(w.timer)
 
     def on_local_victim(self, cycle, victim, closer=None):
@@ -934,19 +936,41 @@ class ProbeEngine:
                 "probe_interval_ms": self.interval * 1000}
 
     def _a_faults(self, args):
-        """Test hook: {"drop_next": n, "drop_prob": p, "delay_ms": d, "types": [..], "seed": s}; {} clears."""
-        try:
-            f = dict(args[0]) if args and isinstance(args[0], dict) else {}
-            f = {k: f[k] for k in ("drop_next", "drop_prob", "delay_ms", "types", "seed") if k in f}
-        except (TypeError, ValueError):
-            f = {}
-        if "types" in f and f["types"] is not None:
+        """Test hook: {"drop_next": n, "drop_prob": p, "delay_ms": d, "types": [..], "seed": s}; {} clears.
+        A bad plan is refused (ValueError: E_INVALID) and the current one kept."""
+        if len(args) > 1 or (args and type(args[0]) is not dict):
+            raise ValueError("FAULTS takes [] or [{drop_next, drop_prob, delay_ms, types, seed}]")
+        f = dict(args[0]) if args else {}
+        unknown = sorted(str(k) for k in f if k not in _FAULT_KEYS)
+        if unknown:
+            raise ValueError(f"FAULTS: unknown key(s) {brief(unknown)}; expected {sorted(_FAULT_KEYS)}")
+        for k, v in f.items():
+            ok = _FAULT_KEYS[k](v)
+            if not ok:
+                raise ValueError(f"FAULTS: {k} must be {_FAULT_HELP[k]}; got {brief(v)}")
+        if f.get("types") is not None:
             f["types"] = set(f["types"])
         if "seed" in f:
             self._rng = random.Random(f.pop("seed"))
         self.fault = f
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in f.items()}
 
+
+def _num(v):
+    return type(v) in (int, float) and v == v
+
+
+_FAULT_KEYS = {
+    "drop_next": lambda v: type(v) is int and 0 <= v <= 1 << 32,
+    "drop_prob": lambda v: _num(v) and 0 <= v <= 1,
+    "delay_ms": lambda v: _num(v) and 0 <= v <= 60_000,
+    "types": lambda v: v is None or (type(v) is list and len(v) <= 64
+                                      and all(type(t) is int and t in wire.TYPE_NAMES for t in v)),
+    "seed": lambda v: type(v) is int,
+}
+_FAULT_HELP = {"drop_next": "an int in 0..2**32", "drop_prob": "a number in 0..1",
+               "delay_ms": "a number of ms in 0..60000", "types": "nil or a list of message type codes",
+               "seed": "an int"}
 
 def send_admin(endpoint, typ, args, timeout=2.0, key=None):
     """One session-less admin request with arguments; returns the payload or raises.

@@ -42,12 +42,14 @@ import zmq
 from sortedcontainers import SortedList
 
 from . import wire
+from ._checks import brief
 from ._core import CONFLICT, WAITING, Table, BACKEND
 from .errors import InvalidRequest, LockError
 from .modes import Mode
 from .paths import decode, encode, MAX_DEPTH
 from .wal import CorruptLog, PrepareLog
 from .probes import DEFAULT_PROBE_DELAY, ProbeEngine
+from .timers import TimerKind
 
 try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
     from ._core._ctable import encode as _encode
@@ -61,8 +63,19 @@ __all__ = ["Shard", "main", "read_and_bump_epoch"]
 
 _PARKED = object()   # a handler's result: the request waits; it is answered later
 
+
+_T_WAIT, _T_LEASE, _T_PROBE = TimerKind.WAIT, TimerKind.LEASE, TimerKind.PROBE
+
 EPOCH_BITS = 40           # token = epoch << 40 | per-epoch counter
 DRAIN_LIMIT = 4096        # frames handled per loop turn before timers and replies
+# Seconds of requests one loop turn may handle before it fires due timers (lease
+# expiry, wait timeouts) and returns, so that stop() / SIGTERM and the parent
+# check are honoured under any load. A frame whose requests outlast it is
+# finished in the next turns (_backlog), before any newer frame is read. One
+# turn can exceed it by one frame's decode (bounded by wire.MAX_FRAME) and one
+# request's work.
+TURN_BUDGET = 0.02
+MAX_ERROR_CHARS = 1000    # an error reply's message is cut to this (it may quote the request)
 MAX_POLL_MS = 100
 PARENT_CHECK = 0.5           # seconds between checks that --parent-pid still lives
 MAX_TTL_MS = 3600 * 1000
@@ -103,13 +116,17 @@ class _Reply(Exception):
 
 class _Session:
     __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
-                 "tombs", "tomb_order", "name")
+                 "tombs", "tomb_order", "name", "secret")
 
     def __init__(self, sid, ttl, now, prefix, name):
         self.id = sid
         self.ttl = ttl
         self.expires = now + ttl
-        self.prefix = prefix          # routing frames of the latest frame from this session
+        # routing frames of the connection the session is bound to: frames naming the
+        # session from any other connection are refused, except a HELLO carrying
+        # ``secret`` (the client reconnected), which binds it to the new one
+        self.prefix = prefix
+        self.secret = int.from_bytes(os.urandom(8), "big") >> 1 or 1
         self.txns = {}                # txn id -> _Txn
         self.cache = {}               # seq -> reply, for retries
         self.order = collections.deque()
@@ -179,12 +196,12 @@ def read_and_bump_epoch(data_dir):
 
 def _check_txn_id(tid):
     if type(tid) is not int or not 0 < tid < (1 << 64):
-        raise _Reply(E_INVALID, f"transaction id must be an int in 1..2**64-1; got {tid!r}")
+        raise _Reply(E_INVALID, f"transaction id must be an int in 1..2**64-1; got {brief(tid)}")
 
 
 def _check_mode(mode):
     if type(mode) is not int or not 1 <= mode <= 5:
-        raise _Reply(E_INVALID, f"unknown lock mode {mode!r}; expected one of Mode.IS, IX, S, SIX, X")
+        raise _Reply(E_INVALID, f"unknown lock mode {brief(mode)}; expected one of Mode.IS, IX, S, SIX, X")
     return mode
 
 
@@ -192,7 +209,7 @@ def _check_timeout_ms(t):
     if t is None:
         return None
     if type(t) is not int or not 0 <= t <= wire.MAX_TIMEOUT_MS:
-        raise _Reply(E_INVALID, f"timeout_ms must be nil or an int in 0..{wire.MAX_TIMEOUT_MS}; got {t!r}")
+        raise _Reply(E_INVALID, f"timeout_ms must be nil or an int in 0..{wire.MAX_TIMEOUT_MS}; got {brief(t)}")
     return t
 
 
@@ -260,6 +277,8 @@ class Shard:
         self._tick = itertools.count()
         self._out = {}
         self._woken = collections.deque()
+        self._backlog = collections.deque()   # (sid, prefix, requests, next index): frames a turn left unfinished
+        self._turn_end = 0.0
         self._packer = wire.Packer()
         self._stop = False
         self._now = clock()
@@ -303,10 +322,21 @@ class Shard:
         self._sock.close(0)
 
     def run_once(self, timeout_ms):
+        """One loop turn: finish the backlog, poll, drain frames (replying after
+        each), fire due timers. Handles requests for about TURN_BUDGET seconds
+        at most (see there); each frame is timed when it is handled, so a lease
+        is renewed from a time no earlier than its client sent the frame."""
         timers = self._timers
         sock = self._sock
+        clock = self._clock
+        self._now = now = clock()
+        self._turn_end = now + TURN_BUDGET
+        backlog = self._backlog
+        if backlog:
+            self._resume_backlog()
+            timeout_ms = 0
         if timers:
-            due = (timers[0][0] - self._clock()) * 1000
+            due = (timers[0][0] - now) * 1000
             if 0 < due < 1 and timeout_ms > 0:
                 # zmq's poll counts whole milliseconds: wait out a sub-ms remainder on the
                 # socket's fd instead (a timer, e.g. a probe, is then not up to 1 ms late)
@@ -320,8 +350,7 @@ class Shard:
         # flag arithmetic, and zmq.Again costs an exception per turn): on a
         # busy 2-core machine every request runs on cold caches, where each
         # of those costs several times its warm figure.
-        if _zmq_poll(self._pollin, timeout_ms):
-            self._now = self._clock()
+        if not backlog and _zmq_poll(self._pollin, timeout_ms):
             for _ in range(DRAIN_LIMIT):
                 try:
                     frames = [_recv(sock, _NOBLOCK)]
@@ -329,11 +358,11 @@ class Shard:
                         frames.append(_recv(sock, _NOBLOCK))
                 except zmq.Again:
                     break
+                self._now = clock()          # this frame's time (a lease renews from it)
                 try:
                     self._on_frame(frames)
                 except Exception as e:  # a bug must not stop the shard
-                    self.counters["internal_errors"] += 1
-                    print(f"lockmgr shard {self.index}: internal error: {e!r}", file=sys.stderr)
+                    self._internal_error("frame", e)
                 self._process_woken()
                 # Reply now, not at the end of the drain: a pipelining client
                 # then gets its answers (and sends more) while we handle the
@@ -341,26 +370,54 @@ class Shard:
                 # long drain ends (it left the 2 cores ~40% idle under load).
                 if self._out:
                     self._flush()
-                if not _get(sock, _EVENTS) & _POLLIN:
+                if backlog or not _get(sock, _EVENTS) & _POLLIN or clock() >= self._turn_end:
                     break
-        self._now = now = self._clock()
+        self._now = now = clock()
+        end = max(self._turn_end, now + TURN_BUDGET / 2)   # timers get their share of a full turn too
         while timers and timers[0][0] <= now:
             _, _, kind, obj = timers.pop(0)
-            if kind == 0:
-                self._on_wait_timeout(obj)
-            elif kind == 2:
-                self._probes.on_timer()     # probes (lockmgr/probes.py)
-            else:
-                self._on_lease_timer(obj)
-            self._process_woken()
+            try:
+                if kind is _T_WAIT:
+                    self._on_wait_timeout(obj)
+                elif kind is _T_PROBE:
+                    self._probes.on_timer()     # probes (lockmgr/probes.py)
+                else:
+                    self._on_lease_timer(obj)
+                self._process_woken()
+            except Exception as e:      # a bug in one timer must not stop the shard
+                self._internal_error(f"{kind.value} timer", e)
+            if clock() >= end:
+                break                   # the rest fire next turn
         pr = self._probes
-        if pr.inbox:
-            pr.turn(send=False)
+        try:
+            if pr.inbox:
+                pr.turn(send=False)
+        except Exception as e:
+            self._internal_error("probe messages", e)
         # client replies first (a deadlock victim's answer among them), then the peer
         # messages (whose effects -- aborts elsewhere, grants -- compete for the cores)
         self._flush()
         if pr.outbox:
             pr.send_outbox()
+
+    def _internal_error(self, where, e):
+        self.counters["internal_errors"] += 1
+        print(f"lockmgr shard {self.index}: internal error ({where}): {brief(e)}", file=sys.stderr, flush=True)
+
+    def _resume_backlog(self):
+        """Go on with the frames an earlier turn left unfinished, oldest first,
+        within this turn's budget."""
+        backlog = self._backlog
+        while backlog and self._clock() < self._turn_end:
+            sid, prefix, reqs, k = backlog.popleft()
+            self._now = self._clock()
+            try:
+                self._requests(sid, prefix, reqs, k)
+            except Exception as e:
+                self._internal_error("frame", e)
+            self._process_woken()
+            if self._out:
+                self._flush()
 
     def _flush(self):
         out = self._out
@@ -398,6 +455,9 @@ class Shard:
             self._send(sess.prefix, rep)
 
     # ------------------------------------------------------------ dispatch
+    # A frame: [VERSION, session, ack, requests]. Frames naming a session must come
+    # from the connection the session is bound to (see _Session.prefix); the
+    # requests of a frame are handled in order, within the turn's budget.
 
     def _on_frame(self, frames):
         n = len(frames)
@@ -420,6 +480,8 @@ class Shard:
             return
         sess = self._sessions.get(sid) if sid else None
         if sess is not None:
+            if prefix[0] != sess.prefix[0] and not self._rebind(sess, prefix, reqs):
+                return
             sess.prefix = prefix
             sess.expires = self._now + sess.ttl
             if ack > sess.ack:
@@ -427,10 +489,48 @@ class Shard:
                 order, cache = sess.order, sess.cache
                 while order and order[0] < ack:
                     cache.pop(order.popleft(), None)
-        if sess is not None:
-            self._session_requests(sess, prefix, reqs)
+            self._session_requests(sess, prefix, reqs, 0)
             return
+        self._requests(sid, prefix, reqs, 0)
+
+    def _rebind(self, sess, prefix, reqs):
+        """A frame naming ``sess`` from another connection than the one it is bound
+        to: a client that reconnected (its HELLO carries the session's secret) gets
+        the session bound to the new connection (True); anyone else is refused, and
+        nothing of the session changes -- not its lease, acks or reply cache (False)."""
         for req in reqs:
+            if (type(req) is list and len(req) == 5 and req[0] == wire.HELLO and type(req[4]) is int
+                    and req[4] == sess.secret):
+                self.counters["sessions_rebound"] += 1
+                return True
+        self.counters["foreign_refused"] += 1
+        msg = (f"session {sess.id:#x} is bound to another connection on shard {self.index}; "
+               f"a client that reconnected sends HELLO with the session's secret")
+        for req in reqs:
+            seq = req[1] if type(req) is list and len(req) >= 2 and type(req[1]) is int else 0
+            self._send(prefix, [seq, E_UNKNOWN_SESSION, msg])
+        return False
+
+    def _over_budget(self, sid, prefix, reqs, k):
+        """True (and the rest of the frame queued) if this turn's budget is spent
+        before request ``k``."""
+        if k < len(reqs) and self._clock() >= self._turn_end:
+            self._backlog.append((sid, prefix, reqs, k))
+            return True
+        return False
+
+    def _requests(self, sid, prefix, reqs, start):
+        """Requests ``start``.. of a frame (session-less ones, HELLO, or a resumed frame)."""
+        sess = self._sessions.get(sid) if sid else None
+        if sess is not None:
+            if start and sess.prefix[0] != prefix[0]:
+                return                  # the session was rebound meanwhile: the old connection's rest is void
+            self._session_requests(sess, prefix, reqs, start)
+            return
+        for k in range(start, len(reqs)):
+            if k > start and self._over_budget(sid, prefix, reqs, k):
+                return
+            req = reqs[k]
             if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
                 self.counters["bad_requests"] += 1
                 self._send(prefix, [0, E_PROTOCOL, "a request must be an array [type, seq, *args] "
@@ -448,8 +548,11 @@ class Shard:
                         raise _Reply(E_UNKNOWN_SESSION,
                                      f"unknown session {sid:#x} on shard {self.index} (epoch {self.epoch}); "
                                      f"send HELLO")
-                    self._session_requests(sess, prefix, [req])
-                    continue
+                    if sess.prefix[0] != prefix[0]:
+                        raise _Reply(E_UNKNOWN_SESSION, f"session {sid:#x} is bound to another connection "
+                                                        f"on shard {self.index}")
+                    self._session_requests(sess, prefix, reqs, k)
+                    return
                 if typ == wire.HELLO:
                     sess = self._h_hello(sid, prefix, seq, req[2:])
                     continue
@@ -478,8 +581,9 @@ class Shard:
             return
         raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
 
-    def _session_requests(self, sess, prefix, reqs):
-        """The requests of one frame from a known session (the hot loop)."""
+    def _session_requests(self, sess, prefix, reqs, start):
+        """Requests ``start``.. of one frame from a known session, on its own
+        connection (the hot loop)."""
         handlers = self._handlers
         cache = sess.cache
         order = sess.order
@@ -490,7 +594,16 @@ class Shard:
         out = self._out.get(prefix)
         if out is None:
             out = self._out[prefix] = []
-        for req in reqs:
+        clock = self._clock
+        for k in range(start, len(reqs)):
+            if k > start:
+                if clock() >= self._turn_end:
+                    self._backlog.append((sid, prefix, reqs, k))
+                    return
+                if sid not in sessions:       # ended by an earlier request of this frame (CLOSE)
+                    self._requests(sid, prefix, reqs, k)
+                    return
+            req = reqs[k]
             if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
                 self.counters["bad_requests"] += 1
                 out.append([0, E_PROTOCOL, "a request must be an array [type, seq, *args] with int type and seq"])
@@ -541,6 +654,8 @@ class Shard:
                                   f"malformed {wire.TYPE_NAMES.get(typ, typ)} request: {e}")
 
     def _reply_error(self, sess, prefix, seq, status, msg):
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = f"{msg[:MAX_ERROR_CHARS]}... (a message of {len(msg)} characters, cut)"
         if sess is not None and sess.id in self._sessions and status not in (E_STALE,):
             self._answer(sess, seq, status, msg)
         else:
@@ -549,8 +664,10 @@ class Shard:
     # ------------------------------------------------------------- sessions
 
     def _h_hello(self, sid, prefix, seq, args):
-        if len(args) != 2 or type(args[0]) is not int or not 1 <= args[0] <= MAX_TTL_MS:
-            raise _Reply(E_PROTOCOL, f"HELLO takes [ttl_ms (1..{MAX_TTL_MS}), name]")
+        # [ttl_ms, name] opens a session; [ttl_ms, name, secret] also re-binds an
+        # existing one to a new connection (checked in _rebind before we get here)
+        if not 2 <= len(args) <= 3 or type(args[0]) is not int or not 1 <= args[0] <= MAX_TTL_MS:
+            raise _Reply(E_PROTOCOL, f"HELLO takes [ttl_ms (1..{MAX_TTL_MS}), name, secret?]")
         if not sid:
             raise _Reply(E_PROTOCOL, "HELLO needs a nonzero session id")
         if sid in self._expired:
@@ -559,9 +676,9 @@ class Shard:
         if sess is None:
             sess = _Session(sid, args[0] / 1000.0, self._now, prefix, str(args[1])[:200])
             self._sessions[sid] = sess
-            self._timers.add((sess.expires, next(self._tick), 1, sess))
+            self._timers.add((sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
-        self._answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth])
+        self._answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
         return sess
 
     def _h_heartbeat(self, sess, seq, args):
@@ -576,7 +693,7 @@ class Shard:
         if self._sessions.get(sess.id) is not sess:
             return
         if sess.expires > self._now:
-            self._timers.add((sess.expires, next(self._tick), 1, sess))
+            self._timers.add((sess.expires, next(self._tick), _T_LEASE, sess))
             return
         self.counters["sessions_expired"] += 1
         self._end_session(sess, "expired: no heartbeat within its TTL")
@@ -674,7 +791,7 @@ class Shard:
         t.wait = w
         t.session.inflight[w.seq] = w
         if w.deadline is not None:
-            w.timer = (w.deadline, next(self._tick), 0, w)
+            w.timer = (w.deadline, next(self._tick), _T_WAIT, w)
             self._timers.add(w.timer)
         self.counters["waits"] += 1
         self._check_deadlock(t)
@@ -1095,7 +1212,7 @@ class Shard:
     @staticmethod
     def _check_gtrid(g):
         if type(g) not in (str, bytes) or not g or len(g) > 256:
-            raise _Reply(E_INVALID, f"gtrid must be a non-empty str of at most 256 characters; got {g!r}")
+            raise _Reply(E_INVALID, f"gtrid must be a non-empty str of at most 256 characters; got {brief(g)}")
         return g
 
     def _h_prepare(self, sess, seq, args):
@@ -1147,7 +1264,8 @@ class Shard:
         return _PARKED
 
     def _answer_waiters(self, t, kind, status, payload):
-        """Answer the parked requests of ``kind`` ('prepare' or 'decide') on ``t``."""
+        """Answer the parked requests of ``kind`` on ``t``: 'prepare', 'decide', or
+        'conflict' (a DECIDE the other way than the one being logged)."""
         keep = []
         for w in t.waiters or ():
             if w[2] != kind:
@@ -1178,10 +1296,10 @@ class Shard:
         """Log the decision for prepared ``t``; release its locks once it is durable.
         (While it is still 'preparing' the resolve record is queued behind the
         prepare record: the log keeps their order.)"""
+        kind = "decide"
         if t.state == "deciding":
             if t.outcome != commit:
-                raise _Reply(E_INVALID, f"gtrid {t.gtrid!r} is already being "
-                                        f"{'committed' if t.outcome else 'aborted'}")
+                kind = "conflict"       # answered ["conflict", outcome] once the other decision is durable
         else:
             t.state = "deciding"
             t.outcome = commit
@@ -1190,14 +1308,15 @@ class Shard:
             self.counters["decisions"] += 1
         if t.waiters is None:
             t.waiters = []
-        t.waiters.append((sess, seq, "decide"))
+        t.waiters.append((sess, seq, kind))
         sess.inflight[seq] = t
         return _PARKED
 
     def _decide_durable(self, t, tk):
         if tk.error is not None:
             t.state = "prepared" if self._gtrids.get(t.gtrid) is t else "active"
-            self._answer_waiters(t, "decide", E_INTERNAL, f"decision not durable on shard {self.index}: {tk.error}")
+            for kind in ("decide", "conflict"):
+                self._answer_waiters(t, kind, E_INTERNAL, f"decision not durable on shard {self.index}: {tk.error}")
             return
         self._gtrids.pop(t.gtrid, None)
         self._resolved[t.gtrid] = t.outcome
@@ -1213,6 +1332,7 @@ class Shard:
             sess.txns.pop(t.id, None)
             _tomb(sess, t.id)
         self._answer_waiters(t, "decide", OK, ["resolved"])
+        self._answer_waiters(t, "conflict", OK, ["conflict", t.outcome])
         self._answer_waiters(t, "prepare", E_ABORTED, f"transaction {t.id} was resolved while it was being prepared")
 
     def _h_decide(self, sess, seq, args):
@@ -1221,15 +1341,14 @@ class Shard:
         gtrid = self._check_gtrid(args[0])
         commit = args[1]
         if type(commit) is not bool:
-            raise _Reply(E_INVALID, f"commit must be true or false; got {commit!r}")
+            raise _Reply(E_INVALID, f"commit must be true or false; got {brief(commit)}")
         t = self._gtrids.get(gtrid)
         if t is None:
             done = self._resolved.get(gtrid)
             if done is None:
                 return ["unknown"]
             if done != commit:
-                raise _Reply(E_INVALID, f"gtrid {gtrid!r} was already {'committed' if done else 'aborted'} "
-                                        f"on shard {self.index}")
+                return ["conflict", done]        # decided the other way: the caller learns which
             return ["done"]
         return self._decide(t, commit, sess, seq)
 

@@ -35,6 +35,7 @@ try:   # the compiled table's LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx)
 except ImportError:  # pragma: no cover - no compiler
     _split_lock_many = None
 
+from ._checks import brief
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted)
 
@@ -143,12 +144,76 @@ _ERRORS = {
 def error_for(status, message):
     """The LockError instance for an error reply."""
     cls = _ERRORS.get(status, LockError)
-    return cls(str(message))
+    return cls(message if type(message) is str else brief(message))
+
+
+# The shape of the OK payload of each reply type, checked by the clients before
+# anything reads it: a malformed reply is a clear LockError, never a TypeError.
+# ``args`` are the request's arguments (a LOCK_MANY answers one token per item).
+
+def _ints(p, n):
+    return type(p) is list and len(p) == n and all(type(x) is int for x in p)
+
+
+def _mode(m):
+    return type(m) is int and 1 <= m <= 5
+
+
+def _path_modes(p):
+    return type(p) is list and all(type(r) is list and len(r) == 2 and type(r[0]) is list and _mode(r[1])
+                                   for r in p)
+
+
+_REPLY_SHAPES = {
+    HELLO: lambda p, a: _ints(p, 5) or _ints(p, 4),
+    HEARTBEAT: lambda p, a: _ints(p, 1),
+    CLOSE: lambda p, a: type(p) is list,
+    LOCK: lambda p, a: _ints(p, 3) and p[0] > 0,
+    LOCK_MANY: lambda p, a: (type(p) is list and len(p) == 2 and type(p[1]) is int and type(p[0]) is list
+                             and len(p[0]) == len(a[1]) and all(type(x) is int and x > 0 for x in p[0])),
+    UNLOCK: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is bool,
+    RELEASE: lambda p, a: type(p) is list,
+    HELD: lambda p, a: _path_modes(p),
+    DOWNGRADE: lambda p, a: type(p) is list,
+    PREPARE: lambda p, a: _ints(p, 2),
+    DECIDE: lambda p, a: type(p) is list and ((len(p) == 1 and p[0] in ("resolved", "done", "unknown"))
+                                              or (len(p) == 2 and p[0] == "conflict" and type(p[1]) is bool)),
+    INDOUBT: lambda p, a: type(p) is list and all(
+        type(r) is list and len(r) == 6 and type(r[0]) in (str, bytes) and type(r[1]) is int
+        and type(r[2]) in (int, float) and type(r[3]) is list and type(r[4]) is int and _path_modes(r[5])
+        for r in p),
+    PING: lambda p, a: _ints(p, 4),
+    SNAPSHOT: lambda p, a: type(p) is list and all(
+        type(r) is list and len(r) == 5 and type(r[0]) is list and type(r[1]) is int and _mode(r[2])
+        and type(r[3]) in (bool, int) and type(r[4]) is int for r in p),
+    GRAPH: lambda p, a: type(p) is list and all(
+        type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is list for r in p),
+    STATS: lambda p, a: type(p) is dict,
+    DEADLOCKS: lambda p, a: type(p) is list and all(type(r) is dict for r in p),
+}
+
+
+def check_reply(typ, payload, args=()):
+    """None if ``payload`` has the shape of an OK answer to a ``typ`` request with
+    ``args``; else a LockError naming the problem (to raise instead of reading it)."""
+    shape = _REPLY_SHAPES.get(typ)
+    if shape is None or shape(payload, args):
+        return None
+    return LockError(f"malformed answer to {TYPE_NAMES.get(typ, typ)} from the shard: {brief(payload)}; "
+                     f"nothing was read from it")
 
 
 _packer_opts = dict(use_bin_type=True)
-_unpacker_opts = dict(raw=False, strict_map_key=False,
-                      use_list=True)
+# msgpack refuses, before reading their contents, arrays longer than a frame may
+# hold requests, maps larger than an admin argument needs, and strings or
+# binaries longer than any field (a path component is at most 1 KiB, a name
+# or gtrid far less); nesting deeper than its stack (1024) is refused too.
+MAX_MAP = 64
+MAX_STR = 64 << 10
+# (replies come from a shard the client chose; a SNAPSHOT answer may be large)
+_unpacker_opts = dict(raw=False, strict_map_key=False, use_list=True)
+_request_opts = dict(_unpacker_opts, max_array_len=MAX_REQUESTS, max_map_len=MAX_MAP, max_str_len=MAX_STR,
+                     max_bin_len=MAX_STR, max_ext_len=0)
 
 
 def Packer():
@@ -177,14 +242,20 @@ def unpack_requests(frame):
     if len(frame) > MAX_FRAME:
         raise ProtocolError(E_TOO_BIG, f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME}")
     try:
-        msg = msgpack.unpackb(frame, **_unpacker_opts)
+        msg = msgpack.unpackb(frame, **_request_opts)
+    except msgpack.StackError:
+        raise ProtocolError(E_TOO_BIG, "frame refused: it nests arrays or maps deeper than 1024 levels") from None
+    except ValueError as e:  # over a max_*_len limit (msgpack says which), or not msgpack
+        if "exceeds max" in str(e):
+            raise ProtocolError(E_TOO_BIG, f"frame refused: {e}") from None
+        raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
     except Exception as e:  # msgpack raises several types; all mean "not msgpack"
         raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
     if type(msg) is not list or len(msg) != 4:
         raise ProtocolError(E_PROTOCOL, "frame must be a msgpack array [version, session, ack, requests]")
     version, session, ack, reqs = msg
     if version != VERSION:
-        raise ProtocolError(E_PROTOCOL, f"unsupported protocol version {version!r}; this shard speaks {VERSION}")
+        raise ProtocolError(E_PROTOCOL, f"unsupported protocol version {brief(version)}; this shard speaks {VERSION}")
     if type(session) is not int or not 0 <= session < (1 << 64):
         raise ProtocolError(E_PROTOCOL, "session must be an unsigned 64-bit int (0: no session)")
     if type(ack) is not int or ack < 0:
