@@ -13,15 +13,67 @@ Interface:
     read_log(path) -> (records, cut_at | None)   replay helper
     CorruptLog                            a damaged record in the middle
 
-Records are dicts: ``{"t": "prepare", "gtrid": str, "txn": int, "locks":
-[[key bytes, mode, token], ...], "at": float}`` or ``{"t": "resolve",
-"gtrid": str, "commit": bool}``.
+Files in ``data_dir``: ``prepared.wal`` (the log) and ``epoch``.
 
-On disk each record is ``magic (2 bytes) | length (4, BE) | crc32 (4, BE) |
-msgpack payload``. Replay stops at the first damaged record: if it reaches
-the end of the file (a torn write of the last record) it is cut off and a
-warning is logged; if valid records follow it, the log is corrupt in the
-middle and :class:`CorruptLog` is raised rather than guessing.
+Epoch: ``epoch`` holds one decimal integer in ASCII. Opening a PrepareLog
+reads it and stores it plus one (1 when the file is missing) before anything
+else, durably: written to ``epoch.tmp``, fsynced, renamed over ``epoch``,
+directory fsynced. The owner (a LockManager with a data_dir, a shard) builds
+its table with ``token_base = epoch << 40``, so every fencing token of a
+later start is larger than every token of an earlier one.
+
+Records are msgpack maps (str keys). Two kinds:
+
+* prepare, one per prepared transaction::
+
+      {"t": "prepare", "gtrid": str, "txn": int, "name": str | None,
+       "at": float, "locks": [[key, mode, token], ...]}
+      # written by a shard, with two more keys:
+      #   "parts": [int, ...], "fmt": "path"
+
+  ``txn`` is the transaction id, ``name`` the transaction's name (the
+  embedded manager) or the client session's name (a shard), ``at`` the wall
+  time of the prepare (``time.time()``). Each lock is the node, the mode
+  held (an int, ``lockmgr.modes.Mode``) and the fencing token it had when
+  prepared (kept for the record; a replayed lock gets a new token). Every
+  lock of the transaction is listed, the ancestors' intention locks
+  included. The node is written in one of two forms:
+
+  - key bytes (no ``"fmt"`` key; the embedded manager's form): the
+    canonical key, ``lockmgr.paths.encode(path)``, a msgpack bin;
+  - ``"fmt": "path"`` (a shard's form): the path itself as a msgpack array
+    of its components (str, int, bytes), so replay needs no decoding
+    (``tuple(key)``).
+
+  A shard replays both forms; the embedded manager replays key bytes only.
+  ``"parts"`` (shards only) lists the shard indices the transaction had
+  locks on when it was prepared (sorted, the writer's own included).
+
+* resolve, the decision on a prepared transaction, written (and fsynced)
+  before its locks are released::
+
+      {"t": "resolve", "gtrid": str, "commit": bool}
+
+Replay applies the records in order: a prepare makes its gtrid live; a
+resolve of a live gtrid removes it and remembers the outcome in
+``resolved`` (a resolve of a gtrid that is not live is ignored; so is a
+record of another ``"t"``). What is live at the end is in doubt.
+
+Framing: each record on disk is ``magic | length | crc32 | payload``: magic
+``b"\xb7\x4c"`` (2 bytes), the payload's length (4 bytes, big-endian,
+at most 64 MiB), ``zlib.crc32`` of the payload (4 bytes, big-endian), then
+the msgpack payload (packed with ``use_bin_type=True``). A record is the unit
+of atomicity: a prepare is wholly in the log or absent.
+
+Torn tails: replay stops at the first damaged record (a short header, a bad
+magic, a length past the end of the file or above the limit, a checksum
+mismatch, or a payload that passes its checksum but does not decode). If no
+intact record (magic, length and checksum all valid) starts anywhere after
+the damaged record's first byte, the damage is a torn write of the tail: the
+file is truncated at the damaged record's offset and fsynced, a warning is
+logged, and ``truncated_at`` holds the offset (those records were never
+acknowledged). If an intact record follows, the log is damaged in the middle
+and :class:`CorruptLog` is raised rather than guessing.
 
 Group commit: ``submit`` only queues. One flusher thread takes everything
 queued, writes it in one ``write``, calls ``fsync`` once, and then marks all
@@ -30,11 +82,16 @@ single-threaded server can wake its poll loop). Whoever submits while a fsync
 is in flight rides the next one. Nobody but the flusher touches the disk, so
 a caller (a shard's loop) never stalls on it.
 
-Compaction: when the file has grown past ``compact_bytes`` and at least half
-of it is dead (resolved), the flusher rewrites the live prepares into a new
-file, fsyncs it, renames it over the old one and fsyncs the directory. The
-rename is atomic, so a crash leaves either the old or the new log, both
-complete.
+Compaction: after a flush, when the file has grown past ``compact_bytes``
+(default 4 MiB) and the encoded live prepares take less than half of it, the
+flusher writes the live prepare records (and nothing else: resolve records
+and resolved prepares are dropped, so ``resolved`` forgets them at the next
+open) to ``prepared.wal.compact``, fsyncs it, renames it over the log and
+fsyncs the directory. The rename is atomic, so a crash leaves either the old
+or the new log, both complete.
+
+A failed write or fsync fails every ticket of its batch (``Ticket.wait``
+raises LockError); the caller treats the record as not durable.
 """
 
 import logging
