@@ -8,24 +8,58 @@ Embedded use::
         token = t.lock(("db", "orders", 42), lockmgr.Mode.X)
 
 See README.md and docs/design.md.
+
+``import lockmgr`` loads only the embedded side (modes, paths, the lock table,
+the manager). The service's names (``connect``, ``Client``, ``LocalCluster``,
+``aio``) are resolved on first use by the module ``__getattr__`` below
+(PEP 562), so an embedded user never imports zmq, msgpack or asyncio.
 """
 
+import importlib as _importlib
+import typing as _typing
+
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
-                     LockTimeout, TransactionAborted)
+                     LockTimeout, SessionExpired, ShardUnavailable, TransactionAborted,
+                     TransactionCommitted)
 from .modes import Mode, compatible, supremum
+from .paths import Component, Resource
 from .manager import LockInfo, LockManager, Transaction
 from ._core import BACKEND
-from .wire import SessionExpired, ShardUnavailable
-from .client import Client, connect
-from .cluster import LocalCluster
-from . import aio  # noqa: E402  (``import lockmgr`` makes ``lockmgr.aio`` reachable)
+
+if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
+    from . import aio
+    from .client import Client, connect
+    from .cluster import LocalCluster
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Mode", "compatible", "supremum",
     "LockError", "LockTimeout", "LockNotAvailable", "DeadlockDetected",
-    "TransactionAborted", "InvalidRequest",
-    "LockManager", "Transaction", "LockInfo", "BACKEND",
+    "TransactionAborted", "TransactionCommitted", "InvalidRequest",
+    "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",
     "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "aio",
 ]
+
+# name -> (module, attribute); attribute None: the module itself
+_LAZY = {
+    "connect": (".client", "connect"),
+    "Client": (".client", "Client"),
+    "LocalCluster": (".cluster", "LocalCluster"),
+    "aio": (".aio", None),
+}
+
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above, and no catch-all __getattr__
+    def __getattr__(name):
+        try:
+            module, attr = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        mod = _importlib.import_module(module, __name__)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value    # later lookups do not come back here
+        return value
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(_LAZY))

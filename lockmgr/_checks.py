@@ -3,6 +3,7 @@ clients (one home for each rule and its message). A leaf module: it imports
 only lockmgr.errors."""
 
 import reprlib
+from typing import Optional
 
 from .errors import InvalidRequest
 
@@ -15,7 +16,7 @@ _brief.maxstring = _brief.maxother = 60
 _brief.maxlong = 40
 
 
-def brief(value):
+def brief(value: object) -> str:
     """A bounded description of ``value`` for an error message: its repr cut to
     a prefix, plus the size of a long container or string. Costs O(1) however
     large the value is (an error must not echo, or spend time on, a 4 MiB argument)."""
@@ -28,14 +29,14 @@ def brief(value):
     return r
 
 
-def check_mode(mode):
+def check_mode(mode: object) -> int:
     """A mode that can be requested (IS..X) as an int; InvalidRequest otherwise."""
     if type(mode) is bool or not isinstance(mode, int) or not 1 <= mode <= 5:
         raise InvalidRequest(f"unknown lock mode {brief(mode)}; expected one of Mode.IS, IX, S, SIX, X")
     return int(mode)
 
 
-def check_timeout(timeout):
+def check_timeout(timeout: object) -> Optional[float]:
     """None or a number of seconds >= 0, as a float; InvalidRequest otherwise."""
     if timeout is None:
         return None

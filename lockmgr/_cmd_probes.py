@@ -6,23 +6,7 @@ import json
 import sys
 
 from ._cliutil import command
-
-
-def merge_reports(per_shard):
-    """One list of reports (oldest first) from per-shard DEADLOCKS answers; skips errors.
-
-    One report per victim: a victim waiting on two shards at once can be
-    confirmed on both before either's VICTIM message arrives (both abort the
-    same transaction); the earliest report is kept."""
-    out = {}
-    for res in per_shard:
-        if isinstance(res, Exception):
-            continue
-        for rep in res:
-            old = out.get(rep["victim"])
-            if old is None or rep["detected_at"] < old["detected_at"]:
-                out[rep["victim"]] = rep
-    return sorted(out.values(), key=lambda r: r["detected_at"])
+from .reports import merge_reports
 
 
 def format_report(rep):

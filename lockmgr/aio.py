@@ -212,7 +212,7 @@ class Client:
 
     async def deadlocks(self):
         """The shards' deadlock reports, oldest first (see Client.deadlocks)."""
-        from ._cmd_probes import merge_reports
+        from .reports import merge_reports
         return merge_reports(await self._admin(wire.DEADLOCKS))
     # -- two-phase commit (docs/design.md ("Two-phase commit in the service")); see lockmgr.client.Client
 

@@ -1773,7 +1773,7 @@ class Client:
         (wall time), ``detection_ms``, ``cycle``, ``victim`` and ``members`` (per
         transaction: the resource and mode it waited for, its blocker and what the
         blocker held or queued for there). See docs/design.md ("Distributed deadlock detection")."""
-        from ._cmd_probes import merge_reports
+        from .reports import merge_reports
         return merge_reports(self._admin(wire.DEADLOCKS))
     # -- two-phase commit (docs/design.md ("Two-phase commit in the service"))
 

@@ -28,9 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO, TYPE_CHECKING, Any, List, Optional
 
-from .errors import InvalidRequest
-from .wire import ShardUnavailable
+from .errors import InvalidRequest, ShardUnavailable
+
+if TYPE_CHECKING:   # the client (zmq) is imported only by connect()
+    from .client import Client
 
 __all__ = ["LocalCluster"]
 
@@ -38,8 +41,9 @@ __all__ = ["LocalCluster"]
 class LocalCluster:
     """A cluster of shard processes on this machine."""
 
-    def __init__(self, shards=3, *, data_dir=None, base_port=None, partition_depth=2, escalation_threshold=5000,
-                 start_timeout=20.0, probe_delay=0.010, probe_interval=None):
+    def __init__(self, shards: int = 3, *, data_dir: Optional[str] = None, base_port: Optional[int] = None,
+                 partition_depth: int = 2, escalation_threshold: int = 5000, start_timeout: float = 20.0,
+                 probe_delay: Optional[float] = 0.010, probe_interval: Optional[float] = None) -> None:
         if type(shards) is not int or not 1 <= shards <= 256:
             raise InvalidRequest(f"shards must be an int in 1..256; got {shards!r}")
         if type(partition_depth) is not int or not 1 <= partition_depth <= 32:
@@ -57,13 +61,13 @@ class LocalCluster:
         self._own_dir = data_dir is None
         self.data_dir = tempfile.mkdtemp(prefix="lockmgr-cluster-") if data_dir is None else data_dir
         os.makedirs(self.data_dir, exist_ok=True)
-        self._procs = [None] * shards
-        self._logs = [None] * shards
+        self._procs: List[Optional["subprocess.Popen[bytes]"]] = [None] * shards
+        self._logs: List[Optional[IO[bytes]]] = [None] * shards
         self.endpoints = [f"tcp://127.0.0.1:{base_port + i}" if base_port else "tcp://127.0.0.1:0"
                           for i in range(shards)]
         # the shards talk to each other over unix sockets in their directories (cheaper
         # than loopback TCP); over TCP if the path is too long for a unix socket
-        self.peer_endpoints = [None] * shards
+        self.peer_endpoints: List[Optional[str]] = [None] * shards
         self._stopped = False
         try:
             for i in range(shards):
@@ -75,13 +79,15 @@ class LocalCluster:
             raise
 
     @property
-    def pids(self):
+    def pids(self) -> List[Optional[int]]:
+        """Each shard's PID, in shard order; None for a shard that is not running."""
         return [p.pid if p is not None and p.poll() is None else None for p in self._procs]
 
-    def shard_dir(self, i):
+    def shard_dir(self, i: int) -> str:
+        """Shard ``i``'s data directory (epoch file, prepare log, shard.log)."""
         return os.path.join(self.data_dir, f"shard{i}")
 
-    def _start(self, i):
+    def _start(self, i: int) -> None:
         d = self.shard_dir(i)
         os.makedirs(d, exist_ok=True)
         log = open(os.path.join(d, "shard.log"), "ab")
@@ -102,18 +108,21 @@ class LocalCluster:
         env["LOCKMGR_CLUSTER_KEY"] = self.cluster_key
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env)
         self._procs[i] = p
-        if self._logs[i] is not None:
-            self._logs[i].close()
+        old_log = self._logs[i]
+        if old_log is not None:
+            old_log.close()
         self._logs[i] = log
         line = self._read_ready(p, i)
         # "READY tcp://127.0.0.1:PORT epoch=E backend=B"
         self.endpoints[i] = line.split()[1]
         self.peer_endpoints[i] = peer_ep or self.endpoints[i]
 
-    def _read_ready(self, p, i):
+    def _read_ready(self, p: "subprocess.Popen[bytes]", i: int) -> str:
         deadline = time.monotonic() + self.start_timeout
+        out = p.stdout
+        assert out is not None   # stdout=PIPE
         sel = selectors.DefaultSelector()
-        sel.register(p.stdout, selectors.EVENT_READ)
+        sel.register(out, selectors.EVENT_READ)
         buf = b""
         try:
             while b"\n" not in buf:
@@ -121,7 +130,7 @@ class LocalCluster:
                 if left <= 0 or p.poll() is not None and not sel.select(0):
                     break
                 if sel.select(min(left, 0.5)):
-                    chunk = os.read(p.stdout.fileno(), 4096)
+                    chunk = os.read(out.fileno(), 4096)
                     if not chunk:
                         break
                     buf += chunk
@@ -138,26 +147,26 @@ class LocalCluster:
             raise ShardUnavailable(f"shard {i} did not start within {self.start_timeout:g}s: {tail}")
         return buf.split(b"\n", 1)[0].decode()
 
-    def connect(self, **kw):
+    def connect(self, **kw: Any) -> "Client":
         """A :class:`lockmgr.Client` for this cluster."""
         from .client import connect
         kw.setdefault("partition_depth", self.partition_depth)
         return connect(self.endpoints, **kw)
 
-    def kill(self, i):
+    def kill(self, i: int) -> None:
         """SIGKILL shard ``i`` (its locks are lost; its epoch file stays)."""
         p = self._procs[i]
         if p is not None and p.poll() is None:
             p.send_signal(signal.SIGKILL)
             p.wait()
 
-    def restart(self, i):
+    def restart(self, i: int) -> None:
         """Start shard ``i`` again on the same endpoint and data directory (a new epoch)."""
         self.kill(i)
         self._start(i)
         self._send_peers(i)
 
-    def _send_peers(self, i):
+    def _send_peers(self, i: int) -> None:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
         from .probes import send_admin
@@ -167,7 +176,7 @@ class LocalCluster:
         except InvalidRequest as e:
             raise InvalidRequest(f"shard {i} refused its peers: {e}") from None
 
-    def stop(self):
+    def stop(self) -> None:
         """Stop every shard (SIGTERM, then SIGKILL after 5 s). Idempotent."""
         if self._stopped:
             return
@@ -192,18 +201,17 @@ class LocalCluster:
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self):
+    def __enter__(self) -> "LocalCluster":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.stop()
-        return False
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.stop()
         except Exception:
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<LocalCluster shards={self.nshards} endpoints={self.endpoints}>"

@@ -2,7 +2,10 @@
 
 Every error that leaves the public API is a :class:`LockError`. This module
 imports nothing from the package, so every layer (including the table
-backends in :mod:`lockmgr._core`) may raise these directly.
+backends in :mod:`lockmgr._core`) may raise these directly. The two errors
+of the lock service (:class:`SessionExpired`, :class:`ShardUnavailable`)
+live here too, so catching them does not import the service's modules
+(``lockmgr.wire`` re-exports them).
 """
 
 __all__ = [
@@ -13,6 +16,8 @@ __all__ = [
     "TransactionAborted",
     "TransactionCommitted",
     "InvalidRequest",
+    "SessionExpired",
+    "ShardUnavailable",
 ]
 
 
@@ -60,3 +65,15 @@ class InvalidRequest(LockError, ValueError):
 
     The message names the problem. Nothing was changed.
     """
+
+
+class SessionExpired(LockError):
+    """The client's session lease ran out (no heartbeat acknowledged within
+    the TTL), or a shard expired or closed it. The shards have aborted the
+    session's unprepared transactions and released their locks. Every later
+    call on the session raises this; connect again for a new session."""
+
+
+class ShardUnavailable(LockError):
+    """A shard did not answer within the client's request timeout, or it
+    restarted and lost the state of the request."""

@@ -29,25 +29,40 @@ import itertools
 import os
 import threading
 import time
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict
 from contextlib import contextmanager
+from types import TracebackType
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Set,
+                    Tuple, Type, Union)
 
 from ._core import CONFLICT, WAITING, table_class
 from ._checks import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted, TransactionCommitted)
 from .modes import Mode
-from .paths import decode, encode
-from .wal import CorruptLog, PrepareLog
+from .paths import Path, Resource, decode, encode
+
+if TYPE_CHECKING:
+    from ._core._ctable import Table
+    from .wal import PrepareLog, Ticket
+
+# The prepare log (lockmgr.wal, which needs msgpack) is imported only by a
+# manager given a data_dir: ``import lockmgr`` alone stays free of msgpack.
 
 __all__ = ["LockManager", "Transaction", "LockInfo"]
 
-LockInfo = namedtuple("LockInfo", "resource txn mode granted")
-LockInfo.__doc__ = """One request in the lock table (like a row of pg_locks).
 
-``resource`` is the path tuple, ``txn`` the transaction id, ``mode`` the
-granted mode (``granted=True``) or the mode waited for (``granted=False``).
-A holder waiting to convert shows as two rows."""
+class LockInfo(NamedTuple):
+    """One request in the lock table (like a row of pg_locks).
+
+    ``resource`` is the path tuple, ``txn`` the transaction id, ``mode`` the
+    granted mode (``granted=True``) or the mode waited for (``granted=False``).
+    A holder waiting to convert shows as two rows."""
+
+    resource: Path
+    txn: int
+    mode: Mode
+    granted: bool
 
 ACTIVE = "active"
 COMMITTED = "committed"
@@ -72,7 +87,12 @@ class Transaction:
     __slots__ = ("_mgr", "_table", "id", "name", "gtrid", "_state", "_wake", "_victim", "_resolving",
                  "prepared_at", "_resolved_by", "__weakref__")
 
-    def __init__(self, mgr, tid, name, gtrid=None):
+    id: int                         #: unique in its manager; a larger id is a younger transaction
+    name: Optional[str]             #: the name given to ``begin()``
+    gtrid: Optional[str]            #: the global transaction id given to ``begin()``, if any
+    prepared_at: Optional[float]    #: ``time.time()`` of ``prepare()``, None before
+
+    def __init__(self, mgr: "LockManager", tid: int, name: Optional[str], gtrid: Optional[str] = None) -> None:
         self._mgr = mgr
         self._table = mgr._table
         self.id = tid
@@ -80,27 +100,28 @@ class Transaction:
         self.gtrid = gtrid
         self._resolving = False
         self.prepared_at = None
-        self._resolved_by = None        # who decided a prepared transaction: "owner" or "resolve"
-        self._state = ACTIVE
-        self._wake = None      # a held threading.Lock while this txn waits
+        self._resolved_by: Optional[str] = None   # who decided a prepared transaction: "owner" or "resolve"
+        self._state: str = ACTIVE
+        self._wake: Optional[threading.Lock] = None      # a held threading.Lock while this txn waits
         self._victim = False   # aborted as a deadlock victim
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Transaction id={self.id} name={self.name!r} {self._state}>"
 
     @property
-    def state(self):
+    def state(self) -> str:
         """'active', 'prepared', 'committed' or 'aborted'."""
         return self._state
 
-    def _refuse(self):
+    def _refuse(self) -> LockError:
         if self._state is PREPARED:
             return InvalidRequest(f"transaction {self.id} is prepared: it can only be committed or aborted")
         if self._victim:
             return TransactionAborted(f"transaction {self.id} was aborted as a deadlock victim")
         return TransactionAborted(f"transaction {self.id} is {self._state}")
 
-    def lock(self, resource, mode=Mode.X, *, timeout=None, nowait=False):
+    def lock(self, resource: Resource, mode: int = Mode.X, *, timeout: Optional[float] = None,
+             nowait: bool = False) -> int:
         """Lock ``resource`` in ``mode``, taking intention locks on its ancestors.
 
         ``resource`` is a path tuple (or one str/int/bytes component). Blocks
@@ -129,7 +150,7 @@ class Transaction:
             tok = 0
         return self._lock_slow(resource, mode, timeout, nowait, tok)
 
-    def _lock_slow(self, resource, mode, timeout, nowait, tok):
+    def _lock_slow(self, resource: Resource, mode: int, timeout: Optional[float], nowait: bool, tok: int) -> int:
         mgr = self._mgr
         with mgr._mutex:
             if self._state is not ACTIVE:
@@ -147,7 +168,7 @@ class Transaction:
             wake = self._arm_locked(True)
         return self._wait(wake, resource, mode, mgr._default_timeout if timeout is None else timeout)
 
-    def _arm_locked(self, detect):
+    def _arm_locked(self, detect: bool) -> threading.Lock:
         """Called under the mutex when the table says we wait: look for a
         deadlock closed by this wait (``detect``), then return the lock to
         sleep on. The lock comes back unlocked if we are no longer waiting
@@ -173,7 +194,7 @@ class Transaction:
             self._wake = wake
         return wake
 
-    def _wait(self, wake, resource, mode, timeout):
+    def _wait(self, wake: threading.Lock, resource: Resource, mode: int, timeout: Optional[float]) -> int:
         mgr = self._mgr
         table = self._table
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -204,7 +225,8 @@ class Transaction:
                 # granted one level, now waiting on a deeper one: go round again
                 wake = self._arm_locked(True)
 
-    def lock_many(self, items, *, timeout=None, nowait=False):
+    def lock_many(self, items: Iterable[Tuple[Resource, int]], *, timeout: Optional[float] = None,
+                  nowait: bool = False) -> List[int]:
         """Lock several ``(resource, mode)`` pairs in order; returns their tokens.
 
         Every pair is validated first (InvalidRequest, nothing changed, if one
@@ -233,7 +255,7 @@ class Transaction:
             tokens.append(self.lock(resource, mode, timeout=left, nowait=nowait))
         return tokens
 
-    def try_lock(self, resource, mode=Mode.X):
+    def try_lock(self, resource: Resource, mode: int = Mode.X) -> bool:
         """Lock without waiting: True if granted, False if it would wait (nothing changed)."""
         try:
             self.lock(resource, mode, nowait=True)
@@ -241,7 +263,7 @@ class Transaction:
             return False
         return True
 
-    def unlock(self, resource):
+    def unlock(self, resource: Resource) -> None:
         """Release one node early.
 
         Refused with InvalidRequest if it is not held, or while this transaction
@@ -261,11 +283,11 @@ class Transaction:
             with mgr._mutex:
                 mgr._wake_all(woken)
 
-    def held(self):
+    def held(self) -> Dict[Path, Mode]:
         """Every node held, with its mode: ``{path: Mode}`` (intention locks included)."""
         return {path: _MODES[m] for path, m in self._table.held(self.id)}
 
-    def prepare(self):
+    def prepare(self) -> None:
         """Phase one of two-phase commit: keep every lock until commit or abort.
 
         With a ``data_dir`` the locks and their fencing tokens are appended to
@@ -306,7 +328,7 @@ class Transaction:
         with mgr._mutex:
             self._resolving = False
 
-    def commit(self):
+    def commit(self) -> None:
         """Release every lock and finish. Raises TransactionAborted if already finished.
 
         For a prepared transaction with a data_dir, the decision is logged
@@ -327,7 +349,7 @@ class Transaction:
                     return
         self._resolve(COMMITTED)
 
-    def abort(self):
+    def abort(self) -> None:
         """Release every lock and finish as aborted. Idempotent; a no-op once finished,
         except for a prepared transaction that :meth:`LockManager.resolve` committed:
         that raises TransactionCommitted (the transaction is committed)."""
@@ -336,12 +358,13 @@ class Transaction:
         except TransactionAborted:
             pass
 
-    def _resolve(self, outcome, by="owner"):
+    def _resolve(self, outcome: str, by: str = "owner") -> None:
         mgr = self._mgr
         with mgr._mutex:
             if self._resolving:
                 raise InvalidRequest(f"transaction {self.id} is being prepared or resolved by another thread")
-            if self._state is ACTIVE or (self._state is PREPARED and mgr._log is None):
+            log = mgr._log
+            if self._state is ACTIVE or (self._state is PREPARED and log is None):
                 if self._state is PREPARED:
                     self._resolved_by = by
                 if outcome is ABORTED:
@@ -361,8 +384,9 @@ class Transaction:
                 if outcome is ABORTED:
                     return
                 raise self._refuse()
+            assert log is not None   # prepared without a log: finished above
             self._resolving = True
-            ticket = mgr._log.submit({"t": "resolve", "gtrid": self.gtrid, "commit": outcome is COMMITTED})
+            ticket = log.submit({"t": "resolve", "gtrid": self.gtrid, "commit": outcome is COMMITTED})
         try:
             ticket.wait()
         finally:
@@ -373,11 +397,11 @@ class Transaction:
                     self._finish_locked(outcome)
                     mgr._remember(self.gtrid, outcome)
 
-    def _abort_locked(self, victim):
+    def _abort_locked(self, victim: bool) -> None:
         self._victim = victim
         self._finish_locked(ABORTED)
 
-    def _finish_locked(self, state):
+    def _finish_locked(self, state: str) -> None:
         mgr = self._mgr
         self._state = state  # first: a concurrent fast-path lock() checks it after its grant
         mgr._txns.pop(self.id, None)
@@ -390,10 +414,11 @@ class Transaction:
             self._wake.release()
             self._wake = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Transaction":
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> "Literal[False]":
         if exc_type is None:
             if self._state is ACTIVE or self._state is PREPARED:
                 self.commit()
@@ -416,16 +441,18 @@ class LockManager:
     returns, and fencing tokens continue above every token issued before.
     """
 
-    def __init__(self, *, deadlock_detection=True, escalation_threshold=5000, default_timeout=None,
-                 data_dir=None, _backend=None):
+    def __init__(self, *, deadlock_detection: bool = True, escalation_threshold: int = 5000,
+                 default_timeout: Optional[float] = None,
+                 data_dir: Optional[Union[str, "os.PathLike[str]"]] = None, _backend: Optional[str] = None) -> None:
         if type(escalation_threshold) is not int or escalation_threshold < 1:
             raise InvalidRequest(f"escalation_threshold must be an int >= 1; got {escalation_threshold!r}")
         self._default_timeout = check_timeout(default_timeout)
         self._detect = bool(deadlock_detection)
         # _backend ("c"/"python") is for tests and benchmarks that compare backends
-        self._log = None
+        self._log: Optional[PrepareLog] = None
         token_base = 0
         if data_dir is not None:
+            from .wal import PrepareLog
             try:
                 path = os.fspath(data_dir)
             except TypeError:
@@ -435,11 +462,12 @@ class LockManager:
             except (NotADirectoryError, FileExistsError, PermissionError) as e:
                 raise InvalidRequest(f"data_dir {path!r} is not a usable directory: {e}") from None
             token_base = self._log.epoch << EPOCH_SHIFT
-        self._table = table_class(_backend)(escalation_threshold, token_base)
+        self._table: Table = table_class(_backend)(escalation_threshold, token_base)
         self._mutex = threading.Lock()
-        self._txns = {}          # id -> Transaction, for active/prepared transactions
-        self._gtrids = {}        # gtrid -> Transaction, for active/prepared transactions
-        self._resolved = OrderedDict()  # gtrid -> outcome, the most recent RESOLVED_MEMORY
+        self._txns: Dict[int, Transaction] = {}     # id -> Transaction, for active/prepared transactions
+        self._gtrids: Dict[str, Transaction] = {}   # gtrid -> Transaction, for active/prepared transactions
+        # gtrid -> outcome, the most recent RESOLVED_MEMORY
+        self._resolved: "OrderedDict[str, str]" = OrderedDict()
         self._deadlocks = 0
         self._timeouts = 0
         first_id = 1
@@ -447,8 +475,9 @@ class LockManager:
             first_id = self._restore(self._log.live_records()) + 1
         self._ids = itertools.count(first_id)
 
-    def _restore(self, records):
+    def _restore(self, records: Dict[str, Dict[str, Any]]) -> int:
         """Give every prepared, unresolved transaction of the log its locks back."""
+        from .wal import CorruptLog
         last = 0
         for rec in sorted(records.values(), key=lambda r: r["txn"]):
             t = Transaction(self, rec["txn"], rec.get("name"), rec["gtrid"])
@@ -458,18 +487,18 @@ class LockManager:
                 if self._table.lock(t.id, decode(key), mode, True) <= 0:
                     raise CorruptLog(f"prepared transaction {rec['gtrid']!r} conflicts with another in the log")
             self._txns[t.id] = t
-            self._gtrids[t.gtrid] = t
+            self._gtrids[rec["gtrid"]] = t
             last = max(last, t.id)
         return last
 
-    def _remember(self, gtrid, outcome):
+    def _remember(self, gtrid: Optional[str], outcome: str) -> None:
         if gtrid is None:
             return
         self._resolved[gtrid] = outcome
         while len(self._resolved) > RESOLVED_MEMORY:
             self._resolved.popitem(last=False)
 
-    def begin(self, name=None, *, gtrid=None):
+    def begin(self, name: Optional[str] = None, *, gtrid: Optional[str] = None) -> Transaction:
         """Start a transaction. Ids increase: a larger id is a younger transaction.
 
         ``gtrid``: a global transaction id (str) chosen by a 2PC coordinator,
@@ -492,13 +521,13 @@ class LockManager:
             self._gtrids[gtrid] = t
         return t
 
-    def recover(self):
+    def recover(self) -> List[str]:
         """The gtrids of the prepared transactions that are in doubt, oldest first."""
         with self._mutex:
             return [t.gtrid for t in sorted(self._gtrids.values(), key=lambda t: t.id)
                     if t._state is PREPARED and t.gtrid is not None]
 
-    def indoubt(self):
+    def indoubt(self) -> List[Dict[str, Any]]:
         """In-doubt transactions with their age and locks: a list of dicts."""
         now = time.time()
         with self._mutex:
@@ -506,7 +535,7 @@ class LockManager:
                      "locks": {p: _MODES[m] for p, m in self._table.held(t.id)}}
                     for t in sorted(self._gtrids.values(), key=lambda t: t.id) if t._state is PREPARED]
 
-    def resolve(self, gtrid, commit):
+    def resolve(self, gtrid: str, commit: bool) -> None:
         """Finish the prepared transaction ``gtrid``: commit (True) or abort (False).
 
         Idempotent: resolving again with the same outcome does nothing; with
@@ -529,26 +558,28 @@ class LockManager:
                 raise InvalidRequest(f"transaction {gtrid!r} is {t._state}, not prepared")
         t._resolve(outcome, by="resolve")
 
-    def close(self):
+    def close(self) -> None:
         """Close the prepare log (prepared transactions stay in it)."""
         if self._log is not None:
             self._log.close()
             self._log = None
 
-    def __enter__(self):
+    def __enter__(self) -> "LockManager":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @contextmanager
-    def transaction(self, **kw):
-        """``with mgr.transaction() as t:`` commits on normal exit, aborts on an exception."""
-        t = self.begin(**kw)
+    def transaction(self, *, name: Optional[str] = None, gtrid: Optional[str] = None) -> Iterator[Transaction]:
+        """``with mgr.transaction() as t:`` commits on normal exit, aborts on an exception.
+
+        ``name`` and ``gtrid`` are passed to :meth:`begin`."""
+        t = self.begin(name, gtrid=gtrid)
         with t:
             yield t
 
-    def _wake_all(self, woken):
+    def _wake_all(self, woken: Iterable[int]) -> None:
         txns = self._txns
         for tid in woken:
             t = txns.get(tid)
@@ -556,18 +587,18 @@ class LockManager:
                 t._wake.release()
                 t._wake = None
 
-    def snapshot(self):
+    def snapshot(self) -> List[LockInfo]:
         """Every request in the table: a list of :class:`LockInfo`."""
         with self._mutex:
             rows = self._table.snapshot()
         return [LockInfo(p, t, _MODES[m], g) for p, t, m, g in rows]
 
-    def wait_for_graph(self):
+    def wait_for_graph(self) -> Dict[int, Set[int]]:
         """``{waiting txn id: {ids it waits for}}``, from the queues."""
         with self._mutex:
             return self._table.wait_for_graph()
 
-    def stats(self):
+    def stats(self) -> Dict[str, int]:
         """Counters: granted, waited, timeouts, deadlocks, escalations, and gauges
         (requests, resources, transactions)."""
         with self._mutex:
@@ -577,5 +608,5 @@ class LockManager:
             s["active_transactions"] = len(self._txns)
         return s
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<LockManager transactions={len(self._txns)}>"

@@ -63,7 +63,7 @@ SUPREMUM = (
 INTENTION = (NL, IS, IX, IS, IX, IX)
 
 
-def _mode(value, what):
+def _mode(value: object, what: str) -> int:
     from .errors import InvalidRequest
 
     if type(value) is bool or not isinstance(value, int) or not 0 <= value <= 5:
@@ -71,7 +71,7 @@ def _mode(value, what):
     return int(value)
 
 
-def compatible(held, requested) -> bool:
+def compatible(held: int, requested: int) -> bool:
     """True if a lock in mode ``requested`` can be granted beside one in ``held``.
 
     Symmetric; NL is compatible with every mode.
@@ -79,11 +79,11 @@ def compatible(held, requested) -> bool:
     return not (CONFLICTS[_mode(held, "held")] >> _mode(requested, "requested")) & 1
 
 
-def supremum(a, b) -> Mode:
+def supremum(a: int, b: int) -> Mode:
     """The least mode that covers both ``a`` and ``b`` (S with IX gives SIX)."""
     return Mode(SUPREMUM[_mode(a, "a")][_mode(b, "b")])
 
 
-def intention_for(mode) -> Mode:
+def intention_for(mode: int) -> Mode:
     """The intention mode taken on the ancestors of a node locked in ``mode``."""
     return Mode(INTENTION[_mode(mode, "mode")])

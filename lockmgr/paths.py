@@ -17,9 +17,21 @@ routing by the service; never Python's randomised ``hash()``). The compiled
 backend has its own implementation; ``tests/test_paths.py`` proves they agree.
 """
 
+from typing import Any, List, Tuple, Union
+
 from .errors import InvalidRequest
 
-__all__ = ["MAX_DEPTH", "MAX_COMPONENT", "MAX_KEY", "normalize", "encode", "decode", "prefix_ends"]
+__all__ = ["MAX_DEPTH", "MAX_COMPONENT", "MAX_KEY", "Component", "Path", "Resource",
+           "normalize", "encode", "decode", "prefix_ends"]
+
+#: One component of a resource path.
+Component = Union[str, int, bytes]
+#: A normalized resource path: 1 to MAX_DEPTH components (what ``held()`` and
+#: ``snapshot()`` return).
+Path = Tuple[Component, ...]
+#: What the API accepts as a resource: a path, or one component meaning a
+#: one-component path.
+Resource = Union[Component, Tuple[Component, ...]]
 
 MAX_DEPTH = 32          # components per path
 MAX_COMPONENT = 1024    # bytes per str (UTF-8) / bytes component
@@ -33,13 +45,15 @@ _TAG_INT = 2
 _TAG_BYTES = 3
 
 
-def normalize(resource) -> tuple:
+def normalize(resource: Resource) -> Path:
     """Return ``resource`` as a validated path tuple, or raise InvalidRequest."""
-    t = type(resource)
+    r: Any = resource  # checked at run time, by the exact type tests below and encode()
+    path: Path
+    t = type(r)
     if t is tuple:
-        path = resource
+        path = r
     elif t is str or t is bytes or t is int:
-        path = (resource,)
+        path = (r,)
     else:
         raise InvalidRequest(
             f"resource must be a tuple of str/int/bytes components, or one such component; got {t.__name__}")
@@ -47,25 +61,26 @@ def normalize(resource) -> tuple:
     return path
 
 
-def encode(resource) -> bytes:
+def encode(resource: Resource) -> bytes:
     """The canonical key of ``resource`` (a path or one component).
 
     Runtime complexity: O(length of the key).
     """
-    if type(resource) is not tuple:
-        if type(resource) in (str, bytes, int):
-            resource = (resource,)
+    path: Any = resource  # checked at run time, component by component
+    if type(path) is not tuple:
+        if type(path) in (str, bytes, int):
+            path = (path,)
         else:
             raise InvalidRequest(
                 f"resource must be a tuple of str/int/bytes components, or one such component; "
                 f"got {type(resource).__name__}")
-    n = len(resource)
+    n = len(path)
     if n == 0:
         raise InvalidRequest("resource path is empty; it needs 1 to 32 components")
     if n > MAX_DEPTH:
         raise InvalidRequest(f"resource path has {n} components; at most {MAX_DEPTH} are allowed")
     out = bytearray()
-    for i, c in enumerate(resource):
+    for i, c in enumerate(path):
         t = type(c)
         if t is str:
             try:
@@ -96,9 +111,9 @@ def encode(resource) -> bytes:
     return bytes(out)
 
 
-def prefix_ends(key: bytes) -> list:
+def prefix_ends(key: bytes) -> List[int]:
     """End offsets of each level's key inside ``key``: key[:ends[i]] is level i."""
-    ends = []
+    ends: List[int] = []
     i = 0
     n = len(key)
     while i < n:
@@ -115,9 +130,9 @@ def prefix_ends(key: bytes) -> list:
     return ends
 
 
-def decode(key: bytes) -> tuple:
+def decode(key: bytes) -> Path:
     """The path tuple whose canonical key is ``key`` (inverse of :func:`encode`)."""
-    out = []
+    out: List[Component] = []
     start = 0
     for end in prefix_ends(key):
         tag = key[start]

@@ -99,6 +99,7 @@ import os
 import struct
 import threading
 import zlib
+from typing import Any, Callable, Dict, List, Optional
 
 import msgpack
 
@@ -212,16 +213,16 @@ class Ticket:
 
     __slots__ = ("record", "_event", "error")
 
-    def __init__(self, record):
+    def __init__(self, record: Dict[str, Any]) -> None:
         self.record = record
         self._event = threading.Event()
-        self.error = None
+        self.error: Optional[BaseException] = None
 
     @property
-    def durable(self):
+    def durable(self) -> bool:
         return self._event.is_set() and self.error is None
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: Optional[float] = None) -> None:
         if not self._event.wait(timeout):
             raise TimeoutError("log write not durable yet")
         if self.error is not None:
@@ -231,7 +232,8 @@ class Ticket:
 class PrepareLog:
     """The durable log of one data directory (see the module docstring)."""
 
-    def __init__(self, data_dir, *, compact_bytes=4 << 20, on_durable=None):
+    def __init__(self, data_dir: str, *, compact_bytes: int = 4 << 20,
+                 on_durable: Optional[Callable[[List[Ticket]], Any]] = None) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self.dir = data_dir
         self.path = os.path.join(data_dir, LOG_NAME)
@@ -253,8 +255,8 @@ class PrepareLog:
                 f.truncate(cut)
                 os.fsync(f.fileno())
         self.truncated_at = cut
-        self.live = {}
-        self.resolved = {}   # gtrid -> commit (bool): resolve records still in the log at replay
+        self.live: Dict[str, Dict[str, Any]] = {}
+        self.resolved: Dict[str, bool] = {}   # gtrid -> commit (bool): resolve records still in the log at replay
         for r in records:
             if r.get("t") == "prepare":
                 self.live[r["gtrid"]] = r
@@ -266,14 +268,14 @@ class PrepareLog:
         self._live_bytes = sum(len(_encode(r)) for r in self.live.values())
         self._file = open(self.path, "ab")
         self._cv = threading.Condition()
-        self._queue = []
+        self._queue: List[Ticket] = []
         self._closed = False
         self.fsyncs = 0
         self.compactions = 0
         self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
         self._thread.start()
 
-    def submit(self, record):
+    def submit(self, record: Dict[str, Any]) -> Ticket:
         """Queue ``record``; returns a Ticket that becomes durable after the next fsync."""
         t = Ticket(record)
         with self._cv:
@@ -283,7 +285,7 @@ class PrepareLog:
             self._cv.notify()
         return t
 
-    def live_records(self):
+    def live_records(self) -> Dict[str, Dict[str, Any]]:
         """A copy of the live (prepared, unresolved) records by gtrid."""
         with self._cv:
             return dict(self.live)
@@ -347,7 +349,7 @@ class PrepareLog:
         self.compactions += 1
         log.info("%s compacted to %d live prepares (%d bytes)", self.path, len(self.live), len(data))
 
-    def close(self):
+    def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify()

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - no compiler
 from ._checks import brief
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted)
+from .errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired
 
 __all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
            "pack_requests", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]
@@ -107,18 +108,6 @@ E_UNKNOWN_TYPE = 10      # unknown message type
 E_STALE = 11             # a retry of a request already acknowledged (not executed)
 E_UNSUPPORTED = 12       # a reserved type that a server does not implement (none in this version)
 E_INTERNAL = 13          # a bug; the request changed nothing we know of
-
-
-class SessionExpired(LockError):
-    """The client's session lease ran out (no heartbeat acknowledged within
-    the TTL), or a shard expired or closed it. The shards have aborted the
-    session's unprepared transactions and released their locks. Every later
-    call on the session raises this; connect again for a new session."""
-
-
-class ShardUnavailable(LockError):
-    """A shard did not answer within the client's request timeout, or it
-    restarted and lost the state of the request."""
 
 
 class ProtocolError(Exception):

@@ -7,10 +7,17 @@ Both export the same ``public_api``.
 """
 
 import os
+from typing import TYPE_CHECKING, List, Optional, Type, cast
 
-public_api = ["Table", "WAITING", "CONFLICT", "BACKEND", "table_class", "available_backends"]
+# what both backends provide through this module (tests/test_backend.py)
+__all__ = ["Table", "WAITING", "CONFLICT", "BACKEND", "table_class", "available_backends"]
+public_api = __all__
 
-if os.environ.get("LOCKMGR_PUREPYTHON", "") not in ("", "0"):
+BACKEND: str
+if TYPE_CHECKING:
+    # Both backends export the API that _ctable.pyi describes; type checkers see that one.
+    from ._ctable import Table, WAITING, CONFLICT
+elif os.environ.get("LOCKMGR_PUREPYTHON", "") not in ("", "0"):
     from ._pytable import Table, WAITING, CONFLICT
     BACKEND = "python"
 else:
@@ -22,10 +29,9 @@ else:
         BACKEND = "python"
 
 
-
-def available_backends():
+def available_backends() -> List[str]:
     """The backends importable here: ``["c", "python"]`` or ``["python"]``."""
-    out = []
+    out: List[str] = []
     try:
         from . import _ctable  # noqa: F401
         out.append("c")
@@ -35,17 +41,15 @@ def available_backends():
     return out
 
 
-def table_class(backend=None):
+def table_class(backend: Optional[str] = None) -> Type["Table"]:
     """The Table class of ``backend`` ("c" or "python"; None: the selected one)."""
     if backend is None:
         return Table
     if backend == "c":
-        from ._ctable import Table as T
-        return T
+        from . import _ctable
+        return _ctable.Table
     if backend == "python":
-        from ._pytable import Table as T
-        return T
+        from . import _pytable
+        return cast("Type[Table]", _pytable.Table)   # the twin: the same API as the stub
     raise ValueError(f"unknown backend {backend!r}; expected 'c' or 'python'")
 
-
-__all__ = public_api
