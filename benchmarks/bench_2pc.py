@@ -30,9 +30,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from bench_service import _run_raw  # noqa: E402
+
 import lockmgr  # noqa: E402
 from lockmgr import LocalCluster, Mode  # noqa: E402
-from bench_service import _run_raw  # noqa: E402
 
 
 def _stats(client):

@@ -25,8 +25,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lockmgr import LocalCluster, Mode, wire  # noqa: E402
-from lockmgr import shard as shard_mod  # noqa: E402
+from lockmgr import (  # noqa: E402
+    LocalCluster,
+    Mode,
+    shard as shard_mod,  # noqa: E402
+    wire,
+)
 
 
 def inproc(nframes=2000, per_frame=4, batch=64):
@@ -52,7 +56,7 @@ def inproc(nframes=2000, per_frame=4, batch=64):
     t0 = time.process_time()
     for f in frames:
         sh._on_frame([b"c", f])
-        for prefix, reps in sh._out.items():
+        for reps in sh._out.values():
             pack([wire.VERSION, reps])
         sh._out = {}
     el = time.process_time() - t0

@@ -27,7 +27,7 @@ import threading
 import time
 import zlib
 
-from lockmgr import DeadlockDetected, LocalCluster, Mode
+from lockmgr import DeadlockDetected, LocalCluster
 from lockmgr.paths import encode
 
 
@@ -57,7 +57,8 @@ def bench_latency(reps, settled):
     time); otherwise right after they are parked (all k waits within a few ms)."""
     print("the closing wait comes " + ("after the other k-1 waits have registered (each older than probe_delay)"
                                        if settled else "as soon as the other k-1 waits are parked"))
-    print(f"{'txns':>4} {'shards':>6} {'p50 ms':>8} {'p90 ms':>8} {'min ms':>8} {'p50 - delay':>11} {'msgs/deadlock':>13}")
+    print(f"{'txns':>4} {'shards':>6} {'p50 ms':>8} {'p90 ms':>8} {'min ms':>8} "
+          f"{'p50 - delay':>11} {'msgs/deadlock':>13}")
     for nshards in (2, 3):
         with LocalCluster(nshards, probe_delay=0.010) as c:
             client = c.connect()

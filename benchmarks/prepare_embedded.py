@@ -68,9 +68,10 @@ def main():
     try:
         r1, f1 = prepares(base + "/p1", 1, a.seconds)
         r32, f32 = prepares(base + "/p32", 32, a.seconds)
-        print(f"prepare+commit, 1 thread:   {r1:9,.0f} txn/s  ({f1:7,.0f} fsyncs/s, {2 * r1 / max(f1, 1):.1f} records/fsync)")
-        print(f"prepare+commit, 32 threads: {r32:9,.0f} txn/s  ({f32:7,.0f} fsyncs/s, {2 * r32 / max(f32, 1):.1f} records/fsync)"
-              f"   ratio {r32 / r1:.1f}x")
+        print(f"prepare+commit, 1 thread:   {r1:9,.0f} txn/s  ({f1:7,.0f} fsyncs/s, "
+              f"{2 * r1 / max(f1, 1):.1f} records/fsync)")
+        print(f"prepare+commit, 32 threads: {r32:9,.0f} txn/s  ({f32:7,.0f} fsyncs/s, "
+              f"{2 * r32 / max(f32, 1):.1f} records/fsync)   ratio {r32 / r1:.1f}x")
         el, n = restart(base + "/r", 100_000)
         print(f"restart with 100,000 prepared locks in the log: {el * 1e3:.0f} ms ({n:,} requests restored)")
     finally:

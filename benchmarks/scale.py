@@ -10,7 +10,6 @@ Each measurement runs in a fresh subprocess so RSS is not polluted.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -128,7 +127,8 @@ def deadlock_latency(rounds, backend):
         th.join()
         other.append(res["t"] - t0)
         c.commit()
-    q = lambda xs, p: sorted(xs)[int(p * (len(xs) - 1))] * 1e6
+    def q(xs, p):
+        return sorted(xs)[int(p * (len(xs) - 1))] * 1e6
     return {"victim_closes_p50_us": q(own, 0.5), "victim_closes_p99_us": q(own, 0.99),
             "victim_waiting_p50_us": q(other, 0.5), "victim_waiting_p99_us": q(other, 0.99),
             "rounds": rounds}
@@ -157,7 +157,8 @@ def main():
         small = run_child("scale", a.small, a.ops, b)
         big = run_child("scale", a.big, a.ops, b)
         print(f"scale    backend={b:<6} held={a.small:>10,}: {small['ns_per_pair']:7.0f} ns/pair   "
-              f"held={a.big:>10,}: {big['ns_per_pair']:7.0f} ns/pair   ratio={big['ns_per_pair'] / small['ns_per_pair']:.2f}")
+              f"held={a.big:>10,}: {big['ns_per_pair']:7.0f} ns/pair   "
+              f"ratio={big['ns_per_pair'] / small['ns_per_pair']:.2f}")
     if a.what in ("deadlock", "all"):
         for b in backends:
             r = deadlock_latency(a.rounds, b)

@@ -7,8 +7,13 @@ transport without ZeroMQ's I/O thread would save (benchmarks/RESULTS.md).
     python benchmarks/zmtp_rtt.py
 """
 
-import socket, struct, time, sys, os, multiprocessing as mp
+import multiprocessing as mp
+import socket
+import struct
+import time
+
 import zmq
+
 
 def server(port_q):
     ctx = zmq.Context()
@@ -35,7 +40,7 @@ def zmtp_connect(port):
     body = b"\x05READY" + prop(b"Socket-Type", b"DEALER")
     so.sendall(b"\x04" + bytes([len(body)]) + body)
     # read peer READY command
-    f = read_frame(so)
+    read_frame(so)
     return so
 
 def recvn(so, n):
@@ -68,13 +73,14 @@ if __name__ == "__main__":
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER); d.connect(f"tcp://127.0.0.1:{port}")
     so = zmtp_connect(port)
-    for rnd in range(3):
+    for _ in range(3):
         t0 = time.perf_counter(); c0 = time.process_time()
-        for i in range(N):
+        for _ in range(N):
             d.send(payload); d.recv()
         t1 = time.perf_counter(); c1 = time.process_time()
-        for i in range(N):
+        for _ in range(N):
             send_msg(so, payload); fl, b = read_frame(so); assert b == payload
         t2 = time.perf_counter(); c2 = time.process_time()
-        print(f"pyzmq DEALER rtt {(t1-t0)/N*1e6:6.1f} us (client cpu {(c1-c0)/N*1e6:5.1f} us) | raw ZMTP rtt {(t2-t1)/N*1e6:6.1f} us (client cpu {(c2-c1)/N*1e6:5.1f} us)")
+        print(f"pyzmq DEALER rtt {(t1-t0)/N*1e6:6.1f} us (client cpu {(c1-c0)/N*1e6:5.1f} us) | "
+              f"raw ZMTP rtt {(t2-t1)/N*1e6:6.1f} us (client cpu {(c2-c1)/N*1e6:5.1f} us)")
     d.send(b"stop"); p.join()

@@ -1,21 +1,26 @@
-"""Shared fixtures.
+"""The tests' fixtures (plain helpers are in tests/helpers.py; no test imports
+this file).
 
 ``backend`` runs a test once per table backend ("c", "python"), the way
-msgpack runs its suite with and without the extension. ``lm`` gives a
-lock-manager target with ``begin()``/``transaction()``; the service tests add
-a cluster target to the same suite (tests/test_transaction_api.py).
-"""
+msgpack runs its suite with and without the extension; ``Table`` is that
+backend's table class. ``lm`` gives a lock-manager target with
+``begin()``/``transaction()``: an embedded LockManager on each backend and a
+client of a 3-shard LocalCluster, so the Transaction suite
+(tests/test_transaction_api.py) runs against both ways of running.
 
-import time
+``cluster`` is a LocalCluster per test module, started on 127.0.0.1 with free
+ports and stopped by PID (LocalCluster.stop). Its arguments come from the
+``cluster_options`` fixture: 3 shards at partition depth 2 unless a module
+overrides that fixture. Tests that start shards are marked ``service``;
+those that take more than a few seconds, ``slow`` (pyproject.toml).
+"""
 
 import pytest
 
-from lockmgr import LockManager
-from lockmgr._core import available_backends, table_class
+from lockmgr import LocalCluster, LockManager
+from lockmgr._core import table_class
 
-BACKENDS = available_backends()
-
-pytest_plugins = ["conftest_service"]   # the cluster fixtures
+from helpers import BACKENDS
 
 
 @pytest.fixture(params=BACKENDS)
@@ -28,30 +33,36 @@ def Table(backend):
     return table_class(backend)
 
 
-@pytest.fixture(params=BACKENDS + ["cluster"])
+# ------------------------------------------------------------------ service
+
+@pytest.fixture(scope="module")
+def cluster_options():
+    """LocalCluster arguments for the module's ``cluster``; override in a module to change them."""
+    return {"shards": 3, "partition_depth": 2}
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_options):
+    """A LocalCluster shared by the tests of one module (see ``cluster_options``)."""
+    with LocalCluster(**cluster_options) as c:
+        yield c
+
+
+@pytest.fixture
+def cluster_lm(cluster):
+    """A Client of the module's cluster with ``begin``/``transaction``/``wait_for_graph``;
+    closed after the test (the shards release whatever it still holds)."""
+    client = cluster.connect(session_ttl=10.0, request_timeout=5.0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=BACKENDS + [pytest.param("cluster", marks=pytest.mark.service)])
 def lm(request):
     """The targets of the Transaction suite: an embedded LockManager on each
     backend, and a client of a 3-shard LocalCluster."""
     if request.param == "cluster":
         return request.getfixturevalue("cluster_lm")
     return LockManager(_backend=request.param)
-
-
-def wait_until(pred, timeout=10.0, what="condition"):
-    """Poll ``pred`` until true; bounded in time. Used only to observe that
-    another thread has *started waiting* (there is no event for that)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-
-
-def wait_until_waiting(lm, txn, timeout=10.0):
-    """Block until transaction ``txn`` is queued for a lock in ``lm``."""
-    if hasattr(lm, "wait_for_graph"):
-        wait_until(lambda: txn.id in lm.wait_for_graph(), timeout, f"txn {txn.id} to wait")
-    else:  # a target without introspection: it must provide its own hook
-        lm.wait_until_waiting(txn, timeout)

@@ -14,6 +14,12 @@ def test_compiled_backend_present_when_required():
     assert "python" in available_backends()
 
 
+def test_pure_python_run_uses_python_backend():
+    # CI's second run sets LOCKMGR_PUREPYTHON=1: the default table must then be the pure-Python one.
+    if os.environ.get("LOCKMGR_PUREPYTHON", "") not in ("", "0"):
+        assert lockmgr.BACKEND == "python"
+
+
 def test_env_var_forces_python_backend():
     out = subprocess.run(
         [sys.executable, "-c", "import lockmgr; print(lockmgr.BACKEND)"],

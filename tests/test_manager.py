@@ -7,14 +7,15 @@ import time
 import pytest
 
 from lockmgr import DeadlockDetected, InvalidRequest, LockInfo, LockManager, LockTimeout, Mode, compatible
-from conftest import BACKENDS, wait_until_waiting
+
+from helpers import wait_until_waiting
 
 NL, IS, IX, S, SIX, X = list(Mode)
 
 
-@pytest.fixture(params=BACKENDS)
-def mk(request):
-    return lambda **kw: LockManager(_backend=request.param, **kw)
+@pytest.fixture
+def mk(backend):
+    return lambda **kw: LockManager(_backend=backend, **kw)
 
 
 def test_snapshot_and_graph(mk):

@@ -12,14 +12,8 @@ import pytest
 
 from lockmgr import InvalidRequest, LockManager, LockNotAvailable, Mode, TransactionAborted
 from lockmgr.wal import LOG_NAME
-from conftest import BACKENDS
 
 X, S = Mode.X, Mode.S
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
 
 
 def test_prepare_without_data_dir_only_marks(backend):

@@ -5,9 +5,12 @@ import io
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.service     # the second example starts a LocalCluster
 def test_readme_example_runs():
     src = (ROOT / "README.md").read_text()
     code = "\n".join(re.findall(r"```python\n(.*?)```", src, re.S))

@@ -18,6 +18,8 @@ from lockmgr import LocalCluster, LockTimeout, Mode
 from lockmgr.client import _LoopDriver
 from lockmgr.wire import ShardUnavailable
 
+pytestmark = pytest.mark.service
+
 
 def run(coro, timeout=60):
     return asyncio.run(asyncio.wait_for(coro, timeout))

@@ -3,10 +3,13 @@
 newer caller, which then gets its answer without a thread hand-off; the owner
 follows and is promoted back, and every call still completes."""
 
-import threading
-import time
+import pytest
 
 from lockmgr import Mode
+
+from helpers import Waiter, wait_until_waiting
+
+pytestmark = pytest.mark.service
 
 
 def test_long_waiting_owner_hands_the_sockets_to_newer_callers(cluster):
@@ -16,17 +19,9 @@ def test_long_waiting_owner_hands_the_sockets_to_newer_callers(cluster):
         blocker = other.begin()
         blocker.lock(("eng", "hot", 1), Mode.X)
         waiter = shared.begin()
-        got = {}
-
-        def wait_for_hot():
-            got["token"] = waiter.lock(("eng", "hot", 1), Mode.X, timeout=20)
-
-        th = threading.Thread(target=wait_for_hot, daemon=True)
-        th.start()
-        end = time.monotonic() + 5
-        while waiter.id not in shared.wait_for_graph():      # (this call is itself a handed-over caller)
-            assert time.monotonic() < end, "the waiter never started to wait"
-            time.sleep(0.005)
+        hot = Waiter(lambda: waiter.lock(("eng", "hot", 1), Mode.X, timeout=20))
+        # (each wait_for_graph call is itself a handed-over caller)
+        wait_until_waiting(shared, waiter, timeout=5.0, poll=0.005)
         before = shared._eng.handoffs
         tokens = []
         for i in range(50):                                  # quick calls from another thread
@@ -34,10 +29,9 @@ def test_long_waiting_owner_hands_the_sockets_to_newer_callers(cluster):
                 tokens.append(t.lock(("eng", "quick", i), Mode.X))
         assert len(tokens) == 50 and all(tok > 0 for tok in tokens)
         assert shared._eng.handoffs > before                 # the long-waiting owner let go
-        assert th.is_alive() and "token" not in got          # still waiting, and still served:
+        assert hot.is_alive() and not hot.done.is_set()      # still waiting, and still served:
         blocker.commit()
-        th.join(10)
-        assert not th.is_alive() and got["token"] > 0
+        assert hot.get(10) > 0
         waiter.commit()
         with shared.transaction() as t:                      # the engine is idle and usable
             t.lock(("eng", "after", 1), Mode.X, nowait=True)

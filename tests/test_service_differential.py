@@ -23,21 +23,22 @@ docs/design.md ("The lock service").
 import queue
 import threading
 import time
-import zlib
 
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from lockmgr import (DeadlockDetected, InvalidRequest, LocalCluster, LockError, LockManager, LockNotAvailable,
-                     Mode)
-from lockmgr.paths import encode
+from lockmgr import DeadlockDetected, InvalidRequest, LockError, LockManager, LockNotAvailable, Mode
+
+from helpers import shard_of
 
 NSHARDS, DEPTH = 3, 2
 
+pytestmark = pytest.mark.service
+
 
 def _owner(table):
-    return zlib.crc32(encode(("db", table))) % NSHARDS
+    return shard_of(("db", table), NSHARDS, DEPTH)
 
 
 # two tables on different shards, so a strong lock on ("db",) spans shards that differ
@@ -49,12 +50,18 @@ MODES = [Mode.IS, Mode.IX, Mode.S, Mode.SIX, Mode.X]
 _cluster = None
 
 
+@pytest.fixture(scope="module")
+def cluster_options():
+    return {"shards": NSHARDS, "partition_depth": DEPTH}
+
+
 @pytest.fixture(scope="module", autouse=True)
-def cluster():
+def _module_cluster(cluster):
+    """The state machines are built by Hypothesis, not by pytest: they reach
+    the module's cluster through this global."""
     global _cluster
-    with LocalCluster(NSHARDS, partition_depth=DEPTH) as c:
-        _cluster = c
-        yield c
+    _cluster = cluster
+    yield cluster
     _cluster = None
 
 
@@ -138,7 +145,7 @@ class ServiceMatchesEmbedded(RuleBasedStateMachine):
 ServiceMatchesEmbedded.TestCase.settings = settings(
     max_examples=300, stateful_step_count=30, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow])
-test_service_matches_embedded = ServiceMatchesEmbedded.TestCase
+test_service_matches_embedded = pytest.mark.slow(ServiceMatchesEmbedded.TestCase)
 
 
 def test_a_refused_strong_lock_leaves_what_was_held(cluster):
@@ -315,4 +322,4 @@ class ServiceMatchesEmbeddedWithWaits(RuleBasedStateMachine):
 ServiceMatchesEmbeddedWithWaits.TestCase.settings = settings(
     max_examples=120, stateful_step_count=25, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow])
-test_service_matches_embedded_with_waits = ServiceMatchesEmbeddedWithWaits.TestCase
+test_service_matches_embedded_with_waits = pytest.mark.slow(ServiceMatchesEmbeddedWithWaits.TestCase)

@@ -16,10 +16,20 @@ import time
 import pytest
 
 import lockmgr
-from lockmgr import (DeadlockDetected, LocalCluster, LockError, LockTimeout, Mode, SessionExpired,
-                     ShardUnavailable, TransactionAborted)
+from lockmgr import (
+    DeadlockDetected,
+    LocalCluster,
+    LockError,
+    LockTimeout,
+    Mode,
+    ShardUnavailable,
+    TransactionAborted,
+)
 
+from helpers import tables_on
 from jepsen import check_history
+
+pytestmark = pytest.mark.service
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,12 +64,6 @@ def _readline(proc, timeout):
         sel.close()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(3, partition_depth=2) as c:
-        yield c
-
-
 def test_sigstopped_client_loses_its_lease(cluster):
     env = dict(os.environ, PYTHONPATH=ROOT)
     child = subprocess.Popen([sys.executable, "-c", CHILD, ",".join(cluster.endpoints)], env=env,
@@ -84,21 +88,10 @@ def test_sigstopped_client_loses_its_lease(cluster):
         child.wait()
 
 
-def _row_on(client, shard, table="t", start=0):
-    """A row path routed to ``shard`` (routing is a stable hash of (db, table))."""
-    import zlib
-    from lockmgr.paths import encode
-    for k in range(1000):
-        tb = f"{table}{k}"
-        if zlib.crc32(encode(("db", tb))) % client._eng.n == shard:
-            return ("db", tb, start)
-    raise AssertionError("no table routes there")
-
-
 def test_shard_killed_and_restarted():
     with LocalCluster(2, partition_depth=2) as c:
         client = c.connect(session_ttl=10.0, request_timeout=1.0)
-        row = _row_on(client, 1)
+        row = ("db", tables_on(1, 2)[0], 0)
         t = client.begin()
         tok1 = t.lock(row, Mode.X)
         epoch1 = client._eng.epoch[1]
@@ -239,7 +232,7 @@ def test_jepsen_history(cluster):
         assert not th.is_alive()
     assert not errors, errors
     assert len(history) > 200
-    for r, hs in check_history(history).items():
+    for hs in check_history(history).values():
         xs = [h[2] for h in hs if h[1] == Mode.X]
         assert xs == sorted(xs) and len(set(xs)) == len(xs)
 

@@ -11,24 +11,26 @@ import collections
 import random
 import threading
 import time
-import zlib
 
 import pytest
 
 from lockmgr import DeadlockDetected, LocalCluster, LockNotAvailable, LockTimeout, Mode, wire
 from lockmgr.client import admin_query
-from lockmgr.paths import encode
 from lockmgr.probes import send_admin
+
+from helpers import Waiter, shard_of, wait_until, wait_until_waiting
 
 X, S = Mode.X, Mode.S
 NSHARDS = 3
 PROBE_DELAY = 0.010
 
 
+pytestmark = pytest.mark.service
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(NSHARDS, partition_depth=2, probe_delay=PROBE_DELAY, probe_interval=0.05) as c:
-        yield c
+def cluster_options():
+    return {"shards": NSHARDS, "partition_depth": 2, "probe_delay": PROBE_DELAY, "probe_interval": 0.05}
 
 
 @pytest.fixture
@@ -36,10 +38,6 @@ def client(cluster):
     c = cluster.connect(request_timeout=5.0)
     yield c
     c.close()
-
-
-def owner(path, n=NSHARDS):
-    return zlib.crc32(encode(path[:2])) % n
 
 
 _counter = collections.Counter()
@@ -51,43 +49,9 @@ def row(shard):
     while True:
         _counter[shard] += 1
         p = ("db", f"p{shard}_{_counter[shard]}_{i}")
-        if owner(p) == shard:
+        if shard_of(p, NSHARDS) == shard:
             return p + (1,)
         i += 1
-
-
-class Bg:
-    """Run ``fn`` in a thread; ``.outcome()`` is 'ok', or the exception class name."""
-
-    def __init__(self, fn):
-        self.res = None
-        self.t0 = time.perf_counter()
-        self.t1 = None
-        self.th = threading.Thread(target=self._run, args=(fn,), daemon=True)
-        self.th.start()
-
-    def _run(self, fn):
-        try:
-            fn()
-            self.res = "ok"
-        except Exception as e:  # noqa: BLE001 - recorded for the assertion
-            self.res = e
-        self.t1 = time.perf_counter()
-
-    def outcome(self, timeout=10.0):
-        self.th.join(timeout)
-        assert not self.th.is_alive(), "a lock wait was not resolved in time"
-        return self.res if self.res == "ok" else type(self.res).__name__
-
-
-def waiting(client, tid, timeout=5.0):
-    """Block until ``tid`` waits somewhere (per the shards' wait-for graphs)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if tid in client.wait_for_graph():
-            return
-        time.sleep(0.002)
-    raise AssertionError(f"transaction {tid} never started to wait")
 
 
 def reports_for(client, victim):
@@ -103,9 +67,9 @@ def test_two_shard_cycle(client):
     t1, t2 = client.begin("t1"), client.begin("t2")
     t1.lock(a)
     t2.lock(b)
-    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-    waiting(client, t1.id)
-    g2 = Bg(lambda: t2.lock(a))
+    g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+    wait_until_waiting(client, t1, 5.0, poll=0.002)
+    g2 = Waiter(lambda: t2.lock(a))
     assert g2.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok"
     assert t2.state == "aborted"
@@ -134,10 +98,10 @@ def test_local_cycle_report_starts_at_the_victim_and_times_the_closing_wait(clie
     t1, t2 = client.begin("old"), client.begin("young")
     t1.lock(a)
     t2.lock(b)
-    g2 = Bg(lambda: t2.lock(a))             # the victim (youngest) waits first, for a while
-    waiting(client, t2.id)
+    g2 = Waiter(lambda: t2.lock(a))             # the victim (youngest) waits first, for a while
+    wait_until_waiting(client, t2, 5.0, poll=0.002)
     time.sleep(0.3)
-    g1 = Bg(lambda: (t1.lock(b), t1.commit()))   # t1's wait closes the cycle
+    g1 = Waiter(lambda: (t1.lock(b), t1.commit()))   # t1's wait closes the cycle
     assert g2.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok"
     rep, = reports_for(client, t2.id)
@@ -155,11 +119,11 @@ def test_three_shard_cycle(client):
     t1.lock(a)
     t2.lock(b)
     t3.lock(c)
-    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-    waiting(client, t1.id)
-    g2 = Bg(lambda: (t2.lock(c), t2.commit()))
-    waiting(client, t2.id)
-    g3 = Bg(lambda: t3.lock(a))
+    g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+    wait_until_waiting(client, t1, 5.0, poll=0.002)
+    g2 = Waiter(lambda: (t2.lock(c), t2.commit()))
+    wait_until_waiting(client, t2, 5.0, poll=0.002)
+    g3 = Waiter(lambda: t3.lock(a))
     assert g3.outcome() == "DeadlockDetected"        # t3 is the youngest
     assert g2.outcome() == "ok" and g1.outcome() == "ok"
     rep, = reports_for(client, t3.id)
@@ -173,11 +137,11 @@ def test_cycle_mixing_local_and_remote_edges(client):
     t1.lock(a)
     t2.lock(a2)
     t3.lock(b)
-    g1 = Bg(lambda: (t1.lock(a2), t1.commit()))          # local edge t1 -> t2 on shard 0
-    waiting(client, t1.id)
-    g2 = Bg(lambda: (t2.lock(b), t2.commit()))           # remote: t2 -> t3 on shard 1
-    waiting(client, t2.id)
-    g3 = Bg(lambda: t3.lock(a))                          # t3 -> t1 on shard 0 closes the cycle
+    g1 = Waiter(lambda: (t1.lock(a2), t1.commit()))          # local edge t1 -> t2 on shard 0
+    wait_until_waiting(client, t1, 5.0, poll=0.002)
+    g2 = Waiter(lambda: (t2.lock(b), t2.commit()))           # remote: t2 -> t3 on shard 1
+    wait_until_waiting(client, t2, 5.0, poll=0.002)
+    g3 = Waiter(lambda: t3.lock(a))                          # t3 -> t1 on shard 0 closes the cycle
     assert g3.outcome() == "DeadlockDetected"
     assert g2.outcome() == "ok" and g1.outcome() == "ok"
     rep, = reports_for(client, t3.id)
@@ -189,11 +153,11 @@ def test_cycle_through_a_queued_soft_edge(client):
     t1, t2, t3 = client.begin(), client.begin(), client.begin()
     t1.lock(a, S)
     t3.lock(q, X)
-    g2 = Bg(lambda: (t2.lock(a, X), t2.commit()))        # t2 -> t1 (hard)
-    waiting(client, t2.id)
-    g3 = Bg(lambda: t3.lock(a, S))                       # compatible with t1, queued behind t2: t3 -> t2 (soft)
-    waiting(client, t3.id)
-    g1 = Bg(lambda: (t1.lock(q, X), t1.commit()))        # t1 -> t3 on shard 1 closes the cycle
+    g2 = Waiter(lambda: (t2.lock(a, X), t2.commit()))        # t2 -> t1 (hard)
+    wait_until_waiting(client, t2, 5.0, poll=0.002)
+    g3 = Waiter(lambda: t3.lock(a, S))                       # compatible with t1, queued behind t2: t3 -> t2 (soft)
+    wait_until_waiting(client, t3, 5.0, poll=0.002)
+    g1 = Waiter(lambda: (t1.lock(q, X), t1.commit()))        # t1 -> t3 on shard 1 closes the cycle
     assert g3.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok" and g2.outcome() == "ok"
     rep, = reports_for(client, t3.id)
@@ -208,11 +172,11 @@ def test_two_cycles_sharing_a_transaction(client):
     t1.lock(c)
     t2.lock(a, S)
     t3.lock(a, S)
-    g2 = Bg(lambda: t2.lock(b))                          # t2 -> t1 (shard 1)
-    g3 = Bg(lambda: t3.lock(c))                          # t3 -> t1 (shard 2)
-    waiting(client, t2.id)
-    waiting(client, t3.id)
-    g1 = Bg(lambda: (t1.lock(a, X), t1.commit()))        # t1 -> t2 and t1 -> t3 (shard 0): two cycles
+    g2 = Waiter(lambda: t2.lock(b))                          # t2 -> t1 (shard 1)
+    g3 = Waiter(lambda: t3.lock(c))                          # t3 -> t1 (shard 2)
+    wait_until_waiting(client, t2, 5.0, poll=0.002)
+    wait_until_waiting(client, t3, 5.0, poll=0.002)
+    g1 = Waiter(lambda: (t1.lock(a, X), t1.commit()))        # t1 -> t2 and t1 -> t3 (shard 0): two cycles
     assert g2.outcome() == "DeadlockDetected"
     assert g3.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok"
@@ -226,11 +190,11 @@ def test_cycle_closing_while_another_transaction_times_out(client):
     t1, t2 = client.begin(), client.begin()
     t1.lock(a)
     t2.lock(b)
-    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-    waiting(client, t1.id)
-    g4 = Bg(lambda: t4.lock(a, timeout=PROBE_DELAY))    # t4 -> t1; times out while the cycle closes
-    waiting(client, t4.id)
-    g2 = Bg(lambda: t2.lock(a))                          # t2 -> t1 (hard) and t2 -> t4 (soft, while queued)
+    g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+    wait_until_waiting(client, t1, 5.0, poll=0.002)
+    g4 = Waiter(lambda: t4.lock(a, timeout=PROBE_DELAY))    # t4 -> t1; times out while the cycle closes
+    wait_until_waiting(client, t4, 5.0, poll=0.002)
+    g2 = Waiter(lambda: t2.lock(a))                          # t2 -> t1 (hard) and t2 -> t4 (soft, while queued)
     assert g4.outcome() == "LockTimeout"
     assert g2.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok"
@@ -245,14 +209,14 @@ def test_waits_on_several_shards_at_once(client):
     t1.lock(a)
     t1.lock(b)
     t2.lock(c)
-    g2 = Bg(lambda: t2.lock_many([(a, X), (b, X)]))      # t2 waits on shards 0 and 1 at once
+    g2 = Waiter(lambda: t2.lock_many([(a, X), (b, X)]))      # t2 waits on shards 0 and 1 at once
     end = time.monotonic() + 5
     while time.monotonic() < end:
         snap = [li for li in client.snapshot() if li.txn == t2.id and not li.granted]
         if len(snap) == 2:
             break
         time.sleep(0.002)
-    g1 = Bg(lambda: (t1.lock(c), t1.commit()))           # t1 -> t2 on shard 2
+    g1 = Waiter(lambda: (t1.lock(c), t1.commit()))           # t1 -> t2 on shard 2
     assert g2.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok"
     assert len(reports_for(client, t2.id)) == 1
@@ -264,16 +228,16 @@ def test_strong_lock_above_partition_depth_in_a_cycle(client):
     # waits on shard 1 behind t2's intention lock; t2 then waits for t1 on shard 0
     b = row(1)
     b = ("dbz",) + b[1:]
-    while owner(b) != 1:
+    while shard_of(b, NSHARDS) != 1:
         b = ("dbz", b[1] + "x", 1)
     t1, t2 = client.begin(), client.begin()
     t2.lock(b)                                           # IX on ("dbz",) at shard 1
-    g1 = Bg(lambda: (t1.lock(("dbz",), X), t1.commit()))
-    waiting(client, t1.id)
+    g1 = Waiter(lambda: (t1.lock(("dbz",), X), t1.commit()))
+    wait_until_waiting(client, t1, 5.0, poll=0.002)
     a = ("dbz", "a", 1)
-    while owner(a) != 0:
+    while shard_of(a, NSHARDS) != 0:
         a = ("dbz", a[1] + "a", 1)
-    g2 = Bg(lambda: t2.lock(a))                          # needs IX on ("dbz",) at shard 0: held X by t1
+    g2 = Waiter(lambda: t2.lock(a))                          # needs IX on ("dbz",) at shard 0: held X by t1
     assert g2.outcome() == "DeadlockDetected"
     assert g1.outcome() == "ok"
 
@@ -291,9 +255,9 @@ def test_lost_probes_delay_detection_but_a_later_probe_finds_the_cycle(cluster, 
         t1, t2 = client.begin(), client.begin()
         t1.lock(a)
         t2.lock(b)
-        g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-        waiting(client, t1.id)
-        g2 = Bg(lambda: t2.lock(a))
+        g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+        wait_until_waiting(client, t1, 5.0, poll=0.002)
+        g2 = Waiter(lambda: t2.lock(a))
         assert g2.outcome() == "DeadlockDetected"
         assert g1.outcome() == "ok"
         assert len(reports_for(client, t2.id)) == 1
@@ -310,9 +274,9 @@ def test_random_loss_never_aborts_a_transaction_outside_a_cycle(cluster, client)
             t1, t2 = client.begin(), client.begin()
             t1.lock(a)
             t2.lock(b)
-            g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-            waiting(client, t1.id)
-            g2 = Bg(lambda: t2.lock(a))
+            g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+            wait_until_waiting(client, t1, 5.0, poll=0.002)
+            g2 = Waiter(lambda: t2.lock(a))
             assert g2.outcome(20) == "DeadlockDetected"
             assert g1.outcome(20) == "ok"
     finally:
@@ -327,9 +291,9 @@ def test_a_delayed_probe_for_a_cycle_that_is_gone_aborts_nobody(cluster, client)
         t1, t2 = client.begin(), client.begin()
         t1.lock(a)
         t2.lock(b)
-        g1 = Bg(lambda: t1.lock(b, timeout=0.06))        # the cycle lasts until t1 times out
-        waiting(client, t1.id)
-        g2 = Bg(lambda: (t2.lock(a), t2.commit()))
+        g1 = Waiter(lambda: t1.lock(b, timeout=0.06))        # the cycle lasts until t1 times out
+        wait_until_waiting(client, t1, 5.0, poll=0.002)
+        g2 = Waiter(lambda: (t2.lock(a), t2.commit()))
         assert g1.outcome() == "LockTimeout"
         t1.abort()
         assert g2.outcome() == "ok"
@@ -346,9 +310,9 @@ def test_deadlocks_command(cluster, client, capsys):
     t1, t2 = client.begin(), client.begin()
     t1.lock(a)
     t2.lock(b)
-    g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-    waiting(client, t1.id)
-    g2 = Bg(lambda: t2.lock(a))
+    g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+    wait_until_waiting(client, t1, 5.0, poll=0.002)
+    g2 = Waiter(lambda: t2.lock(a))
     assert g2.outcome() == "DeadlockDetected" and g1.outcome() == "ok"
     assert cli.main(["deadlocks", ",".join(cluster.endpoints), "--stats"]) == 0
     out = capsys.readouterr().out
@@ -497,15 +461,6 @@ def test_randomized_no_false_deadlocks_and_none_left_undetected(cluster):
             assert t1 - since <= bound, f"cycle {set(cyc)} undetected for {t1 - since:.3f}s"
 
 
-def _until(pred, what, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_oldest_probe_parks_at_the_directory_until_the_closing_wait_registers():
     """Beyond its first edge a probe never follows an edge to an older transaction, so
     only the oldest member's probe can close a 3-cycle. Here the oldest, t1, probes
@@ -522,13 +477,13 @@ def test_oldest_probe_parks_at_the_directory_until_the_closing_wait_registers():
             t1.lock(a)
             t2.lock(b)
             t3.lock(d)
-            g1 = Bg(lambda: (t1.lock(b, timeout=20), t1.commit()))
-            waiting(cl, t1.id)
-            g2 = Bg(lambda: (t2.lock(d, timeout=20), t2.commit()))
+            g1 = Waiter(lambda: (t1.lock(b, timeout=20), t1.commit()))
+            wait_until_waiting(cl, t1, 5.0, poll=0.002)
+            g2 = Waiter(lambda: (t2.lock(d, timeout=20), t2.commit()))
             # both waits registered; t1's and t2's probes reached t3, which holds d but waits
             # nowhere: both parked at t3's directory (t1's may have been parked at t2's first)
-            _until(lambda: stats_sum(cl, "probe_directory_now") >= 2 and stats_sum(cl, "probes_parked_now") >= 2,
-                   "the probes to be parked at t3's directory")
+            wait_until(lambda: stats_sum(cl, "probe_directory_now") >= 2 and stats_sum(cl, "probes_parked_now") >= 2,
+                       timeout=5.0, what="the probes to be parked at t3's directory", poll=0.005)
             unparked0 = stats_sum(cl, "probes_unparked")
             pruned0 = stats_sum(cl, "probes_pruned")
             with pytest.raises(DeadlockDetected) as ei:
@@ -540,7 +495,8 @@ def test_oldest_probe_parks_at_the_directory_until_the_closing_wait_registers():
             assert stats_sum(cl, "probes_parked_now") == 0
             assert len(reports_for(cl, t3.id)) == 1
             # the waits ended: unregistered at once (not at their next timer, 60 s away)
-            _until(lambda: stats_sum(cl, "probe_directory_now") == 0, "the directories to empty")
+            wait_until(lambda: stats_sum(cl, "probe_directory_now") == 0,
+                       timeout=5.0, what="the directories to empty", poll=0.005)
         finally:
             cl.close()
 
@@ -558,7 +514,8 @@ def test_parked_probes_expire():
             with pytest.raises(LockTimeout):
                 t1.lock(a, timeout=0.5)      # t1 probes (and re-probes) into t2: parked each time
             assert stats_sum(cl, "probes_parked") >= 2
-            _until(lambda: stats_sum(cl, "probes_parked_now") == 0, "parked probes to expire")
+            wait_until(lambda: stats_sum(cl, "probes_parked_now") == 0,
+                       timeout=5.0, what="parked probes to expire", poll=0.005)
             assert stats_sum(cl, "probes_dropped_stale") > stale0
             assert stats_sum(cl, "probes_unparked") == 0
             t2.commit()
@@ -642,9 +599,10 @@ def test_cycle_through_a_wait_with_more_edges_than_a_registration_carries(client
         r.lock(a, S)
     young = readers[-1]
     before = stats_sum(client, "probe_regs_without_edges")
-    g1 = Bg(lambda: (old.lock(a), old.commit()))     # waits for all the readers
-    waiting(client, old.id)
-    _until(lambda: stats_sum(client, "probe_regs_without_edges") > before, "a registration without edges")
+    g1 = Waiter(lambda: (old.lock(a), old.commit()))     # waits for all the readers
+    wait_until_waiting(client, old, 5.0, poll=0.002)
+    wait_until(lambda: stats_sum(client, "probe_regs_without_edges") > before,
+               timeout=5.0, what="a registration without edges", poll=0.005)
     with pytest.raises(DeadlockDetected):
         young.lock(b)                                # young -> old -> young
     for r in readers[:-1]:
@@ -662,24 +620,24 @@ def test_shards_talk_over_unix_sockets_and_after_a_restart(tmp_path):
         cl = c.connect(request_timeout=5.0)
         try:
             a = ("dbu", "a", 1)
-            while zlib.crc32(encode(a[:2])) % 2 != 0:
+            while shard_of(a, 2) != 0:
                 a = ("dbu", a[1] + "a", 1)
             b = ("dbu", "b", 1)
-            while zlib.crc32(encode(b[:2])) % 2 != 1:
+            while shard_of(b, 2) != 1:
                 b = ("dbu", b[1] + "b", 1)
             t1, t2 = cl.begin(), cl.begin()
             t1.lock(a)
             t2.lock(b)
-            g1 = Bg(lambda: (t1.lock(b), t1.commit()))
-            waiting(cl, t1.id)
+            g1 = Waiter(lambda: (t1.lock(b), t1.commit()))
+            wait_until_waiting(cl, t1, 5.0, poll=0.002)
             with pytest.raises(DeadlockDetected):
                 t2.lock(a, timeout=10)
             assert g1.outcome() == "ok"
             assert stats_sum(cl, "probe_msgs_sent") > 0
         finally:
             cl.close()
-    from lockmgr.shard import Shard
     from lockmgr.errors import InvalidRequest
+    from lockmgr.shard import Shard
     with pytest.raises(InvalidRequest, match="ipc://"):
         Shard("tcp://127.0.0.1:0", str(tmp_path), peer_endpoint="tcp://127.0.0.1:0")
     with pytest.raises(InvalidRequest, match="cluster key must be a str"):

@@ -7,60 +7,29 @@ import msgpack
 import pytest
 import zmq
 
-from lockmgr import LocalCluster, Mode, wire
+from lockmgr import Mode, wire
+
+from helpers import RawSocket
 
 X, S = int(Mode.X), int(Mode.S)
 
+pytestmark = pytest.mark.service
+
 
 @pytest.fixture(scope="module")
-def shard():
-    with LocalCluster(1, partition_depth=2) as c:
-        yield c
-
-
-class Raw:
-    """A raw DEALER speaking the wire format, with bounded receives."""
-
-    def __init__(self, endpoint, session=0):
-        self.ctx = zmq.Context()
-        self.s = self.ctx.socket(zmq.DEALER)
-        self.s.setsockopt(zmq.LINGER, 0)
-        self.s.connect(endpoint)
-        self.session = session
-
-    def send_raw(self, *parts):
-        self.s.send_multipart(list(parts))
-
-    def send(self, reqs, ack=0):
-        self.s.send(wire.pack_requests(self.session, ack, reqs))
-
-    def recv(self, timeout=5.0):
-        assert self.s.poll(int(timeout * 1000)), "no reply"
-        return wire.unpack_replies(self.s.recv())
-
-    def nothing(self, timeout=0.3):
-        return not self.s.poll(int(timeout * 1000))
-
-    def call(self, req, timeout=5.0):
-        self.send([req])
-        reps = self.recv(timeout)
-        assert len(reps) == 1
-        return reps[0]
-
-    def close(self):
-        self.s.close(0)
-        self.ctx.term()
+def cluster_options():
+    return {"shards": 1, "partition_depth": 2}
 
 
 @pytest.fixture
-def raw(shard):
-    r = Raw(shard.endpoints[0])
+def raw(cluster):
+    r = RawSocket(cluster.endpoints[0])
     yield r
     r.close()
 
 
-def stats(shard):
-    r = Raw(shard.endpoints[0])
+def stats(cluster):
+    r = RawSocket(cluster.endpoints[0])
     try:
         st = r.call([wire.STATS, 1])[2]
         st["_snapshot"] = r.call([wire.SNAPSHOT, 2])[2]
@@ -91,21 +60,23 @@ GARBAGE = [
     # (a LocalCluster's shards have a cluster key: a peer message without it is refused first;
     # the arity check on a keyed one: tests/test_service_probes.py)
     ((msgpack.packb([1, 0, 0, [[wire.PROBE, 1]]]),), wire.E_PROTOCOL, "must carry the cluster key"),
-    ((msgpack.packb([1, 0, 0, [[wire.LOCK, 1, 1, ["a"], X, False, None, 0]]]),), wire.E_UNKNOWN_SESSION, "needs a session"),
-    ((msgpack.packb([1, 12345, 0, [[wire.LOCK, 1, 1, ["a"], X, False, None, 0]]]),), wire.E_UNKNOWN_SESSION, "unknown session"),
+    ((msgpack.packb([1, 0, 0, [[wire.LOCK, 1, 1, ["a"], X, False, None, 0]]]),), wire.E_UNKNOWN_SESSION,
+     "needs a session"),
+    ((msgpack.packb([1, 12345, 0, [[wire.LOCK, 1, 1, ["a"], X, False, None, 0]]]),), wire.E_UNKNOWN_SESSION,
+     "unknown session"),
     ((b"x" * (wire.MAX_FRAME + 10),), wire.E_TOO_BIG, "exceeds the limit"),
     ((b"a", b"b", b"c"), wire.E_PROTOCOL, "expected one message part"),
 ]
 
 
 @pytest.mark.parametrize("parts,status,text", GARBAGE)
-def test_garbage_frames_get_a_named_error_and_change_nothing(shard, raw, parts, status, text):
-    before = table_state(stats(shard))
+def test_garbage_frames_get_a_named_error_and_change_nothing(cluster, raw, parts, status, text):
+    before = table_state(stats(cluster))
     raw.send_raw(*parts)
     reps = raw.recv()
     assert reps[0][1] == status, reps
     assert text in reps[0][2]
-    assert table_state(stats(shard)) == before
+    assert table_state(stats(cluster)) == before
     assert raw.call([wire.PING, 7])[1] == wire.OK        # still serving
 
 
@@ -142,28 +113,28 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("req,status,text", BAD_REQUESTS)
-def test_bad_requests_in_a_session(shard, raw, req, status, text):
+def test_bad_requests_in_a_session(cluster, raw, req, status, text):
     hello(raw, 0xBAD0 + BAD_REQUESTS.index((req, status, text)))
-    before = table_state(stats(shard))
+    before = table_state(stats(cluster))
     rep = raw.call(req)
     assert rep[1] == status and text in rep[2], rep
-    assert table_state(stats(shard)) == before
+    assert table_state(stats(cluster)) == before
     # the same session still works
     ok = raw.call([wire.LOCK, 6, 77, ["ok", 1], X, False, None, 0])
     assert ok[1] == wire.OK
     assert raw.call([wire.RELEASE, 8, 77, True])[1] == wire.OK
 
 
-def test_retry_is_answered_once(shard, raw):
+def test_retry_is_answered_once(cluster, raw):
     hello(raw, 0xA1)
-    before = stats(shard)
+    before = stats(cluster)
     frame = wire.pack_requests(0xA1, 0, [[wire.LOCK, 2, 501, ["db", "t", 1], X, False, None, 0]])
     raw.send_raw(frame)
     first = raw.recv()
     raw.send_raw(frame)                      # the same (session, seq): a retry
     again = raw.recv()
     assert first == again and first[0][1] == wire.OK
-    after = stats(shard)
+    after = stats(cluster)
     assert after["granted"] - before["granted"] == 3          # db, (db,t), row: once
     assert after["retries_answered"] - before.get("retries_answered", 0) == 1
     rows = [r for r in after["_snapshot"] if r[1] == 501]
@@ -172,11 +143,11 @@ def test_retry_is_answered_once(shard, raw):
     # a late retry after release still answers the first reply and takes nothing
     raw.send_raw(frame)
     assert raw.recv() == first
-    assert not [r for r in stats(shard)["_snapshot"] if r[1] == 501]
+    assert not [r for r in stats(cluster)["_snapshot"] if r[1] == 501]
 
 
-def test_retry_of_a_waiting_request_queues_once(shard, raw):
-    other = Raw(shard.endpoints[0])
+def test_retry_of_a_waiting_request_queues_once(cluster, raw):
+    other = RawSocket(cluster.endpoints[0])
     try:
         hello(other, 0xB2)
         assert other.call([wire.LOCK, 2, 601, ["w"], X, False, None, 0])[1] == wire.OK
@@ -185,7 +156,7 @@ def test_retry_of_a_waiting_request_queues_once(shard, raw):
         raw.send_raw(frame)
         raw.send_raw(frame)
         assert raw.nothing()                                  # parked, not answered
-        waiting = [r for r in stats(shard)["_snapshot"] if r[1] == 602]
+        waiting = [r for r in stats(cluster)["_snapshot"] if r[1] == 602]
         assert len(waiting) == 1 and waiting[0][3] is False
         assert other.call([wire.RELEASE, 3, 601, True])[1] == wire.OK
         reps = raw.recv()
@@ -196,12 +167,12 @@ def test_retry_of_a_waiting_request_queues_once(shard, raw):
         other.close()
 
 
-def _rows(shard, txn):
-    return sorted((tuple(r[0]), r[2], r[3]) for r in stats(shard)["_snapshot"] if r[1] == txn)
+def _rows(cluster, txn):
+    return sorted((tuple(r[0]), r[2], r[3]) for r in stats(cluster)["_snapshot"] if r[1] == txn)
 
 
-def test_lock_many_waits_in_the_middle_and_finishes_when_woken(shard, raw):
-    other = Raw(shard.endpoints[0])
+def test_lock_many_waits_in_the_middle_and_finishes_when_woken(cluster, raw):
+    other = RawSocket(cluster.endpoints[0])
     try:
         hello(other, 0x1E2)
         assert other.call([wire.LOCK, 2, 9901, ["m", 3], X, False, None, 0])[1] == wire.OK
@@ -209,22 +180,22 @@ def test_lock_many_waits_in_the_middle_and_finishes_when_woken(shard, raw):
         items = [[["m", i], X] for i in (1, 2, 3, 4)]
         raw.send([[wire.LOCK_MANY, 2, 9902, items, False, None, 0]])
         assert raw.nothing()                                  # parked at item 2
-        assert _rows(shard, 9902) == [(("m",), int(Mode.IX), True), (("m", 1), X, True),
+        assert _rows(cluster, 9902) == [(("m",), int(Mode.IX), True), (("m", 1), X, True),
                                      (("m", 2), X, True), (("m", 3), X, False)]
         assert other.call([wire.RELEASE, 3, 9901, True])[1] == wire.OK
         rep = raw.recv()[0]
         assert rep[1] == wire.OK and len(rep[2][0]) == 4 and rep[2][0] == sorted(rep[2][0])
-        assert len(_rows(shard, 9902)) == 5
+        assert len(_rows(cluster, 9902)) == 5
         # nowait: a conflict at item 1 answers NOT_AVAILABLE; item 0 stays held
         assert other.call([wire.LOCK, 4, 9903, ["m", 7], S, False, None, 0])[1] == wire.OK
         rep = raw.call([wire.LOCK_MANY, 3, 9904, [[["m", 6], X], [["m", 7], X], [["m", 8], X]], True, None, 0])
         assert rep[1] == wire.E_NOT_AVAILABLE, rep
         assert "('m', 7)" in rep[2] and "item 1 of the batch; the 1 before it are held" in rep[2]
-        assert _rows(shard, 9904) == [(("m",), int(Mode.IX), True), (("m", 6), X, True)]
+        assert _rows(cluster, 9904) == [(("m",), int(Mode.IX), True), (("m", 6), X, True)]
         # a batch with a bad item changes nothing, even for a known transaction
         rep = raw.call([wire.LOCK_MANY, 5, 9904, [[["m", 9], X], [["m", None], X]], False, None, 0])
         assert rep[1] == wire.E_INVALID and "component 1" in rep[2]
-        assert _rows(shard, 9904) == [(("m",), int(Mode.IX), True), (("m", 6), X, True)]
+        assert _rows(cluster, 9904) == [(("m",), int(Mode.IX), True), (("m", 6), X, True)]
         for seq, txn in ((6, 9902), (7, 9904)):
             assert raw.call([wire.RELEASE, seq, txn, True])[1] == wire.OK
         assert other.call([wire.RELEASE, 5, 9903, True])[1] == wire.OK
@@ -232,32 +203,32 @@ def test_lock_many_waits_in_the_middle_and_finishes_when_woken(shard, raw):
         other.close()
 
 
-def test_lock_many_on_a_prepared_txn_is_refused(shard, raw):
+def test_lock_many_on_a_prepared_txn_is_refused(cluster, raw):
     hello(raw, 0x1F1)
     assert raw.call([wire.LOCK_MANY, 2, 9911, [[["pm", 1], X]], False, None, 0])[1] == wire.OK
-    epoch = stats(shard)["epoch"] if "epoch" in stats(shard) else raw.call([wire.HEARTBEAT, 3])[2][0]
+    epoch = stats(cluster)["epoch"] if "epoch" in stats(cluster) else raw.call([wire.HEARTBEAT, 3])[2][0]
     rep = raw.call([wire.PREPARE, 4, 9911, "perf2-pm", epoch, [0]])
     assert rep[1] == wire.OK, rep
-    before = _rows(shard, 9911)
+    before = _rows(cluster, 9911)
     for k, items in enumerate(([[["pm", 2], X]], [[["pm", 2], X], ["bad"]])):
         rep = raw.call([wire.LOCK_MANY, 5 + k, 9911, items, False, None, 0])
         assert rep[1] == (wire.E_INVALID, wire.E_PROTOCOL)[k] and ("prepared", "item 1")[k] in rep[2], rep
-    assert _rows(shard, 9911) == before
+    assert _rows(cluster, 9911) == before
     assert raw.call([wire.RELEASE, 8, 9911, False])[1] == wire.OK     # abort the prepared txn
-    assert _rows(shard, 9911) == []
+    assert _rows(cluster, 9911) == []
 
 
-def test_acknowledged_seq_is_stale(shard, raw):
+def test_acknowledged_seq_is_stale(cluster, raw):
     hello(raw, 0xC1)
     raw.send([[wire.HEARTBEAT, 10]], ack=10)
     assert raw.recv()[0][1] == wire.OK
     raw.send([[wire.LOCK, 3, 701, ["s"], X, False, None, 0]], ack=10)   # seq 3 < ack 10 and not cached
     rep = raw.recv()[0]
     assert rep[1] == wire.E_STALE and "acknowledged" in rep[2]
-    assert not [r for r in stats(shard)["_snapshot"] if r[1] == 701]
+    assert not [r for r in stats(cluster)["_snapshot"] if r[1] == 701]
 
 
-def test_downgrade_undoes_a_conversion_and_refuses_what_it_cannot(shard, raw):
+def test_downgrade_undoes_a_conversion_and_refuses_what_it_cannot(cluster, raw):
     hello(raw, 0xD6)
     assert raw.call([wire.LOCK, 2, 811, ["dg"], wire_mode("IS"), False, None, 0])[2][1] == 0   # prev: none
     assert raw.call([wire.LOCK, 3, 811, ["dg"], S, False, None, 0])[2][1] == wire_mode("IS")  # prev: IS
@@ -276,8 +247,8 @@ def wire_mode(name):
     return int(Mode[name])
 
 
-def test_txn_of_another_session_is_refused(shard, raw):
-    other = Raw(shard.endpoints[0])
+def test_txn_of_another_session_is_refused(cluster, raw):
+    other = RawSocket(cluster.endpoints[0])
     try:
         hello(other, 0xD2)
         assert other.call([wire.LOCK, 2, 801, ["o"], X, False, None, 0])[1] == wire.OK
@@ -286,17 +257,17 @@ def test_txn_of_another_session_is_refused(shard, raw):
         assert rep[1] == wire.E_INVALID and "another session" in rep[2]
         rep = raw.call([wire.HELD, 3, 801])
         assert rep[1] == wire.E_INVALID and "another session" in rep[2]
-        assert [r for r in stats(shard)["_snapshot"] if r[1] == 801]
+        assert [r for r in stats(cluster)["_snapshot"] if r[1] == 801]
         assert other.call([wire.HELD, 3, 801]) == [3, wire.OK, [[["o"], X]]]
         other.call([wire.RELEASE, 4, 801, True])
     finally:
         other.close()
 
 
-def test_lease_expiry_releases_locks_and_is_remembered(shard, raw):
+def test_lease_expiry_releases_locks_and_is_remembered(cluster, raw):
     hello(raw, 0xE1, ttl_ms=200)
     assert raw.call([wire.LOCK, 2, 901, ["lease"], X, False, None, 0])[1] == wire.OK
-    other = Raw(shard.endpoints[0])
+    other = RawSocket(cluster.endpoints[0])
     try:
         hello(other, 0xE2)
         t0 = time.monotonic()
@@ -312,11 +283,11 @@ def test_lease_expiry_releases_locks_and_is_remembered(shard, raw):
         other.close()
 
 
-def test_req_socket_envelope(shard):
+def test_req_socket_envelope(cluster):
     ctx = zmq.Context()
     s = ctx.socket(zmq.REQ)
     s.setsockopt(zmq.LINGER, 0)
-    s.connect(shard.endpoints[0])
+    s.connect(cluster.endpoints[0])
     try:
         s.send(wire.pack_requests(0, 0, [[wire.PING, 1]]))
         assert s.poll(5000)
@@ -332,11 +303,12 @@ def test_tombstones_per_session_stay_bounded(tmp_path):
     everywhere, retries after a restart) tombstone them; a session keeps only
     the latest MAX_TOMBSTONES, however many it sends."""
     import threading
+
     from lockmgr.shard import MAX_TOMBSTONES, Shard
     sh = Shard("tcp://127.0.0.1:0", str(tmp_path))
     th = threading.Thread(target=sh.serve_forever, daemon=True)
     th.start()
-    r = Raw(sh.endpoint)
+    r = RawSocket(sh.endpoint)
     try:
         hello(r, 0xAB)
         n = MAX_TOMBSTONES + 500

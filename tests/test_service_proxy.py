@@ -13,17 +13,20 @@ import time
 
 import pytest
 
-from lockmgr import DeadlockDetected, LocalCluster, LockError, LockTimeout, Mode, connect
+from lockmgr import DeadlockDetected, LockError, LockTimeout, Mode, connect
+
 from faultproxy import FaultProxy
 from jepsen import check_history
 
+pytestmark = pytest.mark.service
+
 
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(2, partition_depth=2) as c:
-        yield c
+def cluster_options():
+    return {"shards": 2, "partition_depth": 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12])
 def test_history_under_drop_dup_reorder(cluster, seed):
     proxies = [FaultProxy(ep, seed=seed * 10 + i, drop=0.03, dup=0.05, delay=0.2)

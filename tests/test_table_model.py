@@ -10,7 +10,7 @@ the C-vs-Python differential test (tests/test_ctable.py) and by the API suite.
 
 import pytest
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from lockmgr import InvalidRequest
 from lockmgr._core import available_backends, table_class

@@ -6,42 +6,24 @@ Only public API is used here (no snapshot()/stats(): those are per target).
 """
 
 import itertools
-import threading
 
 import pytest
 
-from lockmgr import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout, Mode,
-                     TransactionAborted, compatible)
-from conftest import wait_until_waiting
+from lockmgr import (
+    DeadlockDetected,
+    InvalidRequest,
+    LockError,
+    LockNotAvailable,
+    LockTimeout,
+    Mode,
+    TransactionAborted,
+    compatible,
+)
+
+from helpers import Waiter, wait_until_waiting
 
 M = [Mode.IS, Mode.IX, Mode.S, Mode.SIX, Mode.X]
 NL, IS, IX, S, SIX, X = list(Mode)
-
-
-class Waiter(threading.Thread):
-    """Runs ``fn`` in a thread and records its result or exception."""
-
-    def __init__(self, fn):
-        super().__init__(daemon=True)
-        self.fn = fn
-        self.result = None
-        self.error = None
-        self.done = threading.Event()
-        self.start()
-
-    def run(self):
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # recorded for the test to inspect
-            self.error = e
-        finally:
-            self.done.set()
-
-    def get(self, timeout=10):
-        assert self.done.wait(timeout), "thread did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 @pytest.mark.parametrize("held,req", list(itertools.product(M, M)))

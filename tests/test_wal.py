@@ -126,7 +126,7 @@ while True:
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_sigkill_never_loses_an_acknowledged_prepare(tmp_path, seed):
     rnd = random.Random(seed)
-    for round_ in range(3):
+    for _ in range(3):
         p = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         acked = set()
         try:

@@ -296,6 +296,7 @@ def check(endpoints, root, timeout=5.0, patience=60.0):
 
 def demo(args):
     import tempfile
+
     from lockmgr import LocalCluster
     rnd = random.Random(args.seed)
     root = tempfile.mkdtemp(prefix="lockmgr-bank-")
@@ -366,7 +367,7 @@ def demo(args):
                         ok = False
         if not shard_killed:                 # a slow machine: the loop overran; still mid-run
             shard_killed = kill_shard()
-        for cid, p in procs.items():
+        for p in procs.values():
             try:
                 out, _ = p.communicate(timeout=60)
             except subprocess.TimeoutExpired:
