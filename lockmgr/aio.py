@@ -31,7 +31,7 @@ from . import wire
 from .client import (ACTIVE, PREPARED, _Call, _TxnCore, _g_finish, _g_held, _g_lock,
                      _g_lock_many, _g_unlock, Client as _SyncClient)
 from .client import _g_indoubt, _g_prepare, _g_resolve  # 2PC
-from ._checks import check_timeout
+from .rules import check_timeout
 from .errors import InvalidRequest, LockError, LockNotAvailable
 from .manager import LockInfo
 from .modes import Mode

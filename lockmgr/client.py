@@ -43,7 +43,7 @@ from contextlib import contextmanager
 import zmq
 
 from . import wire
-from ._checks import check_mode, check_timeout
+from .rules import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted, TransactionCommitted)
 from .manager import LockInfo

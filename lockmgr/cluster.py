@@ -169,7 +169,7 @@ class LocalCluster:
     def _send_peers(self, i: int) -> None:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
-        from .probes import send_admin
+        from .service.admin import request as send_admin
         try:
             send_admin(self.endpoints[i], wire.PEERS, [list(self.peer_endpoints)],
                        timeout=self.start_timeout, key=self.cluster_key)

@@ -36,7 +36,7 @@ from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal,
                     Tuple, Type, Union)
 
 from ._core import CONFLICT, WAITING, table_class
-from ._checks import check_mode, check_timeout
+from .rules import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted, TransactionCommitted)
 from .modes import Mode

@@ -1,16 +1,19 @@
 """Distributed deadlock detection by edge chasing (Chandy-Misra-Haas, AND model).
 
-Interface (used by lockmgr.shard; design and correctness argument: docs/design.md ("Distributed deadlock detection")):
-    ProbeEngine(shard, probe_delay=0.010, probe_interval=None, peers=None)
+Interface (a plug-in of the sans-IO shard core, lockmgr/service/shard/core.py; design and
+correctness argument: docs/probes.md):
+    ProbeEngine(host, probe_delay=0.010, probe_interval=None, peers=None)
+        ``host``: the core's ShardHost interface -- the only state of the shard it uses
         .on_wait(txn, wait)        a request of ``txn`` starts to wait (new wait epoch)
+        .on_wait_end(tid)          that wait ended
         .on_local_victim(cycle, victim_tid)   the shard's local search chose a victim
         .hold_timeout(wait) -> bool   defer a lock-wait timeout while a cycle is confirmed
-        .on_timer()                the shard's timer of kind 2 fired
+        .on_timer()                the core's TimerKind.PROBE timer fired
         .peer_types                message types exchanged between shards (no reply)
         .admin                     {type: handler} of DEADLOCKS, PEERS, FAULTS
-        .inbox / .outbox, .turn(send=True), .send_outbox()   handle queued peer messages; send the outbox
-        .close()
-    send_admin(endpoint, typ, args, timeout=2.0, key=None)   a session-less admin call with args
+        .accept(req), .turn()      queue / handle peer messages
+        .take_outbox() -> {shard: [message, ...]}   what the driver sends to the other shards
+        .peers, .peers_version     the peer endpoints (PEERS), for the driver's sockets
 
 Outline. A wait lasting ``probe_delay`` is *registered* with the transaction's
 directory shard (``directory(tid)``: a stable hash of the id) and starts a probe
@@ -32,12 +35,9 @@ import collections
 import hashlib
 import itertools
 import random
-import time
-
-import zmq
 
 from . import wire
-from ._checks import brief
+from .rules import brief
 from .modes import Mode
 from .timers import TimerKind
 
@@ -99,7 +99,7 @@ def _mode_name(m):
 
 class ProbeEngine:
     def __init__(self, shard, probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None):
-        self.shard = shard
+        self.host = shard      # the ShardHost interface of lockmgr/service/shard/core.py, nothing else
         self.me = shard.index
         self.n = shard.nshards
         self.enabled = probe_delay is not None and probe_delay >= 0
@@ -132,8 +132,7 @@ class ProbeEngine:
         self.fault = {}
         self._rng = random.Random(0)
         self.peers = None
-        self._socks = {}
-        self._ctx = shard._ctx
+        self.peers_version = 0              # bumped when the peer list changes (the driver reconnects)
         if peers:
             self.set_peers(peers)
         self.peer_types = {wire.PROBE: self._m_probe, wire.PROBE_REG: self._m_reg,
@@ -151,20 +150,8 @@ class ProbeEngine:
         for p in peers:
             if not p.startswith("tcp://127.0.0.1:") and not p.startswith(("ipc://", "inproc://")):
                 raise ValueError(f"peer endpoint {p!r}: shards talk to each other on 127.0.0.1 only")
-        for s in self._socks.values():
-            s.close(0)
-        self._socks = {}
         self.peers = peers
-
-    def _sock(self, i):
-        s = self._socks.get(i)
-        if s is None:
-            s = self._ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.SNDHWM, 100_000)
-            s.connect(self.peers[i])
-            self._socks[i] = s
-        return s
+        self.peers_version += 1
 
     @property
     def distributed(self):
@@ -188,7 +175,7 @@ class ProbeEngine:
                     return
                 d = f.get("delay_ms", 0)
                 if d:
-                    self.delayed.append((self.shard._now + d / 1000.0, dest, req))
+                    self.delayed.append((self.host.now + d / 1000.0, dest, req))
                     self._arm()
                     return
         lst = self.outbox.get(dest)
@@ -197,20 +184,11 @@ class ProbeEngine:
         else:
             lst.append(req)
 
-    def send_outbox(self):
+    def take_outbox(self):
+        """{shard: [message, ...]} to send (the driver sends them, with the cluster key's session)."""
         out = self.outbox
         self.outbox = {}
-        for dest, reqs in out.items():
-            try:
-                self._sock(dest).send(wire.pack_requests(self.shard.peer_sid, 0, reqs), zmq.NOBLOCK)
-                self.c["probe_msgs_sent"] += len(reqs)
-            except zmq.ZMQError:
-                self.c["probe_msgs_send_failed"] += len(reqs)
-
-    def close(self):
-        for s in self._socks.values():
-            s.close(0)
-        self._socks = {}
+        return out
 
     # ---------------------------------------------------------------- timers
 
@@ -235,17 +213,16 @@ class ProbeEngine:
         if due is None:
             return
         if self._armed is None or due < self._armed:
-            sh = self.shard
+            host = self.host
             if self._armed_entry is not None:
-                sh._timers.discard(self._armed_entry)     # one probe timer at a time
+                host.cancel_timer(self._armed_entry)     # one probe timer at a time
             self._armed = due
-            self._armed_entry = (due, next(sh._tick), TimerKind.PROBE, None)
-            sh._timers.add(self._armed_entry)
+            self._armed_entry = host.add_timer(due, TimerKind.PROBE, None)
 
     def on_timer(self):
         self._armed = None
         self._armed_entry = None
-        now = self.shard._now
+        now = self.host.now
         self._g = None
         dl = self.delayed
         while dl and dl[0][0] <= now:
@@ -293,7 +270,7 @@ class ProbeEngine:
                         del self.parked[tid]
             self._purge_pending(now)
         self._arm()
-        if self.inbox or self.outbox:
+        if self.inbox:
             self.turn()
 
     def _out_edges(self, tid):
@@ -318,9 +295,9 @@ class ProbeEngine:
             return
         tid = t.id
         old = self.waits.get(tid)
-        now = self.shard._now
+        now = self.host.now
         ep = next(self._ep)
-        self.waits[tid] = _WaitRec(w, ep, now, time.time(), old is not None and old.registered)
+        self.waits[tid] = _WaitRec(w, ep, now, self.host.wall(), old is not None and old.registered)
         self.delay_q.append((now + self.delay, tid, ep))
         if self._armed is None or now + self.delay < self._armed:
             self._arm()
@@ -335,7 +312,7 @@ class ProbeEngine:
         q = self.delay_q
         if q and q[0][1] == tid and self._armed_entry is not None and self._armed == q[0][0]:
             # the timer armed for this wait's probe_delay would fire for nothing: re-arm
-            self.shard._timers.discard(self._armed_entry)
+            self.host.cancel_timer(self._armed_entry)
             self._armed = self._armed_entry = None
             self._arm()
 
@@ -347,16 +324,14 @@ class ProbeEngine:
         d = self.holds.get(tid)
         if d is None:
             return False
-        sh = self.shard
-        now = sh._now
+        now = self.host.now
         for k in [k for k, v in d.items() if v <= now]:
             del d[k]
         if not d:
             del self.holds[tid]
             return False
         until = max(d.values())
-        w.timer = (until, next(sh._tick), TimerKind.WAIT, w)
-        sh._timers.add(w.timer)
+        w.timer = self.host.add_timer(until, TimerKind.WAIT, w)
         self.c["timeouts_deferred"] += 1
         return True
 
@@ -368,7 +343,7 @@ class ProbeEngine:
 
     def _release_holds(self, tids, pid):
         """End the holds that the confirm ``pid`` placed (other confirms' holds stay)."""
-        sh = self.shard
+        host = self.host
         for tid in tids:
             d = self.holds.get(tid)
             if d is None or d.pop(pid, None) is None:
@@ -376,17 +351,15 @@ class ProbeEngine:
             if d:
                 continue                    # still held by another confirm: its timer re-checks
             del self.holds[tid]
-            t = sh._txns.get(tid)
+            t = host.txn(tid)
             w = t.wait if t is not None else None
-            if w is not None and w.timer is not None and w.deadline is not None and w.deadline <= sh._now:
-                sh._timers.discard(w.timer)
-                w.timer = (sh._now, next(sh._tick), TimerKind.WAIT, w)
-                sh._timers.add(w.timer)
+            if w is not None and w.timer is not None and w.deadline is not None and w.deadline <= host.now:
+                host.cancel_timer(w.timer)
+                w.timer = host.add_timer(host.now, TimerKind.WAIT, w)
 
     def on_local_victim(self, cycle, victim, closer=None):
         """Record a report for a cycle found by the local search (when ``closer``
         started to wait); abort the victim elsewhere."""
-        sh = self.shard
         rows = []
         k = len(cycle)
         v = cycle.index(victim)                        # the victim is a member (the youngest)
@@ -395,25 +368,25 @@ class ProbeEngine:
             row = self._row(tid, cycle[(i + 1) % k])
             if tid == closer and row["wait_started"] is None:
                 # the wait that closed the cycle began just now (it is not registered yet)
-                row["wait_started"], row["waited_ms"] = time.time(), 0.0
+                row["wait_started"], row["waited_ms"] = self.host.wall(), 0.0
             rows.append(row)
         self._remember_victim(victim, self._report(victim, rows, "local"))
         if self.distributed:
             for s in range(self.n):
                 if s != self.me:
                     self.send(s, [wire.PROBE_VICTIM, 0, victim, list(cycle), self.me, None])
-        sh.counters["deadlocks_local"] += 1
+        self.c["deadlocks_local"] += 1
 
     # ----------------------------------------------------------------- probes
 
     def _graph(self):
         g = self._g
         if g is None:
-            g = self._g = self.shard._table.wait_for_graph()
+            g = self._g = self.host.table.wait_for_graph()
         return g
 
     def _valid(self, tid, rec):
-        t = self.shard._txns.get(tid)
+        t = self.host.txn(tid)
         return t is not None and t.wait is rec.w and rec.w is not None
 
     def _local_ep(self, tid):
@@ -432,7 +405,7 @@ class ProbeEngine:
         s = self.seen.get(pid)
         if s is None:
             s = self.seen[pid] = set()
-            now = self.shard._now
+            now = self.host.now
             so = self.seen_order
             so.append((now, pid))
             while so and (so[0][0] < now - SEEN_TTL or len(so) > MAX_SEEN):
@@ -455,7 +428,7 @@ class ProbeEngine:
         me = self.me
         n = self.n
         where = self.where
-        fresh = self.shard._now - self.interval
+        fresh = self.host.now - self.interval
         stack = [(v, path)]
         while stack:
             u, p = stack.pop()
@@ -500,7 +473,7 @@ class ProbeEngine:
     def _learn(self, pid, path):
         """Note where the transactions on a probe's path wait (routing hints only)."""
         where = self.where
-        now = self.shard._now
+        now = self.host.now
         me = self.me
         if len(where) > 100_000:
             where.clear()
@@ -586,7 +559,7 @@ class ProbeEngine:
                 self.c["probes_dropped_stale"] += 1
         # kept for two intervals: the initiator's next round (one interval later) replaces it,
         # so while the initiator waits one of its probes is always parked here
-        lst.append((self.shard._now + 2 * self.interval, pid, path))
+        lst.append((self.host.now + 2 * self.interval, pid, path))
         self.c["probes_parked"] += 1
         self._arm()                         # (the sweep drops it when it expires)
 
@@ -595,12 +568,12 @@ class ProbeEngine:
         if edges is not None:
             edges = [(int(y), int(yep)) for y, yep in edges]     # (malformed: counted by turn())
         d = self.dirmap.setdefault(tid, {})
-        d[s] = (ep, self.shard._now, edges)
+        d[s] = (ep, self.host.now, edges)
         if len(d) >= 2:
             self._tell_multi(tid, d)
         lst = self.parked.pop(tid, None)
         if lst:
-            now = self.shard._now
+            now = self.host.now
             for exp, pid, path in lst:
                 if exp > now:
                     self.c["probes_unparked"] += 1
@@ -647,13 +620,13 @@ class ProbeEngine:
         me = self.me
         # a cycle still there at a later round may have failed to confirm in time (an
         # overloaded machine): each round allows twice as long, so a confirm always fits
-        deadline = self.shard._now + min(HOLD * (1 << min(pid[3] - 1, 8)), HOLD_MAX)
+        deadline = self.host.now + min(HOLD * (1 << min(pid[3] - 1, 8)), HOLD_MAX)
         rows = self._check(pid, cycle, deadline)     # this shard's entries (none at a directory off the cycle)
         if rows is None:
             self.c["confirms_failed"] += 1
             return
         pidl = list(pid)
-        t_found = time.time()
+        t_found = self.host.wall()
         for s in sorted({e[1] for e in cycle}):
             if s != me:
                 # our own rows travel with the CONFIRM to the victim's shard (no extra message)
@@ -691,7 +664,7 @@ class ProbeEngine:
         """Re-check now every entry of ``cycle`` seen on this shard and hold those members'
         lock-wait timeouts until ``deadline``; -> [[index, report row], ...] or None."""
         me = self.me
-        if self.shard._now >= deadline:
+        if self.host.now >= deadline:
             self.c["confirms_late"] += 1
             return None
         self._g = None
@@ -730,7 +703,7 @@ class ProbeEngine:
         p = self.pending.get(pid)
         if p is None:
             if len(self.pending) > 1000:
-                self._purge_pending(self.shard._now)
+                self._purge_pending(self.host.now)
             p = self.pending[pid] = [None, None, deadline, None, {}, False]
         p[5] = False
         p[4] = None                         # failed: later answers for it are ignored
@@ -740,7 +713,7 @@ class ProbeEngine:
         p = self.pending.get(pid)
         if p is None:
             if len(self.pending) > 1000:
-                self._purge_pending(self.shard._now)
+                self._purge_pending(self.host.now)
             p = self.pending[pid] = [None, None, deadline, None, {}, True]
         got = p[4]
         if got is None:
@@ -755,9 +728,9 @@ class ProbeEngine:
         self._abort_victim(pid, p[0], p[1], p[2], p[3], got)
 
     def _row(self, tid, target):
-        sh = self.shard
-        table = sh._table
-        t = sh._txns.get(tid)
+        host = self.host
+        table = host.table
+        t = host.txn(tid)
         wo = table.waiting_on(tid)
         path, mode = wo if wo else (None, 0)
         held = table.mode_held(target, path) if path is not None else 0
@@ -772,11 +745,11 @@ class ProbeEngine:
             "blocker_queued": _mode_name(twait[1]) if queued else None,
             "holds": [[list(p), _mode_name(m)] for p, m in table.held(tid)[:16]],
             "wait_started": rec.wall if rec is not None else None,
-            "waited_ms": round((sh._now - rec.start) * 1000, 3) if rec is not None else None,
+            "waited_ms": round((host.now - rec.start) * 1000, 3) if rec is not None else None,
         }
 
     def _report(self, victim, rows, kind, t_found=None):
-        now = time.time()
+        now = self.host.wall()
         # what each member holds that blocks the cycle: its row's "holds" lists
         # only the shard where it waits, and in a cross-shard cycle the lock it
         # blocks with lives on another shard -- in the row of the member it blocks
@@ -786,7 +759,7 @@ class ProbeEngine:
         starts = [r["wait_started"] for r in rows if r.get("wait_started")]
         closed = max(starts) if starts else None
         rep = {
-            "id": f"{self.me}:{self.shard.epoch}:{self.c['deadlock_reports'] + 1}",
+            "id": f"{self.me}:{self.host.epoch}:{self.c['deadlock_reports'] + 1}",
             "kind": kind, "detected_at": now, "detected_by": self.me,
             "cycle": [r["txn"] for r in rows], "victim": victim,
             "detection_ms": round((now - closed) * 1000, 3) if closed else None,
@@ -806,15 +779,15 @@ class ProbeEngine:
 
     def _abort_victim(self, pid, cycle, vidx, deadline, t_found, got):
         from .wire import E_DEADLOCK
-        sh = self.shard
+        host = self.host
         me = self.me
         victim = cycle[vidx][0]
-        t = sh._txns.get(victim)
+        t = host.txn(victim)
         # every member was re-checked (after the probe) and is held until ``deadline``; the
         # abort must come before any hold can lapse, and this shard's entries (the victim's
         # among them) are checked once more now, in the turn that aborts
         ok = t is not None and t.wait is not None
-        if ok and sh._clock() >= deadline - HOLD_MARGIN:
+        if ok and host.now >= deadline - HOLD_MARGIN:
             self.c["confirms_late"] += 1
             ok = False
         if ok:
@@ -829,12 +802,11 @@ class ProbeEngine:
         self._remember_victim(victim, rep)
         self.c["deadlocks_found"] += 1
         cyc = rep["cycle"]
-        sh._end_wait(t.wait, E_DEADLOCK,
+        host.end_wait(t.wait, E_DEADLOCK,
                      f"transaction {victim} was chosen as deadlock victim (youngest in the wait-for cycle "
                      f"{cyc} spanning shards {sorted({e[1] for e in cycle})}, found by a probe from "
                      f"transaction {pid[0]}); it has been aborted on every shard")
-        sh._flush()                 # the victim's answer leaves before the clean-up below
-        sh._drop_txn(t)
+        host.drop_txn(t)
         self._g = None
         members = sorted(set(cyc))
         self._release_holds(members, pid)
@@ -846,14 +818,14 @@ class ProbeEngine:
     def _m_victim(self, args):
         from .wire import E_DEADLOCK
         victim, members, src, pid = args
-        sh = self.shard
-        t = sh._txns.get(victim)
+        host = self.host
+        t = host.txn(victim)
         if t is not None and t.state == "active":    # never a prepared (or preparing) 2PC txn
             if t.wait is not None:
-                sh._end_wait(t.wait, E_DEADLOCK,
+                host.end_wait(t.wait, E_DEADLOCK,
                              f"transaction {victim} was chosen as deadlock victim (wait-for cycle {members}); "
                              f"it has been aborted on every shard")
-            sh._drop_txn(t)
+            host.drop_txn(t)
             self._g = None
             self.c["victims_aborted_remote"] += 1
         mine = self.victims.get(victim)
@@ -888,10 +860,9 @@ class ProbeEngine:
         self.inbox.append(req)
         return None
 
-    def turn(self, send=True):
-        """Handle queued peer messages (and what they cause); send the outbox (unless
-        ``send`` is false: the shard then sends its client replies first)."""
-        sh = self.shard
+    def turn(self):
+        """Handle the queued peer messages (and what they cause)."""
+        host = self.host
         self._g = None
         inbox = self.inbox
         types = self.peer_types
@@ -902,12 +873,9 @@ class ProbeEngine:
                 h(req[2:])
             except Exception:  # a malformed peer message must not stop the shard
                 self.c["probe_msgs_malformed"] += 1
-            if sh._woken:
-                sh._process_woken()
-                self._g = None
+            host.process_woken()
+            self._g = None
         self._g = None
-        if send and self.outbox:
-            self.send_outbox()
 
     def gauges(self):
         """Every counter (0 if it never moved) and the current sizes, for STATS."""
@@ -971,22 +939,3 @@ _FAULT_KEYS = {
 _FAULT_HELP = {"drop_next": "an int in 0..2**32", "drop_prob": "a number in 0..1",
                "delay_ms": "a number of ms in 0..60000", "types": "nil or a list of message type codes",
                "seed": "an int"}
-
-def send_admin(endpoint, typ, args, timeout=2.0, key=None):
-    """One session-less admin request with arguments; returns the payload or raises.
-    ``key``: the cluster key (needed for PEERS and FAULTS when the shard has one)."""
-    from .wire import ShardUnavailable
-    ctx = zmq.Context.instance()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    try:
-        s.connect(endpoint)
-        s.send(wire.pack_requests(wire.peer_session(key), 0, [[typ, 1, *args]]))
-        if not s.poll(int(timeout * 1000)):
-            raise ShardUnavailable(f"{endpoint} did not answer within {timeout:g}s")
-        seq, status, payload = wire.unpack_replies(s.recv())[0]
-        if status != wire.OK:
-            raise wire.error_for(status, payload)
-        return payload
-    finally:
-        s.close(0)

@@ -35,7 +35,7 @@ try:   # the compiled table's LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx)
 except ImportError:  # pragma: no cover - no compiler
     _split_lock_many = None
 
-from ._checks import brief
+from .rules import brief
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted)
 from .errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired

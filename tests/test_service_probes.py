@@ -16,7 +16,7 @@ import pytest
 
 from lockmgr import DeadlockDetected, LocalCluster, LockNotAvailable, LockTimeout, Mode, wire
 from lockmgr.client import admin_query
-from lockmgr.probes import send_admin
+from lockmgr.service.admin import request as send_admin
 
 from helpers import Waiter, shard_of, wait_until, wait_until_waiting
 
@@ -637,7 +637,7 @@ def test_shards_talk_over_unix_sockets_and_after_a_restart(tmp_path):
         finally:
             cl.close()
     from lockmgr.errors import InvalidRequest
-    from lockmgr.shard import Shard
+    from lockmgr.service.shard.server import Shard
     with pytest.raises(InvalidRequest, match="ipc://"):
         Shard("tcp://127.0.0.1:0", str(tmp_path), peer_endpoint="tcp://127.0.0.1:0")
     with pytest.raises(InvalidRequest, match="cluster key must be a str"):

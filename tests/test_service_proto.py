@@ -304,7 +304,8 @@ def test_tombstones_per_session_stay_bounded(tmp_path):
     the latest MAX_TOMBSTONES, however many it sends."""
     import threading
 
-    from lockmgr.shard import MAX_TOMBSTONES, Shard
+    from lockmgr.service.shard.core import MAX_TOMBSTONES
+    from lockmgr.service.shard.server import Shard
     sh = Shard("tcp://127.0.0.1:0", str(tmp_path))
     th = threading.Thread(target=sh.serve_forever, daemon=True)
     th.start()
@@ -328,6 +329,6 @@ def test_tombstones_per_session_stay_bounded(tmp_path):
         sh.stop()
         th.join(5)
         assert not th.is_alive()
-        sess = sh._sessions[0xAB]
+        sess = sh.core._sessions[0xAB]
         sh.close()
     assert len(sess.tombs) == len(sess.tomb_order) == MAX_TOMBSTONES

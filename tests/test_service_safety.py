@@ -18,8 +18,9 @@ import zmq
 import lockmgr
 from lockmgr import LocalCluster, LockError, Mode, TransactionAborted, wire
 from lockmgr.errors import TransactionCommitted
-from lockmgr.probes import send_admin
-from lockmgr.shard import Shard
+from lockmgr.service.admin import request as send_admin
+from lockmgr.timers import TimerKind
+from lockmgr.service.shard.server import Shard
 
 X = int(Mode.X)
 
@@ -109,7 +110,7 @@ def test_each_frame_renews_its_lease_from_when_it_is_handled(tmp_path):
             r.session = sid
             r.send([[wire.HELLO, 1, 60_000, "v"]])
             assert _serve_until_answered(shard, r)[0][1] == wire.OK
-        s1, s2 = shard._sessions[71], shard._sessions[72]
+        s1, s2 = shard.core._sessions[71], shard.core._sessions[72]
         r.session = 71
         r.send([[wire.HEARTBEAT, 2]])
         r.session = 72
@@ -401,8 +402,8 @@ def test_a_failing_timer_is_counted_not_fatal(tmp_path):
     try:
         def boom():
             raise RuntimeError("probe timer bug")
-        shard._probes.on_timer = boom
-        shard._timers.add((49.0, -1, lockmgr.timers.TimerKind.PROBE, None))
+        shard.core.probes.on_timer = boom
+        shard.core.add_timer(49.0, TimerKind.PROBE, None)
         shard.run_once(0)
         assert shard.counters["internal_errors"] == 1
         r = Raw(shard.endpoint)

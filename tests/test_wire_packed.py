@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 from lockmgr import wire  # noqa: E402
 from lockmgr.errors import InvalidRequest  # noqa: E402
-from lockmgr.shard import Shard, _Reply  # noqa: E402
+from lockmgr.service.shard.core import Reply as _Reply, ShardCore as Shard  # noqa: E402
 
 _ctable = pytest.importorskip("lockmgr._core._ctable")
 PackedItems = _ctable.PackedItems

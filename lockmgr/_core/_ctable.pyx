@@ -749,7 +749,8 @@ def split_lock_many(frame):
 # ---------------------------------------------------------------- the table
 
 cdef class Table:
-    """A lock table. Not thread-safe: the caller serialises calls.
+    """A lock table. Thread-safe: every call is atomic (the C code runs under the
+    GIL and never calls back into Python; docs/table.md, "Thread safety of the table").
 
     The compiled twin of ``lockmgr._core._pytable.Table``; see that class and
     docs/design.md ("The table") for the semantics.

@@ -26,7 +26,7 @@ C table is tested against (tests/test_table_model.py).
 import functools
 import threading
 
-from .._checks import check_mode
+from ..rules import check_mode
 from ..errors import InvalidRequest
 from ..modes import CONFLICTS, SUPREMUM, INTENTION
 from ..paths import encode, decode, prefix_ends, MAX_DEPTH
@@ -107,7 +107,8 @@ class _Txn:
 
 
 class Table:
-    """A lock table. Not thread-safe: the caller serialises calls."""
+    """A lock table. Thread-safe: every public method is atomic (it holds the
+    table's own mutex; docs/table.md, "Thread safety of the table")."""
 
     def __init__(self, escalation_threshold=5000, token_base=0):
         if type(escalation_threshold) is not int or escalation_threshold < 1:

@@ -1,0 +1,988 @@
+"""The shard's logic without I/O: a sans-IO state machine (like h11's).
+
+Interface:
+    ShardCore(*, epoch, index=0, nshards=1, partition_depth=2, escalation_threshold=5000,
+              log=None, peer_sid=0, probe_delay=..., probe_interval=None, peers=None,
+              now=0.0, wall_offset=0.0, random_bytes=os.urandom)
+        .now                     the current time (monotonic seconds): set by the driver
+                                 before every call; the core never reads a clock
+        .frame(prefix, sid, ack, reqs, budget)   a decoded frame from connection ``prefix``;
+                                 handles up to ``budget`` of its requests, queues the rest
+        .resume(budget) -> bool  go on with queued requests; True while some remain
+        .backlog                 the queued (unfinished) frames
+        .fire_timers(budget) -> bool   fire due timers (when <= now); True while some remain due
+        .next_timer() -> float | None  when the next timer is due
+        .peer_messages(budget)   handle queued shard-to-shard messages
+        .take_replies() -> {prefix: [reply, ...]}     what to send to clients
+        .take_peer_messages() -> {shard: [request, ...]}   what to send to other shards
+        .durable(batch)          prepare-log tickets that reached the disk (from the log's thread)
+        .counters, .epoch, .index, .nshards, .partition_depth, .probes, .twophase
+
+The driver (lockmgr/service/shard/server.py: ZeroMQ and a clock; tests: a manual
+clock and no sockets) decodes frames, sets ``now``, calls these and sends what
+they return. Deadlock probes (lockmgr/probes.py) and two-phase commit
+(twophase.py) plug in through the methods listed in ``ShardHost``; they touch
+no other state of the core.
+
+Design and correctness: docs/service.md; 2PC: docs/2pc.md; probes: docs/probes.md.
+"""
+
+import collections
+import itertools
+import os
+from typing import Protocol
+
+from sortedcontainers import SortedList
+
+from ... import wire
+from ...rules import EPOCH_BITS, brief, check_mode, check_timeout_ms, check_txn_id, choose_victim
+from ..._core import CONFLICT, Table, BACKEND
+from ...errors import InvalidRequest, LockError
+from ...modes import Mode
+from ...paths import encode, MAX_DEPTH
+from ...probes import DEFAULT_PROBE_DELAY, ProbeEngine
+from ...timers import TimerKind
+from ...wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
+                     E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
+                     E_UNKNOWN_TYPE, OK)
+from .twophase import TwoPhase
+
+try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
+    from ..._core._ctable import encode as _encode
+except ImportError:  # pragma: no cover - no compiler
+    _encode = encode
+
+__all__ = ["ShardCore", "ShardHost", "Reply", "PARKED", "EPOCH_BITS"]
+
+PARKED = object()   # a handler's result: the request waits; it is answered later
+
+_T_WAIT, _T_LEASE, _T_PROBE = TimerKind.WAIT, TimerKind.LEASE, TimerKind.PROBE
+
+MAX_ERROR_CHARS = 1000    # an error reply's message is cut to this (it may quote the request)
+MAX_TTL_MS = 3600 * 1000
+MAX_CACHE = 200_000       # cached replies per session (beyond: oldest dropped)
+MAX_TOMBSTONES = 4096     # finished txn ids remembered per session
+MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIRED)
+_TXN_LIMIT = 1 << 64
+
+# LOCK_MANY items come in the compiled table's form (wire.unpack_requests_packed)
+# when the table is the compiled one
+if BACKEND == "c":
+    from ..._core._ctable import PackedItems as _PackedItems
+else:
+    class _PackedItems:   # never made: the pure-Python table takes msgpack's lists
+        pass
+
+_PEER_ADMIN = frozenset((wire.PEERS, wire.FAULTS))   # admin messages that need the cluster key
+
+
+class Reply(Exception):
+    """Raised by a handler to answer with an error status."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+_Reply = Reply
+
+
+class ShardHost(Protocol):
+    """What the plug-ins (deadlock probes, two-phase commit) may ask of the core.
+    ShardCore implements it; nothing else of the core is theirs to touch."""
+
+    now: float
+    index: int
+    nshards: int
+    epoch: int
+    peer_sid: int
+    counters: "collections.Counter[str]"
+    table: Table                      # queries; 2PC also re-locks what is held
+
+    def wall(self) -> float: ...                                  # wall-clock time for reports
+    def txn(self, tid): ...                                       # the _Txn of ``tid`` here, or None
+    def add_timer(self, when, kind, obj): ...                     # -> the entry (to cancel it)
+    def cancel_timer(self, entry): ...
+    def end_wait(self, w, status, msg): ...                       # answer a parked lock request
+    def drop_txn(self, t): ...                                    # release all of t here, forget it
+    def answer(self, sess, seq, status, payload): ...             # a (later) answer, cached
+    def session_alive(self, sess) -> bool: ...
+    def process_woken(self): ...                                  # continue the requests just granted
+
+
+class _Session:
+    __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
+                 "tombs", "tomb_order", "name", "secret")
+
+    def __init__(self, sid, ttl, now, prefix, name, secret):
+        self.id = sid
+        self.ttl = ttl
+        self.expires = now + ttl
+        # routing frames of the connection the session is bound to: frames naming the
+        # session from any other connection are refused, except a HELLO carrying
+        # ``secret`` (the client reconnected), which binds it to the new one
+        self.prefix = prefix
+        self.secret = secret
+        self.txns = {}                # txn id -> _Txn
+        self.cache = {}               # seq -> reply, for retries
+        self.order = collections.deque()
+        self.ack = 0                  # seqs below this are acknowledged by the client
+        self.inflight = {}            # seq -> _Wait
+        self.tombs = set()            # finished txn ids (a late request for one is refused)
+        self.tomb_order = collections.deque()
+        self.name = name
+
+
+class _Txn:
+    __slots__ = ("id", "session", "state", "wait", "gtrid", "participants", "prepared_at", "outcome",
+                 "waiters", "nlocks")
+
+    def __init__(self, tid, session):
+        self.id = tid
+        self.session = session        # None for a prepared txn restored from the log
+        self.state = "active"         # 2PC: 'preparing' -> 'prepared' -> 'deciding' (then gone)
+        self.wait = None              # the _Wait this txn is parked on
+        # 2PC slots (gtrid, participants, prepared_at, outcome, nlocks, waiters: the
+        # parked PREPARE/DECIDE requests [(session, seq, kind)]) are set when the
+        # txn leaves 'active' (see the "Two-phase commit" section), not here: the
+        # hot LOCK path creates a _Txn per transaction.
+
+
+class _Wait:
+    __slots__ = ("txn", "seq", "items", "idx", "tokens", "many", "timer", "prev", "deadline")
+
+    def __init__(self, txn, seq, items, idx, tokens, many, prev):
+        self.txn = txn
+        self.seq = seq
+        self.items = items            # [(path, mode), ...]
+        self.idx = idx                # the item being waited for
+        self.tokens = tokens
+        self.many = many
+        self.timer = None
+        self.prev = prev              # LOCK: the mode held on the node before (0: none), for the reply
+        self.deadline = None          # absolute clock time, or None: wait forever
+
+
+def _path(obj):
+    if type(obj) is list:
+        if len(obj) > MAX_DEPTH:
+            raise _Reply(E_TOO_BIG, f"resource path has {len(obj)} components; at most {MAX_DEPTH} are allowed")
+        p = tuple(obj)
+    elif type(obj) in (str, int, bytes):
+        p = (obj,)
+    else:
+        raise _Reply(E_INVALID, f"resource must be an array of str/int/bytes components; got {type(obj).__name__}")
+    encode(p)  # validates; raises InvalidRequest naming the problem
+    return p
+
+
+def _tomb(sess, tid):
+    """Remember that ``tid`` finished in ``sess`` (a late LOCK for it is refused);
+    the session keeps the latest MAX_TOMBSTONES."""
+    sess.tombs.add(tid)
+    sess.tomb_order.append(tid)
+    if len(sess.tomb_order) > MAX_TOMBSTONES:
+        sess.tombs.discard(sess.tomb_order.popleft())
+
+
+class ShardCore:
+    """One shard's state and logic. Not thread-safe: one driver calls it (the
+    prepare log's thread only appends to ``durable``)."""
+
+    def __init__(self, *, epoch, index=0, nshards=1, partition_depth=2, escalation_threshold=5000,
+                 log=None, peer_sid=0, probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None,
+                 now=0.0, wall_offset=0.0, random_bytes=os.urandom):
+        if epoch >= (1 << (63 - EPOCH_BITS)):
+            raise RuntimeError("epoch space exhausted")
+        self.index = index
+        self.nshards = nshards
+        self.partition_depth = partition_depth
+        self.epoch = epoch
+        # shard-to-shard frames (and PEERS/FAULTS) must carry this in their session field
+        self.peer_sid = peer_sid
+        self.now = now
+        self._wall_offset = wall_offset
+        self._random_bytes = random_bytes     # session secrets (a seeded source in a simulation)
+        self.table = self._table = Table(escalation_threshold, epoch << EPOCH_BITS)
+        self._sessions = {}
+        self._expired = collections.OrderedDict()
+        self._txns = {}
+        self._timers = SortedList()
+        self._tick = itertools.count()
+        self._out = {}
+        self._woken = collections.deque()
+        self.backlog = collections.deque()   # (sid, prefix, requests, next index): unfinished frames
+        self._left = 0                       # requests the current call may still handle
+        self.counters = collections.Counter()
+        self.internal_errors = []            # (where, exception) the driver logs
+        self._handlers = {
+            wire.HEARTBEAT: self._h_heartbeat, wire.CLOSE: self._h_close, wire.LOCK: self._h_lock_one,
+            wire.LOCK_MANY: self._h_lock_many, wire.UNLOCK: self._h_unlock, wire.RELEASE: self._h_release,
+            wire.DOWNGRADE: self._h_downgrade,
+            wire.HELD: self._h_held,
+        }
+        self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
+                       wire.STATS: self._h_stats}
+        # two-phase commit (twophase.py): restores the prepared transactions of ``log``
+        # before anything is served
+        self.twophase = TwoPhase(self, log)
+        self._handlers.update(self.twophase.handlers)
+        self._admin.update(self.twophase.admin)
+        # distributed deadlock detection (lockmgr/probes.py, docs/probes.md)
+        self.probes = self._probes = ProbeEngine(self, probe_delay, probe_interval, peers)
+        self._admin.update(self._probes.admin)
+        self._peer = self._probes.peer_types
+
+    # ------------------------------------------------------------- driving
+
+    def wall(self):
+        """Wall-clock time now (for reports and 2PC ages): ``now`` plus the offset
+        the driver gave."""
+        return self.now + self._wall_offset
+
+    def frame(self, prefix, sid, ack, reqs, budget):
+        """A decoded frame from the connection ``prefix`` (its routing frames).
+        Handles up to ``budget`` of its requests now; the rest wait in ``backlog``
+        (handled by ``resume`` before any newer frame: the driver reads no new
+        frame while the backlog is not empty)."""
+        self._left = budget
+        sess = self._sessions.get(sid) if sid else None
+        if sess is not None:
+            if prefix[0] != sess.prefix[0] and not self._rebind(sess, prefix, reqs):
+                return
+            sess.prefix = prefix
+            sess.expires = self.now + sess.ttl
+            if ack > sess.ack:
+                sess.ack = ack
+                order, cache = sess.order, sess.cache
+                while order and order[0] < ack:
+                    cache.pop(order.popleft(), None)
+            self._session_requests(sess, prefix, reqs, 0)
+            return
+        self._requests(sid, prefix, reqs, 0)
+
+    def resume(self, budget):
+        """Go on with the unfinished frames, oldest first, up to ``budget``
+        requests. True while some remain."""
+        backlog = self.backlog
+        self._left = budget
+        while backlog and self._left > 0:
+            sid, prefix, reqs, k = backlog.popleft()
+            self._requests(sid, prefix, reqs, k)
+            self.process_woken()
+        return bool(backlog)
+
+    def next_timer(self):
+        """When the next timer is due (``now`` units), or None."""
+        return self._timers[0][0] if self._timers else None
+
+    def fire_timers(self, budget):
+        """Fire up to ``budget`` timers that are due (when <= now). True while more are due."""
+        timers = self._timers
+        now = self.now
+        while timers and timers[0][0] <= now:
+            if budget <= 0:
+                return True
+            budget -= 1
+            _, _, kind, obj = timers.pop(0)
+            try:
+                if kind is _T_WAIT:
+                    self._on_wait_timeout(obj)
+                elif kind is _T_PROBE:
+                    self._probes.on_timer()
+                else:
+                    self._on_lease_timer(obj)
+                self.process_woken()
+            except Exception as e:      # a bug in one timer must not stop the shard
+                self._internal_error(f"{kind.value} timer", e)
+        return False
+
+    def peer_messages(self):
+        """Handle the queued shard-to-shard messages (and what they cause)."""
+        if self._probes.inbox:
+            try:
+                self._probes.turn()
+            except Exception as e:
+                self._internal_error("probe messages", e)
+
+    def take_replies(self):
+        """{routing prefix: [reply, ...]}: what to send to the clients (and forget)."""
+        out = self._out
+        self._out = {}
+        return out
+
+    def take_peer_messages(self):
+        """{shard index: [request, ...]}: what to send to the other shards."""
+        return self._probes.take_outbox()
+
+    def durable(self, batch):
+        """The prepare log's thread: tickets that reached the disk (handled at the next WAKE)."""
+        self.twophase.durable_batches.append(batch)
+
+    def _internal_error(self, where, e):
+        self.counters["internal_errors"] += 1
+        self.internal_errors.append((where, e))
+        del self.internal_errors[:-16]
+
+    # ------------------------------------------------------ the host interface
+
+    def txn(self, tid):
+        return self._txns.get(tid)
+
+    def add_timer(self, when, kind, obj):
+        entry = (when, next(self._tick), kind, obj)
+        self._timers.add(entry)
+        return entry
+
+    def cancel_timer(self, entry):
+        self._timers.discard(entry)
+
+    def session_alive(self, sess):
+        return sess is not None and self._sessions.get(sess.id) is sess
+
+    # (for two-phase commit: the names it raises and returns, and its transactions)
+    Reply = Reply
+    PARKED = PARKED
+    brief = staticmethod(brief)
+
+    def new_txn(self, tid, sess):
+        """A new transaction of ``sess`` (None: a prepared one restored from the log)."""
+        t = _Txn(tid, sess)
+        self._txns[tid] = t
+        if sess is not None:
+            sess.txns[tid] = t
+        return t
+
+    def session_txn(self, sess, tid):
+        """``tid`` of ``sess``, made if new (Reply if it finished or is another session's)."""
+        return self._txn(sess, tid)
+
+    def check_epoch(self, tid, ep):
+        """Reply E_ABORTED if the client's locks of ``tid`` here came from an earlier epoch."""
+        self._check_epoch(tid, ep)
+
+    def _send(self, prefix, rep):
+        lst = self._out.get(prefix)
+        if lst is None:
+            self._out[prefix] = [rep]
+        else:
+            lst.append(rep)
+
+    def answer(self, sess, seq, status, payload):
+        """Queue a reply to the session's connection and cache it for retries."""
+        rep = [seq, status, payload]
+        if sess is not None and sess.id in self._sessions:
+            sess.cache[seq] = rep
+            sess.order.append(seq)
+            if len(sess.order) > MAX_CACHE:
+                sess.cache.pop(sess.order.popleft(), None)
+            self._send(sess.prefix, rep)
+
+    _answer = answer
+
+    # ------------------------------------------------------------ dispatch
+    # A frame: [VERSION, session, ack, requests]. Frames naming a session must come
+    # from the connection the session is bound to (see _Session.prefix); the
+    # requests of a frame are handled in order, ``budget`` at a time.
+
+    def _rebind(self, sess, prefix, reqs):
+        """A frame naming ``sess`` from another connection than the one it is bound
+        to: a client that reconnected (its HELLO carries the session's secret) gets
+        the session bound to the new connection (True); anyone else is refused, and
+        nothing of the session changes -- not its lease, acks or reply cache (False)."""
+        for req in reqs:
+            if (type(req) is list and len(req) == 5 and req[0] == wire.HELLO and type(req[4]) is int
+                    and req[4] == sess.secret):
+                self.counters["sessions_rebound"] += 1
+                return True
+        self.counters["foreign_refused"] += 1
+        msg = (f"session {sess.id:#x} is bound to another connection on shard {self.index}; "
+               f"a client that reconnected sends HELLO with the session's secret")
+        for req in reqs:
+            seq = req[1] if type(req) is list and len(req) >= 2 and type(req[1]) is int else 0
+            self._send(prefix, [seq, E_UNKNOWN_SESSION, msg])
+        return False
+
+    def _over_budget(self, sid, prefix, reqs, k):
+        """True (and the rest of the frame queued) if this call's budget is spent
+        before request ``k``."""
+        if self._left <= 0:
+            self.backlog.append((sid, prefix, reqs, k))
+            return True
+        self._left -= 1
+        return False
+
+    def _requests(self, sid, prefix, reqs, start):
+        """Requests ``start``.. of a frame (session-less ones, HELLO, or a resumed frame)."""
+        sess = self._sessions.get(sid) if sid else None
+        if sess is not None:
+            if start and sess.prefix[0] != prefix[0]:
+                return                  # the session was rebound meanwhile: the old connection's rest is void
+            self._session_requests(sess, prefix, reqs, start)
+            return
+        for k in range(start, len(reqs)):
+            if self._over_budget(sid, prefix, reqs, k):
+                return
+            req = reqs[k]
+            if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
+                self.counters["bad_requests"] += 1
+                self._send(prefix, [0, E_PROTOCOL, "a request must be an array [type, seq, *args] "
+                                                   "with int type and seq"])
+                continue
+            typ, seq = req[0], req[1]
+            try:
+                h = self._handlers.get(typ)
+                if h is not None:
+                    if sess is None:
+                        if sid == 0:
+                            raise _Reply(E_UNKNOWN_SESSION, f"{wire.TYPE_NAMES[typ]} needs a session (send HELLO)")
+                        if sid in self._expired:
+                            raise _Reply(E_SESSION_EXPIRED, f"session {sid:#x} {self._expired[sid]}")
+                        raise _Reply(E_UNKNOWN_SESSION,
+                                     f"unknown session {sid:#x} on shard {self.index} (epoch {self.epoch}); "
+                                     f"send HELLO")
+                    if sess.prefix[0] != prefix[0]:
+                        raise _Reply(E_UNKNOWN_SESSION, f"session {sid:#x} is bound to another connection "
+                                                        f"on shard {self.index}")
+                    self._left += 1          # counted again there
+                    self._session_requests(sess, prefix, reqs, k)
+                    return
+                if typ == wire.HELLO:
+                    sess = self._h_hello(sid, prefix, seq, req[2:])
+                    continue
+                self._other_request(typ, seq, prefix, req, sid)
+            except _Reply as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, e.status, str(e))
+            except InvalidRequest as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, E_INVALID, str(e))
+
+    def _other_request(self, typ, seq, prefix, req, sid):
+        if self.peer_sid and sid != self.peer_sid and (typ in self._peer or typ in _PEER_ADMIN):
+            self.counters["peer_refused"] += 1
+            raise _Reply(E_PROTOCOL, f"{wire.TYPE_NAMES[typ]} is a shard-to-shard message: it must carry the "
+                                     f"cluster key's session (the shard was started with a cluster key)")
+        a = self._admin.get(typ)
+        if a is not None:
+            try:
+                res = a(req[2:])
+            except ValueError as e:      # bad arguments: nothing changed
+                raise _Reply(E_INVALID, str(e)) from None
+            self._send(prefix, [seq, OK, res])
+            return
+        if typ in self._peer:            # shard -> shard (probes, lockmgr/probes.py): no reply
+            err = self._probes.accept(req)
+            if err:
+                raise _Reply(E_PROTOCOL, err)
+            return
+        raise _Reply(E_UNKNOWN_TYPE, f"unknown message type {typ}")
+
+    def _session_requests(self, sess, prefix, reqs, start):
+        """Requests ``start``.. of one frame from a known session, on its own
+        connection (the hot loop)."""
+        handlers = self._handlers
+        cache = sess.cache
+        order = sess.order
+        inflight = sess.inflight
+        ack = sess.ack
+        sessions = self._sessions
+        sid = sess.id
+        out = self._out.get(prefix)
+        if out is None:
+            out = self._out[prefix] = []
+        for k in range(start, len(reqs)):
+            if self._left <= 0:
+                self.backlog.append((sid, prefix, reqs, k))
+                return
+            self._left -= 1
+            if k > start and sid not in sessions:     # ended by an earlier request of this frame (CLOSE)
+                self._left += 1
+                self._requests(sid, prefix, reqs, k)
+                return
+            req = reqs[k]
+            if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
+                self.counters["bad_requests"] += 1
+                out.append([0, E_PROTOCOL, "a request must be an array [type, seq, *args] with int type and seq"])
+                continue
+            typ = req[0]
+            seq = req[1]
+            try:
+                h = handlers.get(typ)
+                if h is not None:
+                    rep = cache.get(seq)
+                    if rep is not None:               # a retry: the first answer again
+                        self.counters["retries_answered"] += 1
+                        out.append(rep)
+                        continue
+                    if seq in inflight:               # a retry of a parked request
+                        self.counters["retries_answered"] += 1
+                        continue
+                    if seq < ack:
+                        raise _Reply(E_STALE, f"seq {seq} was already acknowledged; not executed again")
+                    result = h(sess, seq, req[2:])
+                    if result is not PARKED:
+                        if sid in sessions:           # still alive (not closed by this request)
+                            rep = [seq, OK, result]
+                            cache[seq] = rep
+                            order.append(seq)
+                            if len(order) > MAX_CACHE:
+                                cache.pop(order.popleft(), None)
+                            out.append(rep)
+                        else:
+                            self._answer(sess, seq, OK, result)
+                    continue
+                if typ == wire.HELLO:
+                    self._h_hello(sess.id, prefix, seq, req[2:])
+                    continue
+                self._other_request(typ, seq, prefix, req, sess.id)
+            except _Reply as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, e.status, str(e))
+            except InvalidRequest as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, E_INVALID, str(e))
+            except LockError as e:
+                self.counters["errors"] += 1
+                self._reply_error(sess, prefix, seq, E_INVALID, str(e))
+            except (TypeError, ValueError, OverflowError) as e:
+                self.counters["bad_requests"] += 1
+                self._reply_error(sess, prefix, seq, E_PROTOCOL,
+                                  f"malformed {wire.TYPE_NAMES.get(typ, typ)} request: {e}")
+
+    def _reply_error(self, sess, prefix, seq, status, msg):
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = f"{msg[:MAX_ERROR_CHARS]}... (a message of {len(msg)} characters, cut)"
+        if sess is not None and sess.id in self._sessions and status not in (E_STALE,):
+            self._answer(sess, seq, status, msg)
+        else:
+            self._send(prefix, [seq, status, msg])
+
+    # ------------------------------------------------------------- sessions
+
+    def _h_hello(self, sid, prefix, seq, args):
+        # [ttl_ms, name] opens a session; [ttl_ms, name, secret] also re-binds an
+        # existing one to a new connection (checked in _rebind before we get here)
+        if not 2 <= len(args) <= 3 or type(args[0]) is not int or not 1 <= args[0] <= MAX_TTL_MS:
+            raise _Reply(E_PROTOCOL, f"HELLO takes [ttl_ms (1..{MAX_TTL_MS}), name, secret?]")
+        if not sid:
+            raise _Reply(E_PROTOCOL, "HELLO needs a nonzero session id")
+        if sid in self._expired:
+            raise _Reply(E_SESSION_EXPIRED, f"session {sid:#x} {self._expired[sid]}")
+        sess = self._sessions.get(sid)
+        if sess is None:
+            sess = _Session(sid, args[0] / 1000.0, self.now, prefix, str(args[1])[:200],
+                            int.from_bytes(self._random_bytes(8), "big") >> 1 or 1)
+            self._sessions[sid] = sess
+            self._timers.add((sess.expires, next(self._tick), _T_LEASE, sess))
+            self.counters["sessions_opened"] += 1
+        self._answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
+        return sess
+
+    def _h_heartbeat(self, sess, seq, args):
+        return [self.epoch]
+
+    def _h_close(self, sess, seq, args):
+        self._answer(sess, seq, OK, [])
+        self._end_session(sess, "was closed")
+        return PARKED
+
+    def _on_lease_timer(self, sess):
+        if self._sessions.get(sess.id) is not sess:
+            return
+        if sess.expires > self.now:
+            self._timers.add((sess.expires, next(self._tick), _T_LEASE, sess))
+            return
+        self.counters["sessions_expired"] += 1
+        self._end_session(sess, "expired: no heartbeat within its TTL")
+
+    def _end_session(self, sess, why):
+        """Abort the session's unprepared transactions; forget it."""
+        for t in list(sess.txns.values()):
+            if t.state != "active":
+                continue  # preparing / prepared / deciding: in doubt until resolved (2PC)
+            if t.wait is not None:
+                self.end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
+            self.drop_txn(t)
+        self._sessions.pop(sess.id, None)
+        self._expired[sess.id] = why
+        if len(self._expired) > MAX_EXPIRED:
+            self._expired.popitem(last=False)
+
+    # ---------------------------------------------------------- transactions
+
+    def _txn(self, sess, tid, create=True):
+        check_txn_id(tid)
+        t = self._txns.get(tid)
+        if t is not None:
+            if t.session is not sess:
+                raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            return t
+        if tid in sess.tombs:
+            raise _Reply(E_ABORTED, f"transaction {tid} has finished on this shard")
+        if not create:
+            return None
+        t = _Txn(tid, sess)
+        self._txns[tid] = t
+        sess.txns[tid] = t
+        return t
+
+    def drop_txn(self, t):
+        """Release everything ``t`` holds here and forget it (tombstoned)."""
+        woken = self._table.release_all(t.id)
+        if woken:
+            self._woken.extend(woken)
+        self._txns.pop(t.id, None)
+        sess = t.session
+        if sess is not None and self._sessions.get(sess.id) is sess:
+            sess.txns.pop(t.id, None)
+            _tomb(sess, t.id)
+
+    def _run(self, w, nowait=False):
+        """Advance ``w`` through its items; answer or park it. Returns the reply
+        payload, or PARKED."""
+        t = w.txn
+        table = self._table
+        items = w.items
+        tokens = w.tokens
+        lock = table.lock
+        tid = t.id
+        n = len(items)
+        idx = w.idx
+        append = tokens.append
+        while idx < n:
+            path, mode = items[idx]
+            tok = lock(tid, path, mode, nowait)
+            if tok > 0:
+                append(tok)
+                idx += 1
+                continue
+            w.idx = idx
+            if tok == CONFLICT:
+                raise _Reply(E_NOT_AVAILABLE,
+                             f"{path!r} is not available in mode {Mode(mode).name} without waiting"
+                             + (f" (item {w.idx} of the batch; the {w.idx} before it are held)" if w.many else ""))
+            # WAITING: park, arm the timer, look for a deadlock closed by this wait
+            self._park(w)
+            return PARKED
+        w.idx = idx
+        if w.many:
+            return [tokens, self.epoch]
+        return [tokens[0], w.prev, self.epoch]
+
+    def _park(self, w):
+        """``w`` waits (the table queued its current item): arm its timer and
+        look for a deadlock closed by this wait."""
+        t = w.txn
+        t.wait = w
+        t.session.inflight[w.seq] = w
+        if w.deadline is not None:
+            w.timer = self.add_timer(w.deadline, _T_WAIT, w)
+        self.counters["waits"] += 1
+        self._check_deadlock(t)
+        if t.wait is w:
+            self._probes.on_wait(t, w)     # cross-shard detection (lockmgr/probes.py)
+
+    def _check_deadlock(self, t):
+        table = self._table
+        while t.wait is not None:
+            cycle = table.find_cycle(t.id)
+            if not cycle:
+                return
+            victim = self._txns.get(choose_victim(cycle))
+            self.counters["deadlocks"] += 1
+            if victim is None or victim.wait is None:  # cannot happen: every cycle member waits here
+                return
+            self._probes.on_local_victim(cycle, victim.id, t.id)
+            self.end_wait(victim.wait, E_DEADLOCK,
+                           f"transaction {victim.id} was chosen as deadlock victim (youngest in wait-for "
+                           f"cycle {cycle} on shard {self.index}); it has been aborted")
+            self.drop_txn(victim)
+
+    def end_wait(self, w, status, msg):
+        t = w.txn
+        if t.wait is w:
+            t.wait = None
+            self._probes.on_wait_end(t.id)
+        t.session.inflight.pop(w.seq, None)
+        if w.timer is not None:
+            self._timers.discard(w.timer)
+            w.timer = None
+        self._answer(t.session, w.seq, status, msg)
+
+    def _on_wait_timeout(self, w):
+        w.timer = None
+        t = w.txn
+        if t.wait is not w:
+            return
+        if self._probes.hold_timeout(w):   # on a cycle being confirmed: decided within HOLD
+            return
+        woken = self._table.cancel_wait(t.id)
+        if woken:
+            self._woken.extend(woken)
+        self.counters["timeouts"] += 1
+        path, mode = w.items[w.idx]
+        self.end_wait(w, E_TIMEOUT, f"timed out waiting for {Mode(mode).name} on {path!r}")
+
+    def process_woken(self):
+        woken = self._woken
+        txns = self._txns
+        while woken:
+            t = txns.get(woken.popleft())
+            if t is None or t.wait is None:
+                continue
+            w = t.wait
+            sess = t.session
+            if sess.expires <= self.now:
+                # never grant a waiter whose lease has run out: expire the session instead
+                self.counters["sessions_expired"] += 1
+                self._end_session(sess, "expired: no heartbeat within its TTL")
+                continue
+            t.wait = None
+            self._probes.on_wait_end(t.id)
+            sess.inflight.pop(w.seq, None)
+            if w.timer is not None:
+                self._timers.discard(w.timer)
+                w.timer = None
+            # the table granted the level we waited on; lock() again continues down the path
+            try:
+                res = self._run(w)
+            except _Reply as e:
+                self._answer(sess, w.seq, e.status, str(e))
+                continue
+            except LockError as e:
+                self._answer(sess, w.seq, E_INVALID, str(e))
+                continue
+            if res is not PARKED:
+                self._answer(sess, w.seq, OK, res)
+
+    # -------------------------------------------------------------- handlers
+
+    def _h_lock_one(self, sess, seq, args):
+        # The hot path: checks inline; the table validates the path itself (it
+        # raises InvalidRequest before changing anything); a _Wait is built only
+        # when the request has to wait.
+        if len(args) != 6:
+            raise _Reply(E_PROTOCOL, "LOCK takes [txn, path, mode, nowait, timeout_ms, epoch]")
+        tid, path, mode, nowait, tmo, ep = args
+        if type(tid) is not int or not 0 < tid < _TXN_LIMIT:
+            check_txn_id(tid)
+        if type(path) is list:
+            if len(path) > MAX_DEPTH:
+                raise _Reply(E_TOO_BIG, f"resource path has {len(path)} components; at most {MAX_DEPTH} are allowed")
+            path = tuple(path)
+        else:
+            path = _path(path)
+        if type(mode) is not int or not 1 <= mode <= 5:
+            check_mode(mode)
+        if tmo is not None:
+            check_timeout_ms(tmo)
+        if ep and ep != self.epoch:
+            self._check_epoch(tid, ep)
+        nowait = bool(nowait)
+        table = self._table
+        t = self._txns.get(tid)
+        if t is None:
+            if tid in sess.tombs:
+                raise _Reply(E_ABORTED, f"transaction {tid} has finished on this shard")
+            tok = table.lock(tid, path, mode, nowait)     # InvalidRequest: nothing changed
+            t = _Txn(tid, sess)
+            self._txns[tid] = t
+            sess.txns[tid] = t
+            prev = 0
+        else:
+            if t.session is not sess:
+                raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            if t.state != "active":   # 2PC: prepared
+                raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
+            if t.wait is not None:
+                raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
+            prev = table.mode_held(tid, path)
+            tok = table.lock(tid, path, mode, nowait)
+        if tok > 0:
+            return [tok, prev, self.epoch]
+        if tok == CONFLICT:
+            raise _Reply(E_NOT_AVAILABLE, f"{path!r} is not available in mode {Mode(mode).name} without waiting")
+        w = _Wait(t, seq, [(path, mode)], 0, [], False, prev)
+        if tmo is not None:
+            w.deadline = self.now + tmo / 1000.0
+        self._park(w)
+        return PARKED
+
+    def _check_epoch(self, tid, ep):
+        if ep and ep != self.epoch:
+            raise _Reply(E_ABORTED, f"shard {self.index} restarted (epoch {ep} -> {self.epoch}) and lost the "
+                                    f"locks of transaction {tid}; the transaction is aborted")
+
+    def _h_lock_many(self, sess, seq, args):
+        # The hot path: one Table.lock_many call locks the wire items as they
+        # came: a PackedItems (validated and encoded by the frame decoder) or,
+        # if some item is not valid, the lists msgpack made (the table then
+        # validates them first); only an error, a wait or a conflict builds
+        # Python state per item.
+        if len(args) != 5:
+            raise _Reply(E_PROTOCOL, "LOCK_MANY takes [txn, [[path, mode], ...], nowait, timeout_ms, epoch]")
+        tid, items, nowait, tmo, ep = args
+        check_txn_id(tid)
+        self._check_epoch(tid, ep)
+        ti = type(items)
+        if ti is not list and ti is not _PackedItems:
+            raise _Reply(E_PROTOCOL, "LOCK_MANY items must be an array of [path, mode]")
+        if len(items) > wire.MAX_BATCH:
+            raise _Reply(E_TOO_BIG, f"LOCK_MANY of {len(items)} items; at most {wire.MAX_BATCH}")
+        if tmo is not None and (type(tmo) is not int or not 0 <= tmo <= wire.MAX_TIMEOUT_MS):
+            self._many_items(items)        # a bad item is reported first
+            check_timeout_ms(tmo)
+        t = self._txns.get(tid)
+        if (t is None and tid in sess.tombs) or (t is not None and (t.session is not sess or t.wait is not None
+                                                                    or t.state != "active")):
+            self._many_items(items)        # a bad item is reported first
+            self._txn(sess, tid)           # raises: finished, or another session's
+            if t.state != "active":        # 2PC: prepared
+                raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
+            raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
+        try:
+            res = self._table.lock_many(tid, items, nowait)
+        except InvalidRequest:
+            self._many_items(items)        # the precise status (protocol, too big, invalid)
+            raise                          # nothing changed
+        if t is None:
+            t = _Txn(tid, sess)
+            self._txns[tid] = t
+            sess.txns[tid] = t
+        if not res or res[-1] > 0:
+            return [res, self.epoch]
+        # item k = len(res) - 1 waits (or conflicts, nowait): the slow path
+        k = len(res) - 1
+        w = _Wait(t, seq, self._many_items(items), k, res[:k], True, None)
+        if res[k] == CONFLICT:
+            path, mode = w.items[k]
+            raise _Reply(E_NOT_AVAILABLE,
+                         f"{path!r} is not available in mode {Mode(mode).name} without waiting"
+                         f" (item {k} of the batch; the {k} before it are held)")
+        if tmo is not None:
+            w.deadline = self.now + tmo / 1000.0
+        self._park(w)
+        return PARKED
+
+    @staticmethod
+    def _many_items(items):
+        """The LOCK_MANY items as [(path tuple, mode)], validated one by one
+        (raises the _Reply or InvalidRequest naming the first bad one)."""
+        if type(items) is _PackedItems:
+            return items.decoded()         # valid, by construction
+        parsed = []
+        append = parsed.append
+        enc = _encode
+        for i, it in enumerate(items):
+            if type(it) is not list or len(it) != 2:
+                raise _Reply(E_PROTOCOL, f"LOCK_MANY item {i} must be [path, mode]")
+            p, m = it
+            if type(p) is list and len(p) <= MAX_DEPTH:
+                p = tuple(p)
+                enc(p)                     # validates (InvalidRequest naming the problem)
+            else:
+                p = _path(p)
+            if type(m) is not int or not 1 <= m <= 5:
+                check_mode(m)
+            append((p, m))
+        return parsed
+
+    def _h_unlock(self, sess, seq, args):
+        if len(args) != 3:
+            raise _Reply(E_PROTOCOL, "UNLOCK takes [txn, path, check_only]")
+        tid, path, check = args
+        path = _path(path)
+        t = self._txn(sess, tid, create=False)
+        if t is not None and t.state != "active":
+            raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
+        if t is not None and t.wait is not None:
+            raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; it cannot unlock meanwhile")
+        table = self._table
+        if check:
+            if t is None or table.mode_held(tid, path) == 0:
+                return [False]
+            n = len(path)
+            below = sum(1 for p, _ in table.held(tid) if len(p) == n + 1 and p[:n] == path)
+            if below:
+                raise _Reply(E_INVALID, f"transaction {tid} still holds {below} lock(s) below {path!r}; "
+                                        f"unlock those first")
+            return [True]
+        if t is None:
+            raise _Reply(E_INVALID, f"transaction {tid} does not hold {path!r}")
+        woken = table.unlock(tid, path)
+        if woken:
+            self._woken.extend(woken)
+        return [True]
+
+    def _h_downgrade(self, sess, seq, args):
+        """Set a held lock back to a weaker mode: the client undoing a conversion that
+        a strong lock above the partition depth made here before a later shard refused."""
+        if len(args) != 3:
+            raise _Reply(E_PROTOCOL, "DOWNGRADE takes [txn, path, mode]")
+        tid, path, mode = args
+        path = _path(path)
+        t = self._txn(sess, tid, create=False)
+        if t is None:
+            raise _Reply(E_INVALID, f"transaction {tid} does not hold {path!r}")
+        if t.state != "active":
+            raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
+        woken = self._table.downgrade(tid, path, mode)     # InvalidRequest: nothing changed
+        if woken:
+            self._woken.extend(woken)
+        return []
+
+    def _h_release(self, sess, seq, args):
+        if len(args) != 2:
+            raise _Reply(E_PROTOCOL, "RELEASE takes [txn, committed]")
+        tid = args[0]
+        check_txn_id(tid)
+        t = self._txns.get(tid)
+        if t is not None:
+            if t.session is not sess:
+                raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
+            if t.state != "active":   # a prepared txn: the decision is logged before the release
+                return self.twophase.decide(t, bool(args[1]), sess, seq)
+            if t.wait is not None:
+                self.end_wait(t.wait, E_ABORTED, f"transaction {tid} was aborted while it waited")
+            self.drop_txn(t)
+        elif tid not in sess.tombs:
+            _tomb(sess, tid)
+        return []
+
+    def _h_held(self, sess, seq, args):
+        if len(args) != 1:
+            raise _Reply(E_PROTOCOL, "HELD takes [txn]")
+        check_txn_id(args[0])
+        t = self._txns.get(args[0])
+        if t is not None and t.session is not sess and t.state == "active":
+            # (a prepared transaction outlives its session: anyone may look at it)
+            raise _Reply(E_INVALID, f"transaction {args[0]} belongs to another session")
+        return [[list(p), m] for p, m in self._table.held(args[0])]
+
+    # ----------------------------------------------------------------- admin
+
+    def _h_ping(self, args):
+        return [self.epoch, self.index, self.nshards, self.partition_depth]
+
+    def _h_snapshot(self, args):
+        txns = self._txns
+        rows = []
+        for p, tid, m, g in self._table.snapshot():
+            t = txns.get(tid)
+            rows.append([list(p), tid, m, g, t.session.id if t is not None and t.session is not None else 0])
+        return rows
+
+    def _h_graph(self, args):
+        return [[k, sorted(v)] for k, v in self._table.wait_for_graph().items()]
+
+    def _h_stats(self, args):
+        s = dict(self._table.stats())
+        s.update(self.counters)
+        s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
+                 partition_depth=self.partition_depth, timers=len(self._timers))
+        s["backend"] = BACKEND
+        s.update(self.twophase.stats())
+        s.update(self._probes.gauges())
+        return s
+

@@ -1,0 +1,337 @@
+"""A shard server: the sans-IO ShardCore (core.py) driven by one ZeroMQ ROUTER
+socket, a clock, and the prepare log's thread. One process, one thread.
+
+Interface:
+    Shard(endpoint="tcp://127.0.0.1:0", data_dir=..., *, index=0, nshards=1,
+          partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
+          probe_delay=0.010, probe_interval=None, peers=None,
+          cluster_key=None,      # str: peer messages, PEERS and FAULTS must carry it
+          peer_endpoint=None)    # "ipc://PATH": also bound, for the other shards' messages
+        .core                the ShardCore
+        .endpoint            the bound endpoint (port resolved)
+        .epoch               this start's epoch (persisted, bumped at each start)
+        .run_once(timeout_ms) one loop turn (below)
+        .serve_forever(parent_pid=None)   until stop(), or until process parent_pid is gone
+        .stop(), .close()
+
+A loop turn: finish the core's backlog, or poll and drain the frames that are
+ready (decoding each, setting the core's clock, replying after each frame);
+fire due timers; handle the shard-to-shard messages; send the replies, then
+the peer messages. A turn handles requests for about TURN_BUDGET seconds at
+most (the core takes them BATCH at a time and the rest of a long frame waits
+in its backlog), so SIGTERM, stop() and the --parent-pid check are seen
+within about one turn under any load. Design: docs/service.md.
+"""
+
+import os
+import select
+import sys
+import time
+
+import zmq
+
+from ... import wire
+from ..._core import BACKEND
+from ...errors import InvalidRequest
+from ...probes import DEFAULT_PROBE_DELAY
+from ...rules import brief
+from ...wal import PrepareLog
+from .core import ShardCore
+
+__all__ = ["Shard", "TURN_BUDGET"]
+
+DRAIN_LIMIT = 4096        # frames read per loop turn at most
+# Seconds of requests one loop turn may handle before it fires due timers (lease
+# expiry, wait timeouts) and returns. One turn can exceed it by one frame's
+# decode (bounded by wire.MAX_FRAME) and one BATCH of requests.
+TURN_BUDGET = 0.02
+BATCH = 16                # requests the core handles per call (the clock is read between calls)
+TIMER_BATCH = 64
+MAX_POLL_MS = 100
+PARENT_CHECK = 0.5        # seconds between checks that --parent-pid still lives
+
+# LOCK_MANY items straight into the compiled table's form (wire.unpack_requests_packed);
+# the pure-Python table takes the items as msgpack decodes them
+_unpack_requests = wire.unpack_requests_packed if BACKEND == "c" else wire.unpack_requests
+
+# pyzmq's compiled socket methods and plain int flags, for the loop's hot path
+_ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
+_recv, _send, _get = _ZSocket.recv, _ZSocket.send, _ZSocket.get
+_zmq_poll = zmq.zmq_poll
+_NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE, _EVENTS, _POLLIN = int(zmq.RCVMORE), int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+class Shard:
+    """One shard of the lock service. Not thread-safe: run it in one thread."""
+
+    def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
+                 partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
+                 probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None,
+                 peer_endpoint=None):
+        if data_dir is None:
+            raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
+        if peer_endpoint is not None and not (type(peer_endpoint) is str and peer_endpoint.startswith("ipc://")):
+            raise InvalidRequest(f"peer endpoint must be ipc://PATH; got {brief(peer_endpoint)}")
+        self.index = index
+        self.data_dir = data_dir
+        self._clock = clock
+        self._ctx = ctx or zmq.Context.instance()
+        self._stop = False
+        self._packer = wire.Packer()
+        self.core = None                      # (made once the prepare log is open)
+        self._wake_sock = None
+        self._wake_ep = f"inproc://lockmgr-shard-wake-{os.getpid()}-{id(self):x}"
+        self._wake_frame = wire.pack_requests(0, 0, [[wire.WAKE, 0]])
+        # the prepare log first: it bumps the epoch and replays (CorruptLog stops here)
+        t0 = time.perf_counter()
+        self._plog = PrepareLog(data_dir, on_durable=self._on_durable)
+        try:
+            if self._plog.truncated_at is not None:
+                self._log(f"prepare log {self._plog.path}: torn tail at offset {self._plog.truncated_at} cut off "
+                          f"({len(self._plog.live)} prepared transaction(s) kept; the cut records were never "
+                          f"acknowledged)")
+            now = clock()
+            self.core = ShardCore(
+                epoch=self._plog.epoch, index=index, nshards=nshards, partition_depth=partition_depth,
+                escalation_threshold=escalation_threshold, log=self._plog,
+                peer_sid=wire.peer_session(cluster_key), probe_delay=probe_delay, probe_interval=probe_interval,
+                peers=peers, now=now, wall_offset=time.time() - now)
+        except BaseException:
+            self._plog.close()
+            raise
+        self.epoch = self.core.epoch
+        ntx, nlocks = self.core.twophase.restored
+        self.restored = (ntx, nlocks, time.perf_counter() - t0)
+        if ntx:
+            self._log(f"restored {ntx} prepared transaction(s) with {nlocks} lock(s) from the prepare log in "
+                      f"{self.restored[2] * 1000:.1f} ms (read + re-lock)")
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME * 16)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+            endpoint = endpoint[:-2] + ":*"
+        try:
+            self._sock.bind(endpoint)
+            self._pollin = [(self._sock, zmq.POLLIN)]
+            self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            # a second endpoint on the same socket for the other shards (a unix socket: one
+            # shard-to-shard message is then ~20-30 % cheaper than over loopback TCP)
+            if peer_endpoint is not None:
+                self._sock.bind(peer_endpoint)
+            self._sock.bind(self._wake_ep)
+        except BaseException:
+            self._sock.close(0)
+            self._plog.close()
+            raise
+        self._peer_socks = {}
+        self._peers_version = 0
+        self._peer_sid = self.core.peer_sid
+
+    @property
+    def counters(self):
+        return self.core.counters
+
+    def _log(self, msg):
+        print(f"lockmgr shard {self.index}: {msg}", file=sys.stderr, flush=True)
+
+    # ---------------------------------------------------------------- loop
+
+    def serve_forever(self, parent_pid=None):
+        """Serve until stop(); with ``parent_pid``, also until that process is
+        gone (checked every PARENT_CHECK seconds: a LocalCluster or ``lockmgr
+        cluster`` killed by SIGKILL must not leave its shards running)."""
+        check_at = time.monotonic() + PARENT_CHECK
+        while not self._stop:
+            self.run_once(MAX_POLL_MS)
+            if parent_pid is not None and time.monotonic() >= check_at:
+                check_at = time.monotonic() + PARENT_CHECK
+                if os.getppid() != parent_pid:
+                    self._log(f"parent process {parent_pid} is gone; stopping")
+                    break
+
+    def stop(self):
+        self._stop = True
+
+    def close(self):
+        for s in self._peer_socks.values():
+            s.close(0)
+        self._peer_socks = {}
+        if self._plog is not None:
+            self._plog.close()      # joins the flusher thread: nobody uses the wake socket after this
+            self._plog = None
+        if self._wake_sock is not None:
+            self._wake_sock.close(0)
+            self._wake_sock = None
+        self._sock.close(0)
+
+    def run_once(self, timeout_ms):
+        core = self.core
+        sock = self._sock
+        clock = self._clock
+        core.now = now = clock()
+        turn_end = now + TURN_BUDGET
+        busy = False
+        if core.backlog:
+            # a frame an earlier turn left unfinished goes first (no newer frame is read)
+            while core.resume(BATCH):
+                self._flush()
+                core.now = now = clock()
+                if now >= turn_end:
+                    busy = True
+                    break
+            self._flush()
+            timeout_ms = 0
+        due = core.next_timer()
+        if due is not None:
+            due = (due - now) * 1000
+            if 0 < due < 1 and timeout_ms > 0:
+                # zmq's poll counts whole milliseconds: wait out a sub-ms remainder on the
+                # socket's fd instead (a timer, e.g. a probe, is then not up to 1 ms late)
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    select.select([sock.getsockopt(zmq.FD)], [], [], due / 1000)
+                timeout_ms = 0
+            else:
+                timeout_ms = max(0, min(timeout_ms, int(due)))
+        # pyzmq's compiled calls, not its Python wrappers (Socket.poll builds a
+        # Poller per call, recv_multipart/send_multipart add frames and enum
+        # flag arithmetic, and zmq.Again costs an exception per turn): on a
+        # busy 2-core machine every request runs on cold caches, where each
+        # of those costs several times its warm figure.
+        if not busy and not core.backlog and _zmq_poll(self._pollin, timeout_ms):
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    frames = [_recv(sock, _NOBLOCK)]
+                    while _get(sock, _RCVMORE):
+                        frames.append(_recv(sock, _NOBLOCK))
+                except zmq.Again:
+                    break
+                core.now = clock()          # this frame's time (a lease renews from it)
+                try:
+                    self._on_frame(frames)
+                    while core.backlog and clock() < turn_end:
+                        self._flush()
+                        core.now = clock()
+                        core.resume(BATCH)
+                except Exception as e:  # a bug must not stop the shard
+                    core._internal_error("frame", e)
+                # Reply now, not at the end of the drain: a pipelining client
+                # then gets its answers (and sends more) while we handle the
+                # frames behind its, instead of every client idling until a
+                # long drain ends (it left the 2 cores ~40% idle under load).
+                if core._out:
+                    self._flush()
+                if core.backlog or not _get(sock, _EVENTS) & _POLLIN or clock() >= turn_end:
+                    break
+        core.now = now = clock()
+        end = max(turn_end, now + TURN_BUDGET / 2)   # timers get their share of a full turn too
+        while core.fire_timers(TIMER_BATCH):
+            core.now = clock()
+            if core.now >= end:
+                break                   # the rest fire next turn
+        core.now = clock()
+        core.peer_messages()
+        # client replies first (a deadlock victim's answer among them), then the peer
+        # messages (whose effects -- aborts elsewhere, grants -- compete for the cores)
+        self._flush()
+        self._send_peers()
+        errs = core.internal_errors
+        while errs:
+            where, e = errs.pop(0)
+            self._log(f"internal error ({where}): {brief(e)}")
+
+    def _on_frame(self, frames):
+        core = self.core
+        n = len(frames)
+        if n == 2:
+            prefix = (frames[0],)
+            payload = frames[1]
+        elif n == 3 and frames[1] == b"":       # a REQ socket's envelope
+            prefix = (frames[0], b"")
+            payload = frames[2]
+        else:
+            core.counters["bad_frames"] += 1
+            core._send((frames[0],) if n else (b"",),
+                       [0, wire.E_PROTOCOL, f"expected one message part after the routing id; got {n - 1}"])
+            return
+        try:
+            sid, ack, reqs = _unpack_requests(payload)
+        except wire.ProtocolError as e:
+            core.counters["bad_frames"] += 1
+            core._send(prefix, [0, e.status, str(e)])
+            return
+        core.frame(prefix, sid, ack, reqs, BATCH)
+        core.process_woken()
+
+    def _flush(self):
+        out = self.core.take_replies()
+        if not out:
+            return
+        sock = self._sock
+        pack = self._packer.pack
+        v = wire.VERSION
+        for prefix, reps in out.items():
+            if not reps:
+                continue
+            try:
+                for part in prefix:
+                    _send(sock, part, _NOBLOCK_MORE)
+                _send(sock, pack([v, reps]), _NOBLOCK)
+            except zmq.ZMQError:  # peer gone or over its HWM: it will retry
+                self.core.counters["dropped_replies"] += 1
+
+    # ------------------------------------------------------ peer messages
+
+    def _send_peers(self):
+        out = self.core.take_peer_messages()
+        if not out:
+            return
+        probes = self.core.probes
+        if probes.peers_version != self._peers_version:
+            for s in self._peer_socks.values():
+                s.close(0)
+            self._peer_socks = {}
+            self._peers_version = probes.peers_version
+        c = self.core.counters
+        for dest, reqs in out.items():
+            try:
+                self._peer_sock(dest).send(wire.pack_requests(self._peer_sid, 0, reqs), zmq.NOBLOCK)
+                c["probe_msgs_sent"] += len(reqs)
+            except zmq.ZMQError:
+                c["probe_msgs_send_failed"] += len(reqs)
+
+    def _peer_sock(self, i):
+        s = self._peer_socks.get(i)
+        if s is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 100_000)
+            s.connect(self.core.probes.peers[i])
+            self._peer_socks[i] = s
+        return s
+
+    # ------------------------------------------------------- the prepare log
+
+    def _on_durable(self, batch):
+        """Flusher thread: hand the batch to the core and wake the loop (an
+        internal WAKE frame over inproc, which runs the core's callbacks)."""
+        core = self.core
+        if core is None:
+            return                            # (no prepare or decide can be in flight before the core exists)
+        core.durable(batch)
+        s = self._wake_sock
+        try:
+            if s is None:
+                s = self._wake_sock = self._ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(self._wake_ep)
+            while True:                       # drop the loop's (empty) answers to earlier wakes
+                try:
+                    s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            s.send(self._wake_frame, zmq.NOBLOCK)
+        except zmq.ZMQError:                  # shutting down; the loop also polls durable each WAKE
+            pass
