@@ -32,19 +32,20 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from types import TracebackType
-from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal, NamedTuple, Optional, Set,
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal, Optional, Set,
                     Tuple, Type, Union)
 
 from ._core import CONFLICT, WAITING, table_class
-from .rules import check_mode, check_timeout
+from .rules import (ABORTED, Gtrid, ACTIVE, COMMITTED, EPOCH_BITS, PREPARED, RESOLVED_MEMORY, LockInfo, check_gtrid,
+                    check_mode, check_timeout, choose_victim)
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted, TransactionCommitted)
 from .modes import Mode
-from .paths import Path, Resource, decode, encode
+from .paths import Path, Resource, encode
 
 if TYPE_CHECKING:
     from ._core._ctable import Table
-    from .wal import PrepareLog, Ticket
+    from .wal import PrepareLog
 
 # The prepare log (lockmgr.wal, which needs msgpack) is imported only by a
 # manager given a data_dir: ``import lockmgr`` alone stays free of msgpack.
@@ -52,26 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["LockManager", "Transaction", "LockInfo"]
 
 
-class LockInfo(NamedTuple):
-    """One request in the lock table (like a row of pg_locks).
-
-    ``resource`` is the path tuple, ``txn`` the transaction id, ``mode`` the
-    granted mode (``granted=True``) or the mode waited for (``granted=False``).
-    A holder waiting to convert shows as two rows."""
-
-    resource: Path
-    txn: int
-    mode: Mode
-    granted: bool
-
-ACTIVE = "active"
-COMMITTED = "committed"
-ABORTED = "aborted"
-PREPARED = "prepared"
 
 _MODES = tuple(Mode)
-EPOCH_SHIFT = 40          # fencing token = epoch << 40 | grants in this epoch
-RESOLVED_MEMORY = 100_000  # resolved gtrids remembered for idempotent resolve()
 
 
 
@@ -89,10 +72,10 @@ class Transaction:
 
     id: int                         #: unique in its manager; a larger id is a younger transaction
     name: Optional[str]             #: the name given to ``begin()``
-    gtrid: Optional[str]            #: the global transaction id given to ``begin()``, if any
+    gtrid: Optional[Gtrid]            #: the global transaction id given to ``begin()``, if any
     prepared_at: Optional[float]    #: ``time.time()`` of ``prepare()``, None before
 
-    def __init__(self, mgr: "LockManager", tid: int, name: Optional[str], gtrid: Optional[str] = None) -> None:
+    def __init__(self, mgr: "LockManager", tid: int, name: Optional[str], gtrid: Optional[Gtrid] = None) -> None:
         self._mgr = mgr
         self._table = mgr._table
         self.id = tid
@@ -180,7 +163,7 @@ class Transaction:
                 cycle = table.find_cycle(self.id)
                 if not cycle:
                     break
-                victim = max(cycle)  # the youngest transaction of the cycle
+                victim = choose_victim(cycle)
                 mgr._deadlocks += 1
                 if victim == self.id:
                     self._abort_locked(victim=True)
@@ -449,7 +432,7 @@ class LockManager:
         self._default_timeout = check_timeout(default_timeout)
         self._detect = bool(deadlock_detection)
         # _backend ("c"/"python") is for tests and benchmarks that compare backends
-        self._log: Optional[PrepareLog] = None
+        self._log: "Optional[PrepareLog]" = None
         token_base = 0
         if data_dir is not None:
             from .wal import PrepareLog
@@ -461,13 +444,13 @@ class LockManager:
                 self._log = PrepareLog(path)
             except (NotADirectoryError, FileExistsError, PermissionError) as e:
                 raise InvalidRequest(f"data_dir {path!r} is not a usable directory: {e}") from None
-            token_base = self._log.epoch << EPOCH_SHIFT
+            token_base = self._log.epoch << EPOCH_BITS
         self._table: Table = table_class(_backend)(escalation_threshold, token_base)
         self._mutex = threading.Lock()
         self._txns: Dict[int, Transaction] = {}     # id -> Transaction, for active/prepared transactions
-        self._gtrids: Dict[str, Transaction] = {}   # gtrid -> Transaction, for active/prepared transactions
+        self._gtrids: Dict[Gtrid, Transaction] = {}   # gtrid -> Transaction, for active/prepared transactions
         # gtrid -> outcome, the most recent RESOLVED_MEMORY
-        self._resolved: "OrderedDict[str, str]" = OrderedDict()
+        self._resolved: "OrderedDict[Gtrid, str]" = OrderedDict()
         self._deadlocks = 0
         self._timeouts = 0
         first_id = 1
@@ -477,28 +460,26 @@ class LockManager:
 
     def _restore(self, records: Dict[str, Dict[str, Any]]) -> int:
         """Give every prepared, unresolved transaction of the log its locks back."""
-        from .wal import CorruptLog
+        from .wal import prepared_records, relock
         last = 0
-        for rec in sorted(records.values(), key=lambda r: r["txn"]):
+        for rec in prepared_records(records):
             t = Transaction(self, rec["txn"], rec.get("name"), rec["gtrid"])
             t._state = PREPARED
             t.prepared_at = rec.get("at")
-            for key, mode, _token in rec["locks"]:
-                if self._table.lock(t.id, decode(key), mode, True) <= 0:
-                    raise CorruptLog(f"prepared transaction {rec['gtrid']!r} conflicts with another in the log")
+            relock(self._table, rec)
             self._txns[t.id] = t
             self._gtrids[rec["gtrid"]] = t
             last = max(last, t.id)
         return last
 
-    def _remember(self, gtrid: Optional[str], outcome: str) -> None:
+    def _remember(self, gtrid: Optional[Gtrid], outcome: str) -> None:
         if gtrid is None:
             return
         self._resolved[gtrid] = outcome
         while len(self._resolved) > RESOLVED_MEMORY:
             self._resolved.popitem(last=False)
 
-    def begin(self, name: Optional[str] = None, *, gtrid: Optional[str] = None) -> Transaction:
+    def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
         """Start a transaction. Ids increase: a larger id is a younger transaction.
 
         ``gtrid``: a global transaction id (str) chosen by a 2PC coordinator,
@@ -510,8 +491,7 @@ class LockManager:
             tid = next(self._ids)
             t = self._txns[tid] = Transaction(self, tid, name)
             return t
-        if type(gtrid) is not str or not gtrid or len(gtrid) > 256:
-            raise InvalidRequest(f"gtrid must be a non-empty str of at most 256 characters; got {gtrid!r}")
+        check_gtrid(gtrid)
         with self._mutex:
             if gtrid in self._gtrids:
                 raise InvalidRequest(f"gtrid {gtrid!r} is already in use by transaction {self._gtrids[gtrid].id}")
@@ -521,7 +501,7 @@ class LockManager:
             self._gtrids[gtrid] = t
         return t
 
-    def recover(self) -> List[str]:
+    def recover(self) -> List[Gtrid]:
         """The gtrids of the prepared transactions that are in doubt, oldest first."""
         with self._mutex:
             return [t.gtrid for t in sorted(self._gtrids.values(), key=lambda t: t.id)
@@ -535,7 +515,7 @@ class LockManager:
                      "locks": {p: _MODES[m] for p, m in self._table.held(t.id)}}
                     for t in sorted(self._gtrids.values(), key=lambda t: t.id) if t._state is PREPARED]
 
-    def resolve(self, gtrid: str, commit: bool) -> None:
+    def resolve(self, gtrid: Gtrid, commit: bool) -> None:
         """Finish the prepared transaction ``gtrid``: commit (True) or abort (False).
 
         Idempotent: resolving again with the same outcome does nothing; with
@@ -571,7 +551,7 @@ class LockManager:
         self.close()
 
     @contextmanager
-    def transaction(self, *, name: Optional[str] = None, gtrid: Optional[str] = None) -> Iterator[Transaction]:
+    def transaction(self, *, name: Optional[str] = None, gtrid: Optional[Gtrid] = None) -> Iterator[Transaction]:
         """``with mgr.transaction() as t:`` commits on normal exit, aborts on an exception.
 
         ``name`` and ``gtrid`` are passed to :meth:`begin`."""

@@ -41,7 +41,7 @@ from .rules import brief
 from .modes import Mode
 from .timers import TimerKind
 
-__all__ = ["ProbeEngine", "directory", "send_admin", "DEFAULT_PROBE_DELAY"]
+__all__ = ["ProbeEngine", "directory", "DEFAULT_PROBE_DELAY"]
 
 DEFAULT_PROBE_DELAY = 0.010     # seconds a wait lasts before it is registered and probes
 MAX_PATH = 256                  # transactions a probe may carry; longer paths are dropped

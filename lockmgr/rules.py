@@ -12,7 +12,7 @@ only lockmgr.errors, lockmgr.modes and lockmgr.paths.
 """
 
 import reprlib
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional, Union
 
 from .errors import InvalidRequest
 from .modes import Mode
@@ -20,7 +20,9 @@ from .paths import Path
 
 __all__ = ["brief", "check_mode", "check_timeout", "check_timeout_ms", "check_txn_id", "check_gtrid",
            "ACTIVE", "PREPARED", "COMMITTED", "ABORTED", "LockInfo", "EPOCH_BITS", "token_epoch",
-           "choose_victim", "RESOLVED_MEMORY", "MAX_TIMEOUT_MS", "MAX_GTRID"]
+           "choose_victim", "RESOLVED_MEMORY", "MAX_TIMEOUT_MS", "MAX_GTRID", "Gtrid"]
+
+Gtrid = Union[str, bytes]     # a global (2PC) transaction id
 
 # -- transaction states (the embedded Transaction, the clients' and the shards' txns)
 ACTIVE = "active"
@@ -97,7 +99,7 @@ def check_txn_id(tid: object) -> int:
     return tid
 
 
-def check_gtrid(gtrid: object) -> "str | bytes":
+def check_gtrid(gtrid: object) -> Gtrid:
     """A global (2PC) transaction id: a non-empty str or bytes of at most 256."""
     if type(gtrid) not in (str, bytes) or not gtrid or len(gtrid) > MAX_GTRID:  # type: ignore[arg-type]
         raise InvalidRequest(f"gtrid must be a non-empty str or bytes of at most {MAX_GTRID} characters; "

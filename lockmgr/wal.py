@@ -105,7 +105,7 @@ import msgpack
 
 from .errors import LockError
 
-__all__ = ["PrepareLog", "CorruptLog", "read_log", "Ticket"]
+__all__ = ["PrepareLog", "CorruptLog", "read_log", "Ticket", "prepared_records", "relock"]
 
 log = logging.getLogger("lockmgr.wal")
 
@@ -118,6 +118,26 @@ EPOCH_NAME = "epoch"
 
 class CorruptLog(LockError):
     """The log is damaged before its end: the data directory needs a human."""
+
+
+def prepared_records(live: Dict[Any, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The live prepare records of a log in transaction-id order (the order a
+    restart re-locks them in: the embedded manager and a shard alike)."""
+    return sorted(live.values(), key=lambda r: r["txn"])
+
+
+def relock(table: Any, rec: Dict[str, Any]) -> int:
+    """Give the prepared transaction of ``rec`` its locks back in ``table``
+    (nowait; key-bytes and path records alike); returns how many. The prepared
+    transactions of one log never conflict: a conflict means a corrupt log
+    (CorruptLog, which stops the start)."""
+    from .paths import decode
+    tid = rec["txn"]
+    conv = tuple if rec.get("fmt") == "path" else decode
+    for key, mode, _token in rec["locks"]:
+        if table.lock(tid, conv(key), mode, True) <= 0:
+            raise CorruptLog(f"prepared transaction {rec['gtrid']!r} conflicts with another in the log")
+    return len(rec["locks"])
 
 
 def _encode(record):

@@ -87,7 +87,9 @@ def test_gtrid_validation(tmp_path):
     m.begin(gtrid="a")
     with pytest.raises(InvalidRequest, match="already in use"):
         m.begin(gtrid="a")
-    for bad in ("", 5, b"x", "x" * 300):
+    # one rule with the service (lockmgr.rules.check_gtrid): str or bytes, 1..256 long
+    m.begin(gtrid=b"bytes-gtrid").abort()
+    for bad in ("", 5, b"", 3.5, "x" * 300):
         with pytest.raises(InvalidRequest, match="gtrid"):
             m.begin(gtrid=bad)
     with pytest.raises(InvalidRequest, match="commit"):

@@ -19,8 +19,8 @@ import lockmgr
 from lockmgr import LocalCluster, LockError, Mode, TransactionAborted, wire
 from lockmgr.errors import TransactionCommitted
 from lockmgr.service.admin import request as send_admin
-from lockmgr.timers import TimerKind
 from lockmgr.service.shard.server import Shard
+from lockmgr.timers import TimerKind
 
 X = int(Mode.X)
 
@@ -197,7 +197,7 @@ def test_requests_on_another_sessions_id_are_refused_and_change_nothing(one):
                            for seq in range(base, base + 500)])
         seen = 0
         while seen < 2000:
-            for seq, status, msg in attacker.recv():
+            for _seq, status, msg in attacker.recv():
                 assert status == wire.E_UNKNOWN_SESSION, msg
                 assert "bound to another connection" in msg
                 seen += 1
@@ -268,7 +268,7 @@ class FakeShard:
             ident, frame = self.s.recv_multipart()
             _, sid, ack, reqs = msgpack.unpackb(frame, raw=False)
             reps = []
-            for typ, seq, *args in reqs:
+            for typ, seq, *_args in reqs:
                 if typ == wire.HELLO:
                     reps.append([seq, wire.OK, [1, 0, 1, 2, 4242]])
                 elif typ == wire.HEARTBEAT:

@@ -164,7 +164,7 @@ def test_runs_repeat_exactly_from_a_seed(seed):
         sim = Sim(2, seed=seed)
         out = [hello(sim, i, b"x", 61, ttl_ms=5000)[2] for i in range(2)]
         rnd = random.Random(seed)
-        for k in range(200):
+        for _k in range(200):
             i = rnd.randrange(2)
             tid = (1 << 40) + rnd.randrange(6)
             op = rnd.random()

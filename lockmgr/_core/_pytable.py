@@ -26,7 +26,7 @@ C table is tested against (tests/test_table_model.py).
 import functools
 import threading
 
-from ..rules import check_mode
+from ..rules import check_mode, check_txn_id
 from ..errors import InvalidRequest
 from ..modes import CONFLICTS, SUPREMUM, INTENTION
 from ..paths import encode, decode, prefix_ends, MAX_DEPTH
@@ -51,9 +51,7 @@ def _serialised(method):
     return wrapper
 
 
-def _check_txn(txn):
-    if type(txn) is not int or not 0 < txn <= TXN_MAX:
-        raise InvalidRequest(f"transaction id must be an int in 1..2**64-1; got {txn!r}")
+_check_txn = check_txn_id
 
 
 

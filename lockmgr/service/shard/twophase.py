@@ -25,8 +25,7 @@ nlocks, waiters) and the sessions' ``inflight`` table of parked requests.
 import collections
 
 from ...rules import RESOLVED_MEMORY, check_gtrid, check_txn_id
-from ...wal import CorruptLog
-from ...paths import decode
+from ...wal import CorruptLog, prepared_records, relock
 from ...wire import E_ABORTED, E_INTERNAL, E_INVALID, E_PROTOCOL, OK
 from ... import wire
 
@@ -51,10 +50,9 @@ class TwoPhase:
 
     def _restore(self):
         host = self.host
-        lock = host.table.lock
         gtrids = self._gtrids
         nlocks = 0
-        for rec in sorted(self.log.live_records().values(), key=lambda r: r["txn"]):
+        for rec in prepared_records(self.log.live_records()):
             tid = rec["txn"]
             if host.txn(tid) is not None:
                 raise CorruptLog(f"transaction id {tid} appears twice among the prepared transactions of the log")
@@ -65,11 +63,7 @@ class TwoPhase:
             t.gtrid = rec["gtrid"]
             t.participants = rec.get("parts") or [host.index]
             t.prepared_at = rec.get("at") or host.wall()
-            conv = tuple if rec.get("fmt") == "path" else decode
-            for key, mode, _token in rec["locks"]:
-                if lock(tid, conv(key), mode, True) <= 0:
-                    raise CorruptLog(f"prepared transaction {t.gtrid!r} conflicts with another in the log")
-            t.nlocks = len(rec["locks"])
+            t.nlocks = relock(host.table, rec)
             nlocks += t.nlocks
             gtrids[t.gtrid] = t
         self.restored = (len(gtrids), nlocks)
