@@ -25,12 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lockmgr import (  # noqa: E402
-    LocalCluster,
-    Mode,
-    shard as shard_mod,  # noqa: E402
-    wire,
-)
+from lockmgr import LocalCluster, Mode, shard as shard_mod
+from lockmgr.service import wire
 
 
 def inproc(nframes=2000, per_frame=4, batch=64):

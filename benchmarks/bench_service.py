@@ -46,7 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import zmq  # noqa: E402
 
 import lockmgr  # noqa: E402
-from lockmgr import LocalCluster, Mode, wire  # noqa: E402
+from lockmgr import LocalCluster, Mode
+from lockmgr.service import wire  # noqa: E402
 
 
 def pct(xs, q):

@@ -23,13 +23,13 @@ from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailab
                      TransactionCommitted)
 from .modes import Mode, compatible, supremum
 from .paths import Component, Resource
-from .manager import LockInfo, LockManager, Transaction
+from .embedded.manager import LockInfo, LockManager, Transaction
 from ._core import BACKEND
 
 if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
     from . import aio
     from .client import Client, connect
-    from .cluster import LocalCluster
+    from .service.cluster import LocalCluster
 
 __version__ = "0.1.0"
 
@@ -45,7 +45,7 @@ __all__ = [
 _LAZY = {
     "connect": (".client", "connect"),
     "Client": (".client", "Client"),
-    "LocalCluster": (".cluster", "LocalCluster"),
+    "LocalCluster": (".service.cluster", "LocalCluster"),
     "aio": (".aio", None),
 }
 

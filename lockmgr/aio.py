@@ -27,15 +27,15 @@ that transaction (its request cannot be withdrawn halfway).
 import asyncio
 import time
 
-from . import wire
+from .service import wire
 from .client import (ACTIVE, PREPARED, _Call, _TxnCore, _g_finish, _g_held, _g_lock,
                      _g_lock_many, _g_unlock, Client as _SyncClient)
 from .client import _g_indoubt, _g_prepare, _g_resolve  # 2PC
 from .rules import check_timeout
 from .errors import InvalidRequest, LockError, LockNotAvailable
-from .manager import LockInfo
+from .embedded.manager import LockInfo
 from .modes import Mode
-from .wire import SessionExpired, ShardUnavailable
+from .service.wire import SessionExpired, ShardUnavailable
 
 __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailable"]
 
@@ -212,7 +212,7 @@ class Client:
 
     async def deadlocks(self):
         """The shards' deadlock reports, oldest first (see Client.deadlocks)."""
-        from .reports import merge_reports
+        from .service.reports import merge_reports
         return merge_reports(await self._admin(wire.DEADLOCKS))
     # -- two-phase commit (docs/design.md ("Two-phase commit in the service")); see lockmgr.client.Client
 

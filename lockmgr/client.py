@@ -42,11 +42,11 @@ from contextlib import contextmanager
 
 import zmq
 
-from . import wire
+from .service import wire
 from .rules import check_mode, check_timeout
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted, TransactionCommitted)
-from .manager import LockInfo
+from .embedded.manager import LockInfo
 from .modes import Mode, SUPREMUM
 from ._core import BACKEND as _BACKEND
 from .paths import encode, prefix_ends
@@ -54,7 +54,7 @@ from .paths import encode, prefix_ends
 if _BACKEND == "c":
     # the compiled twin of paths.encode: same keys, same errors (tests/test_ctable.py)
     from ._core._ctable import encode  # noqa: F811
-from .wire import SessionExpired, ShardUnavailable
+from .service.wire import SessionExpired, ShardUnavailable
 
 __all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable"]
 
@@ -1773,7 +1773,7 @@ class Client:
         (wall time), ``detection_ms``, ``cycle``, ``victim`` and ``members`` (per
         transaction: the resource and mode it waited for, its blocker and what the
         blocker held or queued for there). See docs/design.md ("Distributed deadlock detection")."""
-        from .reports import merge_reports
+        from .service.reports import merge_reports
         return merge_reports(self._admin(wire.DEADLOCKS))
     # -- two-phase commit (docs/design.md ("Two-phase commit in the service"))
 

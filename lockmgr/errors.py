@@ -5,7 +5,7 @@ imports nothing from the package, so every layer (including the table
 backends in :mod:`lockmgr._core`) may raise these directly. The two errors
 of the lock service (:class:`SessionExpired`, :class:`ShardUnavailable`)
 live here too, so catching them does not import the service's modules
-(``lockmgr.wire`` re-exports them).
+(``lockmgr.service.wire`` re-exports them).
 """
 
 __all__ = [

@@ -18,10 +18,11 @@ from types import SimpleNamespace
 
 import zmq
 
-from lockmgr import Mode, wire
+from lockmgr import Mode
 from lockmgr._core import available_backends
 from lockmgr.client import _TxnCore
 from lockmgr.paths import encode
+from lockmgr.service import wire
 
 BACKENDS = available_backends()
 

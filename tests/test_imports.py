@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-SERVICE_MODULES = ["zmq", "msgpack", "asyncio", "lockmgr.client", "lockmgr.aio", "lockmgr.cluster",
-                   "lockmgr.shard", "lockmgr.wire", "lockmgr.wal", "lockmgr.probes"]
+SERVICE_MODULES = ["zmq", "msgpack", "asyncio", "lockmgr.client", "lockmgr.aio", "lockmgr.service",
+                   "lockmgr.wal", "lockmgr.cli"]
 
 
 def _run(code, **env):
@@ -44,11 +44,12 @@ def test_every_public_name_resolves():
         "missing += [n for n in lockmgr.__all__ if n not in dir(lockmgr)]\n"
         "ns = {}\n"
         "exec('from lockmgr import ' + ', '.join(lockmgr.__all__), ns)\n"
-        "import lockmgr.client, lockmgr.aio, lockmgr.cluster, lockmgr.wire, lockmgr.errors\n"
+        "import lockmgr.client, lockmgr.aio, lockmgr.service.cluster, lockmgr.service.wire, lockmgr.errors\n"
         "same = [lockmgr.connect is lockmgr.client.connect, lockmgr.Client is lockmgr.client.Client,\n"
-        "        lockmgr.LocalCluster is lockmgr.cluster.LocalCluster, lockmgr.aio is ns['aio'],\n"
-        "        lockmgr.SessionExpired is lockmgr.wire.SessionExpired is lockmgr.errors.SessionExpired,\n"
-        "        lockmgr.ShardUnavailable is lockmgr.wire.ShardUnavailable is lockmgr.errors.ShardUnavailable,\n"
+        "        lockmgr.LocalCluster is lockmgr.service.cluster.LocalCluster, lockmgr.aio is ns['aio'],\n"
+        "        lockmgr.SessionExpired is lockmgr.service.wire.SessionExpired is lockmgr.errors.SessionExpired,\n"
+        "        lockmgr.ShardUnavailable is lockmgr.service.wire.ShardUnavailable\n"
+        "        is lockmgr.errors.ShardUnavailable,\n"
         "        issubclass(lockmgr.SessionExpired, lockmgr.LockError)]\n"
         "print(json.dumps([missing, same]))\n")
     missing, same = res

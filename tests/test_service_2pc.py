@@ -15,16 +15,8 @@ import time
 import pytest
 
 import lockmgr
-from lockmgr import (
-    InvalidRequest,
-    LocalCluster,
-    LockError,
-    LockNotAvailable,
-    LockTimeout,
-    Mode,
-    ShardUnavailable,
-    wire,
-)
+from lockmgr import InvalidRequest, LocalCluster, LockError, LockNotAvailable, LockTimeout, Mode, ShardUnavailable
+from lockmgr.service import wire
 from lockmgr.wal import LOG_NAME
 
 from helpers import tables_on
@@ -218,7 +210,7 @@ def test_cli_indoubt_and_resolve(cluster):
     env = dict(os.environ, PYTHONPATH=ROOT)
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "lockmgr.cli", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "lockmgr", *args], env=env, capture_output=True,
                               text=True, timeout=60)
     p = run("indoubt", eps)
     assert p.returncode == 0 and "cli-1" in p.stdout and "X   ('db', 'cli', 1)" in p.stdout and "age" in p.stdout

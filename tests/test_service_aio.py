@@ -16,7 +16,7 @@ import lockmgr
 import lockmgr.aio
 from lockmgr import LocalCluster, LockTimeout, Mode
 from lockmgr.client import _LoopDriver
-from lockmgr.wire import ShardUnavailable
+from lockmgr.service.wire import ShardUnavailable
 
 pytestmark = pytest.mark.service
 

@@ -293,7 +293,7 @@ def test_shards_stop_when_the_cluster_process_is_killed():
 
 
 def test_serve_refuses_a_parent_pid_that_is_not_its_parent(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "lockmgr.shard", "--endpoint", "tcp://127.0.0.1:0",
+    r = subprocess.run([sys.executable, "-m", "lockmgr", "serve", "--endpoint", "tcp://127.0.0.1:0",
                         "--data-dir", str(tmp_path / "d"), "--parent-pid", str(os.getppid())],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2 and "is not this process's parent" in r.stderr, (r.returncode, r.stderr)

@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from lockmgr import DeadlockDetected, LocalCluster, LockNotAvailable, LockTimeout, Mode, wire
+from lockmgr import DeadlockDetected, LocalCluster, LockNotAvailable, LockTimeout, Mode
 from lockmgr.client import admin_query
+from lockmgr.service import wire
 from lockmgr.service.admin import request as send_admin
 
 from helpers import Waiter, shard_of, wait_until, wait_until_waiting
@@ -590,7 +591,7 @@ def test_shard_to_shard_messages_need_the_cluster_key(cluster, client):
 def test_cycle_through_a_wait_with_more_edges_than_a_registration_carries(client):
     """A wait blocked by more than 64 holders registers without its edge list; probes
     reaching its directory go to its shard, whose live table has the edges."""
-    from lockmgr import probes
+    from lockmgr.service import probes
     a, b = row(0), row(1)
     old = client.begin("old")
     old.lock(b)
@@ -645,7 +646,7 @@ def test_shards_talk_over_unix_sockets_and_after_a_restart(tmp_path):
     # the command says so and starts nothing
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "lockmgr.shard", "--endpoint", "tcp://127.0.0.1:0",
+    r = subprocess.run([sys.executable, "-m", "lockmgr", "serve", "--endpoint", "tcp://127.0.0.1:0",
                         "--data-dir", str(tmp_path / "d"), "--peer-endpoint", "tcp://127.0.0.1:0"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "peer endpoint must be ipc://PATH" in r.stderr, (r.returncode, r.stderr)

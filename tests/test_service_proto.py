@@ -7,7 +7,8 @@ import msgpack
 import pytest
 import zmq
 
-from lockmgr import Mode, wire
+from lockmgr import Mode
+from lockmgr.service import wire
 
 from helpers import RawSocket
 

@@ -16,11 +16,12 @@ import pytest
 import zmq
 
 import lockmgr
-from lockmgr import LocalCluster, LockError, Mode, TransactionAborted, wire
+from lockmgr import LocalCluster, LockError, Mode, TransactionAborted
 from lockmgr.errors import TransactionCommitted
+from lockmgr.service import wire
 from lockmgr.service.admin import request as send_admin
 from lockmgr.service.shard.server import Shard
-from lockmgr.timers import TimerKind
+from lockmgr.service.shard.timers import TimerKind
 
 X = int(Mode.X)
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from lockmgr import wire
+from lockmgr.service import wire
 from lockmgr.service.shard.core import ShardCore
 
 X, S, IX = 5, 3, 2

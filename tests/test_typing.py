@@ -19,7 +19,8 @@ import lockmgr
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lockmgr.__file__)))
 
 # the modules of the embedded side, checked with --strict as they are
-STRICT_MODULES = ["__init__.py", "errors.py", "modes.py", "paths.py", "manager.py", "reports.py", "rules.py",
+STRICT_MODULES = ["__init__.py", "errors.py", "modes.py", "paths.py", "embedded/manager.py", "service/reports.py",
+                  "rules.py",
                   "_core/__init__.py"]
 
 USER_SCRIPT = '''

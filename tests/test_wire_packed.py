@@ -1,5 +1,5 @@
 """The compiled LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx,
-``split_lock_many``; ``lockmgr.wire.unpack_requests_packed``) is invisible:
+``split_lock_many``; ``lockmgr.service.wire.unpack_requests_packed``) is invisible:
 
 - for any frame, unpack_requests_packed gives what unpack_requests gives --
   the same ProtocolError, or the same requests -- except that the items of a
@@ -18,8 +18,8 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from lockmgr import wire  # noqa: E402
 from lockmgr.errors import InvalidRequest  # noqa: E402
+from lockmgr.service import wire  # noqa: E402
 from lockmgr.service.shard.core import Reply as _Reply, ShardCore as Shard  # noqa: E402
 
 _ctable = pytest.importorskip("lockmgr._core._ctable")

@@ -313,7 +313,7 @@ cdef object _fail(int64_t code, object txn, object path):
 # valid into a PackedItems (canonical keys, ends, modes: what lt_lock_many
 # takes). The rest of the frame is decoded by msgpack as before, from a copy in
 # which each such items array is replaced by the placeholder 0; the caller
-# puts the PackedItems in its place (lockmgr.wire.unpack_requests_packed).
+# puts the PackedItems in its place (lockmgr.service.wire.unpack_requests_packed).
 #
 # Equivalence (what makes the shortcut invisible): an items array is packed
 # only if every item would pass Table.lock_many's validation with the same
@@ -327,8 +327,8 @@ cdef object _fail(int64_t code, object txn, object path):
 # alone (every msgpack type is skipped by its length), so the copy decodes to
 # the original's objects exactly, bar the placeholders.
 
-DEF MAX_BATCH = 4096    # lockmgr.wire.MAX_BATCH
-DEF LOCK_MANY = 11      # lockmgr.wire.LOCK_MANY
+DEF MAX_BATCH = 4096    # lockmgr.service.wire.MAX_BATCH
+DEF LOCK_MANY = 11      # lockmgr.service.wire.LOCK_MANY
 DEF SKIP_DEPTH = 64     # deeper nesting: not split (msgpack decodes it)
 
 

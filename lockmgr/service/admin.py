@@ -8,7 +8,7 @@ Interface:
 
 import zmq
 
-from .. import wire
+from . import wire
 from ..errors import LockError, ShardUnavailable
 
 __all__ = ["request", "admin_query"]

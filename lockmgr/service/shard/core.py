@@ -20,7 +20,7 @@ Interface:
 
 The driver (lockmgr/service/shard/server.py: ZeroMQ and a clock; tests: a manual
 clock and no sockets) decodes frames, sets ``now``, calls these and sends what
-they return. Deadlock probes (lockmgr/probes.py) and two-phase commit
+they return. Deadlock probes (lockmgr/service/probes.py) and two-phase commit
 (twophase.py) plug in through the methods listed in ``ShardHost``; they touch
 no other state of the core.
 
@@ -34,15 +34,15 @@ from typing import Protocol
 
 from sortedcontainers import SortedList
 
-from ... import wire
+from .. import wire
 from ...rules import EPOCH_BITS, brief, check_mode, check_timeout_ms, check_txn_id, choose_victim
 from ..._core import CONFLICT, Table, BACKEND
 from ...errors import InvalidRequest, LockError
 from ...modes import Mode
 from ...paths import encode, MAX_DEPTH
-from ...probes import DEFAULT_PROBE_DELAY, ProbeEngine
-from ...timers import TimerKind
-from ...wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
+from ..probes import DEFAULT_PROBE_DELAY, ProbeEngine
+from .timers import TimerKind
+from ..wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
                      E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
                      E_UNKNOWN_TYPE, OK)
 from .twophase import TwoPhase
@@ -228,7 +228,7 @@ class ShardCore:
         self.twophase = TwoPhase(self, log)
         self._handlers.update(self.twophase.handlers)
         self._admin.update(self.twophase.admin)
-        # distributed deadlock detection (lockmgr/probes.py, docs/probes.md)
+        # distributed deadlock detection (lockmgr/service/probes.py, docs/probes.md)
         self.probes = self._probes = ProbeEngine(self, probe_delay, probe_interval, peers)
         self._admin.update(self._probes.admin)
         self._peer = self._probes.peer_types
@@ -471,7 +471,7 @@ class ShardCore:
                 raise _Reply(E_INVALID, str(e)) from None
             self._send(prefix, [seq, OK, res])
             return
-        if typ in self._peer:            # shard -> shard (probes, lockmgr/probes.py): no reply
+        if typ in self._peer:            # shard -> shard (probes, lockmgr/service/probes.py): no reply
             err = self._probes.accept(req)
             if err:
                 raise _Reply(E_PROTOCOL, err)
@@ -681,7 +681,7 @@ class ShardCore:
         self.counters["waits"] += 1
         self._check_deadlock(t)
         if t.wait is w:
-            self._probes.on_wait(t, w)     # cross-shard detection (lockmgr/probes.py)
+            self._probes.on_wait(t, w)     # cross-shard detection (lockmgr/service/probes.py)
 
     def _check_deadlock(self, t):
         table = self._table

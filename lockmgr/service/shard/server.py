@@ -30,10 +30,10 @@ import time
 
 import zmq
 
-from ... import wire
+from .. import wire
 from ..._core import BACKEND
 from ...errors import InvalidRequest
-from ...probes import DEFAULT_PROBE_DELAY
+from ..probes import DEFAULT_PROBE_DELAY
 from ...rules import brief
 from ...wal import PrepareLog
 from .core import ShardCore

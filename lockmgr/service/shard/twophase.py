@@ -26,8 +26,8 @@ import collections
 
 from ...rules import RESOLVED_MEMORY, check_gtrid, check_txn_id
 from ...wal import CorruptLog, prepared_records, relock
-from ...wire import E_ABORTED, E_INTERNAL, E_INVALID, E_PROTOCOL, OK
-from ... import wire
+from ..wire import E_ABORTED, E_INTERNAL, E_INVALID, E_PROTOCOL, OK
+from .. import wire
 
 __all__ = ["TwoPhase"]
 

@@ -5,7 +5,7 @@ Interface:
                                               per-shard DEADLOCKS answers
 
 Used by ``Client.deadlocks()`` (lockmgr.client, lockmgr.aio) and by the
-``lockmgr deadlocks`` command (lockmgr._cmd_probes). It imports nothing from
+``lockmgr deadlocks`` command (lockmgr.cli.probes). It imports nothing from
 the package, so the clients and the CLI can both depend on it without an
 import circle. A report's fields are described in docs/design.md
 ("Distributed deadlock detection").

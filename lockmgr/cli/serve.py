@@ -1,7 +1,7 @@
 """``lockmgr serve``: one shard in the foreground (argument parsing and start-up
 only; the shard is lockmgr/service/shard/server.py around the sans-IO core).
 
-    main(argv)               ``python -m lockmgr.shard`` / ``lockmgr serve``
+    main(argv)               ``python -m lockmgr serve`` / ``lockmgr serve``
 """
 
 import argparse
@@ -9,11 +9,11 @@ import os
 import signal
 import sys
 
-from ._core import BACKEND
-from .errors import InvalidRequest
-from .probes import DEFAULT_PROBE_DELAY
-from .service.shard.server import Shard
-from .wal import CorruptLog
+from .._core import BACKEND
+from ..errors import InvalidRequest
+from ..service.probes import DEFAULT_PROBE_DELAY
+from ..service.shard.server import Shard
+from ..wal import CorruptLog
 
 __all__ = ["Shard", "main", "add_serve_args", "run_serve"]
 
@@ -28,7 +28,8 @@ def main(argv=None):
 def add_serve_args(ap):
     ap.add_argument("--endpoint", default="tcp://127.0.0.1:7400",
                     help="ZeroMQ endpoint to bind (default tcp://127.0.0.1:7400; port 0 picks a free one)")
-    ap.add_argument("--data-dir", default="lockmgr-shard-data", help="directory holding the shard's epoch file and its prepare log (2PC)")
+    ap.add_argument("--data-dir", default="lockmgr-shard-data",
+                    help="directory holding the shard's epoch file and its prepare log (2PC)")
     ap.add_argument("--index", type=int, default=0, help="this shard's index in the cluster (0-based)")
     ap.add_argument("--shards", type=int, default=1, help="number of shards in the cluster")
     ap.add_argument("--partition-depth", type=int, default=2, help="routing depth the clients must use")

@@ -35,17 +35,17 @@ from types import TracebackType
 from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal, Optional, Set,
                     Tuple, Type, Union)
 
-from ._core import CONFLICT, WAITING, table_class
-from .rules import (ABORTED, Gtrid, ACTIVE, COMMITTED, EPOCH_BITS, PREPARED, RESOLVED_MEMORY, LockInfo, check_gtrid,
+from .._core import CONFLICT, WAITING, table_class
+from ..rules import (ABORTED, Gtrid, ACTIVE, COMMITTED, EPOCH_BITS, PREPARED, RESOLVED_MEMORY, LockInfo, check_gtrid,
                     check_mode, check_timeout, choose_victim)
-from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
+from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted, TransactionCommitted)
-from .modes import Mode
-from .paths import Path, Resource, encode
+from ..modes import Mode
+from ..paths import Path, Resource, encode
 
 if TYPE_CHECKING:
-    from ._core._ctable import Table
-    from .wal import PrepareLog
+    from .._core._ctable import Table
+    from ..wal import PrepareLog
 
 # The prepare log (lockmgr.wal, which needs msgpack) is imported only by a
 # manager given a data_dir: ``import lockmgr`` alone stays free of msgpack.
@@ -435,7 +435,7 @@ class LockManager:
         self._log: "Optional[PrepareLog]" = None
         token_base = 0
         if data_dir is not None:
-            from .wal import PrepareLog
+            from ..wal import PrepareLog
             try:
                 path = os.fspath(data_dir)
             except TypeError:
@@ -460,7 +460,7 @@ class LockManager:
 
     def _restore(self, records: Dict[str, Dict[str, Any]]) -> int:
         """Give every prepared, unresolved transaction of the log its locks back."""
-        from .wal import prepared_records, relock
+        from ..wal import prepared_records, relock
         last = 0
         for rec in prepared_records(records):
             t = Transaction(self, rec["txn"], rec.get("name"), rec["gtrid"])

@@ -37,9 +37,9 @@ import itertools
 import random
 
 from . import wire
-from .rules import brief
-from .modes import Mode
-from .timers import TimerKind
+from ..rules import brief
+from ..modes import Mode
+from .shard.timers import TimerKind
 
 __all__ = ["ProbeEngine", "directory", "DEFAULT_PROBE_DELAY"]
 

@@ -1,5 +1,5 @@
-"""The kinds of a shard's timers (a leaf module: lockmgr.shard and
-lockmgr.probes both arm them)."""
+"""The kinds of a shard's timers (a leaf module: the shard core and the
+deadlock probes, lockmgr.service.probes, both arm them)."""
 
 import enum
 
@@ -10,4 +10,4 @@ class TimerKind(enum.Enum):
     """What a timer is for. Entries of Shard._timers are (when, tick, kind, object)."""
     WAIT = "wait timeout"       # object: the _Wait (a lock wait's deadline; probes may defer it)
     LEASE = "session lease"     # object: the _Session
-    PROBE = "probe"             # object: None (lockmgr/probes.py keeps one armed at a time)
+    PROBE = "probe"             # object: None (lockmgr/service/probes.py keeps one armed at a time)

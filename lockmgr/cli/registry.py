@@ -1,5 +1,5 @@
 """Registry of ``lockmgr`` subcommands (kept apart from cli.py so that
-``python -m lockmgr.cli`` and the console script share one registry)."""
+``python -m lockmgr`` and the console script share one registry)."""
 
 COMMANDS = {}
 

@@ -13,7 +13,7 @@ Interface:
         .stop()             SIGTERM every shard (SIGKILL after a grace period)
         context-manager use (stop on exit)
 
-Each shard is ``python -m lockmgr.shard`` with its own data directory (the
+Each shard is ``python -m lockmgr serve`` with its own data directory (the
 epoch file lives there); a shard prints one ``READY <endpoint>`` line when its
 socket is bound, which is what ``start`` waits for (no sleeps, no port races:
 with ``base_port=None`` each shard binds port 0 and reports the port it got).
@@ -30,10 +30,10 @@ import tempfile
 import time
 from typing import IO, TYPE_CHECKING, Any, List, Optional
 
-from .errors import InvalidRequest, ShardUnavailable
+from ..errors import InvalidRequest, ShardUnavailable
 
 if TYPE_CHECKING:   # the client (zmq) is imported only by connect()
-    from .client import Client
+    from ..client import Client
 
 __all__ = ["LocalCluster"]
 
@@ -91,7 +91,7 @@ class LocalCluster:
         d = self.shard_dir(i)
         os.makedirs(d, exist_ok=True)
         log = open(os.path.join(d, "shard.log"), "ab")
-        cmd = [sys.executable, "-m", "lockmgr.shard", "--endpoint", self.endpoints[i], "--data-dir", d,
+        cmd = [sys.executable, "-m", "lockmgr", "serve", "--endpoint", self.endpoints[i], "--data-dir", d,
                "--index", str(i), "--shards", str(self.nshards), "--partition-depth", str(self.partition_depth),
                "--escalation-threshold", str(self.escalation_threshold),
                "--probe-delay-ms", str(-1 if self.probe_delay is None else self.probe_delay * 1000),
@@ -149,7 +149,7 @@ class LocalCluster:
 
     def connect(self, **kw: Any) -> "Client":
         """A :class:`lockmgr.Client` for this cluster."""
-        from .client import connect
+        from ..client import connect
         kw.setdefault("partition_depth", self.partition_depth)
         return connect(self.endpoints, **kw)
 
@@ -169,7 +169,7 @@ class LocalCluster:
     def _send_peers(self, i: int) -> None:
         """Tell shard ``i`` every shard's endpoint (shard-to-shard probe messages)."""
         from . import wire
-        from .service.admin import request as send_admin
+        from .admin import request as send_admin
         try:
             send_admin(self.endpoints[i], wire.PEERS, [list(self.peer_endpoints)],
                        timeout=self.start_timeout, key=self.cluster_key)

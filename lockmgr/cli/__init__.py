@@ -1,13 +1,14 @@
 """The ``lockmgr`` command.
 
-Subcommands live in ``_cmd_*.py`` modules and register themselves with
-``lockmgr._cliutil.command``; importing them here makes them available.
+Argument parsing and printing only. Subcommands live in this package's
+modules (embedded, serve/service, probes, twopc) and register themselves with
+``registry.command``; importing them here makes them available.
 """
 
 import argparse
 import sys
 
-from ._cliutil import COMMANDS
+from .registry import COMMANDS
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="lockmgr", description="A hierarchical, multi-mode lock manager.")
@@ -21,10 +22,10 @@ def main(argv=None):
 
 
 # Subcommands live in their own modules; importing them registers them.
-from . import _cmd_embedded  # noqa: E402,F401  (registers 'embedded')
-from . import _cmd_service  # noqa: E402,F401  (registers serve, cluster, locks, demo)
-from . import _cmd_probes  # noqa: E402,F401  (registers deadlocks)
-from . import _cmd_2pc  # noqa: E402,F401  (registers indoubt, resolve)
+from . import embedded  # noqa: E402,F401  (registers 'embedded')
+from . import service  # noqa: E402,F401  (registers serve, cluster, locks, demo)
+from . import probes  # noqa: E402,F401  (registers deadlocks)
+from . import twopc  # noqa: E402,F401  (registers indoubt, resolve)
 
 if __name__ == "__main__":
     sys.exit(main())

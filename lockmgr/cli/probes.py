@@ -5,8 +5,8 @@ import datetime
 import json
 import sys
 
-from ._cliutil import command
-from .reports import merge_reports
+from .registry import command
+from ..service.reports import merge_reports
 
 
 def format_report(rep):
@@ -40,8 +40,8 @@ def cmd_deadlocks(p, args):
         p.add_argument("--json", action="store_true", help="print the reports as JSON")
         p.add_argument("--stats", action="store_true", help="also print each shard's probe counters")
         return None
-    from . import wire
-    from .client import admin_query
+    from ..service import wire
+    from ..client import admin_query
     res = admin_query(args.endpoints, wire.DEADLOCKS, args.timeout)
     bad = 0
     for i, r in enumerate(res):

@@ -31,14 +31,14 @@ import hashlib
 import msgpack
 
 try:   # the compiled table's LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx)
-    from ._core._ctable import split_lock_many as _split_lock_many
+    from .._core._ctable import split_lock_many as _split_lock_many
 except ImportError:  # pragma: no cover - no compiler
     _split_lock_many = None
 
-from .rules import brief
-from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
+from ..rules import brief
+from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted)
-from .errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired
+from ..errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired
 
 __all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
            "pack_requests", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]

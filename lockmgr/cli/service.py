@@ -12,12 +12,12 @@ import sys
 import threading
 import time
 
-from ._cliutil import command
+from .registry import command
 
 
 @command("serve", "Run one lock shard in the foreground (binds 127.0.0.1 by default).")
 def cmd_serve(p, args):
-    from . import shard
+    from . import serve as shard
     if p is not None:
         shard.add_serve_args(p)
         return None
@@ -32,7 +32,7 @@ def cmd_cluster(p, args):
         p.add_argument("--data-dir", default=None, help="default: a temporary directory")
         p.add_argument("--partition-depth", type=int, default=2)
         return None
-    from .cluster import LocalCluster
+    from ..service.cluster import LocalCluster
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     with LocalCluster(args.shards, data_dir=args.data_dir, base_port=args.base_port,
@@ -66,9 +66,9 @@ def cmd_locks(p, args):
         p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
         p.add_argument("--timeout", type=float, default=2.0)
         return None
-    from . import wire
-    from .client import admin_query
-    from .modes import Mode
+    from ..service import wire
+    from ..client import admin_query
+    from ..modes import Mode
     snaps = admin_query(args.endpoints, wire.SNAPSHOT, args.timeout)
     graphs = admin_query(args.endpoints, wire.GRAPH, args.timeout)
     rows = []
@@ -99,8 +99,8 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
              timeout=1.0, progress=True, out=sys.stdout):
     """Threads share one client; each transaction locks rows of one table
     (mostly X, some S) in random order. Returns a summary dict."""
-    from . import DeadlockDetected, LockError, LockTimeout, Mode
-    from .client import connect
+    from .. import DeadlockDetected, LockError, LockTimeout, Mode
+    from ..client import connect
     eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
     client = connect(eps, default_timeout=timeout)
     counts = {"committed": 0, "deadlocks": 0, "timeouts": 0, "locks": 0, "errors": 0}
@@ -187,7 +187,7 @@ def cmd_demo(p, args):
         p.add_argument("--tables", type=int, default=8)
         p.add_argument("--seed", type=int, default=1)
         return None
-    from .cluster import LocalCluster
+    from ..service.cluster import LocalCluster
     with LocalCluster(args.shards) as c:
         print(f"local cluster: {args.shards} shard(s) at {','.join(c.endpoints)}")
         print(f"workload: {args.threads} threads, {args.seconds:g}s, 4 row locks per transaction "

@@ -6,7 +6,7 @@
 
 import sys
 
-from ._cliutil import command
+from .registry import command
 
 
 def _fmt_age(s):
@@ -24,8 +24,8 @@ def cmd_indoubt(p, args):
         p.add_argument("--timeout", type=float, default=2.0)
         p.add_argument("--max-locks", type=int, default=20, help="locks shown per transaction (default 20)")
         return None
-    from . import wire
-    from .client import _merge_indoubt, admin_query
+    from ..service import wire
+    from ..client import _merge_indoubt, admin_query
     res = admin_query(args.endpoints, wire.INDOUBT, args.timeout)
     bad = [(i, r) for i, r in enumerate(res) if isinstance(r, Exception)]
     for i, r in bad:
@@ -57,8 +57,8 @@ def cmd_resolve(p, args):
         g.add_argument("--abort", action="store_true")
         p.add_argument("--timeout", type=float, default=5.0)
         return None
-    from .client import connect
-    from .errors import LockError
+    from ..client import connect
+    from ..errors import LockError
     try:
         with connect(args.endpoints, request_timeout=args.timeout, name="lockmgr-resolve") as c:
             c.resolve(args.gtrid, bool(args.commit))

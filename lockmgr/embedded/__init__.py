@@ -1,0 +1,1 @@
+"""The embedded lock manager: LockManager and Transaction over one table in one process."""
