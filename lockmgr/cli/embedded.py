@@ -13,7 +13,9 @@ def run_workload(*, threads=4, seconds=2.0, tables=4, rows=200, locks_per_txn=4,
     Returns a dict of counts. Deadlocks are expected: rows are taken in random
     order. Each thread runs until ``seconds`` have passed.
     """
-    from .. import LockManager, Mode, DeadlockDetected, LockTimeout
+    from ..embedded.manager import LockManager
+    from ..errors import DeadlockDetected, LockTimeout
+    from ..modes import Mode
 
     mgr = mgr or LockManager()
     counts = {"committed": 0, "deadlocks": 0, "timeouts": 0, "locks": 0}
@@ -60,7 +62,7 @@ def cmd_embedded(p, args):
         p.add_argument("--rows", type=int, default=200)
         p.add_argument("--seed", type=int, default=1)
         return
-    from .. import BACKEND
+    from .._core import BACKEND
     r = run_workload(threads=args.threads, seconds=args.seconds, rows=args.rows, seed=args.seed)
     el = r["elapsed"]
     print(f"backend: {BACKEND}   threads: {args.threads}   seconds: {el:.2f}")

@@ -99,7 +99,8 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
              timeout=1.0, progress=True, out=sys.stdout):
     """Threads share one client; each transaction locks rows of one table
     (mostly X, some S) in random order. Returns a summary dict."""
-    from .. import DeadlockDetected, LockError, LockTimeout, Mode
+    from ..errors import DeadlockDetected, LockError, LockTimeout
+    from ..modes import Mode
     from ..client import connect
     eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
     client = connect(eps, default_timeout=timeout)
