@@ -12,7 +12,9 @@ import sys
 import pytest
 
 SERVICE_MODULES = ["zmq", "msgpack", "asyncio", "lockmgr.client", "lockmgr.aio", "lockmgr.cluster",
-                   "lockmgr.shard", "lockmgr.wire", "lockmgr.wal", "lockmgr.probes"]
+                   "lockmgr.shard", "lockmgr.wire", "lockmgr.wal", "lockmgr.probes", "lockmgr.service",
+                   "lockmgr.service.client", "lockmgr.service.client.sync", "lockmgr.service.client.aio",
+                   "lockmgr.service.client.engine", "lockmgr.service.client.ops"]
 
 
 def _run(code, **env):
@@ -61,7 +63,7 @@ def test_lazy_names_load_on_first_use():
         "import sys, json, lockmgr\n"
         "before = 'lockmgr.aio' in sys.modules or 'zmq' in sys.modules\n"
         "connect = lockmgr.aio.connect      # import lockmgr, then lockmgr.aio.connect\n"
-        "after = ['lockmgr.aio' in sys.modules, 'lockmgr.client' in sys.modules, callable(connect)]\n"
+        "after = ['lockmgr.aio' in sys.modules, 'lockmgr.service.client.sync' in sys.modules, callable(connect)]\n"
         "try:\n"
         "    lockmgr.no_such_name\n"
         "    err = None\n"

@@ -1,0 +1,1 @@
+"""The lock service: protocol, shards, deadlock probes, clients, LocalCluster."""

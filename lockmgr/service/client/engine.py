@@ -1,0 +1,1074 @@
+"""The client engine: one DEALER per shard shared by every thread and task of
+a client, the session (HELLO, heartbeats, lease), retries and deadlines.
+
+Interface:
+    _Engine(endpoints, session_ttl, partition_depth, request_timeout, name)
+        .call_many(specs) -> [result or exception]     a synchronous batch of shard calls
+        .submit(calls)                                   callbacks (fire-and-forget)
+        .submit_async(calls, drv), .loop_driver(loop)    asyncio calls
+        .post(shard, typ, args)                          fire-and-forget
+        .check_session(), .shutdown()
+        .n, .endpoints, .epoch, .partition_depth, .request_timeout, .session, .dead, .closed
+    _Call, _Waiter, _LoopDriver
+    Owner                       who owns the sockets (docs/service.md ("Client engine ownership"))
+    _parse_endpoints(endpoints) -> [str]
+
+Structure (leader/follower): a caller that finds the sockets free owns them,
+sends its own frame and receives its own reply (no thread switch); callers
+that arrive meanwhile queue their calls, which the owner sends coalesced in
+one frame per shard (pipelining) and completes; an asyncio event loop owns
+them the same way while its calls are outstanding, serving them from
+``add_reader`` callbacks (``_LoopDriver``); a housekeeping thread sends
+heartbeats, serves asyncio calls when their loop does not own the sockets and
+picks up answers no one is waiting for; deadlines, retries and the session
+lease are checked by whoever owns the sockets. Design: docs/service.md
+("Client engine", "Client engine ownership"). Protocol: docs/protocol.md.
+"""
+
+import collections
+import enum
+import heapq
+import itertools
+import os
+import random
+import threading
+import time
+from typing import Optional, Union
+
+import zmq
+
+from ... import wire
+from ...errors import InvalidRequest, SessionExpired, ShardUnavailable
+
+
+def _parse_endpoints(endpoints):
+    if isinstance(endpoints, str):
+        eps = [e.strip() for e in endpoints.split(",") if e.strip()]
+    else:
+        try:
+            eps = [str(e).strip() for e in endpoints]
+        except TypeError:
+            raise InvalidRequest("endpoints must be a list of 'tcp://host:port' strings or one "
+                                 "comma-separated string") from None
+    if not eps:
+        raise InvalidRequest("no endpoints given")
+    for e in eps:
+        _check_endpoint(e)
+    return eps
+
+
+def _check_endpoint(e):
+    """``tcp://HOST:PORT`` (PORT 1..65535) or ``ipc://PATH``; anything else is bad input."""
+    scheme, sep, rest = e.partition("://")
+    if not sep:
+        raise InvalidRequest(f"endpoint {e!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:7400")
+    if scheme == "ipc":
+        if not rest:
+            raise InvalidRequest(f"endpoint {e!r}: ipc:// needs a path")
+        return
+    if scheme != "tcp":
+        raise InvalidRequest(f"endpoint {e!r}: transport {scheme!r} is not supported (use tcp:// or ipc://)")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise InvalidRequest(f"endpoint {e!r} needs a host and a port in 1..65535, like tcp://127.0.0.1:7400")
+
+# ------------------------------------------------------------------- engine
+
+class _Waiter:
+    """The calls of one synchronous ``call_many``: a binary semaphore the thread
+    sleeps on, woken when its last call completes or when it is promoted to
+    be the socket owner (leader). Every field is changed under ``_Engine._mu``."""
+
+    __slots__ = ("ev", "left", "signalled", "promoted", "since")
+
+    def __init__(self, n):
+        self.ev = threading.Lock()
+        self.ev.acquire()
+        self.left = n
+        self.signalled = False
+        self.promoted = False
+        self.since = time.monotonic()
+
+    def signal(self):
+        if not self.signalled:
+            self.signalled = True
+            self.ev.release()
+
+
+class _Call:
+    __slots__ = ("shard", "typ", "args", "seq", "result", "error", "deadline", "first_sent", "backoff", "w",
+                 "cb", "done", "urgent")
+
+    def __init__(self, shard, typ, args, deadline, w=None, cb=None, urgent=False):
+        self.shard = shard
+        self.typ = typ
+        self.args = args
+        self.seq = 0
+        self.result = None
+        self.error = None
+        self.deadline = deadline
+        self.first_sent = 0.0
+        self.backoff = 0.0
+        self.w = w
+        self.cb = cb
+        self.done = False
+        self.urgent = urgent     # a callback that someone must receive promptly (asyncio, HELLO)
+
+
+class Owner(enum.Enum):
+    """Who owns the engine's sockets (``_Engine._owner_kind``); docs/service.md
+    ("Client engine ownership") has the transitions."""
+
+    NONE = enum.auto()           # no one: the next caller takes them
+    SYNC_CALLER = enum.auto()    # a thread in call_many; _Engine._owner is its _Waiter
+    SENDER = enum.auto()         # a thread in submit that sends what is queued and lets go at once
+    HOUSEKEEPER = enum.auto()    # the housekeeping thread
+    LOOP = enum.auto()           # an asyncio event loop; _Engine._owner is its _LoopDriver
+
+
+# The members as module globals: the hot path compares them, and ``Owner.NONE``
+# (an attribute of an Enum class) costs several times a global's lookup.
+_NONE, _SYNC_CALLER, _SENDER, _HOUSEKEEPER, _LOOP = (Owner.NONE, Owner.SYNC_CALLER, Owner.SENDER,
+                                                      Owner.HOUSEKEEPER, Owner.LOOP)
+
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+# pyzmq's compiled socket calls, without the Python wrappers (as in the shard)
+_ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
+_zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
+_zmq_poll = zmq.zmq_poll
+# the most two machines' monotonic clocks may differ in rate (a fraction: 1000 ppm,
+# ten times what commodity crystal oscillators drift)
+MAX_CLOCK_DRIFT = 0.001
+_ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
+_HANDOFF_AFTER = 0.002  # s: an owner whose calls are older than this hands the sockets to a newer caller
+
+
+class _Engine:
+    """Sockets, session, heartbeats, pipelining: a leader/follower engine.
+
+    One DEALER per shard, shared by every thread and task of the client. The
+    sockets (not thread-safe) are used only by their current *owner*, a role
+    handed over under ``_mu`` (a full memory barrier, as ZeroMQ requires to
+    move a socket between threads). A synchronous caller that finds no owner
+    becomes it: it sends its own frame, polls and receives its own reply, then
+    hands the role on -- no thread switch at all for a lone caller. A caller
+    that finds an owner queues its calls and wakes the owner (self-pipe) if it
+    sleeps in poll; the owner sends everything queued in one frame per shard
+    (pipelining, coalescing) and completes every reply it receives, whoever
+    it belongs to. An owner whose own calls are done promotes a waiting
+    follower; if none waits and asyncio calls or HELLOs are outstanding it
+    hands the role to the housekeeping thread; otherwise it just lets go,
+    and the housekeeper picks up any unanswered call within a few ms.
+
+    The housekeeping thread sends heartbeats to a shard that has acknowledged
+    nothing for ttl/4 (any answered request renews the lease: the shard
+    renews it on every frame), enforces deadlines and retries when no one
+    else owns the sockets, and tracks the session lease.
+    """
+
+    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name):
+        if type(session_ttl) is bool or not isinstance(session_ttl, (int, float)) or not 0.05 <= session_ttl <= 3600:
+            raise InvalidRequest(f"session_ttl must be a number of seconds in 0.05..3600; got {session_ttl!r}")
+        if type(request_timeout) is bool or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
+            raise InvalidRequest(f"request_timeout must be a number of seconds > 0; got {request_timeout!r}")
+        if partition_depth is not None and (type(partition_depth) is not int or not 1 <= partition_depth <= 32):
+            raise InvalidRequest(f"partition_depth must be None or an int in 1..32; got {partition_depth!r}")
+        self.endpoints = _parse_endpoints(endpoints)
+        self.n = len(self.endpoints)
+        self.ttl = float(session_ttl)
+        # the lease as this client counts it: ttl from the send time of the latest
+        # request a shard answered, less what clock rates may differ by (the shard
+        # counts ttl from when it handled that request, which is later); see
+        # docs/service.md ("Sessions and leases")
+        self.ttl_ms = max(1, int(self.ttl * 1000))     # what HELLO tells the shards
+        self.lease = self.ttl_ms / 1000.0 * (1.0 - 2 * MAX_CLOCK_DRIFT)
+        self.request_timeout = float(request_timeout)
+        self.retry_interval = min(1.0, self.request_timeout / 4)
+        self.hb_interval = self.ttl / 4
+        self._drv_tick = min(0.1, self.retry_interval / 2)   # an asyncio owner's timer (retries, deadlines, lease)
+        # an asyncio owner that has not run for this long is taken over by the housekeeper
+        self._drv_stall = max(3 * self._drv_tick, min(0.5, self.hb_interval))
+        self.partition_depth = partition_depth
+        self.name = name or f"pid{os.getpid()}"
+        self.session = random.SystemRandom().getrandbits(63) | 1
+        self.epoch = [0] * self.n
+        self.dead = None                 # the message once the session has expired / closed
+        self.closed = False
+        self._close_sent = False         # CLOSE went to every shard (once the session is dead)
+        self._lease_base = [0.0] * self.n
+        self._hb_sent = [None] * self.n  # send time of the outstanding heartbeat, or None
+        self._hello_pending = [False] * self.n
+        self._secret = [None] * self.n   # per shard: the session's secret (from HELLO) to re-bind it
+        self._ctx = zmq.Context()
+        self._socks = []
+        for ep in self.endpoints:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.connect(ep)
+            self._socks.append(s)
+        self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner
+        self._driver = None              # the _LoopDriver of the event loop that used the client last
+        self._packer = wire.Packer()
+        self._mu = threading.Lock()
+        # who owns the sockets: _owner_kind (an Owner) and _owner (the owning
+        # _Waiter for SYNC_CALLER, _LoopDriver for LOOP, else None), changed
+        # together, under _mu, only by _set_owner
+        self._owner_kind = _NONE
+        self._owner: "Optional[Union[_Waiter, _LoopDriver]]" = None
+        self._polling = False            # the owner sleeps in poll (wake it through the pipe)
+        self._pipe_full = False          # a wake byte is in the pipe
+        self._followers = {}             # id -> _Waiter of sync callers waiting for an owner's service
+        self.handoffs = 0                # times a long-waiting owner handed the sockets to a newer caller
+        self._urgent = 0                 # outstanding calls someone must receive promptly
+        self._orphaned_at = None         # when an owner last let go with calls unanswered
+        self._hk_ev = threading.Event()
+        self._hk_wake_at = 0.0
+        self._seq = [1] * self.n
+        self._pending = [dict() for _ in range(self.n)]
+        self._outq = collections.deque()
+        self._heap = []
+        self._tick = itertools.count()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        # zmq_poll's items: every shard socket, then the wake pipe
+        self._pollitems = [(s, _POLLIN) for s in self._socks] + [(self._wake_r, _POLLIN)]
+        self._ready = threading.Event()
+        self._hello_error = None
+        self._hello_left = self.n
+        self._thread = threading.Thread(target=self._housekeeper, name="lockmgr-client-io", daemon=True)
+        self._thread.start()
+        # Open the session on every shard; wait for all of them.
+        now = time.monotonic()
+        with self._mu:
+            for i in range(self.n):
+                self._send_hello(i, now)
+            self._hand_to_hk_locked()
+        if not self._ready.wait(self.request_timeout + 0.5):
+            self.shutdown()
+            raise ShardUnavailable(f"no answer to HELLO within {self.request_timeout:g}s from "
+                                   f"{[self.endpoints[i] for i in range(self.n) if not self.epoch[i]]}")
+        if self._hello_error is not None:
+            self.shutdown()
+            raise self._hello_error
+
+    # -- called from any thread
+
+    def _refused_locked(self, calls):
+        """Fail ``calls`` if the session is dead or the client closed (under _mu)."""
+        if self.dead is not None or self.closed:
+            for c in calls:
+                self._fail(c, SessionExpired(self.dead or "the client was closed"))
+            return True
+        return False
+
+    def submit(self, calls):
+        """Queue calls completed through their callbacks (asyncio, fire-and-forget).
+        The calling thread sends them itself when no one owns the sockets."""
+        mu = self._mu
+        mu.acquire()
+        try:
+            if self._refused_locked(calls):
+                return
+            for c in calls:
+                if c.urgent:
+                    self._urgent += 1
+            self._outq.extend(calls)
+            kind = self._owner_kind
+            if kind is _NONE:
+                self._set_owner(_SENDER)
+                try:
+                    self._send_all(time.monotonic())
+                finally:
+                    self._leave_locked()
+            elif kind is _LOOP and self._owner.tid == threading.get_ident():
+                self._drv_io(self._owner)   # e.g. a RELEASE posted by a coroutine while its loop owns the sockets
+            else:
+                self._wake_owner_locked()
+        finally:
+            mu.release()
+
+    def submit_async(self, calls, drv):
+        """Queue asyncio calls (their callback is ``drv.resolve``), on ``drv``'s
+        loop thread. A loop that finds the sockets free owns them until its
+        calls are answered: it sends, and it receives in add_reader callbacks
+        (no other thread involved); otherwise the owner serves the calls and
+        completes them through ``call_soon_threadsafe``."""
+        mu = self._mu
+        mu.acquire()
+        try:
+            if self._refused_locked(calls):
+                return
+            self._urgent += len(calls)
+            self._outq.extend(calls)
+            if self._owner_kind is _NONE:
+                self._set_owner(_LOOP, drv)
+                self._polling = True     # others wake it through the pipe, which the loop watches
+                drv.attach()
+            if self._owner is drv:
+                if self._urgent > len(calls):
+                    # other calls are outstanding: their tasks, woken by the same
+                    # reply frame, are likely to send next; send once they have
+                    # (one frame for all, at the end of this loop iteration)
+                    if not drv.flushing:
+                        drv.flushing = True
+                        drv.loop.call_soon(drv.flush)
+                else:
+                    self._drv_io(drv)
+            else:
+                self._wake_owner_locked()
+        finally:
+            mu.release()
+
+    def loop_driver(self, loop):
+        """The _LoopDriver for ``loop`` (the running loop of the calling thread)."""
+        d = self._driver
+        if d is not None and d.loop is loop:
+            return d
+        d = _LoopDriver(self, loop)
+        with self._mu:
+            old = self._driver
+            if old is None or self._owner is not old:
+                self._driver = d     # else: another loop owns the sockets now; d serves this call only
+        return d
+
+    # -- an event loop as the owner (under _mu, on the loop's thread)
+
+    def _drv_io(self, drv, send=True):
+        """The owner's work: lease, sends (unless ``send`` is false), timers;
+        then whatever the sockets hold (a send can consume the ZMQ_FD edge of
+        a reply that arrived meanwhile, so read EVENTS after sending); then
+        maybe let go."""
+        now = time.monotonic()
+        drv.last_io = now
+        if self.closed or self.dead is not None or (self._hello_left == 0
+                                                     and now > min(self._lease_base) + self.lease):
+            self._turn_locked(now)        # fails every call
+        else:
+            if send and self._outq:
+                self._send_all(now)
+            heap = self._heap
+            if heap and heap[0][0] <= now:
+                self._timers(now)
+        if self._owner is drv:
+            for i, s in enumerate(self._socks):
+                self._recv(i, s)
+            if self._outq and not drv.flushing:
+                drv.flushing = True
+                drv.loop.call_soon(drv.flush)
+            self._drv_check_leave(drv)
+
+    def _drv_check_leave(self, drv):
+        if self._followers or self.closed:
+            self._drv_leave(drv)         # a sync caller waits: promote it (it serves everyone)
+        elif self._urgent <= 0 and not self._outq and not drv.leaving:
+            # nothing asyncio outstanding: let go after the callbacks already
+            # scheduled (the tasks just woken usually send their next call at
+            # once, and keep the sockets)
+            drv.leaving = True
+            drv.loop.call_soon(drv.maybe_leave)
+
+    def _drv_leave(self, drv):
+        drv.detach()
+        self._polling = False
+        self._leave_locked()
+
+    def post(self, shard, typ, args):
+        """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
+        self.submit([_Call(shard, typ, args, time.monotonic() + self.request_timeout)])
+
+    def check_session(self):
+        if self.dead is not None:
+            raise SessionExpired(self.dead)
+        if time.monotonic() > min(self._lease_base) + self.lease:
+            self._expire_local()
+            raise SessionExpired(self.dead)
+
+    def shutdown(self):
+        with self._mu:
+            if self.closed:
+                return
+            self.closed = True
+            self._wake_owner_locked()
+        self._hk_ev.set()
+        self._thread.join(5.0)
+        deadline = time.monotonic() + 5.0
+        while self._owner_kind is not _NONE and time.monotonic() < deadline:
+            with self._mu:
+                self._wake_owner_locked()
+            time.sleep(0.001)
+        for s in self._socks:
+            s.close(0)
+        self._ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- completion (under _mu)
+
+    def _fail(self, call, err):
+        call.error = err
+        self._complete(call)
+
+    def _complete(self, call):
+        if call.done:
+            return
+        call.done = True
+        if call.urgent:
+            self._urgent -= 1
+        if call.cb is not None:
+            call.cb(call)
+        else:
+            w = call.w
+            if w is not None:
+                w.left -= 1
+                if w.left == 0:
+                    w.signal()
+
+    def _expire_local(self):
+        if self.dead is None:
+            self.dead = (f"session {self.session:#x} expired: no heartbeat was acknowledged by every shard "
+                         f"within its TTL of {self.ttl:g}s; its locks have been released")
+
+    # -- ownership (under _mu)
+
+    def _set_owner(self, kind, owner=None):
+        """The one place the owner changes: ``kind`` (an Owner) and ``owner``,
+        the _Waiter of a SYNC_CALLER or the _LoopDriver of a LOOP (else None)."""
+        self._owner_kind = kind
+        self._owner = owner
+
+    def _wake_owner_locked(self):
+        if self._owner_kind is _HOUSEKEEPER and not self._polling:
+            self._hk_ev.set()
+        if self._polling and not self._pipe_full:
+            self._pipe_full = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    def _hand_to_hk_locked(self):
+        """Make the housekeeper the owner if no one is (it serves HELLOs, asyncio calls)."""
+        if self._owner_kind is _NONE:
+            self._set_owner(_HOUSEKEEPER)
+            self._hk_ev.set()
+
+    def _leave_locked(self):
+        """The owner lets go of the sockets: promote a waiting follower, or hand
+        the role to the housekeeper, or let go (unanswered lazy calls are picked
+        up by the next owner, or by the housekeeper within _ORPHAN_DELAY)."""
+        if self.closed:
+            self._set_owner(_NONE)
+            return              # every call has been failed; nothing left to serve
+        fl = self._followers
+        while fl:
+            k = next(iter(fl))
+            w = fl.pop(k)
+            if w.left > 0:
+                self._set_owner(_SYNC_CALLER, w)
+                w.promoted = True
+                w.signal()
+                return
+        if self._urgent > 0 or (self.dead is not None and any(self._pending)):
+            self._set_owner(_HOUSEKEEPER)
+            self._hk_ev.set()
+            return
+        self._set_owner(_NONE)
+        if self._outq or any(self._pending):
+            now = time.monotonic()
+            if self._orphaned_at is None:
+                self._orphaned_at = now
+            if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
+                self._hk_ev.set()
+        else:
+            self._orphaned_at = None
+
+    # -- HELLO and heartbeats (under _mu)
+
+    def _send_hello(self, i, now):
+        self._hello_pending[i] = True
+        args = [self.ttl_ms, self.name]
+        if self._secret[i] is not None:
+            args.append(self._secret[i])    # re-binds the session if the shard still has it
+        c = _Call(i, wire.HELLO, args, now + self.request_timeout, cb=self._on_hello, urgent=True)
+        self._urgent += 1
+        self._outq.append(c)
+
+    def _on_hello(self, c):
+        i = c.shard
+        self._hello_pending[i] = False
+        if c.error is not None:
+            if isinstance(c.error, SessionExpired):
+                self._expire_by_shard(str(c.error))
+            elif self._hello_left > 0 and not isinstance(c.error, ShardUnavailable):
+                self._hello_error = c.error
+                self._ready.set()
+            return
+        epoch, index, nshards, depth = c.result[:4]
+        if len(c.result) > 4:
+            self._secret[i] = c.result[4]
+        if self._hello_left > 0:
+            if nshards != self.n or index != i:
+                self._hello_error = InvalidRequest(
+                    f"endpoint {self.endpoints[i]} is shard {index} of {nshards}, but it was given as shard {i} "
+                    f"of {self.n}: every client must list the shards in the same order")
+            elif self.partition_depth is not None and depth != self.partition_depth:
+                self._hello_error = InvalidRequest(
+                    f"partition_depth={self.partition_depth} but the cluster routes at depth {depth}; "
+                    f"every client must use the cluster's partition depth")
+        if self.partition_depth is None or self._hello_left > 0:
+            self.partition_depth = self.partition_depth or depth
+        self.epoch[i] = epoch
+        self._lease_base[i] = max(self._lease_base[i], c.first_sent)
+        if self._hello_left > 0:
+            self._hello_left -= 1
+            if self._hello_left == 0 or self._hello_error is not None:
+                self._ready.set()
+
+    def _on_heartbeat(self, c):
+        i = c.shard
+        self._hb_sent[i] = None
+        if c.error is None:
+            self._lease_base[i] = max(self._lease_base[i], c.first_sent)
+            if c.result[0] != self.epoch[i]:
+                self.epoch[i] = c.result[0]
+        elif isinstance(c.error, SessionExpired):
+            self._expire_by_shard(str(c.error))
+        elif isinstance(c.error, ShardUnavailable) and "unknown session" in str(c.error):
+            # the shard restarted: open the session again (transactions that held
+            # locks there learn of the new epoch and abort)
+            if not self._hello_pending[i] and self.dead is None:
+                self._send_hello(i, time.monotonic())
+        elif isinstance(c.error, ShardUnavailable):
+            # no heartbeat answer within the request timeout: the shard is down or
+            # cut off; fail what waits on it (a lock wait has no deadline of its own)
+            pending = self._pending[i]
+            msg = (f"shard {i} ({self.endpoints[i]}) did not answer a heartbeat within the request "
+                   f"timeout of {self.request_timeout:g}s")
+            for call in list(pending.values()):
+                if call.typ != wire.HELLO:
+                    del pending[call.seq]
+                    self._fail(call, ShardUnavailable(msg))
+
+    def _expire_by_shard(self, msg):
+        if self.dead is None:
+            self.dead = msg
+
+    def _heartbeat_locked(self, now):
+        """Queue a heartbeat to every shard that acknowledged nothing for ttl/4."""
+        if self._hello_left > 0 or self.dead is not None:
+            return
+        for i in range(self.n):
+            if self._hb_sent[i] is not None or self._hello_pending[i]:
+                continue
+            if now < self._lease_base[i] + self.hb_interval:
+                continue
+            self._hb_sent[i] = now
+            self._outq.append(_Call(i, wire.HEARTBEAT, [], now + self.request_timeout, cb=self._on_heartbeat))
+
+    def _next_hb(self, now):
+        t = now + self.hb_interval
+        for i in range(self.n):
+            if self._hb_sent[i] is None and not self._hello_pending[i]:
+                t = min(t, self._lease_base[i] + self.hb_interval)
+        return t
+
+    # -- the owner's work (under _mu unless said otherwise)
+
+    def _turn_locked(self, now):
+        """Lease check, sends, timers: the part of a loop turn before polling."""
+        if self.closed:
+            self._fail_all(SessionExpired("the client was closed"))
+            return
+        if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.lease:
+            self._expire_local()
+        if self.dead is not None:
+            self._fail_all(SessionExpired(self.dead), keep_close=True)
+        if self._outq:
+            self._send_all(now)
+        heap = self._heap
+        if heap and heap[0][0] <= now:
+            self._timers(now)
+
+    def _heap_top(self):
+        """The time of the next retry/deadline of a call still unanswered, or None
+        (entries of answered calls are dropped lazily, here)."""
+        heap = self._heap
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _poll_timeout_ms(self, now, cap):
+        nxt = now + cap
+        top = self._heap_top()
+        if top is not None:
+            nxt = min(nxt, top)
+        return max(0, int((nxt - now) * 1000) + 1)
+
+    def _serve(self, w=None):
+        """Own the sockets until ``w``'s calls are done (or, for the
+        housekeeper, ``w`` None, until nothing urgent is left); then hand the role on.
+        Entered and left without ``_mu`` held; the caller is the owner.
+        Returns True if ``w`` handed the role to a newer caller before its own
+        calls were done (it then follows)."""
+        mu = self._mu
+        items = self._pollitems
+        socks = self._socks
+        wake_r = self._wake_r
+        hk = w is None
+        demoted = False
+        mu.acquire()
+        try:
+            while True:
+                now = time.monotonic()
+                if hk:
+                    # no one else queues heartbeats while the housekeeper owns the
+                    # sockets (e.g. serving an asyncio lock wait longer than the TTL)
+                    self._heartbeat_locked(now)
+                self._turn_locked(now)
+                if hk:
+                    if self._followers or (self._urgent <= 0 and not self._outq
+                                           and (not any(self._pending) or self.closed)):
+                        return
+                elif w.left == 0 or self.closed:
+                    return
+                elif self._followers and now - w.since > _HANDOFF_AFTER:
+                    # Our calls have waited a while (a lock wait, most likely) and a newer
+                    # caller's request has just gone out: let that caller own the sockets,
+                    # so its answer wakes it directly rather than waking us first (one
+                    # thread hand-off less on its path); we follow until promoted back.
+                    f = self._newest_follower()
+                    if f is not None:
+                        self.handoffs += 1
+                        w.since = now
+                        self._followers[id(w)] = w
+                        self._set_owner(_SYNC_CALLER, f)
+                        f.promoted = True
+                        f.signal()
+                        demoted = True
+                        return True
+                timeout = self._poll_timeout_ms(now, 0.1 if not hk else min(0.1, self.hb_interval))
+                self._polling = True
+                mu.release()
+                try:
+                    events = _zmq_poll(items, timeout)
+                finally:
+                    mu.acquire()
+                    self._polling = False
+                for s, _ in events:
+                    if s == wake_r:
+                        self._drain_wake_locked()
+                    else:
+                        self._recv(socks.index(s), s)
+        finally:
+            if not demoted:
+                self._leave_locked()
+            mu.release()
+
+    def _drain_wake_locked(self):
+        """Empty the wake pipe (its byte has done its job: the owner is awake)."""
+        self._pipe_full = False
+        try:
+            os.read(self._wake_r, 4096)
+        except OSError:
+            pass
+
+    def _newest_follower(self):
+        """The most recent follower with calls left, taken out of the followers (under _mu)."""
+        fl = self._followers
+        for k in reversed(fl):
+            f = fl[k]
+            if f.left > 0 and not f.promoted:
+                del fl[k]
+                return f
+        return None
+
+    def _housekeeper(self):
+        mu = self._mu
+        while True:
+            with mu:
+                if self.closed and self._owner_kind is _NONE:
+                    self._set_owner(_HOUSEKEEPER)
+                owner = self._owner
+                if self._owner_kind is _LOOP and (not owner.loop.is_running()
+                                                  or time.monotonic() - owner.last_io > self._drv_stall):
+                    # a loop that stopped (or closed) while owning, or one blocked
+                    # by its user's code (its timer has not run): it serves no one
+                    # now, heartbeats included; take the sockets (safe: the loop
+                    # touches them only under _mu after checking that it owns
+                    # them; its stale callbacks let go when it runs again)
+                    self._set_owner(_HOUSEKEEPER)
+                    self._polling = False
+                if self._owner_kind is _HOUSEKEEPER:
+                    take = True
+                else:
+                    take = False
+                    now = time.monotonic()
+                    if self._owner_kind is _NONE and not self.closed:
+                        self._heartbeat_locked(now)
+                        top = self._heap_top()
+                        due = (self._outq or (top is not None and top <= now)
+                               or (self._orphaned_at is not None and now >= self._orphaned_at + _ORPHAN_DELAY)
+                               or (self.dead is None and self._hello_left == 0
+                                   and now > min(self._lease_base) + self.lease))
+                        if due:
+                            self._set_owner(_HOUSEKEEPER)
+                            take = True
+                            self._orphaned_at = None
+                    elif self._owner_kind is not _NONE:
+                        before = len(self._outq)
+                        self._heartbeat_locked(now)
+                        if len(self._outq) != before:
+                            self._wake_owner_locked()
+            if take:
+                self._serve()
+                if self.closed:
+                    with mu:
+                        if self._owner_kind is _NONE:
+                            return
+                continue
+            with mu:
+                now = time.monotonic()
+                nxt = self._next_hb(now)
+                top = self._heap_top()
+                if top is not None and self._owner_kind is _NONE:
+                    nxt = min(nxt, top)
+                if self._orphaned_at is not None:
+                    nxt = min(nxt, self._orphaned_at + _ORPHAN_DELAY)
+                if self.dead is None and self._hello_left == 0:
+                    nxt = min(nxt, min(self._lease_base) + self.lease + 0.001)
+                if self.closed:
+                    nxt = now + 0.005
+                if self._owner_kind is _LOOP:
+                    nxt = min(nxt, now + self._drv_stall / 2)    # check that its loop still runs
+                nxt = max(nxt, now + 0.001)
+                self._hk_wake_at = nxt
+            self._hk_ev.wait(nxt - now)
+            self._hk_ev.clear()
+            with mu:
+                self._hk_wake_at = 0.0
+
+    def _recv(self, i, s):
+        pending = self._pending[i]
+        lease = 0.0
+        # drain while EVENTS says a message is ready (rather than until a
+        # zmq.Again, whose construction costs more than the check)
+        while _zget(s, _EVENTS) & _POLLIN:
+            try:
+                frame = _zrecv(s, _NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                reps = wire.unpack_replies(frame)
+            except Exception:
+                continue
+            if type(reps) is not list:
+                continue
+            for rep in reps:
+                try:
+                    seq, status, payload = rep
+                except (TypeError, ValueError):
+                    continue
+                c = pending.pop(seq, None)
+                if c is None:
+                    continue
+                if status == wire.OK:
+                    err = wire.check_reply(c.typ, payload, c.args)
+                    if err is not None:
+                        c.error = err
+                        self._complete(c)
+                        continue
+                    c.result = payload
+                    if c.first_sent > lease:
+                        lease = c.first_sent
+                else:
+                    c.error = wire.error_for(status, payload)
+                    if status == wire.E_UNKNOWN_SESSION and c.typ not in (wire.HEARTBEAT, wire.HELLO):
+                        c.error = ShardUnavailable(
+                            f"shard {i} ({self.endpoints[i]}) does not know this session (it restarted?); "
+                            f"{payload}")
+                        if not self._hello_pending[i] and self.dead is None:
+                            self._send_hello(i, time.monotonic())
+                    elif status == wire.E_SESSION_EXPIRED:
+                        self._expire_by_shard(str(payload))
+                    elif status != wire.E_UNKNOWN_SESSION and status != wire.E_PROTOCOL:
+                        if c.first_sent > lease:
+                            lease = c.first_sent
+                self._complete(c)
+        # any answer to a request of this session renews the lease on that shard
+        # (the shard renews it on every frame of a known session); HELLO and
+        # heartbeat callbacks do the same for themselves
+        if lease > self._lease_base[i] and self.epoch[i] and not self._hello_pending[i]:
+            self._lease_base[i] = lease
+
+    def _send_all(self, now):
+        outq = self._outq
+        frames = {}
+        pendings = self._pending
+        seqs = self._seq
+        heap = self._heap
+        tick = self._tick
+        retry = self.retry_interval
+        while outq:
+            c = outq.popleft()
+            if c.done:
+                continue
+            i = c.shard
+            seq = seqs[i]
+            seqs[i] = seq + 1
+            c.seq = seq
+            c.first_sent = now
+            pendings[i][seq] = c
+            req = [c.typ, seq]
+            req.extend(c.args)
+            lst = frames.get(i)
+            if lst is None:
+                frames[i] = [req]
+            else:
+                lst.append(req)
+            c.backoff = retry
+            when = now + retry
+            if c.deadline is not None and c.deadline < when:
+                when = c.deadline
+            heapq.heappush(heap, (when, next(tick), c))
+        for i, reqs in frames.items():
+            self._send_frame(i, reqs)
+
+    def _send_frame(self, i, reqs):
+        pending = self._pending[i]
+        ack = next(iter(pending), self._seq[i])
+        pack = self._packer.pack
+        for k in range(0, len(reqs), wire.MAX_REQUESTS):
+            try:
+                _zsend(self._socks[i], pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
+                       _NOBLOCK)
+            except zmq.ZMQError:
+                pass  # retried by the timer
+
+    def _timers(self, now):
+        heap = self._heap
+        resend = {}
+        while heap and heap[0][0] <= now:
+            when, _, c = heapq.heappop(heap)
+            if c.done:
+                continue
+            if c.deadline is not None and now >= c.deadline:
+                self._pending[c.shard].pop(c.seq, None)
+                self._fail(c, ShardUnavailable(
+                    f"shard {c.shard} ({self.endpoints[c.shard]}) did not answer "
+                    f"{wire.TYPE_NAMES.get(c.typ, c.typ)} within the request timeout"))
+                continue
+            # retry: the same (session, seq); the shard answers it once. Within
+            # the request timeout the interval stays fixed (a call gets ~4 tries
+            # before its deadline, so one lost frame or reply costs one interval,
+            # not the call); past it (a lock wait) the interval doubles up to 8 s.
+            if now - c.first_sent >= self.request_timeout:
+                c.backoff = min(c.backoff * 2, 8.0)
+            when = now + c.backoff
+            if c.deadline is not None and c.deadline < when:
+                when = c.deadline
+            heapq.heappush(heap, (when, next(self._tick), c))
+            req = [c.typ, c.seq]
+            req.extend(c.args)
+            resend.setdefault(c.shard, []).append(req)
+        for i, reqs in resend.items():
+            self._send_frame(i, reqs)
+
+    def _fail_all(self, err, keep_close=False):
+        while self._outq:
+            c = self._outq.popleft()
+            self._fail(c, type(err)(str(err)))
+        for i, pending in enumerate(self._pending):
+            for c in list(pending.values()):
+                self._fail(c, type(err)(str(err)))
+            pending.clear()
+        self._heap.clear()
+        if keep_close and not self._close_sent:
+            self._close_sent = True
+            # tell the shards at once rather than letting the leases run out
+            for i in range(self.n):
+                seq = self._seq[i]
+                self._seq[i] += 1
+                try:
+                    self._socks[i].send(wire.pack_requests(self.session, seq, [[wire.CLOSE, seq]]), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+
+    # -- sync driving
+
+    def call_many(self, specs):
+        """Run shard calls in parallel and wait: specs are (shard, typ, args, extra)
+        where extra is the seconds allowed beyond the request timeout, or None
+        (no deadline: a lock wait without timeout; liveness comes from heartbeats).
+        Returns a list of results or exception instances."""
+        now = time.monotonic()
+        rt = self.request_timeout
+        w = _Waiter(len(specs))
+        calls = [_Call(shard, typ, args, None if extra is None else now + rt + extra, w)
+                 for shard, typ, args, extra in specs]
+        mu = self._mu
+        mu.acquire()
+        try:
+            if self.dead is not None or self.closed:
+                err = self.dead or "the client was closed"
+                for c in calls:
+                    self._fail(c, SessionExpired(err))
+                lead = False
+            else:
+                self._outq.extend(calls)
+                kind = self._owner_kind
+                if kind is _NONE or (kind is _LOOP and self._owner.tid == threading.get_ident()):
+                    # free, or owned by the event loop this very thread runs (blocked
+                    # here, so it touches no socket until we are done): take them
+                    if kind is not _NONE:
+                        self._polling = False
+                    self._set_owner(_SYNC_CALLER, w)
+                    lead = True
+                else:
+                    lead = False
+                    self._followers[id(w)] = w
+                    self._wake_owner_locked()
+        finally:
+            mu.release()
+        if lead:
+            if self._serve(w):
+                self._follow(w)
+        elif w.left:
+            self._follow(w)
+        return [c.error if c.error is not None else c.result for c in calls]
+
+    def _follow(self, w):
+        while True:
+            if not w.ev.acquire(timeout=1.0):
+                if not self._thread.is_alive() and self._owner_kind is _NONE and w.left:
+                    raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
+                if self._owner_kind is _LOOP:
+                    self._hk_ev.set()        # its loop may have stopped: the housekeeper takes over
+                continue
+            with self._mu:
+                w.signalled = False
+                promoted = w.promoted
+                w.promoted = False
+                if not promoted:
+                    if w.left == 0:
+                        self._followers.pop(id(w), None)
+                        return
+                    continue
+            if self._serve(w):  # the owner now; returns when w's calls are done
+                continue        # ... or when it handed the role to a newer caller
+            return
+
+
+def _set_future(fut, call):
+    if not fut.done():
+        fut.set_result(call)
+
+
+class _LoopDriver:
+    """An asyncio event loop as the owner of the engine's sockets.
+
+    While it owns them (``_Engine._owner is self``), the loop watches every
+    socket's ZMQ_FD and the engine's wake pipe with ``add_reader`` and does
+    the owner's work in those callbacks, on the loop thread: an asyncio call
+    is sent, received and completed with no thread switch. It lets go once no
+    asyncio call is outstanding, or at once when a synchronous caller waits
+    (promoted as usual). A timer runs retries, deadlines and the lease check.
+    The housekeeper takes the sockets from a loop that stopped while owning
+    them. Fields other than ``loop``/``tid`` are used on the loop thread only."""
+
+    __slots__ = ("eng", "loop", "tid", "attached", "timer", "leaving", "flushing", "last_io", "__weakref__")
+
+    def __init__(self, eng, loop):
+        self.eng = eng
+        self.loop = loop
+        self.tid = threading.get_ident()
+        self.attached = False
+        self.timer = None
+        self.leaving = False
+        self.flushing = False
+        self.last_io = 0.0           # when it last did the owner's work (read by the housekeeper)
+
+    def resolve(self, call):
+        """The callback of this loop's calls (``call.w`` is the future)."""
+        fut = call.w
+        if threading.get_ident() == self.tid:
+            _set_future(fut, call)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(_set_future, fut, call)
+            except RuntimeError:
+                pass        # the loop is closed: no one awaits the call any more
+
+    def attach(self):
+        self.last_io = time.monotonic()
+        if not self.attached:
+            self.attached = True
+            eng = self.eng
+            add = self.loop.add_reader
+            for i, fd in enumerate(eng._fds):
+                add(fd, self.on_readable, i)
+            add(eng._wake_r, self.on_wake)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.eng._drv_tick, self.on_timer)
+
+    def detach(self):
+        if self.attached:
+            self.attached = False
+            rm = self.loop.remove_reader
+            for fd in self.eng._fds:
+                rm(fd)
+            rm(self.eng._wake_r)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_readable(self, i):
+        eng = self.eng
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()             # stale (the sockets were taken over)
+                return
+            eng._drv_io(self, send=False)    # receives; the woken tasks' calls go with the queued ones (flush)
+
+    def on_wake(self):
+        eng = self.eng
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()
+                return
+            eng._drain_wake_locked()
+            eng._drv_io(self)
+
+    def on_timer(self):
+        eng = self.eng
+        self.timer = None
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()
+                return
+            eng._drv_io(self)
+            if eng._owner is self and self.timer is None:
+                self.timer = self.loop.call_later(eng._drv_tick, self.on_timer)
+
+    def flush(self):
+        eng = self.eng
+        self.flushing = False
+        with eng._mu:
+            if eng._owner is not self:
+                self.detach()
+                if eng._outq:
+                    eng._wake_owner_locked()
+                return
+            eng._drv_io(self)
+
+    def maybe_leave(self):
+        eng = self.eng
+        with eng._mu:
+            self.leaving = False
+            if eng._owner is not self:
+                self.detach()
+            elif eng._followers or eng.closed or (eng._urgent <= 0 and not eng._outq):
+                eng._drv_leave(self)
+
+
