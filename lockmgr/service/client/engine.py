@@ -593,18 +593,11 @@ class _Engine:
 
     def _heap_top(self):
         """The time of the next retry/deadline of a call still unanswered, or None
-        (entries of answered calls are dropped lazily, here)."""
+        (entries of answered calls are dropped lazily, here and in _serve)."""
         heap = self._heap
         while heap and heap[0][2].done:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
-
-    def _poll_timeout_ms(self, now, cap):
-        nxt = now + cap
-        top = self._heap_top()
-        if top is not None:
-            nxt = min(nxt, top)
-        return max(0, int((nxt - now) * 1000) + 1)
 
     def _serve(self, w=None):
         """Own the sockets until ``w``'s calls are done (or, for the
@@ -616,7 +609,9 @@ class _Engine:
         items = self._pollitems
         socks = self._socks
         wake_r = self._wake_r
+        heap = self._heap
         hk = w is None
+        cap = 0.1 if not hk else min(0.1, self.hb_interval)     # the longest poll
         demoted = False
         mu.acquire()
         try:
@@ -648,7 +643,14 @@ class _Engine:
                         f.signal()
                         demoted = True
                         return True
-                timeout = self._poll_timeout_ms(now, 0.1 if not hk else min(0.1, self.hb_interval))
+                # poll until the next retry/deadline of a call still unanswered (as
+                # _heap_top, inline: this is every call's path), at most ``cap``
+                nxt = now + cap
+                while heap and heap[0][2].done:
+                    heapq.heappop(heap)
+                if heap and heap[0][0] < nxt:
+                    nxt = heap[0][0]
+                timeout = max(0, int((nxt - now) * 1000) + 1)
                 self._polling = True
                 mu.release()
                 try:
