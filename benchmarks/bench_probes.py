@@ -1,4 +1,4 @@
-"""Cross-shard deadlock detection benchmarks (docs/design.md ("Distributed deadlock detection")).
+"""Cross-shard deadlock detection benchmarks (docs/probes.md).
 
     PYTHONPATH=. python benchmarks/bench_probes.py latency [--reps 20]
     PYTHONPATH=. python benchmarks/bench_probes.py throughput [--seconds 3 --rounds 6]

@@ -3,7 +3,7 @@ client engine's leader/follower cost with short calls only.
 
     PYTHONPATH=. python benchmarks/bench_shared_client.py [--threads 8] [--seconds 3]
 
-Used for the A/B of the long-wait hand-off (docs/design.md, "Client"): calls
+Used for the A/B of the long-wait hand-off (docs/service.md, "Client engine"): calls
 shorter than 2 ms never hand off, so this figure must not move.
 """
 

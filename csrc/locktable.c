@@ -4,7 +4,7 @@
  * The executable specification is lockmgr/_core/_pytable.py: every function
  * here mirrors one method there, with the same results in the same order
  * (tests/test_ctable.py drives both with the same random operations).  The
- * design and the invariants are in docs/design.md, "The table".
+ * design and the invariants are in docs/table.md.
  *
  * Interface:
  *   lt_create(threshold, token_base)    -- make a table

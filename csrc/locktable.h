@@ -8,7 +8,7 @@
  *
  * The behaviour is specified by the pure-Python twin
  * lockmgr/_core/_pytable.py; every entry point here mirrors one method there.
- * See docs/design.md ("The table") for the design and the invariants.
+ * See docs/table.md for the design and the invariants.
  *
  * Interface:
  *   lt_create, lt_destroy          -- make / free a table

@@ -28,7 +28,7 @@ from ._core import BACKEND
 
 if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
     from . import aio
-    from .client import Client, connect
+    from .service.client.sync import Client, connect
     from .service.cluster import LocalCluster
 
 __version__ = "0.1.0"
@@ -43,8 +43,8 @@ __all__ = [
 
 # name -> (module, attribute); attribute None: the module itself
 _LAZY = {
-    "connect": (".client", "connect"),
-    "Client": (".client", "Client"),
+    "connect": (".service.client.sync", "connect"),
+    "Client": (".service.client.sync", "Client"),
     "LocalCluster": (".service.cluster", "LocalCluster"),
     "aio": (".aio", None),
 }

@@ -14,15 +14,14 @@ under pytest's default rootdir-relative import mode); no test imports conftest.
 
 import threading
 import time
-from types import SimpleNamespace
 
 import zmq
 
 from lockmgr import Mode
 from lockmgr._core import available_backends
-from lockmgr.client import _TxnCore
 from lockmgr.paths import encode
 from lockmgr.service import wire
+from lockmgr.service.routing import route
 
 BACKENDS = available_backends()
 
@@ -99,11 +98,10 @@ class Waiter(threading.Thread):
 def shard_of(path, nshards, depth=2):
     """The shard of an ``nshards`` LocalCluster with partition depth ``depth``
     that owns ``path`` (a path at or below the partition depth: above it a
-    strong lock goes to every shard). Asks the client's own routing
-    (``lockmgr.client._TxnCore.route``), so the tests follow it if it changes."""
+    strong lock goes to every shard). Asks the service's own routing
+    (``lockmgr.service.routing.route``), so the tests follow it if it changes."""
     assert len(path) >= depth, f"{path!r} lies above the partition depth {depth}"
-    core = SimpleNamespace(eng=SimpleNamespace(n=nshards, partition_depth=depth))
-    [shard] = _TxnCore.route(core, encode(path), len(path), int(Mode.X))
+    [shard] = route(encode(path), len(path), int(Mode.X), nshards, depth)
     return shard
 
 

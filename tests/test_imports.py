@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-SERVICE_MODULES = ["zmq", "msgpack", "asyncio", "lockmgr.client", "lockmgr.aio", "lockmgr.service",
+SERVICE_MODULES = ["zmq", "msgpack", "asyncio", "lockmgr.aio", "lockmgr.service",
                    "lockmgr.wal", "lockmgr.cli"]
 
 
@@ -44,8 +44,9 @@ def test_every_public_name_resolves():
         "missing += [n for n in lockmgr.__all__ if n not in dir(lockmgr)]\n"
         "ns = {}\n"
         "exec('from lockmgr import ' + ', '.join(lockmgr.__all__), ns)\n"
-        "import lockmgr.client, lockmgr.aio, lockmgr.service.cluster, lockmgr.service.wire, lockmgr.errors\n"
-        "same = [lockmgr.connect is lockmgr.client.connect, lockmgr.Client is lockmgr.client.Client,\n"
+        "import lockmgr.service.client.sync as sync, lockmgr.aio, lockmgr.service.cluster, lockmgr.service.wire\n"
+        "import lockmgr.errors\n"
+        "same = [lockmgr.connect is sync.connect, lockmgr.Client is sync.Client,\n"
         "        lockmgr.LocalCluster is lockmgr.service.cluster.LocalCluster, lockmgr.aio is ns['aio'],\n"
         "        lockmgr.SessionExpired is lockmgr.service.wire.SessionExpired is lockmgr.errors.SessionExpired,\n"
         "        lockmgr.ShardUnavailable is lockmgr.service.wire.ShardUnavailable\n"
@@ -62,7 +63,7 @@ def test_lazy_names_load_on_first_use():
         "import sys, json, lockmgr\n"
         "before = 'lockmgr.aio' in sys.modules or 'zmq' in sys.modules\n"
         "connect = lockmgr.aio.connect      # import lockmgr, then lockmgr.aio.connect\n"
-        "after = ['lockmgr.aio' in sys.modules, 'lockmgr.client' in sys.modules, callable(connect)]\n"
+        "after = ['lockmgr.aio' in sys.modules, 'lockmgr.service.client.sync' in sys.modules, callable(connect)]\n"
         "try:\n"
         "    lockmgr.no_such_name\n"
         "    err = None\n"

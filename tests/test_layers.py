@@ -31,7 +31,7 @@ ROOMS = [
     ("lockmgr.service.cluster", "service.cluster", 8),
     ("lockmgr.service", "service", 3),
     ("lockmgr.cli", "cli", 9),
-    ("lockmgr.aio", "api", 10), ("lockmgr.client", "api", 10),
+    ("lockmgr.aio", "api", 10),
     ("lockmgr.__main__", "api", 10), ("lockmgr", "api", 10),
 ]
 # siblings of equal or lower rank that still must not import each other

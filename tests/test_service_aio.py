@@ -1,5 +1,5 @@
 """The asyncio client's event loop as the owner of the sockets
-(lockmgr.client._LoopDriver; docs/design.md ("Client")): hand-overs between
+(lockmgr.service.client.engine._LoopDriver; docs/service.md ("Client engine")): hand-overs between
 the loop, synchronous threads of the same client and the housekeeper, a
 loop that stops while it owns the sockets, cancellation, lock waits longer
 than the lease, a shard that stops answering."""
@@ -15,7 +15,7 @@ import pytest
 import lockmgr
 import lockmgr.aio
 from lockmgr import LocalCluster, LockTimeout, Mode
-from lockmgr.client import _LoopDriver
+from lockmgr.service.client.engine import _LoopDriver
 from lockmgr.service.wire import ShardUnavailable
 
 pytestmark = pytest.mark.service

@@ -1,4 +1,4 @@
-"""The sync client's leader/follower engine (lockmgr.client._Engine; docs/design.md
+"""The sync client's leader/follower engine (lockmgr.service.client.engine._Engine; docs/service.md
 ("Client")): an owner whose calls wait long (a lock wait) hands the sockets to a
 newer caller, which then gets its answer without a thread hand-off; the owner
 follows and is promoted back, and every call still completes."""

@@ -17,7 +17,7 @@ transaction) on the nodes at or below the partition depth: who waits, who is
 granted on a release (FIFO, conversions first), which transaction is the
 deadlock victim (the youngest of the cycle, also when the cycle spans
 shards) must be the same on both sides. The differences by design are in
-docs/design.md ("The lock service").
+docs/service.md.
 """
 
 import queue

@@ -1,4 +1,4 @@
-"""Cross-shard deadlock detection (edge-chasing probes, docs/design.md ("Distributed deadlock detection")).
+"""Cross-shard deadlock detection (edge-chasing probes, docs/probes.md).
 
 Every scenario builds a cycle whose edges live on different shards of a
 3-shard LocalCluster (started here on 127.0.0.1, stopped by PID), and checks:
@@ -15,9 +15,8 @@ import time
 import pytest
 
 from lockmgr import DeadlockDetected, LocalCluster, LockNotAvailable, LockTimeout, Mode
-from lockmgr.client import admin_query
 from lockmgr.service import wire
-from lockmgr.service.admin import request as send_admin
+from lockmgr.service.admin import admin_query, request as send_admin
 
 from helpers import Waiter, shard_of, wait_until, wait_until_waiting
 

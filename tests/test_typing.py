@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import lockmgr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lockmgr.__file__)))
@@ -83,6 +85,64 @@ if __name__ == "__main__":
     main()
 '''
 
+# the service's public API (sync, asyncio, LocalCluster): type-checked with --strict
+SERVICE_SCRIPT = '''
+import asyncio
+from typing import Dict, List, Optional
+
+import lockmgr
+import lockmgr.aio
+from lockmgr import Client, LocalCluster, LockInfo, Mode, Resource, SessionExpired, ShardUnavailable
+from lockmgr.service.client.sync import Transaction
+
+
+def move(t: Transaction, src: Resource, dst: Resource) -> List[int]:
+    tokens: List[int] = t.lock_many([(src, Mode.X), (dst, Mode.X)], timeout=1.0)
+    held: Dict[lockmgr.paths.Path, Mode] = t.held()
+    return tokens + [len(held)]
+
+
+def run(client: Client) -> Optional[int]:
+    with client.transaction(name="move") as t:
+        token: int = t.lock(("db", "acct", 1), Mode.X, timeout=2.0)
+        ok: bool = t.try_lock(("db", "acct", 2))
+        if not ok:
+            return None
+        move(t, ("db", "acct", 3), ("db", "acct", 4))
+    t2 = client.begin(gtrid=f"x-{client.session_id}")
+    t2.lock(("db", "acct", 5))
+    t2.prepare()
+    t2.commit()
+    rows: List[LockInfo] = client.snapshot()
+    pending: List[lockmgr.rules.Gtrid] = client.recover()
+    print(rows, pending, client.session_id, client.expired, client.stats()[0]["granted"])
+    return token
+
+
+async def run_async(endpoints: List[str]) -> int:
+    async with await lockmgr.aio.connect(endpoints, session_ttl=5.0) as ac:
+        async with ac.transaction() as t:
+            n: int = await t.lock(("db", "acct", 9), Mode.S)
+            held = await t.held()
+            return n + len(held) + len(await ac.snapshot())
+
+
+def main() -> None:
+    with LocalCluster(2) as cluster:
+        try:
+            with cluster.connect(session_ttl=5.0) as client:
+                print(run(client))
+            with lockmgr.connect(cluster.endpoints, request_timeout=2.0) as c2:
+                print(run(c2))
+            print(asyncio.run(run_async(cluster.endpoints)))
+        except (SessionExpired, ShardUnavailable) as e:
+            print("service trouble:", e)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
 # each line must draw a mypy error (the line number is checked)
 BAD_SCRIPT = '''
 from lockmgr import LockManager, Mode
@@ -132,6 +192,24 @@ def test_embedded_api_typechecks_strict(tmp_path):
     want = {i for i, ln in enumerate(BAD_SCRIPT.splitlines(), 1) if "# error:" in ln}
     got = {int(ln.split(":")[1]) for ln in lines if ln.startswith("bad_script.py:")}
     assert got == want, f"expected errors on lines {sorted(want)}, mypy said:\n{out.stdout}{out.stderr}"
+
+
+def test_service_api_typechecks_strict(tmp_path):
+    test_mypy_is_installed()
+    (tmp_path / "service_script.py").write_text(SERVICE_SCRIPT)
+    out = _mypy(tmp_path, "service_script.py")
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    errors = [ln for ln in out.stdout.splitlines() if ": error:" in ln]
+    assert errors == [], "mypy --strict reported errors:\n" + "\n".join(errors) + "\n" + out.stderr
+
+
+@pytest.mark.service
+def test_service_script_runs(tmp_path):
+    (tmp_path / "service_script.py").write_text(SERVICE_SCRIPT)
+    out = subprocess.run([sys.executable, "service_script.py"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "service trouble" not in out.stdout, out.stdout
 
 
 def test_user_script_runs(tmp_path):

@@ -753,7 +753,7 @@ cdef class Table:
     GIL and never calls back into Python; docs/table.md, "Thread safety of the table").
 
     The compiled twin of ``lockmgr._core._pytable.Table``; see that class and
-    docs/design.md ("The table") for the semantics.
+    docs/table.md for the semantics.
     """
 
     cdef lt_table *_t
@@ -1141,7 +1141,7 @@ cdef class Table:
         }
 
     def _check(self):
-        """Assert every invariant of the table (docs/design.md, "Invariants")."""
+        """Assert every invariant of the table (docs/table.md, "Invariants")."""
         cdef const char *msg = lt_check(self._t)
         if msg != NULL:
             raise AssertionError("lock table invariant: " + msg.decode("utf-8", "replace"))

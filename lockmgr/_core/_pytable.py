@@ -1,7 +1,6 @@
 """The pure-Python lock table: the reference twin of the C table.
 
-Interface (shared with ``lockmgr._core._ctable.Table``; see docs/design.md,
-"The table"):
+Interface (shared with ``lockmgr._core._ctable.Table``; see docs/table.md):
 
     Table(escalation_threshold=5000, token_base=0)
     lock(txn, resource, mode, nowait=False) -> token > 0 | WAITING | CONFLICT
@@ -38,7 +37,7 @@ CONFLICT = -2
 NL, IS, IX, S, SIX, X = range(6)
 TXN_MAX = (1 << 64) - 1
 # The deadlock search visits at most this many transactions. Beyond it a
-# cycle is left to the lock timeout (documented in docs/design.md).
+# cycle is left to the lock timeout (documented in docs/table.md).
 SEARCH_LIMIT = 100_000
 
 
@@ -136,7 +135,7 @@ class Table:
         return self._lock(txn, resource, mode, nowait)
 
     # lock_many -- a batch of lock() calls in one table call (section for
-    # docs/design.md, "Operations"):
+    # docs/table.md, "Operations"):
     #
     # lock_many(txn, items, nowait=False) -> results
     #
@@ -630,7 +629,7 @@ class Table:
 
     @_serialised
     def _check(self):
-        """Assert every invariant of the table (docs/design.md, "Invariants")."""
+        """Assert every invariant of the table (docs/table.md, "Invariants")."""
         nreq = 0
         for key, res in self._res.items():
             assert res.key == key

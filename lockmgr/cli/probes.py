@@ -41,7 +41,7 @@ def cmd_deadlocks(p, args):
         p.add_argument("--stats", action="store_true", help="also print each shard's probe counters")
         return None
     from ..service import wire
-    from ..client import admin_query
+    from ..service.admin import admin_query
     res = admin_query(args.endpoints, wire.DEADLOCKS, args.timeout)
     bad = 0
     for i, r in enumerate(res):

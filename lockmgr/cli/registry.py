@@ -1,7 +1,9 @@
 """Registry of ``lockmgr`` subcommands (kept apart from cli.py so that
 ``python -m lockmgr`` and the console script share one registry)."""
 
-COMMANDS = {}
+from typing import Any, Callable, Dict, Tuple
+
+COMMANDS: Dict[str, Tuple[Callable[..., Any], str]] = {}
 
 
 def command(name, help):

@@ -67,7 +67,7 @@ def cmd_locks(p, args):
         p.add_argument("--timeout", type=float, default=2.0)
         return None
     from ..service import wire
-    from ..client import admin_query
+    from ..service.admin import admin_query
     from ..modes import Mode
     snaps = admin_query(args.endpoints, wire.SNAPSHOT, args.timeout)
     graphs = admin_query(args.endpoints, wire.GRAPH, args.timeout)
@@ -101,7 +101,7 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
     (mostly X, some S) in random order. Returns a summary dict."""
     from ..errors import DeadlockDetected, LockError, LockTimeout
     from ..modes import Mode
-    from ..client import connect
+    from ..service.client.sync import connect
     eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
     client = connect(eps, default_timeout=timeout)
     counts = {"committed": 0, "deadlocks": 0, "timeouts": 0, "locks": 0, "errors": 0}

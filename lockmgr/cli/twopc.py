@@ -25,7 +25,8 @@ def cmd_indoubt(p, args):
         p.add_argument("--max-locks", type=int, default=20, help="locks shown per transaction (default 20)")
         return None
     from ..service import wire
-    from ..client import _merge_indoubt, admin_query
+    from ..service.admin import admin_query
+    from ..service.client.ops import _merge_indoubt
     res = admin_query(args.endpoints, wire.INDOUBT, args.timeout)
     bad = [(i, r) for i, r in enumerate(res) if isinstance(r, Exception)]
     for i, r in bad:
@@ -57,7 +58,7 @@ def cmd_resolve(p, args):
         g.add_argument("--abort", action="store_true")
         p.add_argument("--timeout", type=float, default=5.0)
         return None
-    from ..client import connect
+    from ..service.client.sync import connect
     from ..errors import LockError
     try:
         with connect(args.endpoints, request_timeout=args.timeout, name="lockmgr-resolve") as c:

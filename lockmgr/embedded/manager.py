@@ -22,7 +22,7 @@ its transaction's own lock; whoever releases a lock wakes exactly the
 transactions the table reports as granted. The table serialises its own calls
 (it is thread-safe); the manager's mutex guards the waiting protocol and the
 transactions' states, and is not taken on the fast path of lock()/unlock().
-Design and correctness argument: docs/design.md.
+Design and correctness argument: docs/embedded.md.
 """
 
 import itertools
@@ -124,7 +124,7 @@ class Transaction:
             timeout = check_timeout(timeout)
         # Fast path, without the manager's mutex: the table serialises its
         # own calls. A concurrent abort() sets the state before releasing, so
-        # the state is checked again after the grant (see docs/design.md).
+        # the state is checked again after the grant (see docs/embedded.md, "Fast path").
         if self._state is ACTIVE:
             tok = self._table.lock(self.id, resource, mode, nowait)
             if tok > 0 and self._state is ACTIVE:

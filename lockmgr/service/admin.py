@@ -10,6 +10,7 @@ import zmq
 
 from . import wire
 from ..errors import LockError, ShardUnavailable
+from .routing import parse_endpoints
 
 __all__ = ["request", "admin_query"]
 
@@ -44,9 +45,8 @@ def request(endpoint, typ, args=(), timeout=2.0, key=None):
 def admin_query(endpoints, typ, timeout=2.0):
     """``request`` to each shard (a list, or one comma-separated string); returns
     their payloads in order, an exception instance in place of a failed one."""
-    from ..client import _parse_endpoints
     out = []
-    for ep in _parse_endpoints(endpoints):
+    for ep in parse_endpoints(endpoints):
         try:
             out.append(request(ep, typ, (), timeout))
         except LockError as e:

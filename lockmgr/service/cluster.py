@@ -33,7 +33,7 @@ from typing import IO, TYPE_CHECKING, Any, List, Optional
 from ..errors import InvalidRequest, ShardUnavailable
 
 if TYPE_CHECKING:   # the client (zmq) is imported only by connect()
-    from ..client import Client
+    from .client.sync import Client
 
 __all__ = ["LocalCluster"]
 
@@ -52,7 +52,7 @@ class LocalCluster:
         self.partition_depth = partition_depth
         self.escalation_threshold = escalation_threshold
         self.start_timeout = start_timeout
-        # cross-shard deadlock detection (docs/design.md ("Distributed deadlock detection")): None disables it
+        # cross-shard deadlock detection (docs/probes.md): None disables it
         self.probe_delay = probe_delay
         self.probe_interval = probe_interval
         # shard-to-shard messages (and PEERS/FAULTS) carry this key: no other local process can
@@ -149,7 +149,7 @@ class LocalCluster:
 
     def connect(self, **kw: Any) -> "Client":
         """A :class:`lockmgr.Client` for this cluster."""
-        from ..client import connect
+        from .client.sync import connect
         kw.setdefault("partition_depth", self.partition_depth)
         return connect(self.endpoints, **kw)
 

@@ -64,7 +64,7 @@ COUNTERS = ("probes_sent", "probes_forwarded", "probes_direct", "probes_cache_mi
             "timeouts_deferred", "deadlock_reports", "deadlock_reports_merged", "probe_msgs_sent",
             "probe_msgs_send_failed", "probe_msgs_malformed", "probe_msgs_fault_dropped")
 
-# One report per victim: see docs/design.md ("Distributed deadlock detection"), "Deadlock reports".
+# One report per victim: see docs/probes.md, "Deadlock reports".
 
 
 def _cycle_key(tids):

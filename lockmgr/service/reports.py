@@ -4,11 +4,11 @@ Interface:
     merge_reports(per_shard) -> list[dict]    one list, oldest first, from the
                                               per-shard DEADLOCKS answers
 
-Used by ``Client.deadlocks()`` (lockmgr.client, lockmgr.aio) and by the
+Used by ``Client.deadlocks()`` (lockmgr.service.client.sync and .aio) and by the
 ``lockmgr deadlocks`` command (lockmgr.cli.probes). It imports nothing from
 the package, so the clients and the CLI can both depend on it without an
-import circle. A report's fields are described in docs/design.md
-("Distributed deadlock detection").
+import circle. A report's fields are described in docs/probes.md
+("Deadlock reports").
 """
 
 from typing import Any, Dict, Iterable, List, Union

@@ -33,7 +33,7 @@ import msgpack
 try:   # the compiled table's LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx)
     from .._core._ctable import split_lock_many as _split_lock_many
 except ImportError:  # pragma: no cover - no compiler
-    _split_lock_many = None
+    _split_lock_many = None  # type: ignore[assignment]
 
 from ..rules import brief
 from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
@@ -67,7 +67,7 @@ INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, pa
                    #                                     [[path, mode], ...]], ...]
 WAKE = 29          # internal: the shard's prepare-log flusher wakes the shard's loop (inproc)
 # Shard -> shard (seq 0, no reply; session 0, or the cluster key's wire.peer_session(key) when the
-# shards have one): deadlock detection, docs/design.md ("Distributed deadlock detection")
+# shards have one): deadlock detection, docs/probes.md
 PROBE = 30         # [[init, init_shard, init_epoch, round], txn, path, via_directory]
 PROBE_REG = 31     # [txn, shard, wait_epoch, edges]  to the directory shard of txn: txn waits at shard
                    #   (edges: [[target, target's wait epoch there or 0], ...], or nil if > 64)

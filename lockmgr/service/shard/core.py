@@ -70,7 +70,7 @@ _TXN_LIMIT = 1 << 64
 if BACKEND == "c":
     from ..._core._ctable import PackedItems as _PackedItems
 else:
-    class _PackedItems:   # never made: the pure-Python table takes msgpack's lists
+    class _PackedItems:   # type: ignore[no-redef]  # never made: the pure-Python table takes msgpack's lists
         pass
 
 _PEER_ADMIN = frozenset((wire.PEERS, wire.FAULTS))   # admin messages that need the cluster key

@@ -239,8 +239,8 @@ class Shard:
         self._send_peers()
         errs = core.internal_errors
         while errs:
-            where, e = errs.pop(0)
-            self._log(f"internal error ({where}): {brief(e)}")
+            where, err = errs.pop(0)
+            self._log(f"internal error ({where}): {brief(err)}")
 
     def _on_frame(self, frames):
         core = self.core

@@ -1,0 +1,440 @@
+"""Transaction logic of the service clients, written once for the sync and
+asyncio front ends.
+
+Interface:
+    _TxnCore(client, name, gtrid)       one transaction's state
+    _g_lock, _g_lock_many, _g_unlock, _g_held, _g_finish, _g_prepare,
+    _g_indoubt, _g_resolve              generators yielding batches of shard calls
+    _drive(eng, gen)                    run one synchronously (``lockmgr.service.client.aio`` awaits instead)
+    _merge_indoubt(results)             INDOUBT answers of every shard, merged
+    ACTIVE, PREPARED, COMMITTED, ABORTED
+
+Each generator yields a list of calls ``(shard, type, args, extra seconds
+beyond the request timeout or None)`` and is sent back their results (a value
+or an exception instance each): routing, strong locks on every shard and the
+merging of answers live here, the I/O in whoever drives the generator.
+docs/service.md ("Transactions in the client").
+"""
+
+import time
+
+from .. import wire
+from ...rules import ABORTED, ACTIVE, COMMITTED, PREPARED, check_gtrid, check_mode, check_timeout
+from ..routing import route
+from ..._core import BACKEND as _BACKEND
+from ...errors import (DeadlockDetected, InvalidRequest, LockNotAvailable, LockTimeout, SessionExpired,
+                       TransactionAborted, TransactionCommitted)
+from ...modes import Mode, SUPREMUM
+from ...paths import encode
+from .txnid import new_txn_id
+
+if _BACKEND == "c":
+    # the compiled twin of paths.encode: same keys, same errors (tests/test_ctable.py)
+    from ..._core._ctable import encode  # noqa: F811
+
+_MODES = tuple(Mode)
+
+
+class _TxnCore:
+    """State of one transaction, shared by the sync and asyncio front ends."""
+
+    __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
+                 "default_timeout", "prepared_at")
+
+    def __init__(self, client, name, gtrid):
+        self.client = client
+        self.eng = client._eng
+        self.id = new_txn_id()
+        self.name = name
+        self.gtrid = gtrid
+        self.prepared_at = None     # wall time prepare() succeeded (as lockmgr.Transaction.prepared_at)
+        self.state = ACTIVE
+        self.victim = False
+        self.touched = {}      # shard -> epoch seen there (0 until the first answer)
+        self.doom = None       # why the transaction cannot go on (a shard lost its locks)
+        self.default_timeout = client._default_timeout
+
+    def refuse(self):
+        if self.state is PREPARED:
+            return InvalidRequest(f"transaction {self.id} is prepared: it can only be committed or aborted")
+        if self.victim:
+            return TransactionAborted(f"transaction {self.id} was aborted as a deadlock victim")
+        if self.doom:
+            return TransactionAborted(self.doom)
+        return TransactionAborted(f"transaction {self.id} is {self.state}")
+
+    def check_active(self):
+        if self.state is not ACTIVE:
+            raise self.refuse()
+        self.eng.check_session()
+        eps = self.eng.epoch
+        for s, e in self.touched.items():
+            if e and eps[s] != e:
+                self.doom = (f"shard {s} restarted (epoch {e} -> {eps[s]}) and lost the locks of transaction "
+                             f"{self.id}; the transaction has been aborted")
+                self.abort_everywhere()
+                raise TransactionAborted(self.doom)
+
+    def abort_everywhere(self, victim=False, skip=None):
+        """Mark aborted and release on every shard touched (the service-side abort)."""
+        if victim:
+            self.victim = True
+        if self.state is ACTIVE or self.state is PREPARED:
+            self.state = ABORTED
+            for s in self.touched:
+                if s != skip:
+                    self.eng.post(s, wire.RELEASE, [self.id, False])
+
+    def route(self, key, depth, mode):
+        eng = self.eng
+        return route(key, depth, mode, eng.n, eng.partition_depth)
+
+
+def _prepare(resource, mode):
+    key = encode(resource)       # validates the path (InvalidRequest)
+    path = resource if type(resource) is tuple else (resource,)
+    mode = check_mode(mode)
+    return path, key, mode
+
+
+def _failure(core, err, shard):
+    """Apply an error from a lock call to the transaction state; return it to raise."""
+    if isinstance(err, DeadlockDetected):
+        core.abort_everywhere(victim=True, skip=shard)
+    elif isinstance(err, TransactionAborted):
+        if core.state is ACTIVE:
+            if "restarted" in str(err):
+                core.doom = str(err)
+            core.abort_everywhere(skip=shard)
+    elif isinstance(err, SessionExpired):
+        core.state = ABORTED
+    return err
+
+
+def _g_lock(core, resource, mode, timeout, nowait):
+    core.check_active()
+    timeout = check_timeout(timeout)
+    path, key, mode = _prepare(resource, mode)
+    if timeout is None:
+        timeout = core.default_timeout
+    shards = core.route(key, len(path), mode)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wpath = list(path)
+    strong = len(shards) > 1
+    done = []          # a strong lock: (shard, mode held there before), to undo if a later shard refuses
+    token = 0
+    for s in shards:
+        tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        ep = core.touched.get(s)
+        if ep is None:
+            core.touched[s] = ep = 0
+        res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
+                       None if deadline is None else tmo / 1000.0)]
+        if isinstance(res, BaseException):
+            if isinstance(res, (LockTimeout, LockNotAvailable)) and done:
+                # a strong lock on a node above the partition depth failed on a later
+                # shard: undo it where it was granted -- released where it was new,
+                # set back to the mode held before where it converted one -- so the
+                # transaction keeps what it held, as one table would leave it
+                yield [(f, wire.UNLOCK, [core.id, wpath, False], 0.0) if not prev
+                       else (f, wire.DOWNGRADE, [core.id, wpath, prev], 0.0) for f, prev in done]
+            raise _failure(core, res, s)
+        tok, prev, ep2 = res
+        if not ep:
+            core.touched[s] = ep2
+        if s == shards[0]:
+            token = tok
+        if strong and SUPREMUM[prev][mode] != prev:      # this lock changed what was held there
+            done.append((s, prev))
+    if core.state is not ACTIVE:   # aborted by another thread meanwhile
+        for s in shards:
+            core.eng.post(s, wire.RELEASE, [core.id, False])
+        raise core.refuse()
+    return token
+
+
+def _g_lock_many(core, items, timeout, nowait):
+    core.check_active()
+    timeout = check_timeout(timeout)
+    try:
+        items = list(items)
+    except TypeError:
+        raise InvalidRequest("lock_many takes an iterable of (resource, mode) pairs") from None
+    parsed = []
+    for i, it in enumerate(items):
+        if type(it) not in (tuple, list) or len(it) != 2:
+            raise InvalidRequest(f"lock_many item {i} must be a (resource, mode) pair; got {it!r}")
+        parsed.append(_prepare(it[0], it[1]))
+    if timeout is None:
+        timeout = core.default_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tokens = [0] * len(parsed)
+    # In order: a strong item (S/SIX/X on a node above the partition depth: every
+    # shard, in shard order) on its own; each run of other items between strong
+    # ones in one message per shard, all shards in parallel. Per shard the items
+    # keep their order and a strong item comes after exactly the items before it,
+    # so a call that succeeds leaves what successive lock() calls would.
+    run = {}
+    for i, (path, key, mode) in enumerate(parsed):
+        shards = core.route(key, len(path), mode)
+        if len(shards) == 1:
+            run.setdefault(shards[0], []).append(i)
+            continue
+        if run:
+            yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
+            run = {}
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        tokens[i] = yield from _g_lock(core, path, mode, left, nowait)
+    if run:
+        yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
+    if core.state is not ACTIVE:
+        raise core.refuse()
+    return tokens
+
+
+def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
+    """Lock ``groups`` ({shard: [item index, ...]}): one LOCK_MANY per shard
+    (chunks of MAX_BATCH in rounds), all shards in parallel; fills ``tokens``."""
+    order = sorted(groups)
+    rounds = max((len(v) + wire.MAX_BATCH - 1) // wire.MAX_BATCH for v in groups.values())
+    for r in range(rounds):
+        specs, idxs = [], []
+        tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        for s in order:
+            chunk = groups[s][r * wire.MAX_BATCH:(r + 1) * wire.MAX_BATCH]
+            if not chunk:
+                continue
+            ep = core.touched.get(s)
+            if ep is None:
+                core.touched[s] = ep = 0
+            specs.append((s, wire.LOCK_MANY,
+                          [core.id, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
+                          None if tmo is None else tmo / 1000.0))
+            idxs.append((s, chunk))
+        results = yield specs
+        err = None
+        for (s, chunk), res in zip(idxs, results):
+            if isinstance(res, BaseException):
+                if err is None or isinstance(res, DeadlockDetected):
+                    err = (res, s)
+                continue
+            toks, ep2 = res
+            if not core.touched.get(s):
+                core.touched[s] = ep2
+            for i, tok in zip(chunk, toks):
+                tokens[i] = tok
+        if err is not None:
+            raise _failure(core, err[0], err[1])
+
+
+def _g_unlock(core, resource):
+    core.check_active()
+    key = encode(resource)
+    path = resource if type(resource) is tuple else (resource,)
+    wpath = list(path)
+    shards = core.route(key, len(path), 5)
+    if len(shards) == 1:
+        res, = yield [(shards[0], wire.UNLOCK, [core.id, wpath, False], 0.0)]
+        if isinstance(res, BaseException):
+            raise res
+        return None
+    # a node above the partition depth: it may be held on several shards
+    touched = sorted(core.touched)
+    results = (yield [(s, wire.UNLOCK, [core.id, wpath, True], 0.0) for s in touched]) if touched else []
+    holding = []
+    for s, res in zip(touched, results):
+        if isinstance(res, BaseException):
+            raise res
+        if res[0]:
+            holding.append(s)
+    if not holding:
+        raise InvalidRequest(f"transaction {core.id} does not hold {path!r}")
+    results = yield [(s, wire.UNLOCK, [core.id, wpath, False], 0.0) for s in holding]
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+    return None
+
+
+def _g_held(core):
+    core.check_active() if core.state is ACTIVE else None
+    touched = sorted(core.touched)
+    if (core.state is not ACTIVE and core.state is not PREPARED) or not touched:
+        return {}
+    results = yield [(s, wire.HELD, [core.id], 0.0) for s in touched]
+    out = {}
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
+        for p, m in res:
+            p = tuple(p)
+            old = out.get(p)
+            out[p] = m if old is None else SUPREMUM[old][m]
+    return {p: _MODES[m] for p, m in out.items()}
+
+
+def _g_finish(core, commit):
+    if core.state is PREPARED:        # 2PC: the decision is logged on each shard before the release
+        return (yield from _g_decide_own(core, commit))
+    if commit:
+        if core.state is not ACTIVE:
+            raise core.refuse()
+        try:
+            core.check_active()
+        except SessionExpired:
+            core.state = ABORTED
+            raise
+    elif core.state is not ACTIVE:
+        return None
+    else:
+        # abort of an active transaction: its locks go either way (released
+        # now, or by the shards when the lease runs out), but an expired
+        # session is reported, as for every other call
+        try:
+            core.eng.check_session()
+        except SessionExpired:
+            core.state = ABORTED
+            raise
+    core.state = COMMITTED if commit else ABORTED
+    touched = sorted(core.touched)
+    if not touched or core.eng.dead is not None:
+        return None
+    results = yield [(s, wire.RELEASE, [core.id, bool(commit)], 0.0) for s in touched]
+    if commit:
+        for res in results:
+            if isinstance(res, BaseException) and not isinstance(res, TransactionAborted):
+                raise res
+    return None
+
+
+# ------------------------------------------------------- two-phase commit (2PC)
+# docs/2pc.md. PREPARE goes to every shard the transaction touched, in
+# parallel; each shard answers once the transaction's locks are fsynced in its
+# prepare log. DECIDE (commit/abort by gtrid, from any session) is answered
+# once the decision is fsynced, and only then are the locks released.
+
+def _g_prepare(core):
+    if core.state is not ACTIVE:
+        raise core.refuse()
+    core.check_active()
+    if core.gtrid is None:
+        raise InvalidRequest("prepare() needs a global transaction id: begin(gtrid=...)")
+    check_gtrid(core.gtrid)
+    touched = sorted(core.touched)
+    if not touched:
+        # holds nothing anywhere: nothing to make durable (XA's read-only vote)
+        core.state = PREPARED
+        core.prepared_at = time.time()
+        return None
+    rt = core.eng.request_timeout
+    results = yield [(s, wire.PREPARE, [core.id, core.gtrid, core.touched[s], touched], rt) for s in touched]
+    err = None
+    for res in results:
+        if isinstance(res, BaseException) and (err is None or isinstance(res, TransactionAborted)):
+            err = res
+    if err is None and core.state is ACTIVE:
+        core.state = PREPARED
+        core.prepared_at = time.time()
+        return None
+    # vote no: abort everywhere (a shard that prepared logs the abort before releasing)
+    if core.state is ACTIVE:
+        core.state = ABORTED
+        for s in touched:
+            core.eng.post(s, wire.RELEASE, [core.id, False])
+    if err is None:
+        err = core.refuse()
+    elif isinstance(err, TransactionAborted):
+        err = TransactionAborted(f"prepare failed: {err}; transaction {core.id} has been aborted")
+    raise err
+
+
+def _g_decide_own(core, commit):
+    touched = sorted(core.touched)
+    if not touched:
+        core.state = COMMITTED if commit else ABORTED
+        return None
+    core.eng.check_session()
+    rt = core.eng.request_timeout
+    results = yield [(s, wire.DECIDE, [core.gtrid, bool(commit)], rt) for s in touched]
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res       # still in doubt somewhere: stays PREPARED; retry, or resolve() from any client
+    for res in results:
+        if res[0] == "conflict":
+            # decided the other way elsewhere (Client.resolve from another session): report
+            # what happened, and the transaction is in that state
+            core.state = COMMITTED if res[1] else ABORTED
+            if res[1]:
+                raise TransactionCommitted(
+                    f"transaction {core.id} (gtrid {core.gtrid!r}) was committed by another resolver; "
+                    f"it was not aborted")
+            raise TransactionAborted(f"transaction {core.id} (gtrid {core.gtrid!r}) was aborted by another "
+                                     f"resolver; it was not committed")
+    core.state = COMMITTED if commit else ABORTED
+    return None
+
+
+def _g_indoubt(eng, with_locks):
+    eng.check_session()
+    results = yield [(i, wire.INDOUBT, [bool(with_locks)], 0.0) for i in range(eng.n)]
+    return _merge_indoubt(results)
+
+
+def _merge_indoubt(results):
+    out = {}
+    for i, rows in enumerate(results):
+        if isinstance(rows, BaseException):
+            raise rows
+        for gtrid, txn, age, parts, sid, locks in rows:
+            d = out.get(gtrid)
+            if d is None:
+                d = out[gtrid] = {"gtrid": gtrid, "txn": txn, "age": age, "shards": [], "participants": parts,
+                                  "session": sid, "locks": {}}
+            d["age"] = max(d["age"], age)
+            d["shards"].append(i)
+            if len(parts) > len(d["participants"]):
+                d["participants"] = parts
+            lk = d["locks"]
+            for p, m in locks:
+                p = tuple(p)
+                old = lk.get(p)
+                lk[p] = m if old is None else SUPREMUM[old][m]
+    res = sorted(out.values(), key=lambda d: d["txn"])
+    for d in res:
+        d["locks"] = {p: _MODES[m] for p, m in d["locks"].items()}
+        d["complete"] = set(d["participants"]) <= set(d["shards"])
+    return res
+
+
+def _g_resolve(eng, gtrid, commit):
+    check_gtrid(gtrid)
+    if type(commit) is not bool:
+        raise InvalidRequest(f"commit must be True or False; got {commit!r}")
+    eng.check_session()
+    results = yield [(i, wire.DECIDE, [gtrid, commit], eng.request_timeout) for i in range(eng.n)]
+    unavailable = None
+    for i, res in enumerate(results):
+        if isinstance(res, InvalidRequest):
+            raise res
+        if isinstance(res, BaseException):
+            unavailable = unavailable or res
+        elif res[0] == "conflict":
+            raise InvalidRequest(f"gtrid {gtrid!r} was already {'committed' if res[1] else 'aborted'} on shard {i}")
+    if unavailable is not None:
+        raise unavailable
+    if all(r == ["unknown"] for r in results):
+        raise InvalidRequest(f"unknown gtrid {gtrid!r}: no shard has it in doubt or remembers resolving it "
+                             f"(never prepared, or resolved and forgotten)")
+    return None
+
+
+def _drive(eng, gen):
+    """Run an ops generator synchronously."""
+    try:
+        specs = next(gen)
+        while True:
+            specs = gen.send(eng.call_many(specs))
+    except StopIteration as e:
+        return e.value
+
+

@@ -1,0 +1,341 @@
+"""The synchronous client of the lock service.
+
+Interface:
+    connect(endpoints, *, session_ttl=10.0, partition_depth=None,
+            request_timeout=5.0, default_timeout=None, name=None) -> Client
+    Client
+        .begin(name=None, *, gtrid=None) -> Transaction
+        .transaction(**kw)       context manager: commit / abort
+        .close(), context-manager use
+        .snapshot(), .wait_for_graph(), .stats(), .deadlocks(), .session_id, .expired
+        .endpoints, .partition_depth
+        .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/2pc.md)
+    Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
+        .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
+    admin_query(endpoints, typ, timeout=2.0)    session-less PING/SNAPSHOT/GRAPH/STATS/INDOUBT/DEADLOCKS
+
+A Client is one ``_Engine`` (engine.py: the sockets, shared by every thread
+and task, and the session); its methods run the transaction logic of ops.py
+with blocking waits (``_drive``). Design: docs/service.md. Protocol:
+docs/protocol.md.
+"""
+
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Type, Union
+
+import zmq
+
+from .. import wire
+from ...rules import check_timeout
+from ...errors import InvalidRequest, LockError, LockNotAvailable, SessionExpired, ShardUnavailable
+from ...rules import LockInfo
+from ...modes import Mode
+from ...paths import Path, Resource
+from ...rules import Gtrid
+from ..reports import merge_reports
+from ..admin import admin_query  # noqa: F401  (part of this module's API)
+from .engine import _Engine
+from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
+                  _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
+
+__all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable", "Endpoints"]
+
+Endpoints = Union[str, Sequence[str]]   # tcp://host:port / ipc://path strings in shard order, or one "a,b,c"
+
+
+class Transaction:
+    """A transaction of a :class:`Client`: the methods, semantics and exceptions
+    of :class:`lockmgr.Transaction`, plus :meth:`lock_many`.
+
+    A transaction is used by one thread at a time (as in the embedded API,
+    :meth:`abort` may come from another thread and wakes a waiting lock).
+    """
+
+    __slots__ = ("_c",)
+
+    def __init__(self, core: "_TxnCore") -> None:
+        self._c = core
+
+    @property
+    def id(self) -> int:
+        """The transaction id (unique 64-bit; larger means younger)."""
+        return self._c.id
+
+    @property
+    def name(self) -> Optional[str]:
+        return self._c.name
+
+    @property
+    def gtrid(self) -> Optional[Gtrid]:
+        """The global transaction id given to ``begin`` (for 2PC)."""
+        return self._c.gtrid
+
+    @property
+    def state(self) -> str:
+        """'active', 'prepared', 'committed' or 'aborted'."""
+        return self._c.state
+
+    @property
+    def prepared_at(self) -> Optional[float]:
+        """Wall-clock time (``time.time()``) when :meth:`prepare` succeeded, else None."""
+        return self._c.prepared_at
+
+    def __repr__(self) -> str:
+        return f"<lockmgr.service.client.sync.Transaction id={self._c.id} name={self._c.name!r} {self._c.state}>"
+
+    def lock(self, resource: Resource, mode: int = Mode.X, *, timeout: Optional[float] = None,
+             nowait: bool = False) -> int:
+        """Lock ``resource`` in ``mode`` (intention locks on its ancestors are
+        taken by the owning shard). Returns the fencing token.
+
+        One round trip when the path is at least ``partition_depth`` long (or
+        the mode is IS/IX); an S/SIX/X lock on a node above the partition depth
+        is taken on every shard in shard order. Raises LockTimeout,
+        LockNotAvailable, DeadlockDetected (aborted everywhere),
+        TransactionAborted, InvalidRequest, SessionExpired, ShardUnavailable.
+        """
+        return _drive(self._c.eng, _g_lock(self._c, resource, mode, timeout, nowait))
+
+    def try_lock(self, resource: Resource, mode: int = Mode.X) -> bool:
+        """Lock without waiting: True if granted, False if it would wait."""
+        try:
+            self.lock(resource, mode, nowait=True)
+        except LockNotAvailable:
+            return False
+        return True
+
+    def lock_many(self, items: Iterable[Tuple[Resource, int]], *, timeout: Optional[float] = None,
+                  nowait: bool = False) -> List[int]:
+        """Lock several ``(resource, mode)`` pairs; returns their tokens in order.
+
+        The requests for one shard go in one message (the shard takes them in
+        the given order); different shards work in parallel; a strong lock on a
+        node above the partition depth goes on its own, after the items before
+        it. A call that succeeds leaves what successive ``lock()`` calls would.
+        Not atomic: on an error, the locks granted before it are kept, and items
+        after it that live on other shards may be granted too.
+        """
+        return _drive(self._c.eng, _g_lock_many(self._c, items, timeout, nowait))
+
+    def unlock(self, resource: Resource) -> None:
+        """Release one node early (refused while a descendant is held)."""
+        return _drive(self._c.eng, _g_unlock(self._c, resource))
+
+    def held(self) -> Dict[Path, Mode]:
+        """Every node held, with its mode (merged across shards: the supremum)."""
+        return _drive(self._c.eng, _g_held(self._c))
+
+    def prepare(self) -> None:
+        """Phase one of two-phase commit (needs ``begin(gtrid=...)``).
+
+        Every shard where the transaction holds locks appends them, with their
+        fencing tokens, to its prepare log and fsyncs before answering (many
+        prepares share one fsync). Once this returns the locks survive
+        anything — this client's crash, session expiry, a shard restart —
+        until :meth:`commit`/:meth:`abort` here or ``Client.resolve(gtrid,
+        commit)`` from any client; new lock requests are refused
+        (InvalidRequest). If any shard fails to prepare, the transaction is
+        aborted everywhere (it votes no) and the error is raised; a shard that
+        did not answer may still hold it in doubt (``Client.recover()``).
+        """
+        return _drive(self._c.eng, _g_prepare(self._c))
+
+    def commit(self) -> None:
+        """Release every lock and finish. Raises TransactionAborted if already finished.
+
+        For a prepared transaction the decision is logged durably on every
+        shard before its locks there are released; on an error (a shard down)
+        the transaction stays prepared (in doubt): call commit() again or
+        ``Client.resolve(gtrid, True)``. If another client aborted it meanwhile
+        (``Client.resolve(gtrid, False)``), TransactionAborted says so and its
+        state is 'aborted'."""
+        return _drive(self._c.eng, _g_finish(self._c, True))
+
+    def abort(self) -> None:
+        """Release every lock and finish as aborted. Idempotent: a no-op on a
+        finished transaction. Raises SessionExpired if the session has expired
+        (the shards release the locks themselves then); other failures to reach
+        a shard are not raised (the lease releases what could not be).
+
+        A prepared transaction is different: its locks outlive the session, so
+        every failure is raised (it stays prepared: retry, or ``Client.resolve``),
+        and TransactionCommitted if another client committed it meanwhile
+        (``Client.resolve(gtrid, True)``; its state is then 'committed')."""
+        prepared = self._c.state is PREPARED
+        try:
+            return _drive(self._c.eng, _g_finish(self._c, False))
+        except SessionExpired:
+            raise
+        except LockError:
+            if prepared:
+                raise
+            return None
+
+    def _abort_quietly(self) -> None:
+        try:
+            self.abort()
+        except LockError:
+            pass
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> Literal[False]:
+        if exc_type is None:
+            if self._c.state is ACTIVE or self._c.state is PREPARED:
+                self.commit()
+        else:
+            self._abort_quietly()   # never hide the exception that is propagating
+        return False
+
+
+class Client:
+    """A session with a cluster of lock shards. Thread-safe; one connection per
+    shard shared (pipelined) by every transaction of every thread.
+
+    Use :func:`connect` (or ``LocalCluster.connect()``).
+    """
+
+    def __init__(self, endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
+                 request_timeout: float = 5.0, default_timeout: Optional[float] = None,
+                 name: Optional[str] = None) -> None:
+        self._default_timeout = check_timeout(default_timeout)
+        try:
+            self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name)
+        except zmq.ZMQError as e:
+            raise ShardUnavailable(f"cannot connect: {e}") from None
+
+    @property
+    def endpoints(self) -> List[str]:
+        return list(self._eng.endpoints)
+
+    @property
+    def session_id(self) -> int:
+        return self._eng.session
+
+    @property
+    def partition_depth(self) -> Optional[int]:
+        return self._eng.partition_depth
+
+    @property
+    def expired(self) -> bool:
+        """True once the session is over (lease ran out, or closed)."""
+        try:
+            self._eng.check_session()
+        except SessionExpired:
+            return True
+        return self._eng.closed
+
+    def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
+        """Start a transaction (no round trip). Ids increase in begin order."""
+        if gtrid is not None and type(gtrid) not in (str, bytes):
+            raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
+        self._eng.check_session()
+        return Transaction(_TxnCore(self, name, gtrid))
+
+    @contextmanager
+    def transaction(self, *, name: Optional[str] = None, gtrid: Optional[Gtrid] = None) -> Iterator[Transaction]:
+        """``with client.transaction() as t:`` commits on normal exit, aborts on an exception."""
+        t = self.begin(name, gtrid=gtrid)
+        with t:
+            yield t
+
+    def _admin(self, typ: int) -> List[Any]:
+        self._eng.check_session()
+        res = self._eng.call_many([(i, typ, [], 0.0) for i in range(self._eng.n)])
+        for r in res:
+            if isinstance(r, BaseException):
+                raise r
+        return res
+
+    def snapshot(self) -> List[LockInfo]:
+        """Every request on every shard: a list of LockInfo (a node above the
+        partition depth may appear once per shard)."""
+        out: List[LockInfo] = []
+        for rows in self._admin(wire.SNAPSHOT):
+            out.extend(LockInfo(tuple(p), t, _MODES[m], g) for p, t, m, g, _s in rows)
+        return out
+
+    def wait_for_graph(self) -> Dict[int, Set[int]]:
+        """``{waiting txn: {txns it waits for}}``, the union over shards."""
+        g: Dict[int, Set[int]] = {}
+        for edges in self._admin(wire.GRAPH):
+            for k, v in edges:
+                g.setdefault(k, set()).update(v)
+        return g
+
+    def stats(self) -> List[Dict[str, Any]]:
+        """One dict of counters per shard."""
+        return self._admin(wire.STATS)
+
+    def deadlocks(self) -> List[Dict[str, Any]]:
+        """The deadlock reports kept by the shards (a bounded ring on each), oldest
+        first: dicts with ``id``, ``kind`` ('distributed' or 'local'), ``detected_at``
+        (wall time), ``detection_ms``, ``cycle``, ``victim`` and ``members`` (per
+        transaction: the resource and mode it waited for, its blocker and what the
+        blocker held or queued for there). See docs/probes.md."""
+        return merge_reports(self._admin(wire.DEADLOCKS))
+    # -- two-phase commit (docs/2pc.md)
+
+    def recover(self) -> List[Gtrid]:
+        """The gtrids of the prepared transactions in doubt on any shard, oldest
+        first (what a restarted 2PC coordinator calls). Includes a transaction
+        prepared on only some of its shards (see :meth:`indoubt`, ``complete``)."""
+        return [d["gtrid"] for d in _drive(self._eng, _g_indoubt(self._eng, False))]
+
+    def indoubt(self) -> List[Dict[str, Any]]:
+        """In-doubt transactions across the cluster: a list of dicts with
+        ``gtrid, txn, age`` (seconds since prepare), ``shards`` (where it is
+        prepared), ``participants`` (every shard it held locks on at prepare),
+        ``complete`` (prepared on all participants), ``session`` (the owning
+        session if still alive, else 0) and ``locks`` ({path: Mode})."""
+        return _drive(self._eng, _g_indoubt(self._eng, True))
+
+    def resolve(self, gtrid: Gtrid, commit: bool) -> None:
+        """Finish the in-doubt transaction ``gtrid`` on every shard: commit
+        (True) or abort (False); each shard logs the decision durably, then
+        releases its locks. Idempotent (the same outcome again is a no-op);
+        the other outcome, or a gtrid no shard knows, raises InvalidRequest."""
+        return _drive(self._eng, _g_resolve(self._eng, gtrid, commit))
+
+    def close(self) -> None:
+        """End the session: the shards release its unprepared transactions' locks
+        (prepared ones stay in doubt). Idempotent."""
+        eng = self._eng
+        if eng.closed:
+            return
+        if eng.dead is None:
+            try:
+                eng.call_many([(i, wire.CLOSE, [], 0.0) for i in range(eng.n)])
+            except LockError:
+                pass
+            eng.dead = eng.dead or "the session was closed"
+        eng.shutdown()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return f"<lockmgr.Client session={self._eng.session:#x} shards={self._eng.n}>"
+
+
+def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
+            request_timeout: float = 5.0, default_timeout: Optional[float] = None,
+            name: Optional[str] = None) -> Client:
+    """Open a session with the shards at ``endpoints`` (a list of ``tcp://host:port``
+    strings in shard order, or one comma-separated string).
+
+    ``session_ttl``: seconds the session lives without an acknowledged
+    heartbeat (heartbeats go every ttl/4). ``partition_depth``: None adopts the
+    cluster's; a different value is refused. ``request_timeout``: seconds a
+    shard has to answer before ShardUnavailable. Raises ShardUnavailable if a
+    shard does not answer.
+    """
+    return Client(endpoints, session_ttl=session_ttl, partition_depth=partition_depth,
+                  request_timeout=request_timeout, default_timeout=default_timeout, name=name)
