@@ -209,6 +209,7 @@ def _raw_client(endpoint, seconds, window, per_frame, batch, cid, out):
     warm = time.monotonic() + 0.3
     counted = False
     unpack = wire.unpack_replies
+    answered = 0
     while True:
         now = time.monotonic()
         if not counted and now >= warm:
@@ -219,11 +220,14 @@ def _raw_client(endpoint, seconds, window, per_frame, batch, cid, out):
             s.send(frame())
             inflight += 1
         reps = unpack(s.recv())
-        inflight -= 1
         for r in reps:
             if r[1]:
                 raise SystemExit(f"error reply {r}")
-        locks += per_frame * (batch or 1)
+        # count answers, not reply frames (a shard may answer one frame in several)
+        answered += len(reps)
+        done, answered = divmod(answered, nreq)
+        inflight -= done
+        locks += done * per_frame * (batch or 1)
     el = time.perf_counter() - t0
     out.put(locks / el)
     s.close(0)

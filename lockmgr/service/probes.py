@@ -187,7 +187,8 @@ class ProbeEngine:
     def take_outbox(self):
         """{shard: [message, ...]} to send (the driver sends them, with the cluster key's session)."""
         out = self.outbox
-        self.outbox = {}
+        if out:
+            self.outbox = {}
         return out
 
     # ---------------------------------------------------------------- timers

@@ -153,17 +153,26 @@ def _path_modes(p):
                                    for r in p)
 
 
-_REPLY_SHAPES = {
+def _lock_reply(p, a):       # the hot path: no generator, no call
+    return (type(p) is list and len(p) == 3 and type(p[0]) is int and type(p[1]) is int and type(p[2]) is int
+            and p[0] > 0)
+
+
+def _list(p, a):
+    return type(p) is list
+
+
+REPLY_SHAPES = {
     HELLO: lambda p, a: _ints(p, 5) or _ints(p, 4),
-    HEARTBEAT: lambda p, a: _ints(p, 1),
-    CLOSE: lambda p, a: type(p) is list,
-    LOCK: lambda p, a: _ints(p, 3) and p[0] > 0,
+    HEARTBEAT: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is int,
+    CLOSE: _list,
+    LOCK: _lock_reply,
     LOCK_MANY: lambda p, a: (type(p) is list and len(p) == 2 and type(p[1]) is int and type(p[0]) is list
                              and len(p[0]) == len(a[1]) and all(type(x) is int and x > 0 for x in p[0])),
     UNLOCK: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is bool,
-    RELEASE: lambda p, a: type(p) is list,
+    RELEASE: _list,
     HELD: lambda p, a: _path_modes(p),
-    DOWNGRADE: lambda p, a: type(p) is list,
+    DOWNGRADE: _list,
     PREPARE: lambda p, a: _ints(p, 2),
     DECIDE: lambda p, a: type(p) is list and ((len(p) == 1 and p[0] in ("resolved", "done", "unknown"))
                                               or (len(p) == 2 and p[0] == "conflict" and type(p[1]) is bool)),
@@ -184,10 +193,15 @@ _REPLY_SHAPES = {
 
 def check_reply(typ, payload, args=()):
     """None if ``payload`` has the shape of an OK answer to a ``typ`` request with
-    ``args``; else a LockError naming the problem (to raise instead of reading it)."""
-    shape = _REPLY_SHAPES.get(typ)
+    ``args``; else a LockError naming the problem (to raise instead of reading it).
+    (The client engine looks ``REPLY_SHAPES`` up itself, on its hot path.)"""
+    shape = REPLY_SHAPES.get(typ)
     if shape is None or shape(payload, args):
         return None
+    return malformed_reply(typ, payload)
+
+
+def malformed_reply(typ, payload):
     return LockError(f"malformed answer to {TYPE_NAMES.get(typ, typ)} from the shard: {brief(payload)}; "
                      f"nothing was read from it")
 

@@ -101,6 +101,7 @@ _NONE, _SYNC_CALLER, _SENDER, _HOUSEKEEPER, _LOOP = (Owner.NONE, Owner.SYNC_CALL
                                                       Owner.HOUSEKEEPER, Owner.LOOP)
 
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_OK = wire.OK
 # pyzmq's compiled socket calls, without the Python wrappers (as in the shard)
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
@@ -723,6 +724,7 @@ class _Engine:
     def _recv(self, i, s):
         pending = self._pending[i]
         lease = 0.0
+        _shapes = wire.REPLY_SHAPES
         # drain while EVENTS says a message is ready (rather than until a
         # zmq.Again, whose construction costs more than the check)
         while _zget(s, _EVENTS) & _POLLIN:
@@ -744,10 +746,10 @@ class _Engine:
                 c = pending.pop(seq, None)
                 if c is None:
                     continue
-                if status == wire.OK:
-                    err = wire.check_reply(c.typ, payload, c.args)
-                    if err is not None:
-                        c.error = err
+                if status == _OK:
+                    shape = _shapes.get(c.typ)
+                    if shape is not None and not shape(payload, c.args):
+                        c.error = wire.malformed_reply(c.typ, payload)
                         self._complete(c)
                         continue
                     c.result = payload

@@ -213,6 +213,7 @@ class ShardCore:
         self._woken = collections.deque()
         self.backlog = collections.deque()   # (sid, prefix, requests, next index): unfinished frames
         self._left = 0                       # requests the current call may still handle
+        self.handled = 0                     # requests handled so far (the driver sizes its budget by it)
         self.counters = collections.Counter()
         self.internal_errors = []            # (where, exception) the driver logs
         self._handlers = {
@@ -410,6 +411,7 @@ class ShardCore:
             self.backlog.append((sid, prefix, reqs, k))
             return True
         self._left -= 1
+        self.handled += 1
         return False
 
     def _requests(self, sid, prefix, reqs, start):
@@ -445,6 +447,7 @@ class ShardCore:
                         raise _Reply(E_UNKNOWN_SESSION, f"session {sid:#x} is bound to another connection "
                                                         f"on shard {self.index}")
                     self._left += 1          # counted again there
+                    self.handled -= 1
                     self._session_requests(sess, prefix, reqs, k)
                     return
                 if typ == wire.HELLO:
@@ -491,16 +494,19 @@ class ShardCore:
         out = self._out.get(prefix)
         if out is None:
             out = self._out[prefix] = []
-        for k in range(start, len(reqs)):
-            if self._left <= 0:
-                self.backlog.append((sid, prefix, reqs, k))
-                return
-            self._left -= 1
-            if k > start and sid not in sessions:     # ended by an earlier request of this frame (CLOSE)
-                self._left += 1
-                self._requests(sid, prefix, reqs, k)
-                return
-            req = reqs[k]
+        # this call handles requests start..stop-1 (the budget); the rest waits in the backlog
+        n = len(reqs)
+        stop = start + self._left
+        if stop >= n:
+            stop = n
+            batch = reqs if start == 0 else reqs[start:]
+        else:
+            batch = reqs[start:stop]
+        self._left -= stop - start
+        self.handled += stop - start
+        k = start
+        for req in batch:
+            k += 1                                    # (the index of the next request)
             if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
                 self.counters["bad_requests"] += 1
                 out.append([0, E_PROTOCOL, "a request must be an array [type, seq, *args] with int type and seq"])
@@ -529,9 +535,18 @@ class ShardCore:
                             if len(order) > MAX_CACHE:
                                 cache.pop(order.popleft(), None)
                             out.append(rep)
-                        else:
-                            self._answer(sess, seq, OK, result)
-                    continue
+                            continue
+                    elif sid in sessions:
+                        continue
+                    # the session ended with this request (CLOSE): the rest of the frame is
+                    # a dead session's (answered so, and not executed)
+                    if k < stop:
+                        self._left += stop - k
+                        self.handled -= stop - k
+                        self._requests(sid, prefix, reqs, k)
+                    elif stop < n:
+                        self.backlog.append((sid, prefix, reqs, stop))
+                    return
                 if typ == wire.HELLO:
                     self._h_hello(sess.id, prefix, seq, req[2:])
                     continue
@@ -549,6 +564,8 @@ class ShardCore:
                 self.counters["bad_requests"] += 1
                 self._reply_error(sess, prefix, seq, E_PROTOCOL,
                                   f"malformed {wire.TYPE_NAMES.get(typ, typ)} request: {e}")
+        if stop < n:
+            self.backlog.append((sid, prefix, reqs, stop))
 
     def _reply_error(self, sess, prefix, seq, status, msg):
         if len(msg) > MAX_ERROR_CHARS:
@@ -634,7 +651,7 @@ class ShardCore:
             self._woken.extend(woken)
         self._txns.pop(t.id, None)
         sess = t.session
-        if sess is not None and self._sessions.get(sess.id) is sess:
+        if sess is not None:            # (None: a prepared transaction restored from the log)
             sess.txns.pop(t.id, None)
             _tomb(sess, t.id)
 

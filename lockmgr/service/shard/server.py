@@ -18,8 +18,8 @@ A loop turn: finish the core's backlog, or poll and drain the frames that are
 ready (decoding each, setting the core's clock, replying after each frame);
 fire due timers; handle the shard-to-shard messages; send the replies, then
 the peer messages. A turn handles requests for about TURN_BUDGET seconds at
-most (the core takes them BATCH at a time and the rest of a long frame waits
-in its backlog), so SIGTERM, stop() and the --parent-pid check are seen
+most (the core takes them a batch at a time, sized by their recent cost, and
+the rest of a long frame waits in its backlog), so SIGTERM, stop() and the --parent-pid check are seen
 within about one turn under any load. Design: docs/service.md.
 """
 
@@ -43,9 +43,15 @@ __all__ = ["Shard", "TURN_BUDGET"]
 DRAIN_LIMIT = 4096        # frames read per loop turn at most
 # Seconds of requests one loop turn may handle before it fires due timers (lease
 # expiry, wait timeouts) and returns. One turn can exceed it by one frame's
-# decode (bounded by wire.MAX_FRAME) and one BATCH of requests.
+# decode (bounded by wire.MAX_FRAME) and one batch of requests.
 TURN_BUDGET = 0.02
-BATCH = 16                # requests the core handles per call (the clock is read between calls)
+# Requests the core handles per call (the clock is read between calls): sized so
+# that one call takes about BATCH_TIME at the recent cost per request -- 1 when
+# requests are slow (e.g. a lock queued behind thousands of waiters), up to
+# MAX_BATCH when they take microseconds (a whole pipelined frame in one call).
+BATCH_TIME = TURN_BUDGET / 4
+MAX_BATCH = 4096
+FIRST_BATCH = 16          # a frame's first call handles at most this many (its cost is not known yet)
 TIMER_BATCH = 64
 MAX_POLL_MS = 100
 PARENT_CHECK = 0.5        # seconds between checks that --parent-pid still lives
@@ -128,6 +134,7 @@ class Shard:
             raise
         self._peer_socks = {}
         self._peers_version = 0
+        self._batch = 64                      # requests per core call (see BATCH_TIME)
         self._peer_sid = self.core.peer_sid
 
     @property
@@ -176,13 +183,12 @@ class Shard:
         busy = False
         if core.backlog:
             # a frame an earlier turn left unfinished goes first (no newer frame is read)
-            while core.resume(BATCH):
-                self._flush()
-                core.now = now = clock()
-                if now >= turn_end:
+            while self._resume():
+                if core.now >= turn_end:
                     busy = True
                     break
             self._flush()
+            now = core.now
             timeout_ms = 0
         due = core.next_timer()
         if due is not None:
@@ -211,10 +217,10 @@ class Shard:
                 core.now = clock()          # this frame's time (a lease renews from it)
                 try:
                     self._on_frame(frames)
-                    while core.backlog and clock() < turn_end:
-                        self._flush()
-                        core.now = clock()
-                        core.resume(BATCH)
+                    # the rest of a long frame, a batch at a time, within the turn (its
+                    # replies still leave as one frame unless the turn ends first)
+                    while core.backlog and core.now < turn_end and self._resume():
+                        pass
                 except Exception as e:  # a bug must not stop the shard
                     core._internal_error("frame", e)
                 # Reply now, not at the end of the drain: a pipelining client
@@ -223,7 +229,9 @@ class Shard:
                 # long drain ends (it left the 2 cores ~40% idle under load).
                 if core._out:
                     self._flush()
-                if core.backlog or not _get(sock, _EVENTS) & _POLLIN or clock() >= turn_end:
+                # (core.now is this frame's start: the turn may run one frame, at most
+                # FIRST_BATCH requests, past its budget)
+                if core.backlog or not _get(sock, _EVENTS) & _POLLIN or core.now >= turn_end:
                     break
         core.now = now = clock()
         end = max(turn_end, now + TURN_BUDGET / 2)   # timers get their share of a full turn too
@@ -262,8 +270,30 @@ class Shard:
             core.counters["bad_frames"] += 1
             core._send(prefix, [0, e.status, str(e)])
             return
-        core.frame(prefix, sid, ack, reqs, BATCH)
+        n0 = core.handled
+        t0 = core.now
+        core.frame(prefix, sid, ack, reqs, min(self._batch, FIRST_BATCH))
         core.process_woken()
+        if core.backlog:                # a long frame: size the batches of its rest
+            self._measure(n0, t0)
+
+    def _resume(self):
+        """One batch of the core's backlog; True while some remains."""
+        core = self.core
+        n0 = core.handled
+        t0 = core.now = self._clock()
+        more = core.resume(self._batch)
+        self._measure(n0, t0)
+        return more
+
+    def _measure(self, n0, t0):
+        """Size the next batch by what this call cost per request (and set the core's clock)."""
+        core = self.core
+        core.now = t = self._clock()
+        n = core.handled - n0
+        if n and t > t0:
+            b = int(BATCH_TIME * n / (t - t0))
+            self._batch = 1 if b < 1 else MAX_BATCH if b > MAX_BATCH else b
 
     def _flush(self):
         out = self.core.take_replies()
