@@ -25,10 +25,10 @@ import statistics
 import sys
 import threading
 import time
-import zlib
 
-from lockmgr import DeadlockDetected, LocalCluster
+from lockmgr import DeadlockDetected, LocalCluster, Mode
 from lockmgr.paths import encode
+from lockmgr.service.routing import route
 
 
 def rows_by_shard(n, per=1, tag="r"):
@@ -36,7 +36,7 @@ def rows_by_shard(n, per=1, tag="r"):
     i = 0
     while any(len(v) < per for v in out.values()):
         p = ("db", f"{tag}{i}")
-        s = zlib.crc32(encode(p)) % n
+        (s,) = route(encode(p), len(p), int(Mode.X), n, 2)   # the service's own routing
         if len(out[s]) < per:
             out[s].append(p + (1,))
         i += 1

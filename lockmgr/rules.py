@@ -19,8 +19,8 @@ from .modes import Mode
 from .paths import Path
 
 __all__ = ["brief", "check_mode", "check_timeout", "check_timeout_ms", "check_txn_id", "check_gtrid",
-           "ACTIVE", "PREPARED", "COMMITTED", "ABORTED", "LockInfo", "EPOCH_BITS", "token_epoch",
-           "choose_victim", "RESOLVED_MEMORY", "MAX_TIMEOUT_MS", "MAX_GTRID", "Gtrid"]
+           "ACTIVE", "PREPARED", "COMMITTED", "ABORTED", "PREPARING", "DECIDING", "LockInfo", "EPOCH_BITS",
+           "token_epoch", "choose_victim", "RESOLVED_MEMORY", "MAX_TIMEOUT_MS", "MAX_GTRID", "Gtrid"]
 
 Gtrid = Union[str, bytes]     # a global (2PC) transaction id
 
@@ -29,6 +29,9 @@ ACTIVE = "active"
 PREPARED = "prepared"
 COMMITTED = "committed"
 ABORTED = "aborted"
+# a shard's transaction between those, while its prepare / decision is being logged
+PREPARING = "preparing"
+DECIDING = "deciding"
 
 # -- fencing tokens: epoch << EPOCH_BITS | grants in this epoch (the epoch is bumped,
 # durably, at every start of a shard or of a manager with a data_dir)

@@ -37,7 +37,7 @@ import itertools
 import random
 
 from . import wire
-from ..rules import brief
+from ..rules import ACTIVE, brief, choose_victim
 from ..modes import Mode
 from .shard.timers import TimerKind
 
@@ -76,6 +76,20 @@ def _cycle_key(tids):
 def directory(tid, n):
     """The directory shard of transaction ``tid`` (stable across processes)."""
     return (((tid * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % n if n > 1 else 0
+
+
+class _Pending:
+    """A cycle being confirmed, at the victim's shard: the re-checked rows of its
+    entries arrive from each shard on it; once all are in, the victim is aborted."""
+
+    __slots__ = ("cycle", "vidx", "deadline", "t_found", "rows")
+
+    def __init__(self, deadline):
+        self.cycle = None        # [(tid, shard), ...], once the confirm itself arrives
+        self.vidx = None         # the victim's index in ``cycle``
+        self.deadline = deadline  # the members' timeouts are held until then
+        self.t_found = None      # wall time the probe found the cycle
+        self.rows = {}           # entry index -> its row; None once a shard's check failed
 
 
 class _WaitRec:
@@ -615,7 +629,7 @@ class ProbeEngine:
         # confirm is keyed by the round *and* the cycle: collections and holds of two
         # cycles never mix (mixed rows would "confirm" a cycle that does not exist).
         pid = tuple(pid[:4]) + (_cycle_key(tids),)
-        victim = max(tids)
+        victim = choose_victim(tids)
         vidx = tids.index(victim)
         vshard = cycle[vidx][1]
         me = self.me
@@ -697,7 +711,7 @@ class ProbeEngine:
         return not tgt_ep or self._local_ep(target) == tgt_ep
 
     def _purge_pending(self, now):
-        for k in [k for k, p in self.pending.items() if p[2] <= now]:
+        for k in [k for k, p in self.pending.items() if p.deadline <= now]:
             del self.pending[k]
 
     def _fail_pending(self, pid, deadline):
@@ -705,9 +719,8 @@ class ProbeEngine:
         if p is None:
             if len(self.pending) > 1000:
                 self._purge_pending(self.host.now)
-            p = self.pending[pid] = [None, None, deadline, None, {}, False]
-        p[5] = False
-        p[4] = None                         # failed: later answers for it are ignored
+            p = self.pending[pid] = _Pending(deadline)
+        p.rows = None                       # failed: later answers for it are ignored
 
     def _collect(self, pid, rows, cycle, vidx, deadline, t_found):
         """At the victim's shard: gather re-checked entries; all k in -> abort the victim."""
@@ -715,18 +728,18 @@ class ProbeEngine:
         if p is None:
             if len(self.pending) > 1000:
                 self._purge_pending(self.host.now)
-            p = self.pending[pid] = [None, None, deadline, None, {}, True]
-        got = p[4]
+            p = self.pending[pid] = _Pending(deadline)
+        got = p.rows
         if got is None:
             return                          # a shard's check failed
         if cycle is not None:
-            p[0], p[1], p[3] = cycle, vidx, t_found
+            p.cycle, p.vidx, p.t_found = cycle, vidx, t_found
         for i, row in rows:
             got[i] = row
-        if p[0] is None or len(got) < len(p[0]):
+        if p.cycle is None or len(got) < len(p.cycle):
             return
         del self.pending[pid]
-        self._abort_victim(pid, p[0], p[1], p[2], p[3], got)
+        self._abort_victim(pid, p.cycle, p.vidx, p.deadline, p.t_found, got)
 
     def _row(self, tid, target):
         host = self.host
@@ -821,7 +834,7 @@ class ProbeEngine:
         victim, members, src, pid = args
         host = self.host
         t = host.txn(victim)
-        if t is not None and t.state == "active":    # never a prepared (or preparing) 2PC txn
+        if t is not None and t.state == ACTIVE:    # never a prepared (or preparing) 2PC txn
             if t.wait is not None:
                 host.end_wait(t.wait, E_DEADLOCK,
                              f"transaction {victim} was chosen as deadlock victim (wait-for cycle {members}); "

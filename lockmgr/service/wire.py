@@ -9,7 +9,6 @@ Interface:
                                                     compiled PackedItems (the shard)
     pack_replies(replies) -> bytes;  unpack_replies(frame) -> list
     error_for(status, message) -> LockError instance
-    path_to_wire(path) / path_from_wire(obj)
 
 Full description with examples: docs/protocol.md. A frame is one ZeroMQ
 message part. Client -> shard::
@@ -305,17 +304,3 @@ def unpack_replies(frame):
     if type(msg) is not list or len(msg) != 2 or msg[0] != VERSION:
         raise ProtocolError(E_PROTOCOL, "bad reply frame")
     return msg[1]
-
-
-def path_to_wire(path):
-    """A path tuple as sent: a list of str / int / bytes (msgpack keeps the types)."""
-    return list(path)
-
-
-def path_from_wire(obj):
-    """A path tuple from its wire form; the table validates the components."""
-    if type(obj) is list:
-        return tuple(obj)
-    if type(obj) in (str, int, bytes):
-        return (obj,)
-    raise InvalidRequest(f"resource must be an array of str/int/bytes components; got {type(obj).__name__}")

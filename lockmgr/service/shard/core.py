@@ -35,13 +35,13 @@ from typing import Protocol
 from sortedcontainers import SortedList
 
 from .. import wire
-from ...rules import EPOCH_BITS, brief, check_mode, check_timeout_ms, check_txn_id, choose_victim
+from ...rules import ACTIVE, EPOCH_BITS, brief, check_mode, check_timeout_ms, check_txn_id, choose_victim
 from ..._core import CONFLICT, Table, BACKEND
 from ...errors import InvalidRequest, LockError
 from ...modes import Mode
 from ...paths import encode, MAX_DEPTH
 from ..probes import DEFAULT_PROBE_DELAY, ProbeEngine
-from .timers import TimerKind
+from .timers import Timer, TimerKind
 from ..wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
                      E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
                      E_UNKNOWN_TYPE, OK)
@@ -140,7 +140,7 @@ class _Txn:
     def __init__(self, tid, session):
         self.id = tid
         self.session = session        # None for a prepared txn restored from the log
-        self.state = "active"         # 2PC: 'preparing' -> 'prepared' -> 'deciding' (then gone)
+        self.state = ACTIVE         # 2PC: 'preparing' -> 'prepared' -> 'deciding' (then gone)
         self.wait = None              # the _Wait this txn is parked on
         # 2PC slots (gtrid, participants, prepared_at, outcome, nlocks, waiters: the
         # parked PREPARE/DECIDE requests [(session, seq, kind)]) are set when the
@@ -331,7 +331,7 @@ class ShardCore:
         return self._txns.get(tid)
 
     def add_timer(self, when, kind, obj):
-        entry = (when, next(self._tick), kind, obj)
+        entry = Timer(when, next(self._tick), kind, obj)
         self._timers.add(entry)
         return entry
 
@@ -591,7 +591,7 @@ class ShardCore:
             sess = _Session(sid, args[0] / 1000.0, self.now, prefix, str(args[1])[:200],
                             int.from_bytes(self._random_bytes(8), "big") >> 1 or 1)
             self._sessions[sid] = sess
-            self._timers.add((sess.expires, next(self._tick), _T_LEASE, sess))
+            self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
         self._answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
         return sess
@@ -608,7 +608,7 @@ class ShardCore:
         if self._sessions.get(sess.id) is not sess:
             return
         if sess.expires > self.now:
-            self._timers.add((sess.expires, next(self._tick), _T_LEASE, sess))
+            self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             return
         self.counters["sessions_expired"] += 1
         self._end_session(sess, "expired: no heartbeat within its TTL")
@@ -616,7 +616,7 @@ class ShardCore:
     def _end_session(self, sess, why):
         """Abort the session's unprepared transactions; forget it."""
         for t in list(sess.txns.values()):
-            if t.state != "active":
+            if t.state != ACTIVE:
                 continue  # preparing / prepared / deciding: in doubt until resolved (2PC)
             if t.wait is not None:
                 self.end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
@@ -810,7 +810,7 @@ class ShardCore:
         else:
             if t.session is not sess:
                 raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
-            if t.state != "active":   # 2PC: prepared
+            if t.state != ACTIVE:   # 2PC: prepared
                 raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
             if t.wait is not None:
                 raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
@@ -852,10 +852,10 @@ class ShardCore:
             check_timeout_ms(tmo)
         t = self._txns.get(tid)
         if (t is None and tid in sess.tombs) or (t is not None and (t.session is not sess or t.wait is not None
-                                                                    or t.state != "active")):
+                                                                    or t.state != ACTIVE)):
             self._many_items(items)        # a bad item is reported first
             self._txn(sess, tid)           # raises: finished, or another session's
-            if t.state != "active":        # 2PC: prepared
+            if t.state != ACTIVE:        # 2PC: prepared
                 raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
             raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
         try:
@@ -911,7 +911,7 @@ class ShardCore:
         tid, path, check = args
         path = _path(path)
         t = self._txn(sess, tid, create=False)
-        if t is not None and t.state != "active":
+        if t is not None and t.state != ACTIVE:
             raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
         if t is not None and t.wait is not None:
             raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; it cannot unlock meanwhile")
@@ -942,7 +942,7 @@ class ShardCore:
         t = self._txn(sess, tid, create=False)
         if t is None:
             raise _Reply(E_INVALID, f"transaction {tid} does not hold {path!r}")
-        if t.state != "active":
+        if t.state != ACTIVE:
             raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
         woken = self._table.downgrade(tid, path, mode)     # InvalidRequest: nothing changed
         if woken:
@@ -958,7 +958,7 @@ class ShardCore:
         if t is not None:
             if t.session is not sess:
                 raise _Reply(E_INVALID, f"transaction {tid} belongs to another session")
-            if t.state != "active":   # a prepared txn: the decision is logged before the release
+            if t.state != ACTIVE:   # a prepared txn: the decision is logged before the release
                 return self.twophase.decide(t, bool(args[1]), sess, seq)
             if t.wait is not None:
                 self.end_wait(t.wait, E_ABORTED, f"transaction {tid} was aborted while it waited")
@@ -972,7 +972,7 @@ class ShardCore:
             raise _Reply(E_PROTOCOL, "HELD takes [txn]")
         check_txn_id(args[0])
         t = self._txns.get(args[0])
-        if t is not None and t.session is not sess and t.state == "active":
+        if t is not None and t.session is not sess and t.state == ACTIVE:
             # (a prepared transaction outlives its session: anyone may look at it)
             raise _Reply(E_INVALID, f"transaction {args[0]} belongs to another session")
         return [[list(p), m] for p, m in self._table.held(args[0])]

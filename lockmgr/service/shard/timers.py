@@ -2,8 +2,9 @@
 deadlock probes, lockmgr.service.probes, both arm them)."""
 
 import enum
+from typing import Any, NamedTuple
 
-__all__ = ["TimerKind"]
+__all__ = ["TimerKind", "Timer"]
 
 
 class TimerKind(enum.Enum):
@@ -11,3 +12,12 @@ class TimerKind(enum.Enum):
     WAIT = "wait timeout"       # object: the _Wait (a lock wait's deadline; probes may defer it)
     LEASE = "session lease"     # object: the _Session
     PROBE = "probe"             # object: None (lockmgr/service/probes.py keeps one armed at a time)
+
+
+class Timer(NamedTuple):
+    """One entry of the core's timer list (a SortedList: ordered by ``when``, then
+    ``tick``, which is unique, so ``kind`` and ``obj`` are never compared)."""
+    when: float          # the core's clock (``ShardCore.now``) when it is due
+    tick: int
+    kind: TimerKind
+    obj: Any

@@ -24,7 +24,8 @@ nlocks, waiters) and the sessions' ``inflight`` table of parked requests.
 
 import collections
 
-from ...rules import RESOLVED_MEMORY, check_gtrid, check_txn_id
+from ...rules import (ABORTED, ACTIVE, COMMITTED, DECIDING, PREPARED, PREPARING, RESOLVED_MEMORY, check_gtrid,
+                      check_txn_id)
 from ...wal import CorruptLog, prepared_records, relock
 from ..wire import E_ABORTED, E_INTERNAL, E_INVALID, E_PROTOCOL, OK
 from .. import wire
@@ -57,7 +58,7 @@ class TwoPhase:
             if host.txn(tid) is not None:
                 raise CorruptLog(f"transaction id {tid} appears twice among the prepared transactions of the log")
             t = host.new_txn(tid, None)
-            t.state = "prepared"
+            t.state = PREPARED
             t.outcome = None
             t.waiters = None
             t.gtrid = rec["gtrid"]
@@ -80,7 +81,7 @@ class TwoPhase:
 
     def stats(self):
         log = self.log
-        return {"indoubt": sum(1 for t in self._gtrids.values() if t.state == "prepared"),
+        return {"indoubt": sum(1 for t in self._gtrids.values() if t.state == PREPARED),
                 "log_fsyncs": log.fsyncs if log else 0, "log_compactions": log.compactions if log else 0}
 
     def _h_prepare(self, sess, seq, args):
@@ -98,12 +99,12 @@ class TwoPhase:
         if self.log is None:
             raise host.Reply(E_INVALID, f"shard {host.index} has no prepare log: it cannot prepare")
         t = host.session_txn(sess, tid)
-        if t.state != "active":
+        if t.state != ACTIVE:
             if t.gtrid != gtrid:
                 raise host.Reply(E_INVALID, f"transaction {tid} is {t.state} as gtrid {t.gtrid!r}")
-            if t.state == "prepared":
+            if t.state == PREPARED:
                 return [t.nlocks, host.epoch]          # prepared already: idempotent
-            if t.state == "preparing":
+            if t.state == PREPARING:
                 t.waiters.append((sess, seq, "prepare"))
                 sess.inflight[seq] = t
                 return host.PARKED
@@ -120,7 +121,7 @@ class TwoPhase:
         # The shard logs paths (msgpack arrays: replay needs no decode) with
         # "fmt": "path"; records with key bytes (PrepareLog's default) replay too.
         locks = [[list(p), m, lock(tid, p, m)] for p, m in table.held(tid)]
-        t.state = "preparing"
+        t.state = PREPARING
         t.outcome = None
         t.gtrid = gtrid
         t.participants = sorted(set(parts) | {host.index})
@@ -150,16 +151,16 @@ class TwoPhase:
     def _prepare_durable(self, t, tk):
         host = self.host
         if tk.error is not None:
-            if t.state == "preparing":       # not durable: not prepared
-                t.state = "active"
+            if t.state == PREPARING:       # not durable: not prepared
+                t.state = ACTIVE
                 self._gtrids.pop(t.gtrid, None)
                 t.gtrid = None
                 if t.session is not None and not host.session_alive(t.session):
                     host.drop_txn(t)          # its session ended meanwhile
             self._answer_waiters(t, "prepare", E_INTERNAL, f"prepare not durable on shard {host.index}: {tk.error}")
             return
-        if t.state == "preparing":
-            t.state = "prepared"
+        if t.state == PREPARING:
+            t.state = PREPARED
             self._answer_waiters(t, "prepare", OK, [t.nlocks, host.epoch])
         else:                                # decided while the prepare was being written
             self._answer_waiters(t, "prepare", E_ABORTED,
@@ -170,11 +171,11 @@ class TwoPhase:
         (While it is still 'preparing' the resolve record is queued behind the
         prepare record: the log keeps their order.)"""
         kind = "decide"
-        if t.state == "deciding":
+        if t.state == DECIDING:
             if t.outcome != commit:
                 kind = "conflict"       # answered ["conflict", outcome] once the other decision is durable
         else:
-            t.state = "deciding"
+            t.state = DECIDING
             t.outcome = commit
             tk = self.log.submit({"t": "resolve", "gtrid": t.gtrid, "commit": commit})
             self._log_cb[tk] = (self._decide_durable, t)
@@ -188,7 +189,7 @@ class TwoPhase:
     def _decide_durable(self, t, tk):
         host = self.host
         if tk.error is not None:
-            t.state = "prepared" if self._gtrids.get(t.gtrid) is t else "active"
+            t.state = PREPARED if self._gtrids.get(t.gtrid) is t else ACTIVE
             for kind in ("decide", "conflict"):
                 self._answer_waiters(t, kind, E_INTERNAL, f"decision not durable on shard {host.index}: {tk.error}")
             return
@@ -197,7 +198,7 @@ class TwoPhase:
         if len(self._resolved) > RESOLVED_MEMORY:
             self._resolved.popitem(last=False)
         host.drop_txn(t)
-        t.state = "committed" if t.outcome else "aborted"
+        t.state = COMMITTED if t.outcome else ABORTED
         self._answer_waiters(t, "decide", OK, ["resolved"])
         self._answer_waiters(t, "conflict", OK, ["conflict", t.outcome])
         self._answer_waiters(t, "prepare", E_ABORTED, f"transaction {t.id} was resolved while it was being prepared")
@@ -227,7 +228,7 @@ class TwoPhase:
         held = host.table.held
         out = []
         for t in sorted(self._gtrids.values(), key=lambda t: t.id):
-            if t.state != "prepared":
+            if t.state != PREPARED:
                 continue
             s = t.session
             sid = s.id if host.session_alive(s) else 0
