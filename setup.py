@@ -1,4 +1,5 @@
-"""Builds the compiled lock table: csrc/locktable.c behind lockmgr/_core/_ctable.pyx.
+"""Builds the compiled lock table (csrc/locktable.c behind lockmgr/_core/_ctable.pyx)
+and the shard's compiled frame helper (lockmgr/service/_cwire.pyx).
 
 Set LOCKMGR_NO_EXT=1 to install without the extension (the pure-Python
 backend is then used). LOCKMGR_DEBUG=1 builds it with -O0 -g and the table's
@@ -28,8 +29,18 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
                 define_macros=[("LOCKTABLE_DEBUG", "1" if debug else "0")],
                 extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
                 extra_link_args=san_flags,
-            )
+            ),
+            # the shard's frame helper: LOCK_MANY items from the wire into the table's
+            # PackedItems (it cimports them from _ctable.pxd)
+            Extension(
+                "lockmgr.service._cwire",
+                sources=["lockmgr/service/_cwire.pyx"],
+                include_dirs=["csrc"],
+                extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
+                extra_link_args=san_flags,
+            ),
         ],
+        include_path=["."],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

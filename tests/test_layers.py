@@ -22,6 +22,7 @@ ROOMS = [
     ("lockmgr.wal", "log", 2),
     ("lockmgr.embedded", "embedded", 3),
     ("lockmgr.service.wire", "service.wire", 3), ("lockmgr.service.routing", "service.wire", 3),
+    ("lockmgr.service._cwire", "service.wire", 3),
     ("lockmgr.service.reports", "service.wire", 3), ("lockmgr.service.shard.timers", "service.wire", 3),
     ("lockmgr.service.probes", "service.probes", 4),
     ("lockmgr.service.shard.core", "service.core", 5), ("lockmgr.service.shard.twophase", "service.core", 5),

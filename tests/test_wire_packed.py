@@ -1,4 +1,4 @@
-"""The compiled LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx,
+"""The compiled LOCK_MANY item decoder (lockmgr/service/_cwire.pyx,
 ``split_lock_many``; ``lockmgr.service.wire.unpack_requests_packed``) is invisible:
 
 - for any frame, unpack_requests_packed gives what unpack_requests gives --

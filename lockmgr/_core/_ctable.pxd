@@ -82,3 +82,12 @@ cdef extern from "locktable.h" nogil:
     int lt_debug_set_hash_mask(lt_table *t, uint32_t mask)
     int lt_compact(lt_table *t)
     int lt_debug_build()
+
+
+# The items of one LOCK_MANY, validated and encoded (defined in _ctable.pyx; the
+# shard's frame helper, lockmgr/service/_cwire.pyx, fills these fields).
+cdef class PackedItems:
+    cdef uint8_t *keys
+    cdef uint16_t *ends
+    cdef lt_item *items
+    cdef Py_ssize_t n

@@ -29,8 +29,8 @@ import hashlib
 
 import msgpack
 
-try:   # the compiled table's LOCK_MANY item decoder (lockmgr/_core/_ctable.pyx)
-    from .._core._ctable import split_lock_many as _split_lock_many
+try:   # the compiled LOCK_MANY item decoder (lockmgr/service/_cwire.pyx)
+    from ._cwire import split_lock_many as _split_lock_many
 except ImportError:  # pragma: no cover - no compiler
     _split_lock_many = None  # type: ignore[assignment]
 
