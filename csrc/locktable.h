@@ -80,6 +80,7 @@ typedef struct {
     uint64_t granted, waited, escalations;
     uint64_t requests, resources, transactions;
     uint64_t last_token;
+    uint64_t searches;      /* deadlock searches run (find_cycle calls not cut short) */
 } lt_stats_t;
 
 typedef struct {

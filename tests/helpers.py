@@ -153,3 +153,14 @@ class RawSocket:
     def close(self):
         self.s.close(0)
         self.ctx.term()
+
+
+# ------------------------------------------------------------------ load
+
+def slow_frame():
+    """A frame of about 4 MiB of empty arrays (64 PINGs carrying 65,000 each):
+    valid, under every limit, answered at once -- after some 0.3-1 s of
+    decoding in the shard. A brick for keeping a shard busy."""
+    import msgpack
+    return msgpack.packb([wire.VERSION, 0, 0, [[wire.PING, k, [[]] * 65000] for k in range(64)]])
+

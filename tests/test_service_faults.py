@@ -292,6 +292,46 @@ def test_shards_stop_when_the_cluster_process_is_killed():
                 os.kill(p, signal.SIGKILL)
 
 
+BUSY_PARENT = r"""
+import sys, zmq, lockmgr
+from helpers import slow_frame
+c = lockmgr.LocalCluster(1)
+c.__enter__()
+s = zmq.Context().socket(zmq.DEALER)
+s.connect(c.endpoints[0])
+frame = slow_frame()
+for _ in range(30):           # some 10-30 s of decoding for the shard
+    s.send(frame)
+print(" ".join(str(p) for p in c.pids), flush=True)
+sys.stdin.readline()          # SIGKILLed here: no clean-up runs
+"""
+
+
+@pytest.mark.slow
+def test_a_busy_shard_stops_when_the_cluster_process_is_killed():
+    """The --parent-pid check is honoured while the shard works through a queue
+    of huge frames (each loop turn is bounded), not only once they are done."""
+    parent = subprocess.Popen([sys.executable, "-c", BUSY_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
+    pids = []
+    try:
+        pids = [int(p) for p in _readline(parent, 60).split()]
+        time.sleep(1.0)               # the shard is inside the frame by now
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 8
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids), "a busy shard outlived the process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        for p in pids:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_serve_refuses_a_parent_pid_that_is_not_its_parent(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lockmgr", "serve", "--endpoint", "tcp://127.0.0.1:0",
                         "--data-dir", str(tmp_path / "d"), "--parent-pid", str(os.getppid())],

@@ -132,3 +132,41 @@ def test_lock_many_nowait_conflict_in_the_middle(Table):
     # the same batch without nowait waits on item 2 after re-granting 0 and 1 (already held)
     assert t.lock_many(1, items) == [106, 107, -1]
     t._check()
+
+
+# ------------------------------------------------------- hot rows and deadlock search
+
+def test_a_new_waiter_with_no_edge_into_it_is_not_searched(Table):
+    """A cycle through a transaction needs an edge into it: someone waiting on a
+    resource it holds. Waiters queued on a hot row hold nothing anyone waits for,
+    so their waits cost no search (the cost of the k-th waiter does not grow
+    with k); a wait that can close a cycle is still searched, and found."""
+    t = Table()
+    t.lock(1, ("db", "t", 0), X)
+    for tid in range(2, 2002):
+        assert t.lock(tid, ("db", "t", 0), X) == WAITING   # IX granted on db and db/t
+        assert t.find_cycle(tid) == []
+    assert t.stats()["searches"] == 0
+    t._check()
+    # a real deadlock: A holds r1 and waits for r2 (nobody waits for A's locks:
+    # no search); B holds r2 and waits for r1, where A waits: searched, found
+    A, B = 10_001, 10_002
+    t.lock(A, ("r1",), X)
+    t.lock(B, ("r2",), X)
+    assert t.lock(A, ("r2",), X) == WAITING
+    assert t.find_cycle(A) == []
+    assert t.stats()["searches"] == 0
+    assert t.lock(B, ("r1",), X) == WAITING
+    assert t.find_cycle(B) == [B, A]
+    assert t.stats()["searches"] == 1
+    # a conversion of a holder puts it ahead of the new waiters: they wait for it
+    t2 = Table()
+    t2.lock(1, ("k",), S)
+    t2.lock(2, ("k",), S)
+    assert t2.lock(3, ("k",), X) == WAITING       # behind both holders
+    assert t2.lock(1, ("k",), X) == WAITING       # 1 converts: waits for 2; 3 waits for 1
+    assert t2.find_cycle(1) == []                  # searched (3 waits on what 1 holds): no cycle
+    assert t2.stats()["searches"] == 1
+    assert t2.lock(2, ("k",), X) == WAITING       # 2 converts too: 1 and 2 wait for each other
+    assert sorted(t2.find_cycle(2)) == [1, 2]
+    t2._check()

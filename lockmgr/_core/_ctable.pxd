@@ -38,6 +38,7 @@ cdef extern from "locktable.h" nogil:
         uint64_t granted, waited, escalations
         uint64_t requests, resources, transactions
         uint64_t last_token
+        uint64_t searches
 
     ctypedef struct lt_alloc_t:
         uint64_t live_requests, live_resources, live_txns, live_key_blocks

@@ -730,7 +730,7 @@ cdef class Table:
 
     def stats(self):
         """Counters: granted, waited, escalations, requests, resources,
-        transactions, last_token."""
+        transactions, last_token, searches (deadlock searches run)."""
         cdef lt_stats_t s
         lt_stats(self._t, &s)
         return {
@@ -741,6 +741,7 @@ cdef class Table:
             "resources": s.resources,
             "transactions": s.transactions,
             "last_token": s.last_token,
+            "searches": s.searches,
         }
 
     def _check(self):

@@ -120,6 +120,7 @@ class Table:
         self._granted = 0
         self._waited = 0
         self._escalations = 0
+        self._searches = 0        # deadlock searches run (find_cycle calls not cut short)
 
     # ------------------------------------------------------------------ lock
 
@@ -532,8 +533,11 @@ class Table:
     def transactions(self):
         return list(self._txns)
 
-    def _edges(self, r):
-        """Wait-for successors of waiting request r, in a defined order."""
+    def _edges(self, r, search=False):
+        """Wait-for successors of waiting request r, in a defined order. With
+        ``search``: the edges the deadlock search follows -- a new waiter's soft
+        edges to the waiters ahead are one edge, to the waiter right ahead, whose
+        own edges reach the rest (the same transactions are reachable)."""
         res = r.res
         me = r.txn.id
         out = []
@@ -548,6 +552,13 @@ class Table:
                 if tid not in seen:
                     out.append(tid)
                     seen.add(tid)
+            if search:
+                i = res.waiters.index(r)
+                if i:
+                    tid = res.waiters[i - 1].txn.id
+                    if tid not in seen:
+                        out.append(tid)
+                return out
             for w in res.waiters:
                 if w is r:
                     break
@@ -575,9 +586,20 @@ class Table:
         t = self._txns.get(txn)
         if t is None or t.waiting is None:
             return []
+        # A cycle through txn needs an edge into it: a transaction waiting on a
+        # resource where txn holds a granted request (a waiting request of txn's
+        # own sits at the tail of its queue, or -- a conversion -- on a resource it
+        # holds). None: no cycle, and no search (a new waiter on a hot row costs
+        # O(txn's locks), not O(the queue ahead of it); docs/table.md).
+        for r in t.reqs.values():
+            if r.held != NL and (r.res.conv or r.res.waiters):
+                break
+        else:
+            return []
+        self._searches += 1
         visited = {txn}
         path = [txn]
-        stack = [iter(self._edges(t.waiting))]
+        stack = [iter(self._edges(t.waiting, True))]
         budget = SEARCH_LIMIT
         while stack:
             nxt = next(stack[-1], None)
@@ -597,7 +619,7 @@ class Table:
             if u is None or u.waiting is None:
                 continue
             path.append(nxt)
-            stack.append(iter(self._edges(u.waiting)))
+            stack.append(iter(self._edges(u.waiting, True)))
         return []
 
     @_serialised
@@ -623,6 +645,7 @@ class Table:
             "resources": len(self._res),
             "transactions": len(self._txns),
             "last_token": self._token,
+            "searches": self._searches,
         }
 
     # ------------------------------------------------------------ invariants
