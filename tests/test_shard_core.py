@@ -179,3 +179,15 @@ def test_runs_repeat_exactly_from_a_seed(seed):
         return out
 
     assert run() == run()
+
+
+def test_requests_after_a_close_in_the_same_frame_are_not_executed():
+    sim = Sim()
+    core = sim.cores[0]
+    hello(sim, 0, b"z", 81, ttl_ms=60_000)
+    core.frame((b"z",), 81, 0, [[wire.LOCK, 10, 801, ["r"], X, False, None, 0], [wire.CLOSE, 11],
+                                [wire.LOCK, 12, 802, ["s"], X, False, None, 0]], 64)
+    reps = {r[0]: r for r in core.take_replies()[(b"z",)]}
+    assert reps[10][1] == wire.OK and reps[11][1] == wire.OK
+    assert reps[12][1] == wire.E_SESSION_EXPIRED
+    assert core.txn(802) is None and core.txn(801) is None     # CLOSE released 801; 802 never ran

@@ -309,7 +309,8 @@ class ShardCore:
     def take_replies(self):
         """{routing prefix: [reply, ...]}: what to send to the clients (and forget)."""
         out = self._out
-        self._out = {}
+        if out:
+            self._out = {}
         return out
 
     def take_peer_messages(self):
@@ -496,17 +497,18 @@ class ShardCore:
             out = self._out[prefix] = []
         # this call handles requests start..stop-1 (the budget); the rest waits in the backlog
         n = len(reqs)
-        stop = start + self._left
-        if stop >= n:
+        left = self._left
+        if start == 0 and left >= n:                  # the whole frame (the usual case)
             stop = n
-            batch = reqs if start == 0 else reqs[start:]
+            batch = reqs
         else:
+            stop = start + left
+            if stop > n:
+                stop = n
             batch = reqs[start:stop]
-        self._left -= stop - start
+        self._left = left - (stop - start)
         self.handled += stop - start
-        k = start
         for req in batch:
-            k += 1                                    # (the index of the next request)
             if type(req) is not list or len(req) < 2 or type(req[0]) is not int or type(req[1]) is not int:
                 self.counters["bad_requests"] += 1
                 out.append([0, E_PROTOCOL, "a request must be an array [type, seq, *args] with int type and seq"])
@@ -540,6 +542,9 @@ class ShardCore:
                         continue
                     # the session ended with this request (CLOSE): the rest of the frame is
                     # a dead session's (answered so, and not executed)
+                    k = start + 1
+                    while reqs[k - 1] is not req:         # (this request's index, + 1)
+                        k += 1
                     if k < stop:
                         self._left += stop - k
                         self.handled -= stop - k

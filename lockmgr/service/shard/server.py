@@ -234,17 +234,23 @@ class Shard:
                 if core.backlog or not _get(sock, _EVENTS) & _POLLIN or core.now >= turn_end:
                     break
         core.now = now = clock()
-        end = max(turn_end, now + TURN_BUDGET / 2)   # timers get their share of a full turn too
-        while core.fire_timers(TIMER_BATCH):
+        due = core.next_timer()
+        if due is not None and due <= now:
+            end = turn_end if turn_end > now + TURN_BUDGET / 2 else now + TURN_BUDGET / 2   # timers' share
+            while core.fire_timers(TIMER_BATCH):
+                core.now = clock()
+                if core.now >= end:
+                    break                   # the rest fire next turn
             core.now = clock()
-            if core.now >= end:
-                break                   # the rest fire next turn
-        core.now = clock()
-        core.peer_messages()
+        probes = core.probes
+        if probes.inbox:
+            core.peer_messages()
         # client replies first (a deadlock victim's answer among them), then the peer
         # messages (whose effects -- aborts elsewhere, grants -- compete for the cores)
-        self._flush()
-        self._send_peers()
+        if core._out:
+            self._flush()
+        if probes.outbox:
+            self._send_peers()
         errs = core.internal_errors
         while errs:
             where, err = errs.pop(0)
@@ -272,7 +278,8 @@ class Shard:
             return
         n0 = core.handled
         t0 = core.now
-        core.frame(prefix, sid, ack, reqs, min(self._batch, FIRST_BATCH))
+        b = self._batch
+        core.frame(prefix, sid, ack, reqs, b if b < FIRST_BATCH else FIRST_BATCH)
         core.process_woken()
         if core.backlog:                # a long frame: size the batches of its rest
             self._measure(n0, t0)
