@@ -1391,11 +1391,14 @@ int64_t lt_cancel_wait(lt_table *T, uint64_t txn)
 
 /* ------------------------------------------------------------ wait-for */
 
-/* Successors of waiting request ri, in the defined order: conflicting
- * holders (first-grant order); for a new waiter also the pending conversions
- * (FIFO) and the waiters ahead of it (FIFO), without repeats.  Calls
- * emit(ctx, txn index) for each; returns the count. */
-#define FOR_EACH_EDGE(T, ri, EMIT)                                              \
+/* The wait-for edges of waiting request ri, in a fixed order: conflicting
+ * holders (first-grant order), then -- for a new waiter -- the pending
+ * conversions and the waiters ahead of it. With ONE_AHEAD (the deadlock
+ * search) the waiters ahead are one edge, to the waiter right ahead (qprev):
+ * that one's own edges reach the rest, so the search reaches exactly the same
+ * transactions, and a waiter costs O(1) soft edges instead of O(its place in
+ * the queue) (docs/table.md). EMIT sees the successor's txn index in e_. */
+#define FOR_EACH_EDGE_(T, ri, EMIT, ONE_AHEAD)                                  \
     do {                                                                        \
         const lt_req *r_ = REQ(T, ri);                                          \
         const lt_res *res_ = RES(T, r_->res);                                   \
@@ -1424,52 +1427,22 @@ int64_t lt_cancel_wait(lt_table *T, uint64_t txn)
                     c_ = ct_->cnext;                                            \
                 } while (c_ != res_->conv);                                     \
             }                                                                   \
-            for (uint32_t w_ = res_->wait; w_ != (ri); w_ = REQ(T, w_)->qnext) { \
-                uint32_t e_ = REQ(T, w_)->txn;                                  \
-                EMIT;                                                           \
+            if (ONE_AHEAD) {                                                    \
+                if ((ri) != res_->wait) {                                       \
+                    uint32_t e_ = REQ(T, r_->qprev)->txn;                       \
+                    EMIT;                                                       \
+                }                                                               \
+            } else {                                                            \
+                for (uint32_t w_ = res_->wait; w_ != (ri); w_ = REQ(T, w_)->qnext) { \
+                    uint32_t e_ = REQ(T, w_)->txn;                              \
+                    EMIT;                                                       \
+                }                                                               \
             }                                                                   \
         }                                                                       \
     } while (0)
 
-/* The edges the deadlock search follows: the same as FOR_EACH_EDGE, except that
- * a new waiter's soft edges to the waiters ahead of it are one edge, to the
- * waiter right ahead (qprev): that one's own edges reach the rest, so the search
- * reaches exactly the same transactions, and a waiter costs O(1) soft edges
- * instead of O(its place in the queue) (docs/table.md). */
-#define FOR_EACH_SEARCH_EDGE(T, ri, EMIT)                                       \
-    do {                                                                        \
-        const lt_req *r_ = REQ(T, ri);                                          \
-        const lt_res *res_ = RES(T, r_->res);                                   \
-        unsigned cf_ = lt_conflicts[r_->want];                                  \
-        uint32_t h_ = res_->hold;                                               \
-        if (h_) {                                                               \
-            do {                                                                \
-                const lt_req *q_ = REQ(T, h_);                                  \
-                if (q_->txn != r_->txn && (cf_ >> q_->held & 1u)) {             \
-                    uint32_t e_ = q_->txn;                                      \
-                    EMIT;                                                       \
-                }                                                               \
-                h_ = q_->qnext;                                                 \
-            } while (h_ != res_->hold);                                         \
-        }                                                                       \
-        if (r_->held == LT_NL) {                                                \
-            uint32_t c_ = res_->conv;                                           \
-            if (c_) {                                                           \
-                do {                                                            \
-                    const lt_txn *ct_ = TXN(T, c_);                             \
-                    if (!(cf_ >> REQ(T, ct_->waiting)->held & 1u)) {            \
-                        uint32_t e_ = c_;                                       \
-                        EMIT;                                                   \
-                    }                                                           \
-                    c_ = ct_->cnext;                                            \
-                } while (c_ != res_->conv);                                     \
-            }                                                                   \
-            if ((ri) != res_->wait) {                                           \
-                uint32_t e_ = REQ(T, r_->qprev)->txn;                           \
-                EMIT;                                                           \
-            }                                                                   \
-        }                                                                       \
-    } while (0)
+#define FOR_EACH_EDGE(T, ri, EMIT) FOR_EACH_EDGE_(T, ri, EMIT, 0)
+#define FOR_EACH_SEARCH_EDGE(T, ri, EMIT) FOR_EACH_EDGE_(T, ri, EMIT, 1)
 
 int64_t lt_wait_edges(const lt_table *T, uint64_t txn, uint64_t *out)
 {

@@ -144,8 +144,8 @@ class RawSocket:
     def nothing(self, timeout=0.3):
         return not self.s.poll(int(timeout * 1000))
 
-    def call(self, req, timeout=5.0):
-        self.send([req])
+    def call(self, req, timeout=5.0, ack=0):
+        self.send([req], ack)
         reps = self.recv(timeout)
         assert len(reps) == 1
         return reps[0]

@@ -270,16 +270,19 @@ def _alive(pid):
         return False
 
 
-def test_shards_stop_when_the_cluster_process_is_killed():
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              cwd=ROOT)
+def _kill_the_parent_and_wait_for_its_shards(src, within, busy=0.0):
+    """Run ``src`` (it starts a LocalCluster and prints the shard pids), SIGKILL it
+    ``busy`` seconds later, and assert that its shards are gone ``within`` seconds."""
+    parent = subprocess.Popen([sys.executable, "-c", src], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
     pids = []
     try:
         pids = [int(p) for p in _readline(parent, 60).split()]
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert pids and all(_alive(p) for p in pids)
+        time.sleep(busy)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + within
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(_alive(p) for p in pids), "shards outlived the process that started them"
@@ -290,6 +293,10 @@ def test_shards_stop_when_the_cluster_process_is_killed():
         for p in pids:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_shards_stop_when_the_cluster_process_is_killed():
+    _kill_the_parent_and_wait_for_its_shards(PARENT, within=10)
 
 
 BUSY_PARENT = r"""
@@ -311,25 +318,7 @@ sys.stdin.readline()          # SIGKILLed here: no clean-up runs
 def test_a_busy_shard_stops_when_the_cluster_process_is_killed():
     """The --parent-pid check is honoured while the shard works through a queue
     of huge frames (each loop turn is bounded), not only once they are done."""
-    parent = subprocess.Popen([sys.executable, "-c", BUSY_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              cwd=ROOT, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))})
-    pids = []
-    try:
-        pids = [int(p) for p in _readline(parent, 60).split()]
-        time.sleep(1.0)               # the shard is inside the frame by now
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        deadline = time.monotonic() + 8
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(p) for p in pids), "a busy shard outlived the process that started it"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
-        for p in pids:
-            if _alive(p):
-                os.kill(p, signal.SIGKILL)
+    _kill_the_parent_and_wait_for_its_shards(BUSY_PARENT, within=8, busy=1.0)
 
 
 def test_serve_refuses_a_parent_pid_that_is_not_its_parent(tmp_path):

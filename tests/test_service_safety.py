@@ -23,37 +23,9 @@ from lockmgr.service.admin import request as send_admin
 from lockmgr.service.shard.server import Shard
 from lockmgr.service.shard.timers import TimerKind
 
-from helpers import slow_frame
+from helpers import RawSocket, slow_frame
 
 X = int(Mode.X)
-
-
-class Raw:
-    """A raw DEALER speaking the wire format, with bounded receives."""
-
-    def __init__(self, endpoint, session=0):
-        self.ctx = zmq.Context()
-        self.s = self.ctx.socket(zmq.DEALER)
-        self.s.setsockopt(zmq.LINGER, 0)
-        self.s.connect(endpoint)
-        self.session = session
-
-    def send(self, reqs, ack=0):
-        self.s.send(wire.pack_requests(self.session, ack, reqs))
-
-    def recv(self, timeout=5.0):
-        assert self.s.poll(int(timeout * 1000)), "no reply"
-        return wire.unpack_replies(self.s.recv())
-
-    def call(self, req, timeout=5.0, ack=0):
-        self.send([req], ack)
-        reps = self.recv(timeout)
-        assert len(reps) == 1
-        return reps[0]
-
-    def close(self):
-        self.s.close(0)
-        self.ctx.term()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +36,7 @@ def one():
 
 @pytest.fixture
 def raw(one):
-    r = Raw(one.endpoints[0])
+    r = RawSocket(one.endpoints[0])
     yield r
     r.close()
 
@@ -107,7 +79,7 @@ def test_each_frame_renews_its_lease_from_when_it_is_handled(tmp_path):
     the first was handled), not from the time the drain began."""
     clock = _StepClock(1000.0)
     shard = Shard("tcp://127.0.0.1:0", str(tmp_path), clock=clock)
-    r = Raw(shard.endpoint)
+    r = RawSocket(shard.endpoint)
     try:
         for sid in (71, 72):
             r.session = sid
@@ -143,7 +115,7 @@ def test_holder_knows_its_lease_is_gone_before_anyone_else_gets_its_lock():
     one = LocalCluster(1, partition_depth=2)     # its own: the flood keeps it busy for a while
     v = one.connect(session_ttl=2.0)
     w = one.connect(session_ttl=60.0)
-    floods = [Raw(one.endpoints[0]) for _ in range(24)]
+    floods = [RawSocket(one.endpoints[0]) for _ in range(24)]
     try:
         tv = v.begin()
         tv.lock(row(1), Mode.X)
@@ -188,7 +160,7 @@ def test_holder_knows_its_lease_is_gone_before_anyone_else_gets_its_lock():
 def test_requests_on_another_sessions_id_are_refused_and_change_nothing(one):
     holder = one.connect()
     victim = one.connect()
-    attacker = Raw(one.endpoints[0], session=victim.session_id)
+    attacker = RawSocket(one.endpoints[0], session=victim.session_id)
     try:
         th = holder.begin()
         tok_holder = th.lock(row(10), Mode.X)
@@ -227,8 +199,8 @@ def test_requests_on_another_sessions_id_are_refused_and_change_nothing(one):
 
 
 def test_a_reconnected_client_rebinds_its_session_with_the_secret(one):
-    a = Raw(one.endpoints[0], session=0x5151)
-    b = Raw(one.endpoints[0], session=0x5151)
+    a = RawSocket(one.endpoints[0], session=0x5151)
+    b = RawSocket(one.endpoints[0], session=0x5151)
     try:
         rep = a.call([wire.HELLO, 1, 10_000, "a"])
         assert rep[1] == wire.OK and len(rep[2]) == 5
@@ -409,7 +381,7 @@ def test_a_failing_timer_is_counted_not_fatal(tmp_path):
         shard.core.add_timer(49.0, TimerKind.PROBE, None)
         shard.run_once(0)
         assert shard.counters["internal_errors"] == 1
-        r = Raw(shard.endpoint)
+        r = RawSocket(shard.endpoint)
         try:
             r.send([[wire.PING, 1]])
             assert _serve_until_answered(shard, r)[0][1] == wire.OK
@@ -428,7 +400,7 @@ def test_a_shard_busy_with_huge_frames_stops_on_sigterm():
     c = LocalCluster(1, partition_depth=2)
     r = None
     try:
-        r = Raw(c.endpoints[0])
+        r = RawSocket(c.endpoints[0])
         assert r.call([wire.PING, 1])[1] == wire.OK
         frame = slow_frame()
         for _ in range(30):
@@ -453,7 +425,7 @@ def test_an_error_quotes_a_prefix_and_the_size(one, raw):
     big = [[]] * 60000
     rep = raw.call([wire.DECIDE, 3, big, True])          # needs a session: refused cheaply
     assert rep[1] != wire.OK and len(rep[2]) < 2000
-    r2 = Raw(one.endpoints[0], session=0x999)
+    r2 = RawSocket(one.endpoints[0], session=0x999)
     try:
         assert r2.call([wire.HELLO, 1, 10_000, "e"])[1] == wire.OK
         rep = r2.call([wire.LOCK, 2, big, list(row(1)), X, False, None, 0])
