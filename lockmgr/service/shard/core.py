@@ -16,6 +16,7 @@ Interface:
         .take_replies() -> {prefix: [reply, ...]}     what to send to clients
         .take_peer_messages() -> {shard: [request, ...]}   what to send to other shards
         .durable(batch)          prepare-log tickets that reached the disk (from the log's thread)
+        .has_replies, .reply(prefix, reply), .internal_error(where, exc), .internal_errors
         .counters, .epoch, .index, .nshards, .partition_depth, .probes, .twophase
 
 The driver (lockmgr/service/shard/server.py: ZeroMQ and a clock; tests: a manual
@@ -295,7 +296,7 @@ class ShardCore:
                     self._on_lease_timer(obj)
                 self.process_woken()
             except Exception as e:      # a bug in one timer must not stop the shard
-                self._internal_error(f"{kind.value} timer", e)
+                self.internal_error(f"{kind.value} timer", e)
         return False
 
     def peer_messages(self):
@@ -304,7 +305,7 @@ class ShardCore:
             try:
                 self._probes.turn()
             except Exception as e:
-                self._internal_error("probe messages", e)
+                self.internal_error("probe messages", e)
 
     def take_replies(self):
         """{routing prefix: [reply, ...]}: what to send to the clients (and forget)."""
@@ -321,7 +322,18 @@ class ShardCore:
         """The prepare log's thread: tickets that reached the disk (handled at the next WAKE)."""
         self.twophase.durable_batches.append(batch)
 
-    def _internal_error(self, where, e):
+    @property
+    def has_replies(self):
+        """True if replies wait to be taken (``take_replies``)."""
+        return bool(self._out)
+
+    def reply(self, prefix, rep):
+        """Queue a reply that no request of a session produced (a frame the driver
+        could not decode, say) for the connection ``prefix``."""
+        self._send(prefix, rep)
+
+    def internal_error(self, where, e):
+        """Count (and keep for the driver to log) a bug caught at ``where``."""
         self.counters["internal_errors"] += 1
         self.internal_errors.append((where, e))
         del self.internal_errors[:-16]

@@ -222,12 +222,12 @@ class Shard:
                     while core.backlog and core.now < turn_end and self._resume():
                         pass
                 except Exception as e:  # a bug must not stop the shard
-                    core._internal_error("frame", e)
+                    core.internal_error("frame", e)
                 # Reply now, not at the end of the drain: a pipelining client
                 # then gets its answers (and sends more) while we handle the
                 # frames behind its, instead of every client idling until a
                 # long drain ends (it left the 2 cores ~40% idle under load).
-                if core._out:
+                if core.has_replies:
                     self._flush()
                 # (core.now is this frame's start: the turn may run one frame, at most
                 # FIRST_BATCH requests, past its budget)
@@ -247,7 +247,7 @@ class Shard:
             core.peer_messages()
         # client replies first (a deadlock victim's answer among them), then the peer
         # messages (whose effects -- aborts elsewhere, grants -- compete for the cores)
-        if core._out:
+        if core.has_replies:
             self._flush()
         if probes.outbox:
             self._send_peers()
@@ -267,14 +267,14 @@ class Shard:
             payload = frames[2]
         else:
             core.counters["bad_frames"] += 1
-            core._send((frames[0],) if n else (b"",),
+            core.reply((frames[0],) if n else (b"",),
                        [0, wire.E_PROTOCOL, f"expected one message part after the routing id; got {n - 1}"])
             return
         try:
             sid, ack, reqs = _unpack_requests(payload)
         except wire.ProtocolError as e:
             core.counters["bad_frames"] += 1
-            core._send(prefix, [0, e.status, str(e)])
+            core.reply(prefix, [0, e.status, str(e)])
             return
         n0 = core.handled
         t0 = core.now
