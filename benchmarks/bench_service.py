@@ -305,6 +305,24 @@ def _lm_worker(endpoints, seconds, cid, out, shared=None):
         cl.close()
 
 
+def _lm_nowait_worker(endpoints, seconds, cid, out, shared=None):
+    """begin + lock + commit(wait=False): the release rides with the next LOCK."""
+    cl = shared["client"] if shared else lockmgr.connect(endpoints)
+    i = 0
+    stop = time.monotonic() + seconds
+    n = 0
+    t0 = time.perf_counter()
+    while time.monotonic() < stop:
+        t = cl.begin()
+        t.lock(("k", cid, i), Mode.X)
+        t.commit(wait=False)
+        i += 1
+        n += 1
+    out.put(n / (time.perf_counter() - t0))
+    if not shared:
+        cl.close()
+
+
 def _redis_worker(port, seconds, cid, out, shared=None):
     import redis
     if shared is not None:
@@ -502,6 +520,8 @@ def bench_compare(seconds, shards, model="processes"):
     with LocalCluster(shards) as c:
         for n in (1, 8):
             rows[("lockmgr", n)] = _parallel(_lm_worker, c.endpoints, n, seconds, model)
+            if model != "asyncio":
+                rows[("lockmgr nowait", n)] = _parallel(_lm_nowait_worker, c.endpoints, n, seconds, model)
     redis_bin = shutil.which("redis-server")
     try:
         import redis  # noqa: F401
@@ -566,11 +586,11 @@ def bench_compare(seconds, shards, model="processes"):
               + "; bash benchmarks/install_compare_deps.sh installs it)")
     print(f"acquire+release of random uncontended keys ({seconds:g}s per cell; clients = {model}; "
           f"lockmgr: {shards} shard(s), begin+lock+commit):")
-    print(f"  {'system':10} {'1 client':>14} {'8 clients':>14}   lockmgr/system at 1 / 8")
-    for sysname in ("lockmgr", "redis", "postgres"):
+    print(f"  {'system':14} {'1 client':>14} {'8 clients':>14}   lockmgr/system at 1 / 8")
+    for sysname in ("lockmgr", "lockmgr nowait", "redis", "postgres"):
         if (sysname, 1) in rows:
             r1, r8 = rows[(sysname, 1)], rows[(sysname, 8)]
-            print(f"  {sysname:10} {r1:>12,.0f}/s {r8:>12,.0f}/s   "
+            print(f"  {sysname:14} {r1:>12,.0f}/s {r8:>12,.0f}/s   "
                   f"{rows[('lockmgr', 1)] / r1:5.2f}x / {rows[('lockmgr', 8)] / r8:5.2f}x")
 
 

@@ -246,12 +246,14 @@ class Transaction:
             return False
         return True
 
-    def unlock(self, resource: Resource) -> None:
+    def unlock(self, resource: Resource, *, wait: bool = True) -> None:
         """Release one node early.
 
         Refused with InvalidRequest if it is not held, or while this transaction
         still holds a descendant of it (release leaf to root). Intention locks
         on its ancestors are kept. Runtime: O(queue length of the node).
+        ``wait`` is accepted for the service clients' sake (``wait=False`` sends
+        a release without waiting there); here every release is immediate.
         """
         if self._state is not ACTIVE:
             raise self._refuse()
@@ -311,11 +313,12 @@ class Transaction:
         with mgr._mutex:
             self._resolving = False
 
-    def commit(self) -> None:
+    def commit(self, *, wait: bool = True) -> None:
         """Release every lock and finish. Raises TransactionAborted if already finished.
 
         For a prepared transaction with a data_dir, the decision is logged
-        durably before the locks are released. Runtime: O(locks held)."""
+        durably before the locks are released. Runtime: O(locks held).
+        ``wait``: as for :meth:`unlock` (accepted; the release is immediate)."""
         if self._state is ACTIVE and self.gtrid is None:
             # the common case, inlined: _finish_locked(COMMITTED) without the calls
             mgr = self._mgr
@@ -332,10 +335,11 @@ class Transaction:
                     return
         self._resolve(COMMITTED)
 
-    def abort(self) -> None:
+    def abort(self, *, wait: bool = True) -> None:
         """Release every lock and finish as aborted. Idempotent; a no-op once finished,
         except for a prepared transaction that :meth:`LockManager.resolve` committed:
-        that raises TransactionCommitted (the transaction is committed)."""
+        that raises TransactionCommitted (the transaction is committed).
+        ``wait``: as for :meth:`unlock` (accepted; the release is immediate)."""
         try:
             self._resolve(ABORTED)
         except TransactionAborted:

@@ -125,8 +125,9 @@ class Transaction:
                         nowait: bool = False) -> List[int]:
         return await _drive(self._c, _g_lock_many(self._c, items, timeout, nowait))
 
-    async def unlock(self, resource: Resource) -> None:
-        return await _drive(self._c, _g_unlock(self._c, resource))
+    async def unlock(self, resource: Resource, *, wait: bool = True) -> None:
+        """See :meth:`lockmgr.service.client.sync.Transaction.unlock` (``wait=False`` too)."""
+        return await _drive(self._c, _g_unlock(self._c, resource, wait))
 
     async def held(self) -> Dict[Path, Mode]:
         return await _drive(self._c, _g_held(self._c))
@@ -135,15 +136,16 @@ class Transaction:
         """See :meth:`lockmgr.service.client.sync.Transaction.prepare` (2PC, docs/2pc.md)."""
         return await _drive(self._c, _g_prepare(self._c))
 
-    async def commit(self) -> None:
-        return await _drive(self._c, _g_finish(self._c, True))
+    async def commit(self, *, wait: bool = True) -> None:
+        """See :meth:`lockmgr.service.client.sync.Transaction.commit` (``wait=False`` too)."""
+        return await _drive(self._c, _g_finish(self._c, True, wait))
 
-    async def abort(self) -> None:
+    async def abort(self, *, wait: bool = True) -> None:
         """See :meth:`lockmgr.service.client.sync.Transaction.abort` (raises SessionExpired; and, for a
         prepared transaction, every failure and TransactionCommitted)."""
         prepared = self._c.state is PREPARED
         try:
-            return await _drive(self._c, _g_finish(self._c, False))
+            return await _drive(self._c, _g_finish(self._c, False, wait))
         except SessionExpired:
             raise
         except LockError:

@@ -165,6 +165,7 @@ class _Engine:
         self.dead = None                 # the message once the session has expired / closed
         self.closed = False
         self._close_sent = False         # CLOSE went to every shard (once the session is dead)
+        self._deferred_error = None      # a no-wait release's failure, for the next call
         self._lease_base = [0.0] * self.n
         self._hb_sent = [None] * self.n  # send time of the outstanding heartbeat, or None
         self._hello_pending = [False] * self.n
@@ -348,12 +349,51 @@ class _Engine:
         """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
         self.submit([_Call(shard, typ, args, time.monotonic() + self.request_timeout)])
 
+    def post_quiet(self, shard, typ, args):
+        """A no-wait release (its request carries the quiet flag): queued to leave in
+        the next frame to that shard -- another call's, or the housekeeper's within
+        _ORPHAN_DELAY. The shard answers it only along with its next reply to the
+        session (or to a retry); it is retried as any call until then. A failure is
+        raised by the next call on the session (``check_session``)."""
+        c = _Call(shard, typ, args, time.monotonic() + self.request_timeout, cb=self._on_quiet)
+        with self._mu:
+            if self._refused_locked([c]):
+                return
+            self._outq.append(c)
+            if self._owner_kind is _NONE:
+                if self._orphaned_at is None:
+                    self._orphaned_at = time.monotonic()
+                if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
+                    self._hk_ev.set()
+            else:
+                self._wake_owner_locked()
+
+    def _on_quiet(self, c):
+        """A no-wait release was answered (under _mu): keep a failure for the next call."""
+        if c.error is not None and not isinstance(c.error, SessionExpired) and self._deferred_error is None:
+            self._deferred_error = c.error
+
+    def lease_over(self):
+        """True once the session is dead for this client (lease ran out, or expired)."""
+        if self.dead is not None:
+            return True
+        if time.monotonic() > min(self._lease_base) + self.lease:
+            self._expire_local()
+            return True
+        return False
+
     def check_session(self):
+        """Raise SessionExpired if the session is over; else the failure of a no-wait
+        release answered since the last call, if any (once)."""
         if self.dead is not None:
             raise SessionExpired(self.dead)
         if time.monotonic() > min(self._lease_base) + self.lease:
             self._expire_local()
             raise SessionExpired(self.dead)
+        err = self._deferred_error
+        if err is not None:
+            self._deferred_error = None
+            raise err
 
     def shutdown(self):
         with self._mu:

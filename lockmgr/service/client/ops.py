@@ -227,13 +227,16 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
             raise _failure(core, err[0], err[1])
 
 
-def _g_unlock(core, resource):
+def _g_unlock(core, resource, wait=True):
     core.check_active()
     key = encode(resource)
     path = resource if type(resource) is tuple else (resource,)
     wpath = list(path)
     shards = core.route(key, len(path), 5)
     if len(shards) == 1:
+        if not wait:            # a no-wait unlock: a failure is raised by the next call
+            core.eng.post_quiet(shards[0], wire.UNLOCK, [core.id, wpath, False, True])
+            return None
         res, = yield [(shards[0], wire.UNLOCK, [core.id, wpath, False], 0.0)]
         if isinstance(res, BaseException):
             raise res
@@ -249,6 +252,10 @@ def _g_unlock(core, resource):
             holding.append(s)
     if not holding:
         raise InvalidRequest(f"transaction {core.id} does not hold {path!r}")
+    if not wait:
+        for s in holding:
+            core.eng.post_quiet(s, wire.UNLOCK, [core.id, wpath, False, True])
+        return None
     results = yield [(s, wire.UNLOCK, [core.id, wpath, False], 0.0) for s in holding]
     for res in results:
         if isinstance(res, BaseException):
@@ -273,7 +280,7 @@ def _g_held(core):
     return {p: _MODES[m] for p, m in out.items()}
 
 
-def _g_finish(core, commit):
+def _g_finish(core, commit, wait=True):
     if core.state is PREPARED:        # 2PC: the decision is logged on each shard before the release
         return (yield from _g_decide_own(core, commit))
     if commit:
@@ -289,15 +296,20 @@ def _g_finish(core, commit):
     else:
         # abort of an active transaction: its locks go either way (released
         # now, or by the shards when the lease runs out), but an expired
-        # session is reported, as for every other call
-        try:
-            core.eng.check_session()
-        except SessionExpired:
+        # session is reported, as for every other call (a no-wait release's
+        # failure is left for the next call: abort() does not raise it)
+        if core.eng.lease_over():
             core.state = ABORTED
-            raise
+            raise SessionExpired(core.eng.dead)
     core.state = COMMITTED if commit else ABORTED
     touched = sorted(core.touched)
     if not touched or core.eng.dead is not None:
+        return None
+    if not wait:
+        # no-wait: the releases leave with the next frame to each shard; a later
+        # request of this client reaches the shard after them (docs/service.md)
+        for s in touched:
+            core.eng.post_quiet(s, wire.RELEASE, [core.id, bool(commit), True])
         return None
     results = yield [(s, wire.RELEASE, [core.id, bool(commit)], 0.0) for s in touched]
     if commit:

@@ -20,6 +20,7 @@ with blocking waits (``_drive``). Design: docs/service.md. Protocol:
 docs/protocol.md.
 """
 
+import logging
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Type, Union
@@ -38,6 +39,8 @@ from ..admin import admin_query  # noqa: F401  (part of this module's API)
 from .engine import _Engine
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
                   _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
+
+_log = logging.getLogger("lockmgr")
 
 __all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable", "Endpoints"]
 
@@ -118,9 +121,13 @@ class Transaction:
         """
         return _drive(self._c.eng, _g_lock_many(self._c, items, timeout, nowait))
 
-    def unlock(self, resource: Resource) -> None:
-        """Release one node early (refused while a descendant is held)."""
-        return _drive(self._c.eng, _g_unlock(self._c, resource))
+    def unlock(self, resource: Resource, *, wait: bool = True) -> None:
+        """Release one node early (refused while a descendant is held).
+
+        ``wait=False``: send the unlock and return at once (it leaves with this
+        client's next frame to the shard, or within a few ms); a failure (e.g.
+        not held) is raised by the next call on this client."""
+        return _drive(self._c.eng, _g_unlock(self._c, resource, wait))
 
     def held(self) -> Dict[Path, Mode]:
         """Every node held, with its mode (merged across shards: the supremum)."""
@@ -141,7 +148,7 @@ class Transaction:
         """
         return _drive(self._c.eng, _g_prepare(self._c))
 
-    def commit(self) -> None:
+    def commit(self, *, wait: bool = True) -> None:
         """Release every lock and finish. Raises TransactionAborted if already finished.
 
         For a prepared transaction the decision is logged durably on every
@@ -149,10 +156,18 @@ class Transaction:
         the transaction stays prepared (in doubt): call commit() again or
         ``Client.resolve(gtrid, True)``. If another client aborted it meanwhile
         (``Client.resolve(gtrid, False)``), TransactionAborted says so and its
-        state is 'aborted'."""
-        return _drive(self._c.eng, _g_finish(self._c, True))
+        state is 'aborted'.
 
-    def abort(self) -> None:
+        ``wait=False``: the transaction is committed here at once and the
+        releases are sent without waiting for the shards' answers: they leave
+        with this client's next frame to each shard (so its later requests find
+        the locks released), or within a few ms. A late release can only keep a
+        lock longer, never shorter; a failure is raised by the next call on this
+        client; ``close()`` sends what is queued first. A prepared transaction's
+        decision is always awaited (it must be durable)."""
+        return _drive(self._c.eng, _g_finish(self._c, True, wait))
+
+    def abort(self, *, wait: bool = True) -> None:
         """Release every lock and finish as aborted. Idempotent: a no-op on a
         finished transaction. Raises SessionExpired if the session has expired
         (the shards release the locks themselves then); other failures to reach
@@ -161,10 +176,12 @@ class Transaction:
         A prepared transaction is different: its locks outlive the session, so
         every failure is raised (it stays prepared: retry, or ``Client.resolve``),
         and TransactionCommitted if another client committed it meanwhile
-        (``Client.resolve(gtrid, True)``; its state is then 'committed')."""
+        (``Client.resolve(gtrid, True)``; its state is then 'committed').
+
+        ``wait=False``: as for :meth:`commit`."""
         prepared = self._c.state is PREPARED
         try:
-            return _drive(self._c.eng, _g_finish(self._c, False))
+            return _drive(self._c.eng, _g_finish(self._c, False, wait))
         except SessionExpired:
             raise
         except LockError:
@@ -222,11 +239,7 @@ class Client:
     @property
     def expired(self) -> bool:
         """True once the session is over (lease ran out, or closed)."""
-        try:
-            self._eng.check_session()
-        except SessionExpired:
-            return True
-        return self._eng.closed
+        return self._eng.lease_over() or self._eng.closed
 
     def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
         """Start a transaction (no round trip). Ids increase in begin order."""
@@ -307,12 +320,15 @@ class Client:
         if eng.closed:
             return
         if eng.dead is None:
+            # (no-wait releases still queued leave in the same frames, before CLOSE)
             try:
                 eng.call_many([(i, wire.CLOSE, [], 0.0) for i in range(eng.n)])
             except LockError:
                 pass
             eng.dead = eng.dead or "the session was closed"
         eng.shutdown()
+        if eng._deferred_error is not None:     # a no-wait release failed and no call came to raise it
+            _log.warning("a no-wait release of session %#x failed: %s", eng.session, eng._deferred_error)
 
     def __enter__(self) -> "Client":
         return self

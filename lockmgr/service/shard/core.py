@@ -76,6 +76,12 @@ else:
 
 _PEER_ADMIN = frozenset((wire.PEERS, wire.FAULTS))   # admin messages that need the cluster key
 
+# quiet (no-wait) releases: RELEASE [txn, committed, true], UNLOCK [txn, path, check, true]
+# (the request's length with the flag); a success is answered only with the next
+# reply to the session, or to a retry of it; a failure is answered at once
+_RELEASE, _UNLOCK = wire.RELEASE, wire.UNLOCK
+_QUIET_LEN = {_RELEASE: 5, _UNLOCK: 6}
+
 
 class Reply(Exception):
     """Raised by a handler to answer with an error status."""
@@ -113,7 +119,7 @@ class ShardHost(Protocol):
 
 class _Session:
     __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
-                 "tombs", "tomb_order", "name", "secret")
+                 "tombs", "tomb_order", "name", "secret", "deferred")
 
     def __init__(self, sid, ttl, now, prefix, name, secret):
         self.id = sid
@@ -124,6 +130,9 @@ class _Session:
         # ``secret`` (the client reconnected), which binds it to the new one
         self.prefix = prefix
         self.secret = secret
+        # the answers of quiet (no-wait) releases that succeeded: sent with the next
+        # reply that goes to this session anyway (or as the answer to a retry)
+        self.deferred = []
         self.txns = {}                # txn id -> _Txn
         self.cache = {}               # seq -> reply, for retries
         self.order = collections.deque()
@@ -383,7 +392,8 @@ class ShardCore:
             lst.append(rep)
 
     def answer(self, sess, seq, status, payload):
-        """Queue a reply to the session's connection and cache it for retries."""
+        """Queue a reply to the session's connection and cache it for retries (the
+        session's deferred quiet answers go with it)."""
         rep = [seq, status, payload]
         if sess is not None and sess.id in self._sessions:
             sess.cache[seq] = rep
@@ -391,6 +401,10 @@ class ShardCore:
             if len(sess.order) > MAX_CACHE:
                 sess.cache.pop(sess.order.popleft(), None)
             self._send(sess.prefix, rep)
+            if sess.deferred:
+                for d in sess.deferred:
+                    self._send(sess.prefix, d)
+                sess.deferred.clear()
 
     _answer = answer
 
@@ -548,7 +562,10 @@ class ShardCore:
                             order.append(seq)
                             if len(order) > MAX_CACHE:
                                 cache.pop(order.popleft(), None)
-                            out.append(rep)
+                            if req[-1] is True and (typ == _RELEASE or typ == _UNLOCK) and len(req) == _QUIET_LEN[typ]:
+                                sess.deferred.append(rep)     # a quiet release: no answer of its own
+                            else:
+                                out.append(rep)
                             continue
                     elif sid in sessions:
                         continue
@@ -581,6 +598,9 @@ class ShardCore:
                 self.counters["bad_requests"] += 1
                 self._reply_error(sess, prefix, seq, E_PROTOCOL,
                                   f"malformed {wire.TYPE_NAMES.get(typ, typ)} request: {e}")
+        if sess.deferred and out:                     # quiet answers ride with this frame's
+            out.extend(sess.deferred)
+            sess.deferred.clear()
         if stop < n:
             self.backlog.append((sid, prefix, reqs, stop))
 
@@ -923,8 +943,10 @@ class ShardCore:
         return parsed
 
     def _h_unlock(self, sess, seq, args):
+        if len(args) == 4 and type(args[3]) is bool:      # quiet (a no-wait unlock): see _session_requests
+            args = args[:3]
         if len(args) != 3:
-            raise _Reply(E_PROTOCOL, "UNLOCK takes [txn, path, check_only]")
+            raise _Reply(E_PROTOCOL, "UNLOCK takes [txn, path, check_only, quiet?]")
         tid, path, check = args
         path = _path(path)
         t = self._txn(sess, tid, create=False)
@@ -967,8 +989,10 @@ class ShardCore:
         return []
 
     def _h_release(self, sess, seq, args):
+        if len(args) == 3 and type(args[2]) is bool:      # quiet (a no-wait release): see _session_requests
+            args = args[:2]
         if len(args) != 2:
-            raise _Reply(E_PROTOCOL, "RELEASE takes [txn, committed]")
+            raise _Reply(E_PROTOCOL, "RELEASE takes [txn, committed, quiet?]")
         tid = args[0]
         check_txn_id(tid)
         t = self._txns.get(tid)
