@@ -191,3 +191,88 @@ def test_requests_after_a_close_in_the_same_frame_are_not_executed():
     assert reps[10][1] == wire.OK and reps[11][1] == wire.OK
     assert reps[12][1] == wire.E_SESSION_EXPIRED
     assert core.txn(802) is None and core.txn(801) is None     # CLOSE released 801; 802 never ran
+
+
+def test_a_delayed_probe_for_a_cycle_that_is_gone_aborts_nobody():
+    """Every peer message arrives 150 ms late (the FAULTS hook); the cycle ends
+    (T1 times out after 60 ms) before any probe could confirm it: no one is
+    aborted as a deadlock victim, and nothing is reported. Time moves by hand."""
+    sim = Sim(2)
+    for c in sim.cores:
+        c.probes._a_faults([{"delay_ms": 150}])
+    hello(sim, 0, b"c", 91, ttl_ms=600_000)
+    hello(sim, 1, b"c", 91, ttl_ms=600_000)
+    t1, t2 = 1 << 41, (1 << 41) + 1
+    assert sim.call(0, b"c", 91, wire.LOCK, t1, ["a", 1], X, False, None, 0)[1] == wire.OK
+    assert sim.call(1, b"c", 91, wire.LOCK, t2, ["b", 1], X, False, None, 0)[1] == wire.OK
+    assert sim.call(1, b"c", 91, wire.LOCK, t1, ["b", 1], X, False, 60, 0) is None      # times out at +60 ms
+    assert sim.call(0, b"c", 91, wire.LOCK, t2, ["a", 1], X, False, None, 0) is None
+    sim.advance(0.059)
+    assert not sim.inbox.get((1, b"c")) and not sim.inbox.get((0, b"c"))
+    sim.advance(0.002)
+    (timeout,) = sim.inbox.pop((1, b"c"))
+    assert timeout[1] == wire.E_TIMEOUT
+    sim.call(1, b"c", 91, wire.RELEASE, t1, False)          # T1 gives up: the cycle is gone
+    sim.call(0, b"c", 91, wire.RELEASE, t1, False)
+    (granted,) = [r for r in sim.inbox.pop((0, b"c")) if r[1] != wire.OK or r[2] != []]
+    assert granted[1] == wire.OK                             # T2 got a.1
+    sim.advance(1.0)                                         # every delayed message arrives
+    assert sum(c.counters["probes_sent"] for c in sim.cores) > 0     # probes did go (late)
+    for c in sim.cores:
+        assert c.counters["deadlocks_found"] == 0 and not c.probes.reports
+    assert sim.cores[0].txn(t2) is not None                  # T2 was not aborted
+
+
+class FakeLog:
+    """A prepare log in memory: records are durable when the test says so."""
+
+    def __init__(self):
+        self.resolved = {}
+        self.fsyncs = self.compactions = 0
+        self.tickets = []
+
+    def live_records(self):
+        return {}
+
+    def submit(self, record):
+        from lockmgr.wal import Ticket
+        tk = Ticket(record)
+        self.tickets.append(tk)
+        return tk
+
+
+def test_two_phase_commit_in_a_core_with_the_log_in_the_tests_hands():
+    """PREPARE is answered only once its record is durable; an expired session's
+    prepared transaction keeps its locks; DECIDE releases them once durable."""
+    log = FakeLog()
+    core = ShardCore(epoch=1, log=log, now=0.0)
+
+    def send(conn, sid, *req):
+        core.frame((conn,), sid, 0, [list(req)], 64)
+        core.process_woken()
+        return {r[0]: r for reps in core.take_replies().values() for r in reps}
+
+    def durable():
+        core.durable(list(log.tickets))
+        log.tickets.clear()
+        core.frame((b"self",), 0, 0, [[wire.WAKE, 0]], 64)          # the driver's wake-up
+        core.process_woken()
+
+    assert send(b"c", 5, wire.HELLO, 1, 1000, "coord")[1][1] == wire.OK
+    assert send(b"c", 5, wire.LOCK, 2, 77, ["db", "t", 1], X, False, None, 0)[2][1] == wire.OK
+    assert send(b"c", 5, wire.PREPARE, 3, 77, "g-1", 0, [0]) == {}            # parked until durable
+    assert [r["t"] for r in [tk.record for tk in log.tickets]] == ["prepare"]
+    durable()
+    assert core.take_replies()[(b"c",)][0][:2] == [3, wire.OK]
+    core.now = 5.0                                                            # past the 1 s lease
+    core.fire_timers(100)
+    assert core.counters["sessions_expired"] == 1
+    assert core.txn(77) is not None and core.table.mode_held(77, ("db", "t", 1)) == X   # still prepared
+    assert send(b"o", 6, wire.HELLO, 1, 60_000, "other")[1][1] == wire.OK
+    assert send(b"o", 6, wire.LOCK, 2, 88, ["db", "t", 1], X, True, None, 0)[2][1] == wire.E_NOT_AVAILABLE
+    assert send(b"o", 6, wire.DECIDE, 3, "g-1", True) == {}                   # parked until durable
+    durable()
+    assert core.take_replies()[(b"o",)][0] == [3, wire.OK, ["resolved"]]
+    assert core.txn(77) is None
+    assert send(b"o", 6, wire.DECIDE, 4, "g-1", False)[4][2] == ["conflict", True]
+    assert send(b"o", 6, wire.LOCK, 5, 88, ["db", "t", 1], X, True, None, 0)[5][1] == wire.OK
