@@ -20,7 +20,7 @@ from .paths import Path
 
 __all__ = ["brief", "check_mode", "check_timeout", "check_timeout_ms", "check_txn_id", "check_gtrid",
            "ACTIVE", "PREPARED", "COMMITTED", "ABORTED", "PREPARING", "DECIDING", "LockInfo", "EPOCH_BITS",
-           "token_epoch", "choose_victim", "RESOLVED_MEMORY", "MAX_TIMEOUT_MS", "MAX_GTRID", "Gtrid"]
+           "token_epoch", "choose_victim", "check_wait", "RESOLVED_MEMORY", "MAX_TIMEOUT_MS", "MAX_GTRID", "Gtrid"]
 
 Gtrid = Union[str, bytes]     # a global (2PC) transaction id
 
@@ -108,6 +108,13 @@ def check_gtrid(gtrid: object) -> Gtrid:
         raise InvalidRequest(f"gtrid must be a non-empty str or bytes of at most {MAX_GTRID} characters; "
                              f"got {brief(gtrid)}")
     return gtrid  # type: ignore[return-value]
+
+
+def check_wait(wait: object) -> bool:
+    """The ``wait`` keyword of commit / abort / unlock: True or False."""
+    if wait is not True and wait is not False:
+        raise InvalidRequest(f"wait must be True or False; got {brief(wait)}")
+    return wait
 
 
 def check_timeout_ms(t: object) -> Optional[int]:

@@ -182,3 +182,22 @@ def test_the_embedded_manager_accepts_wait():
         t3, t4 = mgr.begin(), mgr.begin()
         t3.lock("z", Mode.X)
         t4.lock("z", Mode.X, nowait=True)
+
+
+@pytest.mark.parametrize("bad", ["no", 0, None, 1.0])
+def test_wait_must_be_a_bool(cluster, bad):
+    mgr = LockManager()
+    et = mgr.begin()
+    et.lock("e", Mode.X)
+    with cluster.connect() as c:
+        t = c.begin()
+        t.lock(("db", "nb", 1), Mode.X)
+        for call in (lambda: t.commit(wait=bad), lambda: t.abort(wait=bad),
+                     lambda: t.unlock(("db", "nb", 1), wait=bad), lambda: et.commit(wait=bad),
+                     lambda: et.abort(wait=bad), lambda: et.unlock("e", wait=bad)):
+            with pytest.raises(InvalidRequest, match="wait must be True or False"):
+                call()
+        assert t.state == "active" and et.state == "active"    # nothing changed
+        assert t.held()[("db", "nb", 1)] is Mode.X
+        t.commit()
+        et.commit()

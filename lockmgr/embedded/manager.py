@@ -36,8 +36,8 @@ from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal,
                     Tuple, Type, Union)
 
 from .._core import CONFLICT, WAITING, table_class
-from ..rules import (ABORTED, Gtrid, ACTIVE, COMMITTED, EPOCH_BITS, PREPARED, RESOLVED_MEMORY, LockInfo, check_gtrid,
-                    check_mode, check_timeout, choose_victim)
+from ..rules import (ABORTED, ACTIVE, COMMITTED, EPOCH_BITS, PREPARED, RESOLVED_MEMORY, Gtrid, LockInfo,
+                     check_gtrid, check_mode, check_timeout, check_wait, choose_victim)
 from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, TransactionAborted, TransactionCommitted)
 from ..modes import Mode
@@ -255,6 +255,8 @@ class Transaction:
         ``wait`` is accepted for the service clients' sake (``wait=False`` sends
         a release without waiting there); here every release is immediate.
         """
+        if wait is not True:
+            check_wait(wait)
         if self._state is not ACTIVE:
             raise self._refuse()
         try:
@@ -319,6 +321,8 @@ class Transaction:
         For a prepared transaction with a data_dir, the decision is logged
         durably before the locks are released. Runtime: O(locks held).
         ``wait``: as for :meth:`unlock` (accepted; the release is immediate)."""
+        if wait is not True:
+            check_wait(wait)
         if self._state is ACTIVE and self.gtrid is None:
             # the common case, inlined: _finish_locked(COMMITTED) without the calls
             mgr = self._mgr
@@ -340,6 +344,8 @@ class Transaction:
         except for a prepared transaction that :meth:`LockManager.resolve` committed:
         that raises TransactionCommitted (the transaction is committed).
         ``wait``: as for :meth:`unlock` (accepted; the release is immediate)."""
+        if wait is not True:
+            check_wait(wait)
         try:
             self._resolve(ABORTED)
         except TransactionAborted:

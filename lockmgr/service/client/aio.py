@@ -30,12 +30,10 @@ from types import TracebackType
 from typing import Any, Dict, Iterable, List, Literal, Optional, Set, Tuple, Type
 
 from .. import wire
-from ...rules import check_timeout
+from ...rules import Gtrid, LockInfo, check_timeout, check_wait
 from ...errors import InvalidRequest, LockError, LockNotAvailable, SessionExpired, ShardUnavailable
-from ...rules import LockInfo
 from ...modes import Mode
 from ...paths import Path, Resource
-from ...rules import Gtrid
 from ..reports import merge_reports
 from .engine import _Call
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _g_finish, _g_held, _g_indoubt, _g_lock, _g_lock_many,
@@ -143,6 +141,8 @@ class Transaction:
     async def abort(self, *, wait: bool = True) -> None:
         """See :meth:`lockmgr.service.client.sync.Transaction.abort` (raises SessionExpired; and, for a
         prepared transaction, every failure and TransactionCommitted)."""
+        if wait is not True:
+            check_wait(wait)            # (before the try: bad input is not a failure to hide)
         prepared = self._c.state is PREPARED
         try:
             return await _drive(self._c, _g_finish(self._c, False, wait))

@@ -19,7 +19,7 @@ docs/service.md ("Transactions in the client").
 import time
 
 from .. import wire
-from ...rules import ABORTED, ACTIVE, COMMITTED, PREPARED, check_gtrid, check_mode, check_timeout
+from ...rules import ABORTED, ACTIVE, COMMITTED, PREPARED, check_gtrid, check_mode, check_timeout, check_wait
 from ..routing import route
 from ..._core import BACKEND as _BACKEND
 from ...errors import (DeadlockDetected, InvalidRequest, LockNotAvailable, LockTimeout, SessionExpired,
@@ -228,6 +228,8 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
 
 
 def _g_unlock(core, resource, wait=True):
+    if wait is not True:
+        check_wait(wait)
     core.check_active()
     key = encode(resource)
     path = resource if type(resource) is tuple else (resource,)
@@ -281,6 +283,8 @@ def _g_held(core):
 
 
 def _g_finish(core, commit, wait=True):
+    if wait is not True:
+        check_wait(wait)
     if core.state is PREPARED:        # 2PC: the decision is logged on each shard before the release
         return (yield from _g_decide_own(core, commit))
     if commit:

@@ -28,12 +28,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Seque
 import zmq
 
 from .. import wire
-from ...rules import check_timeout
+from ...rules import Gtrid, LockInfo, check_timeout, check_wait
 from ...errors import InvalidRequest, LockError, LockNotAvailable, SessionExpired, ShardUnavailable
-from ...rules import LockInfo
 from ...modes import Mode
 from ...paths import Path, Resource
-from ...rules import Gtrid
 from ..reports import merge_reports
 from ..admin import admin_query  # noqa: F401  (part of this module's API)
 from .engine import _Engine
@@ -179,6 +177,8 @@ class Transaction:
         (``Client.resolve(gtrid, True)``; its state is then 'committed').
 
         ``wait=False``: as for :meth:`commit`."""
+        if wait is not True:
+            check_wait(wait)            # (before the try: bad input is not a failure to hide)
         prepared = self._c.state is PREPARED
         try:
             return _drive(self._c.eng, _g_finish(self._c, False, wait))
