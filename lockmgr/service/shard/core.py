@@ -115,6 +115,13 @@ class ShardHost(Protocol):
     def answer(self, sess, seq, status, payload): ...             # a (later) answer, cached
     def session_alive(self, sess) -> bool: ...
     def process_woken(self): ...                                  # continue the requests just granted
+    # two-phase commit only: its transactions, and the names its handlers raise and return
+    def new_txn(self, tid, sess): ...                             # a restored (sess None) or new txn
+    def session_txn(self, sess, tid): ...                         # sess's txn tid, made if new
+    def check_epoch(self, tid, ep): ...                           # Reply if the client's epoch is old
+    Reply: type                                                   # raise Reply(status, message)
+    PARKED: object                                                # the handler's "answered later"
+    def brief(self, value: object) -> str: ...                    # a bounded quote of bad input
 
 
 class _Session:
