@@ -288,7 +288,8 @@ def bench_shards(seconds, clients):
 
 # ---------------------------------------------------------------- compare
 
-def _lm_worker(endpoints, seconds, cid, out, shared=None):
+def _lm_worker(endpoints, seconds, cid, out, shared=None, wait=True):
+    """begin + lock + commit (``wait=False``: the release rides with the next LOCK)."""
     cl = shared["client"] if shared else lockmgr.connect(endpoints)
     i = 0
     stop = time.monotonic() + seconds
@@ -297,7 +298,7 @@ def _lm_worker(endpoints, seconds, cid, out, shared=None):
     while time.monotonic() < stop:
         t = cl.begin()
         t.lock(("k", cid, i), Mode.X)
-        t.commit()
+        t.commit(wait=wait)
         i += 1
         n += 1
     out.put(n / (time.perf_counter() - t0))
@@ -306,21 +307,7 @@ def _lm_worker(endpoints, seconds, cid, out, shared=None):
 
 
 def _lm_nowait_worker(endpoints, seconds, cid, out, shared=None):
-    """begin + lock + commit(wait=False): the release rides with the next LOCK."""
-    cl = shared["client"] if shared else lockmgr.connect(endpoints)
-    i = 0
-    stop = time.monotonic() + seconds
-    n = 0
-    t0 = time.perf_counter()
-    while time.monotonic() < stop:
-        t = cl.begin()
-        t.lock(("k", cid, i), Mode.X)
-        t.commit(wait=False)
-        i += 1
-        n += 1
-    out.put(n / (time.perf_counter() - t0))
-    if not shared:
-        cl.close()
+    _lm_worker(endpoints, seconds, cid, out, shared, wait=False)
 
 
 def _redis_worker(port, seconds, cid, out, shared=None):

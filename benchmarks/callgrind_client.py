@@ -60,10 +60,15 @@ def count(model, n, endpoint):
                         os.path.abspath(__file__), "--client", model, str(n), endpoint],
                        env=dict(os.environ, PYTHONPATH=HERE), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(out) as f:
-            for line in f:
-                if line.startswith(("totals:", "summary:")):
-                    return int(line.split()[1])
+        return callgrind_total(out)
+
+
+def callgrind_total(path):
+    """The instruction total of a callgrind output file (benchmarks/callgrind_shard.py uses it too)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                return int(line.split()[1])
     raise RuntimeError("no totals in the callgrind output")
 
 

@@ -31,6 +31,9 @@ SERVE = ["-m", "lockmgr", "serve"] if os.path.exists(os.path.join(HERE, "lockmgr
 import lockmgr  # noqa: E402
 from lockmgr import Mode  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from callgrind_client import callgrind_total  # noqa: E402
+
 
 def _client(endpoint, n, cid):
     cl = lockmgr.connect([endpoint], session_ttl=60.0, request_timeout=60.0)
@@ -71,11 +74,7 @@ def count(n, clients):
         finally:
             shard.send_signal(signal.SIGTERM)
             shard.wait(120)
-        with open(out) as f:
-            for line in f:
-                if line.startswith(("totals:", "summary:")):
-                    return int(line.split()[1])
-    raise RuntimeError("no totals in the callgrind output")
+        return callgrind_total(out)
 
 
 def main():

@@ -491,7 +491,7 @@ class ShardCore:
             except _Reply as e:
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, e.status, str(e))
-            except InvalidRequest as e:
+            except LockError as e:              # InvalidRequest among them: nothing changed
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, E_INVALID, str(e))
 
@@ -595,10 +595,7 @@ class ShardCore:
             except _Reply as e:
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, e.status, str(e))
-            except InvalidRequest as e:
-                self.counters["errors"] += 1
-                self._reply_error(sess, prefix, seq, E_INVALID, str(e))
-            except LockError as e:
+            except LockError as e:              # InvalidRequest among them: nothing changed
                 self.counters["errors"] += 1
                 self._reply_error(sess, prefix, seq, E_INVALID, str(e))
             except (TypeError, ValueError, OverflowError) as e:
