@@ -12,14 +12,18 @@ import os
 
 from setuptools import Extension, setup
 
-COMPILED_PY = [
-    "lockmgr.service.wire",
-    "lockmgr.service.client.engine",
-    "lockmgr.service.client.ops",
-    "lockmgr.service.client.sync",
-    "lockmgr.service.shard.core",
-    "lockmgr.service.shard.server",
-]
+def _compiled_py():
+    """The modules compiled from their .py sources: lockmgr/_compiled.py's list
+    (read without importing the package)."""
+    import ast
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "lockmgr", "_compiled.py")) as f:
+        for node in ast.parse(f.read()).body:
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILED_PY":
+                return ast.literal_eval(node.value)
+    raise RuntimeError("lockmgr/_compiled.py has no COMPILED_PY list")
+
+
+COMPILED_PY = _compiled_py()
 
 ext_modules = []
 if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):

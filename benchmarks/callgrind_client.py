@@ -16,7 +16,9 @@ on how calls coalesce into frames, i.e. on timing: expect a few % of spread.
 
 import argparse
 import asyncio
+import collections
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,14 +55,47 @@ def client(model, n, endpoint):
     asyncio.run(main())
 
 
-def count(model, n, endpoint):
+def count(model, n, endpoint, functions=False):
+    """The client's instruction total for ``n`` operations (and, with ``functions``,
+    its per-function counts)."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "callgrind.out")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
                         os.path.abspath(__file__), "--client", model, str(n), endpoint],
                        env=dict(os.environ, PYTHONPATH=HERE), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return callgrind_total(out)
+        return (callgrind_total(out), callgrind_functions(out)) if functions else callgrind_total(out)
+
+
+def callgrind_functions(path):
+    """{(shared object, function): self instructions} of a callgrind output file."""
+    txt = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
+    out = collections.Counter()
+    for line in txt.splitlines():
+        m = re.match(r"\s*([\d,]+) \(.*?\)\s+(.*)", line)
+        if not m or "PROGRAM TOTALS" in line:
+            continue
+        lib = re.search(r"\[(.*?)\]\s*$", m.group(2))
+        func = re.sub(r"\s*\[.*$", "", m.group(2)).split(":")[-1]
+        out[(lib.group(1).split("/")[-1] if lib else "", func)] += int(m.group(1).replace(",", ""))
+    return out
+
+
+def print_profile(lo, hi, n, top):
+    """Where the instructions per operation go: the difference of two runs'
+    per-function self counts (``lo``, ``hi``: callgrind_functions of runs that
+    did ``n`` operations apart), by shared object and the ``top`` functions."""
+    d = collections.Counter({k: (hi[k] - lo[k]) / n for k in set(lo) | set(hi)})
+    libs = collections.Counter()
+    for (lib, _), v in d.items():
+        libs[lib] += v
+    print("  by shared object:")
+    for lib, v in libs.most_common(12):
+        print(f"    {v:9,.0f}  {lib or '(inlined headers)'}")
+    print(f"  top {top} functions (self):")
+    for (lib, func), v in d.most_common(top):
+        print(f"    {v:9,.0f}  {lib[:28]:28s} {func[:100]}")
 
 
 def callgrind_total(path):
@@ -78,11 +113,19 @@ def main():
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="sync,aio1,aio8")
+    ap.add_argument("--functions", type=int, default=0, metavar="N",
+                    help="also print where the instructions go: by shared object and the N costliest functions")
     args = ap.parse_args()
     with LocalCluster(1) as c:
         for model in args.models.split(","):
-            lo, hi = count(model, 200, c.endpoints[0]), count(model, 1000, c.endpoints[0])
+            if args.functions:
+                (lo, flo), (hi, fhi) = (count(model, 200, c.endpoints[0], True),
+                                        count(model, 1000, c.endpoints[0], True))
+            else:
+                lo, hi = count(model, 200, c.endpoints[0]), count(model, 1000, c.endpoints[0])
             print(f"{model}: {(hi - lo) / 800:,.0f} client instructions per acquire+release", flush=True)
+            if args.functions:
+                print_profile(flo, fhi, 800, args.functions)
 
 
 if __name__ == "__main__":

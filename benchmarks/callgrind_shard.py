@@ -32,7 +32,7 @@ import lockmgr  # noqa: E402
 from lockmgr import Mode  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from callgrind_client import callgrind_total  # noqa: E402
+from callgrind_client import callgrind_functions, callgrind_total, print_profile  # noqa: E402
 
 
 def _client(endpoint, n, cid):
@@ -44,7 +44,7 @@ def _client(endpoint, n, cid):
     cl.close()
 
 
-def count(n, clients):
+def count(n, clients, functions=False):
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "callgrind.out")
         port_file = os.path.join(d, "ready")
@@ -74,16 +74,23 @@ def count(n, clients):
         finally:
             shard.send_signal(signal.SIGTERM)
             shard.wait(120)
-        return callgrind_total(out)
+        return (callgrind_total(out), callgrind_functions(out)) if functions else callgrind_total(out)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--functions", type=int, default=0, metavar="N",
+                    help="also print where the instructions go: by shared object and the N costliest functions")
     a = ap.parse_args()
-    lo, hi = count(200, a.clients), count(1000, a.clients)
+    if a.functions:
+        (lo, flo), (hi, fhi) = count(200, a.clients, True), count(1000, a.clients, True)
+    else:
+        lo, hi = count(200, a.clients), count(1000, a.clients)
     print(f"shard: {(hi - lo) / 800:,.0f} instructions per acquire+release ({a.clients} client process(es))",
           flush=True)
+    if a.functions:
+        print_profile(flo, fhi, 800, a.functions)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ the manager). The service's names (``connect``, ``Client``, ``LocalCluster``,
 import importlib as _importlib
 import typing as _typing
 
+from . import _compiled
+if _compiled.pure_python_requested():   # the reference build: every module from its .py source
+    _compiled.use_sources()
+
 from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, SessionExpired, ShardUnavailable, TransactionAborted,
                      TransactionCommitted)

@@ -27,6 +27,26 @@ def test_env_var_forces_python_backend():
     assert out.stdout.strip() == "python"
 
 
+def test_service_modules_compiled_when_required():
+    # the service's hot modules are compiled from their .py sources (setup.py); CI's
+    # first run requires them compiled, its pure-Python run requires the sources
+    from lockmgr._compiled import COMPILED_PY, compiled_modules
+    got = compiled_modules()
+    assert sorted(got) == sorted(COMPILED_PY)
+    if os.environ.get("LOCKMGR_PUREPYTHON", "") not in ("", "0"):
+        assert not any(got.values()), got
+    elif os.environ.get("LOCKMGR_REQUIRE_C") == "1":
+        assert all(got.values()), got
+
+
+def test_env_var_runs_the_service_modules_from_source():
+    code = ("import lockmgr, lockmgr.service.shard.core as c, lockmgr.service.client.engine as e; "
+            "print(c.__file__.endswith('.py'), e.__file__.endswith('.py'))")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "LOCKMGR_PUREPYTHON": "1"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
 def test_public_api_names():
     for name in ["Mode", "compatible", "supremum", "LockError", "LockTimeout", "LockNotAvailable",
                  "DeadlockDetected", "TransactionAborted", "InvalidRequest", "LockManager",

@@ -324,7 +324,7 @@ class _Engine:
                 self._timers(now)
         if self._owner is drv:
             for i, s in enumerate(self._socks):
-                self._recv(i, s)
+                self._recv(i, s, True)
             if self._outq and not drv.flushing:
                 drv.flushing = True
                 drv.loop.call_soon(drv.flush)
@@ -672,7 +672,7 @@ class _Engine:
                     if s == wake_r:
                         self._drain_wake_locked()
                     else:
-                        self._recv(socks.index(s), s)
+                        self._recv(socks.index(s), s, False)
         finally:
             if not demoted:
                 self._leave_locked()
@@ -761,13 +761,22 @@ class _Engine:
             with mu:
                 self._hk_wake_at = 0.0
 
-    def _recv(self, i, s):
+    def _recv(self, i, s, drain):
+        """Receive and complete what shard ``i``'s socket holds: every frame
+        (``drain``: an asyncio owner, woken by the edge-triggered ZMQ_FD), or one
+        frame (the poll loop: zmq_poll reports the socket again at once if more
+        wait, and reading ZMQ_EVENTS costs pyzmq an enum conversion per call)."""
         pending = self._pending[i]
         lease = 0.0
         _shapes = wire.REPLY_SHAPES
-        # drain while EVENTS says a message is ready (rather than until a
-        # zmq.Again, whose construction costs more than the check)
-        while _zget(s, _EVENTS) & _POLLIN:
+        more = True
+        while more:
+            if not drain:
+                more = False
+            elif not _zget(s, _EVENTS) & _POLLIN:
+                # (drain while EVENTS says a message is ready, rather than until a
+                # zmq.Again, whose construction costs more than the check)
+                break
             try:
                 frame = _zrecv(s, _NOBLOCK)
             except zmq.Again:

@@ -413,8 +413,6 @@ class ShardCore:
                     self._send(sess.prefix, d)
                 sess.deferred.clear()
 
-    _answer = answer
-
     # ------------------------------------------------------------ dispatch
     # A frame: [VERSION, session, ack, requests]. Frames naming a session must come
     # from the connection the session is bound to (see _Session.prefix); the
@@ -612,7 +610,7 @@ class ShardCore:
         if len(msg) > MAX_ERROR_CHARS:
             msg = f"{msg[:MAX_ERROR_CHARS]}... (a message of {len(msg)} characters, cut)"
         if sess is not None and sess.id in self._sessions and status not in (E_STALE,):
-            self._answer(sess, seq, status, msg)
+            self.answer(sess, seq, status, msg)
         else:
             self._send(prefix, [seq, status, msg])
 
@@ -634,14 +632,14 @@ class ShardCore:
             self._sessions[sid] = sess
             self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
-        self._answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
+        self.answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
         return sess
 
     def _h_heartbeat(self, sess, seq, args):
         return [self.epoch]
 
     def _h_close(self, sess, seq, args):
-        self._answer(sess, seq, OK, [])
+        self.answer(sess, seq, OK, [])
         self._end_session(sess, "was closed")
         return PARKED
 
@@ -766,7 +764,7 @@ class ShardCore:
         if w.timer is not None:
             self._timers.discard(w.timer)
             w.timer = None
-        self._answer(t.session, w.seq, status, msg)
+        self.answer(t.session, w.seq, status, msg)
 
     def _on_wait_timeout(self, w):
         w.timer = None
@@ -806,13 +804,13 @@ class ShardCore:
             try:
                 res = self._run(w)
             except _Reply as e:
-                self._answer(sess, w.seq, e.status, str(e))
+                self.answer(sess, w.seq, e.status, str(e))
                 continue
             except LockError as e:
-                self._answer(sess, w.seq, E_INVALID, str(e))
+                self.answer(sess, w.seq, E_INVALID, str(e))
                 continue
             if res is not PARKED:
-                self._answer(sess, w.seq, OK, res)
+                self.answer(sess, w.seq, OK, res)
 
     # -------------------------------------------------------------- handlers
 
@@ -963,7 +961,10 @@ class ShardCore:
             if t is None or table.mode_held(tid, path) == 0:
                 return [False]
             n = len(path)
-            below = sum(1 for p, _ in table.held(tid) if len(p) == n + 1 and p[:n] == path)
+            below = 0
+            for p, _ in table.held(tid):
+                if len(p) == n + 1 and p[:n] == path:
+                    below += 1
             if below:
                 raise _Reply(E_INVALID, f"transaction {tid} still holds {below} lock(s) below {path!r}; "
                                         f"unlock those first")

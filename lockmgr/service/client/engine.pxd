@@ -1,0 +1,57 @@
+# C-level declarations for engine.py: an "augmenting" .pxd (Cython's pure-Python
+# mode). The .py stays the one source and runs as it is without a compiler; when
+# Cython compiles it, these classes become extension types whose attributes are
+# struct fields, and the hot methods cpdef methods with typed locals, so a round
+# trip runs without dictionary lookups or Python-level method calls. Attributes
+# are public (the tests and the asyncio driver read them from Python); an
+# attribute the .py sets must be declared here, or the compiled module raises
+# AttributeError (the suite runs compiled).
+
+cimport cython
+
+cdef class _Waiter:
+    cdef public object ev, since
+    cdef public Py_ssize_t left
+    cdef public bint signalled, promoted
+    cpdef signal(self)
+
+cdef class _Call:
+    cdef public object shard, typ, args, seq, result, error, deadline, w, cb
+    cdef public double first_sent, backoff
+    cdef public bint done, urgent
+
+cdef class _Engine:
+    cdef object __weakref__
+    cdef public object endpoints, ttl, ttl_ms, lease, request_timeout, retry_interval, hb_interval
+    cdef public object _drv_tick, _drv_stall, partition_depth, name, session, epoch, dead
+    cdef public object _deferred_error, _lease_base, _hb_sent, _hello_pending, _secret
+    cdef public object _ctx, _socks, _fds, _driver, _packer, _mu, _owner_kind, _owner
+    cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
+    cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _pollitems, _ready
+    cdef public object _hello_error, _thread
+    cdef public Py_ssize_t n, handoffs, _urgent, _hello_left
+    cdef public bint closed, _close_sent, _polling, _pipe_full
+
+    cpdef lease_over(self)
+    cpdef check_session(self)
+    cpdef _fail(self, _Call call, err)
+    @cython.locals(w=_Waiter)
+    cpdef _complete(self, _Call call)
+    cpdef _expire_local(self)
+    cpdef _set_owner(self, kind, owner=*)
+    cpdef _wake_owner_locked(self)
+    @cython.locals(w=_Waiter)
+    cpdef _leave_locked(self)
+    cpdef _turn_locked(self, double now)
+    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int)
+    cpdef _serve(self, _Waiter w=*)
+    cpdef _drain_wake_locked(self)
+    @cython.locals(c=_Call, lease=double, more=bint)
+    cpdef _recv(self, Py_ssize_t i, s, bint drain)
+    @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double)
+    cpdef _send_all(self, double now)
+    cpdef _send_frame(self, Py_ssize_t i, list reqs)
+    @cython.locals(c=_Call)
+    cpdef _timers(self, double now)
+    @cython.locals(w=_Waiter, c=_Call, now=double, rt=double)
+    cpdef call_many(self, specs)
