@@ -13,10 +13,14 @@ suite runs both ways (.ci/run), and tests/test_compiled_differential.py runs
 the two builds of the shard core side by side.
 """
 
+import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
+from types import ModuleType
+from typing import Dict, Optional, Sequence
 
 COMPILED_PY = [
     "lockmgr.rules",
@@ -33,12 +37,12 @@ COMPILED_PY = [
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def source_path(name):
+def source_path(name: str) -> str:
     """The .py source of the compiled module ``name``."""
     return os.path.join(_PACKAGE_DIR, *name.split(".")[1:]) + ".py"
 
 
-def load_source(name, alias):
+def load_source(name: str, alias: str) -> ModuleType:
     """A fresh module object run from the .py source of ``name`` under the
     name ``alias`` (a sibling name, so its relative imports resolve as the
     original's), registered in sys.modules; for side-by-side tests."""
@@ -53,7 +57,8 @@ def load_source(name, alias):
 class _SourceFirst(importlib.abc.MetaPathFinder):
     """Finds the modules of COMPILED_PY as their .py sources."""
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
         if fullname not in _NAMES:
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(fullname))
@@ -62,20 +67,20 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 _NAMES = frozenset(COMPILED_PY)
 
 
-def pure_python_requested():
+def pure_python_requested() -> bool:
     return os.environ.get("LOCKMGR_PUREPYTHON", "") not in ("", "0")
 
 
-def use_sources():
+def use_sources() -> None:
     """Import the modules of COMPILED_PY from their .py sources from now on
     (idempotent). Modules already imported stay as they are."""
     if not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
         sys.meta_path.insert(0, _SourceFirst())
 
 
-def compiled_modules():
+def compiled_modules() -> Dict[str, bool]:
     """{name: True if the module imported is the compiled one} for COMPILED_PY."""
-    out = {}
+    out: Dict[str, bool] = {}
     for name in COMPILED_PY:
         mod = importlib.import_module(name)
         out[name] = not (getattr(mod, "__file__", "") or "").endswith(".py")

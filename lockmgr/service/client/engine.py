@@ -40,6 +40,8 @@ from .. import wire
 from ...errors import InvalidRequest, SessionExpired, ShardUnavailable
 from ..routing import parse_endpoints
 
+_monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
+
 
 # ------------------------------------------------------------------- engine
 
@@ -51,17 +53,20 @@ class _Waiter:
     __slots__ = ("ev", "left", "signalled", "promoted", "since")
 
     def __init__(self, n):
-        self.ev = threading.Lock()
-        self.ev.acquire()
+        # the semaphore (a Lock, held while not signalled) is made only when the
+        # thread is about to sleep on it (_Engine._follow): a caller that owns the
+        # sockets and gets its answers itself -- the usual case -- never needs one
+        self.ev = None
         self.left = n
         self.signalled = False
         self.promoted = False
-        self.since = time.monotonic()
+        self.since = _monotonic()
 
     def signal(self):
         if not self.signalled:
             self.signalled = True
-            self.ev.release()
+            if self.ev is not None:
+                self.ev.release()
 
 
 class _Call:
@@ -211,7 +216,7 @@ class _Engine:
         self._thread = threading.Thread(target=self._housekeeper, name="lockmgr-client-io", daemon=True)
         self._thread.start()
         # Open the session on every shard; wait for all of them.
-        now = time.monotonic()
+        now = _monotonic()
         with self._mu:
             for i in range(self.n):
                 self._send_hello(i, now)
@@ -250,7 +255,7 @@ class _Engine:
             if kind is _NONE:
                 self._set_owner(_SENDER)
                 try:
-                    self._send_all(time.monotonic())
+                    self._send_all(_monotonic())
                 finally:
                     self._leave_locked()
             elif kind is _LOOP and self._owner.tid == threading.get_ident():
@@ -311,7 +316,7 @@ class _Engine:
         then whatever the sockets hold (a send can consume the ZMQ_FD edge of
         a reply that arrived meanwhile, so read EVENTS after sending); then
         maybe let go."""
-        now = time.monotonic()
+        now = _monotonic()
         drv.last_io = now
         if self.closed or self.dead is not None or (self._hello_left == 0
                                                      and now > min(self._lease_base) + self.lease):
@@ -347,7 +352,7 @@ class _Engine:
 
     def post(self, shard, typ, args):
         """Fire and forget (used for clean-up: RELEASE, UNLOCK rollbacks)."""
-        self.submit([_Call(shard, typ, args, time.monotonic() + self.request_timeout)])
+        self.submit([_Call(shard, typ, args, _monotonic() + self.request_timeout)])
 
     def post_quiet(self, shard, typ, args):
         """A no-wait release (its request carries the quiet flag): queued to leave in
@@ -355,14 +360,14 @@ class _Engine:
         _ORPHAN_DELAY. The shard answers it only along with its next reply to the
         session (or to a retry); it is retried as any call until then. A failure is
         raised by the next call on the session (``check_session``)."""
-        c = _Call(shard, typ, args, time.monotonic() + self.request_timeout, cb=self._on_quiet)
+        c = _Call(shard, typ, args, _monotonic() + self.request_timeout, cb=self._on_quiet)
         with self._mu:
             if self._refused_locked([c]):
                 return
             self._outq.append(c)
             if self._owner_kind is _NONE:
                 if self._orphaned_at is None:
-                    self._orphaned_at = time.monotonic()
+                    self._orphaned_at = _monotonic()
                 if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
                     self._hk_ev.set()
             else:
@@ -377,7 +382,7 @@ class _Engine:
         """True once the session is dead for this client (lease ran out, or expired)."""
         if self.dead is not None:
             return True
-        if time.monotonic() > min(self._lease_base) + self.lease:
+        if _monotonic() > min(self._lease_base) + self.lease:
             self._expire_local()
             return True
         return False
@@ -387,7 +392,7 @@ class _Engine:
         release answered since the last call, if any (once)."""
         if self.dead is not None:
             raise SessionExpired(self.dead)
-        if time.monotonic() > min(self._lease_base) + self.lease:
+        if _monotonic() > min(self._lease_base) + self.lease:
             self._expire_local()
             raise SessionExpired(self.dead)
         err = self._deferred_error
@@ -403,8 +408,8 @@ class _Engine:
             self._wake_owner_locked()
         self._hk_ev.set()
         self._thread.join(5.0)
-        deadline = time.monotonic() + 5.0
-        while self._owner_kind is not _NONE and time.monotonic() < deadline:
+        deadline = _monotonic() + 5.0
+        while self._owner_kind is not _NONE and _monotonic() < deadline:
             with self._mu:
                 self._wake_owner_locked()
             time.sleep(0.001)
@@ -486,7 +491,7 @@ class _Engine:
             return
         self._set_owner(_NONE)
         if self._outq or any(self._pending):
-            now = time.monotonic()
+            now = _monotonic()
             if self._orphaned_at is None:
                 self._orphaned_at = now
             if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
@@ -549,7 +554,7 @@ class _Engine:
             # the shard restarted: open the session again (transactions that held
             # locks there learn of the new epoch and abort)
             if not self._hello_pending[i] and self.dead is None:
-                self._send_hello(i, time.monotonic())
+                self._send_hello(i, _monotonic())
         elif isinstance(c.error, ShardUnavailable):
             # no heartbeat answer within the request timeout: the shard is down or
             # cut off; fail what waits on it (a lock wait has no deadline of its own)
@@ -626,7 +631,7 @@ class _Engine:
         mu.acquire()
         try:
             while True:
-                now = time.monotonic()
+                now = _monotonic()
                 if hk:
                     # no one else queues heartbeats while the housekeeper owns the
                     # sockets (e.g. serving an asyncio lock wait longer than the TTL)
@@ -704,7 +709,7 @@ class _Engine:
                     self._set_owner(_HOUSEKEEPER)
                 owner = self._owner
                 if self._owner_kind is _LOOP and (not owner.loop.is_running()
-                                                  or time.monotonic() - owner.last_io > self._drv_stall):
+                                                  or _monotonic() - owner.last_io > self._drv_stall):
                     # a loop that stopped (or closed) while owning, or one blocked
                     # by its user's code (its timer has not run): it serves no one
                     # now, heartbeats included; take the sockets (safe: the loop
@@ -716,7 +721,7 @@ class _Engine:
                     take = True
                 else:
                     take = False
-                    now = time.monotonic()
+                    now = _monotonic()
                     if self._owner_kind is _NONE and not self.closed:
                         self._heartbeat_locked(now)
                         top = self._heap_top()
@@ -741,7 +746,7 @@ class _Engine:
                             return
                 continue
             with mu:
-                now = time.monotonic()
+                now = _monotonic()
                 nxt = self._next_hb(now)
                 top = self._heap_top()
                 if top is not None and self._owner_kind is _NONE:
@@ -811,7 +816,7 @@ class _Engine:
                             f"shard {i} ({self.endpoints[i]}) does not know this session (it restarted?); "
                             f"{payload}")
                         if not self._hello_pending[i] and self.dead is None:
-                            self._send_hello(i, time.monotonic())
+                            self._send_hello(i, _monotonic())
                     elif status == wire.E_SESSION_EXPIRED:
                         self._expire_by_shard(str(payload))
                     elif status != wire.E_UNKNOWN_SESSION and status != wire.E_PROTOCOL:
@@ -924,7 +929,7 @@ class _Engine:
         where extra is the seconds allowed beyond the request timeout, or None
         (no deadline: a lock wait without timeout; liveness comes from heartbeats).
         Returns a list of results or exception instances."""
-        now = time.monotonic()
+        now = _monotonic()
         rt = self.request_timeout
         w = _Waiter(len(specs))
         calls = [_Call(shard, typ, args, None if extra is None else now + rt + extra, w)
@@ -961,6 +966,12 @@ class _Engine:
         return [c.error if c.error is not None else c.result for c in calls]
 
     def _follow(self, w):
+        with self._mu:
+            if w.ev is None:
+                ev = threading.Lock()
+                if not w.signalled:
+                    ev.acquire()
+                w.ev = ev
         while True:
             if not w.ev.acquire(timeout=1.0):
                 if not self._thread.is_alive() and self._owner_kind is _NONE and w.left:
@@ -1023,7 +1034,7 @@ class _LoopDriver:
                 pass        # the loop is closed: no one awaits the call any more
 
     def attach(self):
-        self.last_io = time.monotonic()
+        self.last_io = _monotonic()
         if not self.attached:
             self.attached = True
             eng = self.eng

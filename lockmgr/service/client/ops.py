@@ -28,6 +28,8 @@ from ...modes import Mode, SUPREMUM
 from ...paths import encode
 from .txnid import new_txn_id
 
+_monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
+
 if _BACKEND == "c":
     # the compiled twin of paths.encode: same keys, same errors (tests/test_ctable.py)
     from ..._core._ctable import encode  # noqa: F811
@@ -118,13 +120,13 @@ def _g_lock(core, resource, mode, timeout, nowait):
     if timeout is None:
         timeout = core.default_timeout
     shards = core.route(key, len(path), mode)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if timeout is None else _monotonic() + timeout
     wpath = list(path)
     strong = len(shards) > 1
     done = []          # a strong lock: (shard, mode held there before), to undo if a later shard refuses
     token = 0
     for s in shards:
-        tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        tmo = None if deadline is None else max(0, int((deadline - _monotonic()) * 1000))
         ep = core.touched.get(s)
         if ep is None:
             core.touched[s] = ep = 0
@@ -167,7 +169,7 @@ def _g_lock_many(core, items, timeout, nowait):
         parsed.append(_prepare(it[0], it[1]))
     if timeout is None:
         timeout = core.default_timeout
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if timeout is None else _monotonic() + timeout
     tokens = [0] * len(parsed)
     # In order: a strong item (S/SIX/X on a node above the partition depth: every
     # shard, in shard order) on its own; each run of other items between strong
@@ -183,7 +185,7 @@ def _g_lock_many(core, items, timeout, nowait):
         if run:
             yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
             run = {}
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        left = None if deadline is None else max(0.0, deadline - _monotonic())
         tokens[i] = yield from _g_lock(core, path, mode, left, nowait)
     if run:
         yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
@@ -199,7 +201,7 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
     rounds = max((len(v) + wire.MAX_BATCH - 1) // wire.MAX_BATCH for v in groups.values())
     for r in range(rounds):
         specs, idxs = [], []
-        tmo = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+        tmo = None if deadline is None else max(0, int((deadline - _monotonic()) * 1000))
         for s in order:
             chunk = groups[s][r * wire.MAX_BATCH:(r + 1) * wire.MAX_BATCH]
             if not chunk:
