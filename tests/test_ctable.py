@@ -464,4 +464,4 @@ def test_scripted_reclaim():
     assert out[:2] == [5, 9] and 9 > out[2] > 5 and out[3] == _pytable.CONFLICT
     assert dict(out[4]) == {("db",): IX, ("db", "t1"): SIX, ("db", "t1", "r"): X} and out[5] == []
     assert out[6:12] == [20, 21, 22, 23, 24, 25] and out[12] == 0
-    assert 100 < out[13] < 10 ** 9 and out[14] == 10 ** 9 and out[15] > 10 ** 9
+    assert 25 < out[13] < 10 ** 9 and out[14] == 10 ** 9 and out[15] > 10 ** 9
