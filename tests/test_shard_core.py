@@ -230,8 +230,12 @@ class FakeLog:
         self.resolved = {}
         self.fsyncs = self.compactions = 0
         self.tickets = []
+        self.ended = set()
 
     def live_records(self):
+        return {}
+
+    def live_sessions(self):
         return {}
 
     def submit(self, record):
@@ -261,7 +265,7 @@ def test_two_phase_commit_in_a_core_with_the_log_in_the_tests_hands():
     assert send(b"c", 5, wire.HELLO, 1, 1000, "coord")[1][1] == wire.OK
     assert send(b"c", 5, wire.LOCK, 2, 77, ["db", "t", 1], X, False, None, 0)[2][1] == wire.OK
     assert send(b"c", 5, wire.PREPARE, 3, 77, "g-1", 0, [0]) == {}            # parked until durable
-    assert [r["t"] for r in [tk.record for tk in log.tickets]] == ["prepare"]
+    assert [r["t"] for r in [tk.record for tk in log.tickets]] == ["session", "prepare"]   # the session's record too
     durable()
     assert core.take_replies()[(b"c",)][0][:2] == [3, wire.OK]
     core.now = 5.0                                                            # past the 1 s lease
