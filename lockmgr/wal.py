@@ -98,9 +98,10 @@ a caller (a shard's loop) never stalls on it.
 Compaction: after a flush, when the file has grown past ``compact_bytes``
 (default 4 MiB) and the encoded live prepares take less than half of it, the
 flusher writes the live prepare records and the live session records (and
-nothing else: resolve records, resolved prepares and ended sessions
-are dropped, so ``resolved`` and ``ended`` forget them at the next open) to ``prepared.wal.compact``, fsyncs it, renames it over the log and
-fsyncs the directory. The rename is atomic, so a crash leaves either the old
+nothing else: resolve records, resolved prepares and ended sessions are
+dropped, so ``resolved`` and ``ended`` forget them at the next open) to
+``prepared.wal.compact``, fsyncs it, renames it over the log and fsyncs the
+directory. The rename is atomic, so a crash leaves either the old
 or the new log, both complete.
 
 A failed write or fsync fails every ticket of its batch (``Ticket.wait``
