@@ -105,7 +105,11 @@ class _TxnCore:
             d = self.locks[s] = {}
             self.eng.txns[self.id] = self
         old = d.get(path)
-        d[path] = (mode, tok) if old is None else (SUPREMUM[old[0]][mode], tok)
+        if old is None:
+            d[path] = (mode, tok)
+        elif SUPREMUM[old[0]][mode] != old[0]:      # a conversion: its new token
+            d[path] = (SUPREMUM[old[0]][mode], tok)
+        # (a covered re-lock keeps the recorded token: the answer may be an ancestor's)
 
     def route(self, key, depth, mode):
         eng = self.eng
