@@ -71,6 +71,7 @@ class Reclaim:
         self.grace_end = None
         self.started = host.now
         self.ended_at = None
+        self.first_reclaim_at = None        # when the first RECLAIM came
         self._expected = {}                 # sid -> lease deadline (host.now units): not back yet
         self._names = {}                    # sid -> the session's name (status, notices)
         self._secrets = {}                  # sid -> secret, for every live session record
@@ -211,7 +212,8 @@ class Reclaim:
         held, self._held = self._held, []
         host.replay(held)
         c = self.counts
-        self._notice(f"grace period over {why} ({host.now - self.started:.3f}s): {c['reclaimed_sessions']} "
+        first = "" if self.first_reclaim_at is None else f"; {host.now - self.first_reclaim_at:.3f}s after the first reclaim"
+        self._notice(f"grace period over {why} ({host.now - self.started:.3f}s{first}): {c['reclaimed_sessions']} "
                      f"session(s) reclaimed {c['reclaimed_locks']} lock(s) of {c['reclaimed_txns']} "
                      f"transaction(s); {c['reclaims_refused']} refused; {len(gone)} session(s) not back; "
                      f"{c['grace_held']} held request(s) go on now")
@@ -261,6 +263,8 @@ class Reclaim:
     def _h_reclaim(self, sess, seq, args):
         host = self.host
         ep, last, txns = self._parse(args)
+        if self.first_reclaim_at is None:
+            self.first_reclaim_at = host.now
         why = None
         if not self.in_grace:
             why = (f"the grace period for reclaiming locks had ended ({self.grace:g}s"
