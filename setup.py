@@ -12,6 +12,7 @@ import os
 
 from setuptools import Extension, setup
 
+
 def _compiled_py():
     """The modules compiled from their .py sources: lockmgr/_compiled.py's list
     (read without importing the package)."""

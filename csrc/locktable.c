@@ -15,6 +15,10 @@
  *                                       -- lt_lock per item, in order, until
  *                                          one is not granted; reuses the
  *                                          shared ancestors' lookups
+ *   lt_reclaim(t, txn, key, ends, depth, mode, token)
+ *                                       -- lt_lock with nowait, never
+ *                                          escalating, the node keeping a
+ *                                          given token (a restart's reclaim)
  *   lt_unlock(t, txn, key, ends, depth) -- early release of one node
  *   lt_release_all(t, txn)              -- commit / abort
  *   lt_cancel_wait(t, txn)              -- withdraw the pending request
@@ -170,6 +174,7 @@ struct lt_table {
     uint32_t nconv;         /* waiting conversions (snapshot lists them twice) */
     uint32_t hash_mask;     /* debug hook: AND-ed into every key hash */
     uint32_t epoch;
+    int no_escalate;        /* set by lt_reclaim: a reclaim never escalates */
     lt_pool rq, rs, tx;
     lt_pool kp[NKCLASS];
     lt_rent *rh; uint32_t rh_mask, rh_count;    /* resources by key */
@@ -1207,7 +1212,7 @@ static int64_t lock_one(lt_table *T, uint64_t txn, const uint8_t *key, const uin
                 T->waited++;
                 return LT_WAITING;
             }
-            if (pi && REQ(T, pi)->nchildren > T->threshold) {
+            if (pi && REQ(T, pi)->nchildren > T->threshold && !T->no_escalate) {
                 int e = try_escalate(T, ti, pi);
                 m->nvalid = 0;      /* it freed requests and resources below pi */
                 if (e < 0)
@@ -1243,6 +1248,32 @@ int64_t lt_lock(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *e
 {
     lt_memo m;
     return lock_one(T, txn, key, ends, depth, mode, nowait, &m, 0);
+}
+
+int64_t lt_reclaim(lt_table *T, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                   int depth, int mode, uint64_t token)
+{
+    lt_memo m;
+    if (token == 0 || token > (uint64_t)INT64_MAX)
+        return LT_E_INTERNAL;
+    uint64_t before = T->token;
+    T->no_escalate = 1;
+    int64_t r = lock_one(T, txn, key, ends, depth, mode, 1, &m, 0);
+    T->no_escalate = 0;
+    if (r <= 0)
+        return r;
+    /* the node's own request, if this call granted (or converted) it: its
+     * token is then newer than `before`; it takes the reclaimed one */
+    uint32_t ti = txn_find(T, txn);
+    uint32_t si = res_find(T, key, ends[depth - 1], key_hash(T, key, ends[depth - 1]));
+    uint32_t q = (ti && si) ? req_find(T, ti, si) : 0;
+    if (q && REQ(T, q)->held != LT_NL && REQ(T, q)->token > before) {
+        REQ(T, q)->token = token;
+        r = (int64_t)token;
+    }
+    if (token > T->token)
+        T->token = token;
+    return r;
 }
 
 int64_t lt_lock_many(lt_table *T, uint64_t txn, const uint8_t *keys, const uint16_t *ends,
@@ -1894,6 +1925,7 @@ const char *lt_check(lt_table *T)
                 CHECK(h->res == si, "holder's resource");
                 CHECK(in_pool(&T->tx, h->txn), "holder's txn");
                 CHECK(h->held != LT_NL && h->held <= LT_X, "holder with mode NL");
+                CHECK(h->token > 0 && h->token <= T->token, "holder's token above the counter");
                 counts[h->held]++;
                 CHECK(req_find(T, h->txn, si) == q, "holder not found by (txn, resource)");
                 const lt_txn *ht = TXN(T, h->txn);

@@ -14,6 +14,7 @@
  *   lt_create, lt_destroy          -- make / free a table
  *   lt_lock                        -- lock a path (intention locks on ancestors)
  *   lt_lock_many                   -- lt_lock per item until one is not granted
+ *   lt_reclaim                     -- grant with a given token (after a restart)
  *   lt_unlock, lt_release_all,     -- release; the woken transactions are then
  *   lt_cancel_wait, lt_downgrade      in lt_woken()
  *   lt_find_cycle, lt_wait_edges, lt_wait_graph
@@ -114,6 +115,15 @@ typedef struct {
  * when consecutive items share ancestors: their lookups are reused. */
 int64_t lt_lock_many(lt_table *T, uint64_t txn, const uint8_t *keys, const uint16_t *ends,
                      const lt_item *items, size_t n, int nowait, int64_t *results, size_t *done);
+/* A lock given back after a restart (the shard's RECLAIM): lt_lock with
+ * nowait that never escalates, after which the node's own request, if this
+ * call granted or converted it, takes `token` (1..INT64_MAX) instead of a new
+ * one; the counter is raised to `token` if below it, so later grants stay
+ * larger.  A node covered by a held ancestor (or already held in a covering
+ * mode) is left as it is and its current (covering) token returned.  Returns
+ * the token, LT_CONFLICT (nothing changed) or an LT_E_* error. */
+int64_t lt_reclaim(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                   int depth, int mode, uint64_t token);
 /* These return the number of woken transactions (ids in lt_woken()) or LT_E_*. */
 int64_t lt_unlock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                   int depth);

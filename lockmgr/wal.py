@@ -5,6 +5,9 @@ Interface:
         .live -> dict[gtrid, record]      prepared and unresolved, after replay
         .resolved -> dict[gtrid, bool]    resolutions still in the log at replay
                                           (commit flag; compaction forgets them)
+        .sessions -> dict[sid, record]    service sessions started and not ended, after
+                                          replay (a shard's reclaim after a restart)
+        .ended -> set[sid]                sessions whose end is still in the log
         .epoch -> int                     bumped and persisted at each open
         .submit(record) -> Ticket         queue a record; Ticket.wait() returns
                                           once it is on disk (fsynced)
@@ -54,6 +57,16 @@ Records are msgpack maps (str keys). Two kinds:
 
       {"t": "resolve", "gtrid": str, "commit": bool}
 
+* session and session_end, a shard's client sessions (written by a shard
+  with a grace period, lockmgr/service/shard/reclaim.py; submitted without
+  waiting for the disk, so they ride the next group commit)::
+
+      {"t": "session", "sid": int, "ttl": float, "secret": int, "name": str}
+      {"t": "session_end", "sid": int}
+
+  A session record makes the session live; its end record removes it (and
+  adds it to ``ended``). Compaction keeps the live session records.
+
 Replay applies the records in order: a prepare makes its gtrid live; a
 resolve of a live gtrid removes it and remembers the outcome in
 ``resolved`` (a resolve of a gtrid that is not live is ignored; so is a
@@ -84,10 +97,11 @@ a caller (a shard's loop) never stalls on it.
 
 Compaction: after a flush, when the file has grown past ``compact_bytes``
 (default 4 MiB) and the encoded live prepares take less than half of it, the
-flusher writes the live prepare records (and nothing else: resolve records
-and resolved prepares are dropped, so ``resolved`` forgets them at the next
-open) to ``prepared.wal.compact``, fsyncs it, renames it over the log and
-fsyncs the directory. The rename is atomic, so a crash leaves either the old
+flusher writes the live prepare records and the live session records (and
+nothing else: resolve records, resolved prepares and ended sessions are
+dropped, so ``resolved`` and ``ended`` forget them at the next open) to
+``prepared.wal.compact``, fsyncs it, renames it over the log and fsyncs the
+directory. The rename is atomic, so a crash leaves either the old
 or the new log, both complete.
 
 A failed write or fsync fails every ticket of its batch (``Ticket.wait``
@@ -277,15 +291,20 @@ class PrepareLog:
         self.truncated_at = cut
         self.live: Dict[str, Dict[str, Any]] = {}
         self.resolved: Dict[str, bool] = {}   # gtrid -> commit (bool): resolve records still in the log at replay
+        self.sessions: Dict[int, Dict[str, Any]] = {}   # sid -> session record: started, not ended
+        self.ended: set = set()               # sids whose session_end record is in the log
         for r in records:
-            if r.get("t") == "prepare":
+            if r.get("t") in ("session", "session_end"):
+                self._apply_session(r)
+            elif r.get("t") == "prepare":
                 self.live[r["gtrid"]] = r
                 self.resolved.pop(r["gtrid"], None)
             elif r.get("t") == "resolve":
                 if self.live.pop(r["gtrid"], None) is not None:
                     self.resolved[r["gtrid"]] = bool(r.get("commit"))
         self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        self._live_bytes = sum(len(_encode(r)) for r in self.live.values())
+        self._live_bytes = (sum(len(_encode(r)) for r in self.live.values())
+                            + sum(len(_encode(r)) for r in self.sessions.values()))
         self._file = open(self.path, "ab")
         self._cv = threading.Condition()
         self._queue: List[Ticket] = []
@@ -309,6 +328,27 @@ class PrepareLog:
         """A copy of the live (prepared, unresolved) records by gtrid."""
         with self._cv:
             return dict(self.live)
+
+    def live_sessions(self) -> Dict[int, Dict[str, Any]]:
+        """A copy of the live session records by session id."""
+        with self._cv:
+            return dict(self.sessions)
+
+    def _apply_session(self, r):
+        """A session or session_end record (replay, or durable); returns the bytes
+        the live records grew by."""
+        sid = r.get("sid")
+        if type(sid) is not int:
+            return 0
+        if r["t"] == "session":
+            self.sessions[sid] = r
+            self.ended.discard(sid)
+            return len(_encode(r))
+        old = self.sessions.pop(sid, None)
+        self.ended.add(sid)
+        if len(self.ended) > 65536:       # bounded: one (arbitrary) is forgotten
+            self.ended.pop()
+        return -len(_encode(old)) if old is not None else 0
 
     def append_sync(self, record, timeout=None):
         t = self.submit(record)
@@ -346,7 +386,9 @@ class PrepareLog:
     def _apply(self, batch):
         for t in batch:
             r = t.record
-            if r.get("t") == "prepare":
+            if r.get("t") in ("session", "session_end"):
+                self._live_bytes += self._apply_session(r)
+            elif r.get("t") == "prepare":
                 self.live[r["gtrid"]] = r
                 self._live_bytes += len(_encode(r))
             elif r.get("t") == "resolve":
@@ -355,7 +397,8 @@ class PrepareLog:
                     self._live_bytes -= len(_encode(old))
 
     def _compact(self):
-        data = b"".join(_encode(r) for r in self.live.values())
+        data = (b"".join(_encode(r) for r in self.live.values())
+                + b"".join(_encode(r) for r in self.sessions.values()))
         tmp = self.path + ".compact"
         with open(tmp, "wb") as f:
             f.write(data)

@@ -184,7 +184,9 @@ from lockmgr.rules import EPOCH_BITS
 rnd = random.Random(int(sys.argv[1]))
 trace = [sorted(k for k, v in compiled_modules().items() if v)]
 def norm(x):
-    return x if isinstance(x, (bool, str, type(None))) else ("token", x & ((1 << EPOCH_BITS) - 1)) if isinstance(x, int) else repr(x)
+    if isinstance(x, (bool, str, type(None))):
+        return x
+    return ("token", x & ((1 << EPOCH_BITS) - 1)) if isinstance(x, int) else repr(x)
 with LocalCluster(shards=2, partition_depth=2) as c:
     cl = lockmgr.connect(c.endpoints, partition_depth=2)
     paths = [("db",), ("db", "t"), ("db", "t", 1), ("db", "t", 2), ("db", "u", 1), ("db", "u", 2)]

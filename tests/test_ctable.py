@@ -198,6 +198,17 @@ class Differential(RuleBasedStateMachine):
     def lock_many_odd(self, txn, items):
         self.same("lock_many", txn, items)
 
+    @rule(txn=TXNS, path=PATHS, mode=MODES, token=st.sampled_from([1, 7, 50, 99, 100, 150, 10 ** 6]))
+    def reclaim(self, txn, path, mode, token):
+        # a lock given back with its old token (a shard's RECLAIM): never
+        # escalates; tokens above the counter raise it
+        self.same("reclaim", txn, path, mode, token)
+
+    @rule(txn=st.one_of(TXNS, ODD_TXNS), path=PATHS, mode=st.one_of(MODES, ODD_MODES),
+          token=st.sampled_from([0, -1, 1 << 63, 2.0, True, None, "1"]))
+    def reclaim_odd(self, txn, path, mode, token):
+        self.same("reclaim", txn, path, mode, token)
+
     @rule(txn=TXNS, path=PATHS)
     def unlock(self, txn, path):
         self.same("unlock", txn, path)
@@ -431,3 +442,26 @@ def test_lock_many_matches_across_backends_scripted():
         out += [t.release_all(2), t.held(3), t.release_all(1), t.stats()]
         return out
     _both(script)
+
+
+def test_scripted_reclaim():
+    """Reclaim keeps the given token, takes intention locks on the ancestors,
+    never escalates, refuses a conflict without changing anything, leaves a
+    covered node alone, and later grants get larger tokens."""
+    def script(t):
+        out = [t.reclaim(1, ("db", "t1"), S, 5), t.reclaim(1, ("db", "t1", "r"), X, 9),
+               t.reclaim(1, ("db", "t1", "r2"), S, 11),       # covered by t1 (SIX: converted, new token)
+               t.reclaim(2, ("db", "t1", "r3"), IX, 12),      # conflicts with SIX held by 1
+               t.held(1), t.held(2)]
+        for k in range(6):                                    # above the threshold: no escalation
+            out.append(t.reclaim(3, ("db", "t2", k), X, 20 + k))
+        out.append(t.stats()["escalations"])
+        out.append(t.lock(4, ("db", "t2", 99), X))
+        out.append(t.reclaim(5, ("db", "t3"), X, 10 ** 9))      # raises the counter
+        out.append(t.lock(6, ("db", "t4"), X))
+        return out
+    out = _both(script)
+    assert out[:2] == [5, 9] and 9 > out[2] > 5 and out[3] == _pytable.CONFLICT
+    assert dict(out[4]) == {("db",): IX, ("db", "t1"): SIX, ("db", "t1", "r"): X} and out[5] == []
+    assert out[6:12] == [20, 21, 22, 23, 24, 25] and out[12] == 0
+    assert 25 < out[13] < 10 ** 9 and out[14] == 10 ** 9 and out[15] > 10 ** 9

@@ -26,6 +26,7 @@ ROOMS = [
     ("lockmgr.service.reports", "service.wire", 3), ("lockmgr.service.shard.timers", "service.wire", 3),
     ("lockmgr.service.probes", "service.probes", 4),
     ("lockmgr.service.shard.core", "service.core", 5), ("lockmgr.service.shard.twophase", "service.core", 5),
+    ("lockmgr.service.shard.reclaim", "service.core", 5),
     ("lockmgr.service.admin", "service.admin", 6),
     ("lockmgr.service.shard.server", "service.server", 7), ("lockmgr.service.shard", "service.server", 7),
     ("lockmgr.service.client", "service.client", 7),

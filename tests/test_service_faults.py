@@ -89,7 +89,8 @@ def test_sigstopped_client_loses_its_lease(cluster):
 
 
 def test_shard_killed_and_restarted():
-    with LocalCluster(2, partition_depth=2) as c:
+    # grace=0: no grace period, so nothing is reclaimed (tests/test_service_reclaim.py has the rest)
+    with LocalCluster(2, partition_depth=2, grace=0) as c:
         client = c.connect(session_ttl=10.0, request_timeout=1.0)
         row = ("db", tables_on(1, 2)[0], 0)
         t = client.begin()

@@ -230,8 +230,12 @@ class FakeLog:
         self.resolved = {}
         self.fsyncs = self.compactions = 0
         self.tickets = []
+        self.ended = set()
 
     def live_records(self):
+        return {}
+
+    def live_sessions(self):
         return {}
 
     def submit(self, record):
@@ -261,7 +265,7 @@ def test_two_phase_commit_in_a_core_with_the_log_in_the_tests_hands():
     assert send(b"c", 5, wire.HELLO, 1, 1000, "coord")[1][1] == wire.OK
     assert send(b"c", 5, wire.LOCK, 2, 77, ["db", "t", 1], X, False, None, 0)[2][1] == wire.OK
     assert send(b"c", 5, wire.PREPARE, 3, 77, "g-1", 0, [0]) == {}            # parked until durable
-    assert [r["t"] for r in [tk.record for tk in log.tickets]] == ["prepare"]
+    assert [r["t"] for r in [tk.record for tk in log.tickets]] == ["session", "prepare"]   # the session's record too
     durable()
     assert core.take_replies()[(b"c",)][0][:2] == [3, wire.OK]
     core.now = 5.0                                                            # past the 1 s lease
@@ -276,3 +280,83 @@ def test_two_phase_commit_in_a_core_with_the_log_in_the_tests_hands():
     assert core.txn(77) is None
     assert send(b"o", 6, wire.DECIDE, 4, "g-1", False)[4][2] == ["conflict", True]
     assert send(b"o", 6, wire.LOCK, 5, 88, ["db", "t", 1], X, True, None, 0)[5][1] == wire.OK
+
+
+# ------------------------------------------------------- reclaim after a restart
+
+def _restart_core(data_dir, grace, now):
+    from lockmgr.wal import PrepareLog
+    log = PrepareLog(str(data_dir))
+    return ShardCore(epoch=log.epoch, log=log, now=now, grace=grace), log
+
+
+def _send(core, conn, sid, *req):
+    core.frame((conn,), sid, 0, [list(req)], 64)
+    core.process_woken()
+    while core.backlog:
+        core.resume(64)
+    return {r[0]: r for reps in core.take_replies().values() for r in reps}
+
+
+def test_reclaim_grace_and_refusals_in_a_core(tmp_path):
+    """Deterministic: session records in a real log; a restart enters the grace
+    period; RECLAIM re-grants with the same tokens; a conflicting reclaim is
+    refused; held LOCKs run when the last expected session has reclaimed; a
+    reclaim after the grace period, or from two epochs back, is refused; bad
+    RECLAIMs change nothing."""
+    core, log = _restart_core(tmp_path, 5.0, 0.0)
+    hello = _send(core, b"a", 7, wire.HELLO, 1, 2000, "a")[1]
+    secret_a = hello[2][4]
+    secret_b = _send(core, b"b", 8, wire.HELLO, 1, 3000, "b")[1][2][4]
+    tok = _send(core, b"a", 7, wire.LOCK, 2, 70, ["db", "t", 1], X, False, None, 0)[2][2][0]
+    _send(core, b"b", 8, wire.LOCK, 2, 80, ["db", "u", 1], X, False, None, 0)
+    log.close()                                                  # the crash (records are on disk)
+    core, log = _restart_core(tmp_path, None, 100.0)
+    try:
+        assert core.epoch == 2 and core.reclaim.in_grace and core.reclaim.grace == 3.0   # the largest TTL
+        assert _send(core, b"a", 7, wire.HELLO, 1, 2000, "a")[1][1] == wire.E_PROTOCOL    # no secret
+        assert _send(core, b"a2", 7, wire.HELLO, 1, 2000, "a", secret_a)[1][1] == wire.OK
+        # a new session's LOCK waits (held) during the grace period
+        assert _send(core, b"c", 9, wire.HELLO, 1, 2000, "c")[1][1] == wire.OK
+        assert _send(core, b"c", 9, wire.LOCK, 2, 90, ["db", "v", 1], X, False, None, 0) == {}
+        # bad RECLAIMs: nothing changes
+        for bad in ([1, True], [2, True, []], [1, "yes", []], [1, True, [[70, [[["db", "t", 1], X, tok + (5 << 40)]]]]],
+                    [1, True, [[70, [[["db", "t", 1], 9, tok]]]]], [1, True, [[70, [["db", X, tok]]]]]):
+            rep = _send(core, b"a2", 7, wire.RECLAIM, 2, *bad)[2]
+            assert rep[1] in (wire.E_PROTOCOL, wire.E_INVALID, wire.E_TOO_BIG), (bad, rep)
+        assert core.table.snapshot() == []
+        rep = _send(core, b"a2", 7, wire.RECLAIM, 3, 1, True, [[70, [[["db", "t", 1], X, tok]]],
+                                                              [71, [[["db", "t", 1], S, 5]]]])[3]
+        assert rep[1] == wire.OK and rep[2][0] == 2
+        assert [r[0] for r in rep[2][1]] == [71] and "conflicts" in rep[2][1][0][1]     # refused, logged
+        assert core.txn(71) is None and core.reclaim.notices
+        assert core.table.lock(70, ("db", "t", 1), X) == tok     # the same token
+        assert core.reclaim.in_grace                              # b is still awaited
+        st = core._h_stats([])
+        assert st["grace"] == 1 and st["grace_waiting"] == 1 and st["grace_waiting_sessions"][0][0] == 8
+        # b comes back and reclaims: the grace period ends and the held LOCK runs
+        assert _send(core, b"b2", 8, wire.HELLO, 1, 3000, "b", secret_b)[1][1] == wire.OK
+        core.frame((b"b2",), 8, 0, [[wire.RECLAIM, 2, 1, True, [[80, [[["db", "u", 1], X, tok + 1]]]]]], 64)
+        core.process_woken()
+        while core.backlog:
+            core.resume(64)
+        out = {(prefix[0], r[0]): r for prefix, reps in core.take_replies().items() for r in reps}
+        assert out[(b"b2", 2)][2] == [2, []]
+        assert not core.reclaim.in_grace                          # every expected session reclaimed
+        assert out[(b"c", 2)][1] == wire.OK and out[(b"c", 2)][2][0] > 2 << 40   # the held LOCK ran: new-epoch token
+        late = _send(core, b"b2", 8, wire.RECLAIM, 3, 1, True, [[81, [[["db", "w", 1], X, 3]]]])[3]
+        assert late[2][1][0][0] == 81 and "grace period" in late[2][1][0][1]
+        assert core.table.mode_held(81, ("db", "w", 1)) == 0
+        core.table._check()
+    finally:
+        log.close()
+    core, log = _restart_core(tmp_path, 5.0, 200.0)                # a second restart: epoch 3
+    try:
+        assert _send(core, b"b3", 8, wire.HELLO, 1, 3000, "b", secret_b)[1][1] == wire.OK
+        rep = _send(core, b"b3", 8, wire.RECLAIM, 2, 1, True, [[80, [[["db", "u", 1], X, tok + 1]]]])[2]
+        assert "more than once" in rep[2][1][0][1]                 # the locks came from epoch 1, not 2
+        core.now = 300.0
+        core.fire_timers(100)
+        assert not core.reclaim.in_grace
+    finally:
+        log.close()

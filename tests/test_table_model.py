@@ -187,6 +187,18 @@ def make_machine(backend):
         def lock(self, txn, res, mode, nowait):
             self.same(lambda: self.m.lock(txn, res, mode, nowait), lambda: self.t.lock(txn, res, mode, nowait))
 
+        @rule(txn=TXNS, res=RES, mode=MODES)
+        def reclaim(self, txn, res, mode):
+            # as a nowait lock (tokens aside: the model's counter is not the table's)
+            if txn in self.m.waiting:
+                return
+            want = self.m.lock(txn, res, mode, True)
+            got = self.t.reclaim(txn, res, mode, 1)
+            assert (want == CONFLICT) == (got == CONFLICT), (want, got)
+            if want > 0 and got != want:     # granted or converted by this call: the given token
+                assert got == 1
+                self.m.tokens[(txn, res)] = 1
+
         @rule(txn=TXNS, res=RES)
         def unlock(self, txn, res):
             if txn in self.m.waiting:

@@ -55,6 +55,8 @@ cdef extern from "locktable.h" nogil:
     void lt_destroy(lt_table *t)
     int64_t lt_lock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
                     int depth, int mode, int nowait)
+    int64_t lt_reclaim(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,
+                       int depth, int mode, uint64_t token)
     int64_t lt_lock_many(lt_table *t, uint64_t txn, const uint8_t *keys, const uint16_t *ends,
                          const lt_item *items, size_t n, int nowait, int64_t *results, size_t *done)
     int64_t lt_unlock(lt_table *t, uint64_t txn, const uint8_t *key, const uint16_t *ends,

@@ -396,6 +396,27 @@ cdef class Table:
             return r
         return _fail(r, txn, _decode(buf, ends[depth - 1]))
 
+    def reclaim(self, txn, resource, mode, token):
+        """Give ``txn`` back ``mode`` on ``resource`` with the fencing token it was
+        granted before a restart (a shard's RECLAIM): as ``lock(..., nowait=True)``
+        but never escalating, and the node's own request, if this call granted or
+        converted it, keeps ``token`` (1..2**63-1); the token counter is raised to
+        ``token`` if below it. A node already covered keeps its token. Returns the
+        token, or ``CONFLICT`` (nothing changed). Runtime complexity: O(depth) expected.
+        """
+        cdef uint8_t buf[KEYBUF]
+        cdef uint16_t ends[MAXDEPTH]
+        cdef uint64_t tid = _txn_id(txn)
+        cdef int m = _mode(mode)
+        if type(token) is not int or not 0 < token < (1 << 63):
+            raise InvalidRequest(f"a reclaimed token must be an int in 1..2**63-1; got {token!r}")
+        cdef uint64_t tok = token
+        cdef int depth = _encode(resource, buf, ends)
+        cdef int64_t r = lt_reclaim(self._t, tid, buf, ends, depth, m, tok)
+        if r >= LT_CONFLICT:
+            return r
+        return _fail(r, txn, _decode(buf, ends[depth - 1]))
+
     def lock_many(self, txn, items, nowait=False):
         """Lock each (resource, mode) of ``items`` in order, as successive
         lock() calls would, after validating all of them (InvalidRequest,

@@ -5,6 +5,7 @@ Interface (shared with ``lockmgr._core._ctable.Table``; see docs/table.md):
     Table(escalation_threshold=5000, token_base=0)
     lock(txn, resource, mode, nowait=False) -> token > 0 | WAITING | CONFLICT
     lock_many(txn, items, nowait=False) -> list of lock() results (see below)
+    reclaim(txn, resource, mode, token) -> token | CONFLICT   (after a restart)
     unlock(txn, resource) -> list of woken txn ids
     release_all(txn) -> list of woken txn ids
     cancel_wait(txn) -> list of woken txn ids
@@ -207,7 +208,34 @@ class Table:
                 break
         return out
 
-    def _lock(self, txn, resource, mode, nowait):
+    @_serialised
+    def reclaim(self, txn, resource, mode, token):
+        """Give ``txn`` back ``mode`` on ``resource`` with the fencing token it was
+        granted before a restart (a shard's RECLAIM): as ``lock(..., nowait=True)``
+        but never escalating, and the node's own request, if this call granted or
+        converted it, keeps ``token`` (1..2**63-1); the token counter is raised to
+        ``token`` if below it. A node already covered keeps its token. Returns the
+        token, or ``CONFLICT`` (nothing changed). Runtime complexity: O(depth) expected.
+        """
+        _check_txn(txn)
+        mode = check_mode(mode)
+        if type(token) is not int or not 0 < token < (1 << 63):
+            raise InvalidRequest(f"a reclaimed token must be an int in 1..2**63-1; got {token!r}")
+        key = encode(resource)
+        before = self._token
+        r = self._lock(txn, resource, mode, True, escalate=False)
+        if r <= 0:
+            return r
+        t = self._txns.get(txn)
+        q = t.reqs.get(key) if t is not None else None
+        if q is not None and q.held != NL and q.token > before:
+            q.token = token
+            r = token
+        if token > self._token:
+            self._token = token
+        return r
+
+    def _lock(self, txn, resource, mode, nowait, escalate=True):
         _check_txn(txn)
         mode = check_mode(mode)
         key = encode(resource)
@@ -260,7 +288,7 @@ class Table:
                     t.waiting = r
                     self._waited += 1
                     return WAITING
-                if parent_req is not None and parent_req.nchildren > self._threshold:
+                if escalate and parent_req is not None and parent_req.nchildren > self._threshold:
                     if self._try_escalate(t, parent_req):
                         # r was released; the escalated parent covers the whole request
                         return parent_req.token
@@ -661,6 +689,7 @@ class Table:
             for tid, h in res.holders.items():
                 assert h.res is res and h.txn.id == tid
                 assert h.held != NL
+                assert 0 < h.token <= self._token, "a holder's token above the counter"
                 counts[h.held] += 1
                 assert self._txns[tid].reqs[key] is h
                 assert (h.want != NL) == (h in res.conv)

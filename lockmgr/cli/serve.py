@@ -45,6 +45,10 @@ def add_serve_args(ap):
     ap.add_argument("--peer-endpoint", default=None,
                     help="also bind this ipc://PATH for messages from the other shards (they must list "
                          "it in --peers / PEERS)")
+    ap.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                    help="after a restart, how long the sessions that were open may reclaim their locks "
+                         "while new requests wait (default: the largest session TTL granted, at most 30; "
+                         "0: no grace period, no reclaim and no session records in the log)")
     ap.add_argument("--parent-pid", type=int, default=None,
                     help="stop when this process (the one that started the shard) is gone")
     ap.add_argument("--peers", default=None,
@@ -79,7 +83,7 @@ def run_serve(args):
                       probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
                       probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
                       peers=[e.strip() for e in args.peers.split(",")] if args.peers else None,
-                      cluster_key=key, peer_endpoint=args.peer_endpoint)
+                      cluster_key=key, peer_endpoint=args.peer_endpoint, grace=args.grace)
     except CorruptLog as e:
         print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
         sys.stderr.flush()

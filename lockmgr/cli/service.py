@@ -3,6 +3,7 @@
     lockmgr serve --endpoint tcp://127.0.0.1:7400 --data-dir DIR [--index I --shards N]
     lockmgr cluster --shards 3 [--base-port 7400] [--data-dir DIR]   (foreground; Ctrl-C stops)
     lockmgr locks tcp://127.0.0.1:7400,tcp://127.0.0.1:7401          (like pg_locks)
+    lockmgr status ENDPOINTS [--stats]      (per shard: epoch, sessions, locks, grace period)
     lockmgr demo [--shards 3 --threads 8 --seconds 5]                (local cluster + workload)
 """
 
@@ -92,6 +93,47 @@ def cmd_locks(p, args):
         for e in edges:
             print("  " + e)
     print(f"\n{len(rows)} request(s) on {len(snaps) - bad} shard(s)")
+    return 1 if bad else 0
+
+
+@command("status", "Show each shard of a cluster: epoch, sessions, locks, and whether it is in its grace period "
+                  "after a restart (and which sessions it still waits for); --stats prints every counter.")
+def cmd_status(p, args):
+    if p is not None:
+        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        p.add_argument("--timeout", type=float, default=2.0)
+        p.add_argument("--stats", action="store_true", help="also print every counter of each shard")
+        return None
+    from ..service import wire
+    from ..service.admin import admin_query
+    stats = admin_query(args.endpoints, wire.STATS, args.timeout)
+    rows = []
+    waiting = []
+    bad = 0
+    for i, st in enumerate(stats):
+        if isinstance(st, Exception):
+            rows.append((i, "-", "-", "-", "-", f"unavailable: {st}"))
+            bad += 1
+            continue
+        if st.get("grace"):
+            grace = f"IN GRACE: {st.get('grace_left_ms', 0) / 1000:.1f}s left, waits for {st.get('grace_waiting', 0)}"
+            waiting.extend(f"  shard {i}: session {sid:#x} ({name})"
+                           for sid, name in st.get("grace_waiting_sessions", []))
+        else:
+            grace = (f"serving (reclaimed {st.get('reclaimed_locks', 0)} lock(s) of "
+                     f"{st.get('reclaimed_sessions', 0)} session(s), refused {st.get('reclaims_refused', 0)})")
+        rows.append((i, st.get("epoch"), st.get("backend"), st.get("sessions"), st.get("requests"), grace))
+    print(_table(("shard", "epoch", "backend", "sessions", "locks", "state"), rows))
+    if waiting:
+        print("\nsessions a shard in its grace period still waits for:")
+        for w in waiting:
+            print(w)
+    if args.stats:
+        for i, st in enumerate(stats):
+            if not isinstance(st, Exception):
+                print(f"\nshard {i}:")
+                for k in sorted(st):
+                    print(f"  {k}: {st[k]}")
     return 1 if bad else 0
 
 

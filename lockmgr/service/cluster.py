@@ -2,7 +2,8 @@
 
 Interface:
     LocalCluster(shards=3, *, data_dir=None, base_port=None, partition_depth=2,
-                 escalation_threshold=5000, start_timeout=20.0, probe_delay=0.010, probe_interval=None)
+                 escalation_threshold=5000, start_timeout=20.0, probe_delay=0.010, probe_interval=None,
+                 grace=None)    # seconds of a restarted shard's grace period (None: its default)
         .endpoints          list of "tcp://127.0.0.1:port", in shard order
         .peer_endpoints     what the shards use to reach each other (ipc:// in their dirs)
         .cluster_key        the random key their shard-to-shard messages carry
@@ -43,7 +44,8 @@ class LocalCluster:
 
     def __init__(self, shards: int = 3, *, data_dir: Optional[str] = None, base_port: Optional[int] = None,
                  partition_depth: int = 2, escalation_threshold: int = 5000, start_timeout: float = 20.0,
-                 probe_delay: Optional[float] = 0.010, probe_interval: Optional[float] = None) -> None:
+                 probe_delay: Optional[float] = 0.010, probe_interval: Optional[float] = None,
+                 grace: Optional[float] = None) -> None:
         if type(shards) is not int or not 1 <= shards <= 256:
             raise InvalidRequest(f"shards must be an int in 1..256; got {shards!r}")
         if type(partition_depth) is not int or not 1 <= partition_depth <= 32:
@@ -55,6 +57,10 @@ class LocalCluster:
         # cross-shard deadlock detection (docs/probes.md): None disables it
         self.probe_delay = probe_delay
         self.probe_interval = probe_interval
+        if grace is not None and (type(grace) not in (int, float) or not 0 <= grace <= 3600):
+            raise InvalidRequest(f"grace must be None or seconds in 0..3600; got {grace!r}")
+        # a restarted shard's grace period (lockmgr/service/shard/reclaim.py); None: the shard's default
+        self.grace = grace
         # shard-to-shard messages (and PEERS/FAULTS) carry this key: no other local process can
         # abort a transaction as a deadlock victim (given to the shards in their environment)
         self.cluster_key = secrets.token_hex(16)
@@ -98,6 +104,8 @@ class LocalCluster:
                "--parent-pid", str(os.getpid())]      # the shard stops if this process dies
         if self.probe_interval is not None:
             cmd += ["--probe-interval-ms", str(self.probe_interval * 1000)]
+        if self.grace is not None:
+            cmd += ["--grace", str(self.grace)]
         sock_path = os.path.join(os.path.abspath(d), "peers.ipc")
         peer_ep = f"ipc://{sock_path}" if len(sock_path) < 100 else None
         if peer_ep:

@@ -60,6 +60,9 @@ UNLOCK = 12        # [txn, path, check_only]     -> [held_here]
 RELEASE = 13       # [txn, committed]            -> []    commit/abort on this shard
 HELD = 14          # [txn]                       -> [[path, mode], ...]
 DOWNGRADE = 15     # [txn, path, mode]           -> []    back to a weaker mode held before (undo a conversion)
+RECLAIM = 16       # [epoch_seen, last, [[txn, [[path, mode, token], ...]], ...]] -> [epoch, [[txn, why], ...]]
+                   #   after a restart, in its grace period: the session's transactions' locks back with
+                   #   their tokens (refused transactions listed with the reason; they are aborted here)
 PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
 DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
@@ -85,7 +88,8 @@ FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the faul
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
-              PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
+              RECLAIM: "RECLAIM", PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE",
+              PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
                    PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM",
@@ -173,6 +177,9 @@ REPLY_SHAPES = {
     HELD: lambda p, a: _path_modes(p),
     DOWNGRADE: _list,
     PREPARE: lambda p, a: _ints(p, 2),
+    RECLAIM: lambda p, a: (type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is list
+                           and all(type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is str
+                                   for r in p[1])),
     DECIDE: lambda p, a: type(p) is list and ((len(p) == 1 and p[0] in ("resolved", "done", "unknown"))
                                               or (len(p) == 2 and p[0] == "conflict" and type(p[1]) is bool)),
     INDOUBT: lambda p, a: type(p) is list and all(

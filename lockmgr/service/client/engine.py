@@ -39,6 +39,7 @@ import zmq
 from .. import wire
 from ...errors import InvalidRequest, SessionExpired, ShardUnavailable
 from ..routing import parse_endpoints
+from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
 
@@ -89,6 +90,24 @@ class _Call:
         self.urgent = urgent     # a callback that someone must receive promptly (asyncio, HELLO)
 
 
+class _Reclaim:
+    """A reclaim in progress on one restarted shard (``_Engine._reclaims``)."""
+
+    __slots__ = ("old", "new", "since", "waiting", "left", "cores")
+
+    def __init__(self, old, new, since):
+        self.old = old              # the epoch the locks were granted in
+        self.new = new              # the shard's epoch now
+        self.since = since
+        self.waiting = False        # for an answer to be recorded (ops._settled)
+        self.left = 0               # RECLAIM requests unanswered
+        self.cores = {}             # txn id -> _TxnCore reclaimed
+
+
+def _depth(item):
+    return len(item[0])
+
+
 class Owner(enum.Enum):
     """Who owns the engine's sockets (``_Engine._owner_kind``); docs/service.md
     ("Client engine ownership") has the transitions."""
@@ -114,6 +133,8 @@ _zmq_poll = zmq.zmq_poll
 # the most two machines' monotonic clocks may differ in rate (a fraction: 1000 ppm,
 # ten times what commodity crystal oscillators drift)
 MAX_CLOCK_DRIFT = 0.001
+RECLAIM_WAIT = 0.1   # s a reclaim waits for a thread to record a lock answer it received
+MAX_RECLAIM = wire.MAX_BATCH   # locks in one RECLAIM request
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 _HANDOFF_AFTER = 0.002  # s: an owner whose calls are older than this hands the sockets to a newer caller
 
@@ -175,6 +196,11 @@ class _Engine:
         self._hb_sent = [None] * self.n  # send time of the outstanding heartbeat, or None
         self._hello_pending = [False] * self.n
         self._secret = [None] * self.n   # per shard: the session's secret (from HELLO) to re-bind it
+        # lock reclaim after a shard restart (docs/service.md, "Restarts: reclaim and grace")
+        self.txns = {}                   # txn id -> _TxnCore of the active transactions holding locks
+        self._reclaims = {}              # shard -> _Reclaim in progress
+        self.reclaim_waiting = False     # a reclaim waits for answers to be recorded (ops._settled)
+        self._parked = [dict() for _ in range(self.n)]   # seq -> call the shard did not know the session for
         self._ctx = zmq.Context()
         self._socks = []
         for ep in self.endpoints:
@@ -196,6 +222,7 @@ class _Engine:
         self._polling = False            # the owner sleeps in poll (wake it through the pipe)
         self._pipe_full = False          # a wake byte is in the pipe
         self._followers = {}             # id -> _Waiter of sync callers waiting for an owner's service
+        self.reclaims = 0                # reclaims started (shard restarts seen)
         self.handoffs = 0                # times a long-waiting owner handed the sockets to a newer caller
         self._urgent = 0                 # outstanding calls someone must receive promptly
         self._orphaned_at = None         # when an owner last let go with calls unanswered
@@ -534,8 +561,20 @@ class _Engine:
                     f"every client must use the cluster's partition depth")
         if self.partition_depth is None or self._hello_left > 0:
             self.partition_depth = self.partition_depth or depth
+        old = self.epoch[i]
+        if self._hello_left == 0 and old and epoch != old:
+            # shard i restarted: reclaim what the transactions hold there (the new epoch
+            # is taken once that is done, so they are not aborted meanwhile)
+            if c.first_sent > self._lease_base[i] + self.lease:
+                self._expire_local()        # the lease had run out before this HELLO: nothing to reclaim
+                return
+            self._lease_base[i] = max(self._lease_base[i], c.first_sent)
+            self._start_reclaim(i, old, epoch, time.monotonic())
+            return
         self.epoch[i] = epoch
         self._lease_base[i] = max(self._lease_base[i], c.first_sent)
+        if self._parked[i]:
+            self._resend_parked(i)
         if self._hello_left > 0:
             self._hello_left -= 1
             if self._hello_left == 0 or self._hello_error is not None:
@@ -546,7 +585,7 @@ class _Engine:
         self._hb_sent[i] = None
         if c.error is None:
             self._lease_base[i] = max(self._lease_base[i], c.first_sent)
-            if c.result[0] != self.epoch[i]:
+            if c.result[0] != self.epoch[i] and i not in self._reclaims:
                 self.epoch[i] = c.result[0]
         elif isinstance(c.error, SessionExpired):
             self._expire_by_shard(str(c.error))
@@ -565,6 +604,138 @@ class _Engine:
                 if call.typ != wire.HELLO:
                     del pending[call.seq]
                     self._fail(call, ShardUnavailable(msg))
+
+    # -- reclaim after a shard restart (under _mu); docs/service.md ("Restarts: reclaim and grace")
+
+    def _park(self, i, c):
+        """A call shard i answered 'unknown session' (it restarted): keep it, open
+        the session again, and send it once the session's locks are reclaimed
+        there. False if the session is over (the call fails)."""
+        if self.dead is not None or self.closed or c.typ == wire.HEARTBEAT:
+            return False                   # (a heartbeat's callback opens the session again)
+        self._pending[i][c.seq] = c
+        self._parked[i][c.seq] = c
+        if not self._hello_pending[i]:
+            self._send_hello(i, time.monotonic())
+        return True
+
+    def _resend_parked(self, i):
+        parked = self._parked[i]
+        pending = self._pending[i]
+        reqs = []
+        for seq, c in list(parked.items()):
+            if not c.done and pending.get(seq) is c:
+                req = [c.typ, seq]
+                req.extend(c.args)
+                reqs.append(req)
+        parked.clear()
+        if reqs:
+            self._send_frame(i, reqs)
+
+    def _start_reclaim(self, i, old, new, now):
+        r = self._reclaims.get(i)
+        if r is not None and r.new == new:     # (a second answer to HELLO)
+            return
+        r = self._reclaims[i] = _Reclaim(old, new, now)
+        self._try_reclaim(i, r, now)
+
+    def _retry_reclaims(self, now=None):
+        now = time.monotonic() if now is None else now
+        for i, r in list(self._reclaims.items()):
+            if r.waiting:
+                self._try_reclaim(i, r, now)
+
+    def recorded(self):
+        """ops: a lock answer was recorded (a reclaim may have waited for it)."""
+        with self._mu:
+            self._retry_reclaims()
+            if self._outq:
+                self._wake_owner_locked()
+                if self._owner_kind is _NONE:
+                    self._hand_to_hk_locked()
+
+    def _try_reclaim(self, i, r, now):
+        """Send RECLAIM to shard i: every active transaction's locks there, in one
+        frame (MAX_RECLAIM locks a request). A transaction whose answer from the
+        shard is received but not yet recorded by its thread is waited for (up to
+        RECLAIM_WAIT; then it is left out and aborted: its locks are not reclaimed)."""
+        old = r.old
+        inflight = {c.args[0] for c in self._pending[i].values() if c.typ == wire.LOCK or c.typ == wire.LOCK_MANY}
+        cores = []
+        late = []
+        for tid, core in list(self.txns.items()):
+            if core.state is not _ACTIVE:
+                if core.state is not _PREPARED:
+                    self.txns.pop(tid, None)
+                continue
+            if core.touched.get(i) != old or core.doom:
+                continue
+            if i in core.busy and tid not in inflight:
+                late.append(core)
+                continue
+            cores.append(core)
+        if late and now - r.since < RECLAIM_WAIT:
+            r.waiting = True
+            self.reclaim_waiting = True
+            return
+        r.waiting = False
+        self.reclaim_waiting = any(x.waiting for x in self._reclaims.values())
+        for core in late:
+            core.doom = (f"shard {i} restarted (epoch {old} -> {r.new}) before the answer of a lock of transaction "
+                         f"{core.id} was recorded; its locks there were not reclaimed and the transaction has "
+                         f"been aborted")
+        chunks = []
+        cur, n = [], 0
+        for core in cores:
+            items = sorted(((list(p), m, t) for p, (m, t) in list(core.locks.get(i, {}).items())), key=_depth)
+            r.cores[core.id] = core
+            k = 0
+            while True:
+                room = MAX_RECLAIM - n
+                part = items[k:k + room]
+                cur.append([core.id, part])
+                n += len(part)
+                k += len(part)
+                if n >= MAX_RECLAIM:
+                    chunks.append(cur)
+                    cur, n = [], 0
+                if k >= len(items):
+                    break
+        if cur or not chunks:
+            chunks.append(cur)
+        r.left = len(chunks)
+        dl = now + self.request_timeout
+        for k, ch in enumerate(chunks):
+            c = _Call(i, wire.RECLAIM, [old, k == len(chunks) - 1, ch], dl,
+                      cb=lambda c, r=r: self._on_reclaim(c, r), urgent=True)
+            self._urgent += 1
+            self._outq.append(c)
+        self.reclaims += 1
+
+    def _on_reclaim(self, c, r):
+        i = c.shard
+        if c.error is not None:
+            why = (f"shard {i} restarted (epoch {r.old} -> {r.new}) and the locks of transaction {{}} could not "
+                   f"be reclaimed ({c.error}); the transaction has been aborted")
+            for tid, _ in c.args[2]:
+                core = r.cores.get(tid)
+                if core is not None and not core.doom:
+                    core.doom = why.format(tid)
+        else:
+            for tid, why in c.result[1]:
+                core = r.cores.get(tid)
+                if core is not None:
+                    core.doom = why
+        r.left -= 1
+        if r.left > 0 or self._reclaims.get(i) is not r:
+            return
+        for core in r.cores.values():
+            if not core.doom and core.touched.get(i) == r.old:
+                core.touched[i] = r.new
+        del self._reclaims[i]
+        self.reclaim_waiting = any(x.waiting for x in self._reclaims.values())
+        self.epoch[i] = r.new
+        self._resend_parked(i)
 
     def _expire_by_shard(self, msg):
         if self.dead is None:
@@ -600,6 +771,8 @@ class _Engine:
             self._expire_local()
         if self.dead is not None:
             self._fail_all(SessionExpired(self.dead), keep_close=True)
+        if self.reclaim_waiting:
+            self._retry_reclaims(now)
         if self._outq:
             self._send_all(now)
         heap = self._heap
@@ -810,6 +983,8 @@ class _Engine:
                     if c.first_sent > lease:
                         lease = c.first_sent
                 else:
+                    if status == wire.E_UNKNOWN_SESSION and c.typ != wire.HELLO and self._park(i, c):
+                        continue      # sent again once the session is back there (a restarted shard)
                     c.error = wire.error_for(status, payload)
                     if status == wire.E_UNKNOWN_SESSION and c.typ not in (wire.HEARTBEAT, wire.HELLO):
                         c.error = ShardUnavailable(

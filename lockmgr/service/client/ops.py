@@ -41,7 +41,7 @@ class _TxnCore:
     """State of one transaction, shared by the sync and asyncio front ends."""
 
     __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
-                 "default_timeout", "prepared_at")
+                 "default_timeout", "prepared_at", "locks", "busy")
 
     def __init__(self, client, name, gtrid):
         self.client = client
@@ -55,6 +55,12 @@ class _TxnCore:
         self.touched = {}      # shard -> epoch seen there (0 until the first answer)
         self.doom = None       # why the transaction cannot go on (a shard lost its locks)
         self.default_timeout = client._default_timeout
+        # what it holds, for a reclaim after a shard restarts (engine._start_reclaim):
+        # shard -> {path: (mode, token)} as granted (the explicit locks; the shard
+        # takes the ancestors' intention locks itself)
+        self.locks = {}
+        # shards with a lock call whose answer may not be in ``locks`` yet
+        self.busy = set()
 
     def refuse(self):
         if self.state is PREPARED:
@@ -72,8 +78,9 @@ class _TxnCore:
         eps = self.eng.epoch
         for s, e in self.touched.items():
             if e and eps[s] != e:
-                self.doom = (f"shard {s} restarted (epoch {e} -> {eps[s]}) and lost the locks of transaction "
-                             f"{self.id}; the transaction has been aborted")
+                if not self.doom:   # (a refused reclaim says why itself)
+                    self.doom = (f"shard {s} restarted (epoch {e} -> {eps[s]}) and lost the locks of transaction "
+                                 f"{self.id}; the transaction has been aborted")
                 self.abort_everywhere()
                 raise TransactionAborted(self.doom)
 
@@ -83,9 +90,28 @@ class _TxnCore:
             self.victim = True
         if self.state is ACTIVE or self.state is PREPARED:
             self.state = ABORTED
+            self.forget()
             for s in self.touched:
                 if s != skip:
                     self.eng.post(s, wire.RELEASE, [self.id, False])
+
+    def forget(self):
+        """Finished: nothing of it is reclaimed any more."""
+        self.eng.txns.pop(self.id, None)
+        self.locks = {}
+
+    def record(self, s, path, mode, tok):
+        """A lock granted on shard ``s`` (kept for a reclaim after a restart)."""
+        d = self.locks.get(s)
+        if d is None:
+            d = self.locks[s] = {}
+            self.eng.txns[self.id] = self
+        old = d.get(path)
+        if old is None:
+            d[path] = (mode, tok)
+        elif SUPREMUM[old[0]][mode] != old[0]:      # a conversion: its new token
+            d[path] = (SUPREMUM[old[0]][mode], tok)
+        # (a covered re-lock keeps the recorded token: the answer may be an ancestor's)
 
     def route(self, key, depth, mode):
         eng = self.eng
@@ -113,6 +139,24 @@ def _failure(core, err, shard):
     return err
 
 
+def _settled(core, s):
+    """The answer of ``core``'s lock call to shard ``s`` is recorded (or failed)."""
+    core.busy.discard(s)
+    eng = core.eng
+    if eng.reclaim_waiting:
+        eng.recorded()
+
+
+def _unrecord(core, s, path, prev):
+    """Shard ``s`` no longer has ``path`` for ``core`` (``prev`` 0), or has it back in ``prev``."""
+    d = core.locks.get(s)
+    if d is not None and path in d:
+        if prev:
+            d[path] = (prev, d[path][1])
+        else:
+            del d[path]
+
+
 def _g_lock(core, resource, mode, timeout, nowait):
     core.check_active()
     timeout = check_timeout(timeout)
@@ -130,14 +174,22 @@ def _g_lock(core, resource, mode, timeout, nowait):
         ep = core.touched.get(s)
         if ep is None:
             core.touched[s] = ep = 0
-        res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
-                       None if deadline is None else tmo / 1000.0)]
+        core.busy.add(s)
+        try:
+            res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
+                           None if deadline is None else tmo / 1000.0)]
+            if not isinstance(res, BaseException):
+                core.record(s, path, mode, res[0])
+        finally:
+            _settled(core, s)
         if isinstance(res, BaseException):
             if isinstance(res, (LockTimeout, LockNotAvailable)) and done:
                 # a strong lock on a node above the partition depth failed on a later
                 # shard: undo it where it was granted -- released where it was new,
                 # set back to the mode held before where it converted one -- so the
                 # transaction keeps what it held, as one table would leave it
+                for f, prev in done:
+                    _unrecord(core, f, path, prev)
                 yield [(f, wire.UNLOCK, [core.id, wpath, False], 0.0) if not prev
                        else (f, wire.DOWNGRADE, [core.id, wpath, prev], 0.0) for f, prev in done]
             raise _failure(core, res, s)
@@ -213,18 +265,25 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
                           [core.id, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
                           None if tmo is None else tmo / 1000.0))
             idxs.append((s, chunk))
-        results = yield specs
-        err = None
-        for (s, chunk), res in zip(idxs, results):
-            if isinstance(res, BaseException):
-                if err is None or isinstance(res, DeadlockDetected):
-                    err = (res, s)
-                continue
-            toks, ep2 = res
-            if not core.touched.get(s):
-                core.touched[s] = ep2
-            for i, tok in zip(chunk, toks):
-                tokens[i] = tok
+        busy = [s for s, _ in idxs]
+        core.busy.update(busy)
+        try:
+            results = yield specs
+            err = None
+            for (s, chunk), res in zip(idxs, results):
+                if isinstance(res, BaseException):
+                    if err is None or isinstance(res, DeadlockDetected):
+                        err = (res, s)
+                    continue
+                toks, ep2 = res
+                if not core.touched.get(s):
+                    core.touched[s] = ep2
+                for i, tok in zip(chunk, toks):
+                    tokens[i] = tok
+                    core.record(s, parsed[i][0], parsed[i][2], tok)
+        finally:
+            for s in busy:
+                _settled(core, s)
         if err is not None:
             raise _failure(core, err[0], err[1])
 
@@ -239,11 +298,13 @@ def _g_unlock(core, resource, wait=True):
     shards = core.route(key, len(path), 5)
     if len(shards) == 1:
         if not wait:            # a no-wait unlock: a failure is raised by the next call
+            _unrecord(core, shards[0], path, 0)
             core.eng.post_quiet(shards[0], wire.UNLOCK, [core.id, wpath, False, True])
             return None
         res, = yield [(shards[0], wire.UNLOCK, [core.id, wpath, False], 0.0)]
         if isinstance(res, BaseException):
             raise res
+        _unrecord(core, shards[0], path, 0)
         return None
     # a node above the partition depth: it may be held on several shards
     touched = sorted(core.touched)
@@ -258,12 +319,15 @@ def _g_unlock(core, resource, wait=True):
         raise InvalidRequest(f"transaction {core.id} does not hold {path!r}")
     if not wait:
         for s in holding:
+            _unrecord(core, s, path, 0)
             core.eng.post_quiet(s, wire.UNLOCK, [core.id, wpath, False, True])
         return None
     results = yield [(s, wire.UNLOCK, [core.id, wpath, False], 0.0) for s in holding]
     for res in results:
         if isinstance(res, BaseException):
             raise res
+    for s in holding:
+        _unrecord(core, s, path, 0)
     return None
 
 
@@ -308,6 +372,7 @@ def _g_finish(core, commit, wait=True):
             core.state = ABORTED
             raise SessionExpired(core.eng.dead)
     core.state = COMMITTED if commit else ABORTED
+    core.forget()
     touched = sorted(core.touched)
     if not touched or core.eng.dead is not None:
         return None

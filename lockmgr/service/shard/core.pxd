@@ -30,6 +30,7 @@ cdef class ShardCore:
     cdef public object index, nshards, partition_depth, epoch, peer_sid, table, _table, _sessions, _expired
     cdef public object _txns, _timers, _tick, _out, _woken, backlog, counters, internal_errors
     cdef public object _handlers, _admin, twophase, probes, _probes, _peer, _wall_offset, _random_bytes
+    cdef public object reclaim, _reclaim
     cdef public double now
     cdef public Py_ssize_t _left, handled
 

@@ -3,7 +3,7 @@
 Interface:
     ShardCore(*, epoch, index=0, nshards=1, partition_depth=2, escalation_threshold=5000,
               log=None, peer_sid=0, probe_delay=..., probe_interval=None, peers=None,
-              now=0.0, wall_offset=0.0, random_bytes=os.urandom)
+              now=0.0, wall_offset=0.0, random_bytes=os.urandom, grace=None)
         .now                     the current time (monotonic seconds): set by the driver
                                  before every call; the core never reads a clock
         .frame(prefix, sid, ack, reqs, budget)   a decoded frame from connection ``prefix``;
@@ -17,13 +17,13 @@ Interface:
         .take_peer_messages() -> {shard: [request, ...]}   what to send to other shards
         .durable(batch)          prepare-log tickets that reached the disk (from the log's thread)
         .has_replies, .reply(prefix, reply), .internal_error(where, exc), .internal_errors
-        .counters, .epoch, .index, .nshards, .partition_depth, .probes, .twophase
+        .counters, .epoch, .index, .nshards, .partition_depth, .probes, .twophase, .reclaim
 
 The driver (lockmgr/service/shard/server.py: ZeroMQ and a clock; tests: a manual
 clock and no sockets) decodes frames, sets ``now``, calls these and sends what
-they return. Deadlock probes (lockmgr/service/probes.py) and two-phase commit
-(twophase.py) plug in through the methods listed in ``ShardHost``; they touch
-no other state of the core.
+they return. Deadlock probes (lockmgr/service/probes.py), two-phase commit
+(twophase.py) and lock reclaim after a restart (reclaim.py) plug in through the
+methods listed in ``ShardHost``; they touch no other state of the core.
 
 Design and correctness: docs/service.md; 2PC: docs/2pc.md; probes: docs/probes.md.
 """
@@ -47,6 +47,7 @@ from ..wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCO
                      E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
                      E_UNKNOWN_TYPE, OK)
 from .twophase import TwoPhase
+from .reclaim import Reclaim
 
 try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
     from ..._core._ctable import encode as _encode
@@ -57,7 +58,7 @@ __all__ = ["ShardCore", "ShardHost", "Reply", "PARKED", "EPOCH_BITS"]
 
 PARKED = object()   # a handler's result: the request waits; it is answered later
 
-_T_WAIT, _T_LEASE, _T_PROBE = TimerKind.WAIT, TimerKind.LEASE, TimerKind.PROBE
+_T_WAIT, _T_LEASE, _T_PROBE, _T_GRACE = TimerKind.WAIT, TimerKind.LEASE, TimerKind.PROBE, TimerKind.GRACE
 
 MAX_ERROR_CHARS = 1000    # an error reply's message is cut to this (it may quote the request)
 MAX_TTL_MS = 3600 * 1000
@@ -122,6 +123,10 @@ class ShardHost(Protocol):
     Reply: type                                                   # raise Reply(status, message)
     PARKED: object                                                # the handler's "answered later"
     def brief(self, value: object) -> str: ...                    # a bounded quote of bad input
+    # reclaim after a restart only
+    def session_open(self, sid) -> bool: ...                      # session ``sid`` is open here
+    def mark_expired(self, sid, why): ...                         # a HELLO for ``sid`` gets SESSION_EXPIRED
+    def replay(self, held): ...                                   # [(sid, prefix, requests)]: run them next
 
 
 class _Session:
@@ -208,7 +213,7 @@ class ShardCore:
 
     def __init__(self, *, epoch, index=0, nshards=1, partition_depth=2, escalation_threshold=5000,
                  log=None, peer_sid=0, probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None,
-                 now=0.0, wall_offset=0.0, random_bytes=os.urandom):
+                 now=0.0, wall_offset=0.0, random_bytes=os.urandom, grace=None):
         if epoch >= (1 << (63 - EPOCH_BITS)):
             raise RuntimeError("epoch space exhausted")
         self.index = index
@@ -250,6 +255,10 @@ class ShardCore:
         self.probes = self._probes = ProbeEngine(self, probe_delay, probe_interval, peers)
         self._admin.update(self._probes.admin)
         self._peer = self._probes.peer_types
+        # lock reclaim after a restart (reclaim.py): session records in ``log``; on a
+        # restart, the grace period in which the sessions that were open reclaim
+        self.reclaim = self._reclaim = Reclaim(self, log, grace)
+        self._handlers.update(self._reclaim.handlers)
 
     # ------------------------------------------------------------- driving
 
@@ -264,6 +273,8 @@ class ShardCore:
         (handled by ``resume`` before any newer frame: the driver reads no new
         frame while the backlog is not empty)."""
         self._left = budget
+        if self._reclaim.in_grace:         # new requests wait out the grace period (reclaim.py)
+            reqs = self._reclaim.hold(sid, prefix, reqs)
         sess = self._sessions.get(sid) if sid else None
         if sess is not None:
             if prefix[0] != sess.prefix[0] and not self._rebind(sess, prefix, reqs):
@@ -308,6 +319,8 @@ class ShardCore:
                     self._on_wait_timeout(obj)
                 elif kind is _T_PROBE:
                     self._probes.on_timer()
+                elif kind is _T_GRACE:
+                    self._reclaim.on_timer()
                 else:
                     self._on_lease_timer(obj)
                 self.process_woken()
@@ -369,6 +382,22 @@ class ShardCore:
 
     def session_alive(self, sess):
         return sess is not None and self._sessions.get(sess.id) is sess
+
+    # (for reclaim after a restart)
+    def session_open(self, sid):
+        return sid in self._sessions
+
+    def mark_expired(self, sid, why):
+        """Answer SESSION_EXPIRED (``why``) to a HELLO for ``sid`` from now on."""
+        self._expired[sid] = why
+        if len(self._expired) > MAX_EXPIRED:
+            self._expired.popitem(last=False)
+
+    def replay(self, held):
+        """Requests held back [(sid, prefix, requests)], in arrival order: run them
+        before any newer frame (the driver serves the backlog first)."""
+        for sid, prefix, reqs in held:
+            self.backlog.append((sid, prefix, reqs, 0))
 
     # (for two-phase commit: the names it raises and returns, and its transactions)
     Reply = Reply
@@ -450,7 +479,7 @@ class ShardCore:
         """Requests ``start``.. of a frame (session-less ones, HELLO, or a resumed frame)."""
         sess = self._sessions.get(sid) if sid else None
         if sess is not None:
-            if start and sess.prefix[0] != prefix[0]:
+            if sess.prefix[0] != prefix[0]:
                 return                  # the session was rebound meanwhile: the old connection's rest is void
             self._session_requests(sess, prefix, reqs, start)
             return
@@ -627,11 +656,13 @@ class ShardCore:
             raise _Reply(E_SESSION_EXPIRED, f"session {sid:#x} {self._expired[sid]}")
         sess = self._sessions.get(sid)
         if sess is None:
+            secret = self._reclaim.secret_for(sid, args)     # a session back after a restart keeps its own
             sess = _Session(sid, args[0] / 1000.0, self.now, prefix, str(args[1])[:200],
-                            int.from_bytes(self._random_bytes(8), "big") >> 1 or 1)
+                            secret or int.from_bytes(self._random_bytes(8), "big") >> 1 or 1)
             self._sessions[sid] = sess
             self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
+            self._reclaim.session_started(sess)            # its record in the log (group commit)
         self.answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
         return sess
 
@@ -661,9 +692,8 @@ class ShardCore:
                 self.end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
             self.drop_txn(t)
         self._sessions.pop(sess.id, None)
-        self._expired[sess.id] = why
-        if len(self._expired) > MAX_EXPIRED:
-            self._expired.popitem(last=False)
+        self.mark_expired(sess.id, why)
+        self._reclaim.session_ended(sess)
 
     # ---------------------------------------------------------- transactions
 
@@ -866,7 +896,7 @@ class ShardCore:
         return PARKED
 
     def _check_epoch(self, tid, ep):
-        if ep and ep != self.epoch:
+        if ep and ep != self.epoch and not self._reclaim.reclaimed_from(tid, ep):
             raise _Reply(E_ABORTED, f"shard {self.index} restarted (epoch {ep} -> {self.epoch}) and lost the "
                                     f"locks of transaction {tid}; the transaction is aborted")
 
@@ -1046,6 +1076,7 @@ class ShardCore:
                  partition_depth=self.partition_depth, timers=len(self._timers))
         s["backend"] = BACKEND
         s.update(self.twophase.stats())
+        s.update(self._reclaim.stats())
         s.update(self._probes.gauges())
         return s
 

@@ -6,7 +6,9 @@ Interface:
           partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
           probe_delay=0.010, probe_interval=None, peers=None,
           cluster_key=None,      # str: peer messages, PEERS and FAULTS must carry it
-          peer_endpoint=None)    # "ipc://PATH": also bound, for the other shards' messages
+          peer_endpoint=None,    # "ipc://PATH": also bound, for the other shards' messages
+          grace=None)            # seconds of the grace period after a restart (reclaim.py);
+                                 # None: the largest session TTL granted, at most 30; 0: none
         .core                the ShardCore
         .endpoint            the bound endpoint (port resolved)
         .epoch               this start's epoch (persisted, bumped at each start)
@@ -90,7 +92,7 @@ class Shard:
     def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
                  partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
                  probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None,
-                 peer_endpoint=None):
+                 peer_endpoint=None, grace=None):
         if data_dir is None:
             raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
         if peer_endpoint is not None and not (type(peer_endpoint) is str and peer_endpoint.startswith("ipc://")):
@@ -118,13 +120,14 @@ class Shard:
                 epoch=self._plog.epoch, index=index, nshards=nshards, partition_depth=partition_depth,
                 escalation_threshold=escalation_threshold, log=self._plog,
                 peer_sid=wire.peer_session(cluster_key), probe_delay=probe_delay, probe_interval=probe_interval,
-                peers=peers, now=now, wall_offset=time.time() - now)
+                peers=peers, now=now, wall_offset=time.time() - now, grace=grace)
         except BaseException:
             self._plog.close()
             raise
         self.epoch = self.core.epoch
         ntx, nlocks = self.core.twophase.restored
         self.restored = (ntx, nlocks, time.perf_counter() - t0)
+        self._log_notices()
         if ntx:
             self._log(f"restored {ntx} prepared transaction(s) with {nlocks} lock(s) from the prepare log in "
                       f"{self.restored[2] * 1000:.1f} ms (read + re-lock)")
@@ -265,10 +268,17 @@ class Shard:
             self._flush()
         if probes.outbox:
             self._send_peers()
+        if core.reclaim.notices:
+            self._log_notices()
         errs = core.internal_errors
         while errs:
             where, err = errs.pop(0)
             self._log(f"internal error ({where}): {brief(err)}")
+
+    def _log_notices(self):
+        notices = self.core.reclaim.notices
+        while notices:
+            self._log(notices.pop(0))
 
     def _on_frame(self, frames):
         core = self.core

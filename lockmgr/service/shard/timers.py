@@ -12,6 +12,7 @@ class TimerKind(enum.Enum):
     WAIT = "wait timeout"       # object: the _Wait (a lock wait's deadline; probes may defer it)
     LEASE = "session lease"     # object: the _Session
     PROBE = "probe"             # object: None (lockmgr/service/probes.py keeps one armed at a time)
+    GRACE = "grace period"      # object: None (reclaim.py: the next lease deadline or the grace period's end)
 
 
 class Timer(NamedTuple):
