@@ -60,6 +60,7 @@ UNLOCK = 12        # [txn, path, check_only]     -> [held_here]
 RELEASE = 13       # [txn, committed]            -> []    commit/abort on this shard
 HELD = 14          # [txn]                       -> [[path, mode], ...]
 DOWNGRADE = 15     # [txn, path, mode]           -> []    back to a weaker mode held before (undo a conversion)
+TXN_NAME = 16      # [txn, name]                 -> []    the name given to begin(name), for inspection
 PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
 DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
@@ -78,13 +79,17 @@ PROBE_CONFIRMED = 36  # [probe id, shard, ok, rows, deadline]  to the victim's s
 PING = 40          # (no session needed)         -> [epoch, shard_index, nshards, partition_depth]
 SNAPSHOT = 41      # []                          -> [[path, txn, mode, granted, session], ...]
 GRAPH = 42         # []                          -> [[waiter, [txn, ...]], ...]
-STATS = 43         # []                          -> {name: int}
+STATS = 43         # []                          -> {name: int}   (every counter, zero or not)
+INFO = 44          # []                          -> {pid, host, started_at, epoch, index, nshards, log_bytes,
+                   #                                 sessions: [[session, name, idle_s, ntxns]],
+                   #                                 txn_names: [[txn, name]], waiters, transactions, now}
 DEADLOCKS = 47     # [limit?]                    -> [report, ...]   (the shard's deadlock ring)
 PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, probe_interval_ms}
 FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
+              TXN_NAME: "TXN_NAME", INFO: "INFO",
               PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
@@ -186,6 +191,8 @@ REPLY_SHAPES = {
     GRAPH: lambda p, a: type(p) is list and all(
         type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is list for r in p),
     STATS: lambda p, a: type(p) is dict,
+    INFO: lambda p, a: type(p) is dict,
+    TXN_NAME: _list,
     DEADLOCKS: lambda p, a: type(p) is list and all(type(r) is dict for r in p),
 }
 
