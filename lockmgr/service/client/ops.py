@@ -128,6 +128,8 @@ def _g_lock(core, resource, mode, timeout, nowait):
         ep = core.touched.get(s)
         if ep is None:
             core.touched[s] = ep = 0
+            if core.name is not None:     # a named transaction: the shard learns its name (lockmgr locks)
+                yield [(s, wire.TXN_NAME, [core.id, str(core.name)], 0.0)]
         res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
                        None if deadline is None else tmo / 1000.0)]
         if isinstance(res, BaseException):
@@ -207,6 +209,8 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
             ep = core.touched.get(s)
             if ep is None:
                 core.touched[s] = ep = 0
+                if core.name is not None:     # (see _g_lock)
+                    yield [(s, wire.TXN_NAME, [core.id, str(core.name)], 0.0)]
             specs.append((s, wire.LOCK_MANY,
                           [core.id, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
                           None if tmo is None else tmo / 1000.0))
