@@ -59,8 +59,15 @@ COMPILED_PY = [
 ]
 
 ext_modules = []
-if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
+try:
     from Cython.Build import cythonize
+except ImportError:       # (pip installs it for the build: pyproject's build-system requires it)
+    if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
+        if os.environ.get("LOCKMGR_REQUIRE_C", "") not in ("", "0"):
+            raise
+        sys.stderr.write(FALLBACK_WARNING.format(why="Cython is not installed"))
+    os.environ["LOCKMGR_NO_EXT"] = "1"
+if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
 
     sanitize = os.environ.get("LOCKMGR_SANITIZE", "") not in ("", "0")
     debug = sanitize or os.environ.get("LOCKMGR_DEBUG", "") not in ("", "0")

@@ -31,7 +31,7 @@ if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type chec
     from .service.client.sync import Client, connect
     from .service.cluster import LocalCluster
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Mode", "compatible", "supremum",

@@ -19,7 +19,7 @@ from .util import CliError
 
 
 def main(argv=None):
-    from .. import __version__
+    from .._version import __version__
     parser = argparse.ArgumentParser(prog="lockmgr", description="A hierarchical, multi-mode lock manager.")
     parser.add_argument("--version", action="version", version=f"lockmgr {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)

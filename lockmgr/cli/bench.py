@@ -60,7 +60,7 @@ def cmd_bench(p, args):
 
 def _run(args: Any) -> int:
     from .._core import BACKEND
-    from .. import __version__
+    from .._version import __version__
     from ..bench import report
     from ..bench.runner import Spec, run
     from ..bench.servers import PostgresServer, RedisServer, Unavailable
@@ -141,7 +141,7 @@ def _run(args: Any) -> int:
                         continue
                     spec = Spec(workload=wl, clients=n, model=args.model, duration=args.duration, seed=args.seed,
                                 params=params)
-                    results.append(run(s, spec, None if args.quiet else _progress(s.name, wl, n, tty)))
+                    results.append(run(s, spec, None if args.quiet else _progress(s.name, wl, n, tty, args.duration)))
                     if not args.quiet and tty:
                         sys.stderr.write("\n")
     print(file=out)
@@ -184,11 +184,12 @@ def _local_pids(eps: List[str]) -> List[Any]:
     return pids
 
 
-def _progress(system: str, wl: str, n: int, tty: bool) -> Any:
+def _progress(system: str, wl: str, n: int, tty: bool, duration: float) -> Any:
+    """A terminal gets the line redrawn in place; a pipe or a file a line a second and at the end."""
     state = {"next": 1.0}
 
     def show(el: float, totals: Dict[str, int]) -> None:
-        if not tty and el < state["next"]:
+        if not tty and el < state["next"] and el < duration - 1e-3:
             return
         state["next"] = el + 1.0
         refused = totals["timeouts"] + totals["not_available"]

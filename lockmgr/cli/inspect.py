@@ -102,6 +102,8 @@ def cmd_status(p: Any, args: Any) -> Optional[int]:
                      "indoubt": s.get("indoubt", 0), "log_bytes": info.get("log_bytes"), "backend": s.get("backend"),
                      "stats": s})
     bad = sum(1 for r in rows if not r["up"])
+    if bad == len(rows):
+        return 1
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     else:
