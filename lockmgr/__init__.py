@@ -34,7 +34,7 @@ if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type chec
 from ._version import __version__
 
 __all__ = [
-    "Mode", "compatible", "supremum",
+    "__version__", "Mode", "compatible", "supremum",
     "LockError", "LockTimeout", "LockNotAvailable", "DeadlockDetected",
     "TransactionAborted", "TransactionCommitted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",
