@@ -49,8 +49,9 @@ import zmq  # noqa: E402
 
 import lockmgr  # noqa: E402
 from lockmgr import LocalCluster, Mode
-# one implementation of finding/starting the peer servers and reading /proc: the product's
 from lockmgr.bench.servers import cpu_seconds, find_pg as _find_pg, free_port, pg_user as _pg_user  # noqa: E402
+
+# (lockmgr.bench.servers: the one implementation of finding the peer servers and reading /proc)
 from lockmgr.service import wire  # noqa: E402
 
 
