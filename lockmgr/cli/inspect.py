@@ -171,9 +171,12 @@ def cmd_locks(p: Any, args: Any) -> Optional[int]:
                          "client": snames.get(sid) if sid else None})
     rows.sort(key=lambda r: (tree_key(r["resource"]), r["shard"], not r["granted"], r["txn"]))
     edges = []
+    filtered = prefix is not None or args.txn is not None or session is not None or args.waiting
+    shown = {r["txn"] for r in rows}
     for i, g in enumerate(graphs):
         for waiter, holders in g or ():
-            edges.append({"shard": i, "waiter": waiter, "blockers": holders})
+            if not filtered or waiter in shown or shown.intersection(holders):
+                edges.append({"shard": i, "waiter": waiter, "blockers": holders})
     bad = sum(1 for s in snaps if s is None)
     if args.json:
         print(json.dumps({"locks": rows, "wait_for": edges}, indent=1, default=str))
