@@ -2,15 +2,52 @@
 and the shard's compiled frame helper (lockmgr/service/_cwire.pyx).
 
 Set LOCKMGR_NO_EXT=1 to install without the extension (the pure-Python
-backend is then used). LOCKMGR_DEBUG=1 builds it with -O0 -g and the table's
+backend is then used). Without a working C compiler the build does the same,
+with a warning (here, and again when lockmgr is imported): the compiled
+modules are an acceleration, the pure-Python sources are complete. LOCKMGR_DEBUG=1 builds it with -O0 -g and the table's
 own checks (LOCKTABLE_DEBUG); LOCKMGR_SANITIZE=1 adds AddressSanitizer and
 UndefinedBehaviorSanitizer (-fsanitize=address,undefined; implies
 LOCKMGR_DEBUG). A sanitized module needs libasan preloaded into Python:
 .ci/run builds one apart from the main install and runs the table's tests so.
 """
 import os
+import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+FALLBACK_WARNING = (
+    "\n*** WARNING: lockmgr: could not compile the C extensions ({why}).\n"
+    "*** Installing the pure-Python backend instead (it works, several times slower).\n"
+    "*** For the compiled one: install a C compiler and the Python headers\n"
+    "*** (Debian/Ubuntu: apt-get install build-essential python3-dev), then reinstall.\n")
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that falls back to the pure-Python modules when compiling fails
+    (LOCKMGR_REQUIRE_C=1 makes a failure fatal, as CI wants)."""
+
+    warned = False
+
+    def _fallback(self, why):
+        if os.environ.get("LOCKMGR_REQUIRE_C", "") not in ("", "0"):
+            raise
+        if not self.warned:
+            self.warned = True
+            sys.stderr.write(FALLBACK_WARNING.format(why=why))
+            sys.stderr.flush()
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as e:      # no compiler at all (DistutilsPlatformError, ...)
+            self._fallback(f"{type(e).__name__}: {e}")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:      # CompileError, LinkError, a compiler that is not there
+            self._fallback(f"{ext.name}: {type(e).__name__}: {e}")
 
 
 def _compiled_py():
@@ -27,8 +64,15 @@ def _compiled_py():
 COMPILED_PY = _compiled_py()
 
 ext_modules = []
-if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
+try:
     from Cython.Build import cythonize
+except ImportError:       # (pip installs it for the build: pyproject's build-system requires it)
+    if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
+        if os.environ.get("LOCKMGR_REQUIRE_C", "") not in ("", "0"):
+            raise
+        sys.stderr.write(FALLBACK_WARNING.format(why="Cython is not installed"))
+    os.environ["LOCKMGR_NO_EXT"] = "1"
+if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
 
     sanitize = os.environ.get("LOCKMGR_SANITIZE", "") not in ("", "0")
     debug = sanitize or os.environ.get("LOCKMGR_DEBUG", "") not in ("", "0")
@@ -75,4 +119,4 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
         compiler_directives={"language_level": "3", "annotation_typing": False},
     )
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

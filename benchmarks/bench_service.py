@@ -13,6 +13,10 @@ compare     acquire+release of random uncontended keys, 1 and 8 clients: lockmgr
             PostgreSQL advisory locks (psycopg, a throwaway cluster), in three
             client models (--model): processes, threads, asyncio.
 
+`lockmgr bench --compare redis,postgres` is the product's form of this
+comparison (more workloads, server CPU per op for every system); both use
+lockmgr/bench/servers.py to find and start the servers and read /proc.
+
 The comparison needs redis-server, PostgreSQL's initdb/pg_ctl and the python
 packages redis and psycopg; install them with
 
@@ -28,12 +32,10 @@ PostgreSQL as the 'postgres' user (postgres refuses to run as root).
 
 import argparse
 import asyncio
-import glob
 import multiprocessing as mp
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -47,20 +49,15 @@ import zmq  # noqa: E402
 
 import lockmgr  # noqa: E402
 from lockmgr import LocalCluster, Mode
+from lockmgr.bench.servers import cpu_seconds, find_pg as _find_pg, free_port, pg_user as _pg_user  # noqa: E402
+
+# (lockmgr.bench.servers: the one implementation of finding the peer servers and reading /proc)
 from lockmgr.service import wire  # noqa: E402
 
 
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 # ------------------------------------------------------------------ latency
@@ -256,13 +253,6 @@ def bench_throughput(seconds, clients):
         cl.close()
 
 
-def _cpu_seconds(pid):
-    """User+system CPU time of process ``pid`` so far (all its threads; Linux)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_batch(seconds, clients):
     """LOCK_MANY throughput, and the shard's CPU time per granted lock: on 2
     shared cores the throughput moves with the other processes' load, the
@@ -270,9 +260,9 @@ def bench_batch(seconds, clients):
     into capacity: 1 / (CPU per lock) locks per core-second)."""
     with LocalCluster(1) as c:
         pid = c.pids[0]
-        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = cpu_seconds([pid]), time.monotonic()
         r = _run_raw(c.endpoints, clients, seconds, window=4, per_frame=4, batch=64)
-        cpu, wall = _cpu_seconds(pid) - cpu0, time.monotonic() - t0
+        cpu, wall = cpu_seconds([pid]) - cpu0, time.monotonic() - t0
         # the run includes process start-up and a 0.3 s warm-up; count the locks of the whole run
         print(f"batch, 1 shard, {clients} clients, LOCK_MANY of 64 (4 frames x 4 batches in flight): "
               f"{r:,.0f} locks granted/s; shard CPU {cpu / (r * seconds) * 1e6:.3f} us per lock "
@@ -466,40 +456,6 @@ def _threads_host(target, arg, seconds, clients, q):
 
 
 _ASYNC.update({_lm_worker: _lm_async, _redis_worker: _redis_async, _pg_worker: _pg_async})
-
-
-def _find_pg():
-    """(initdb, pg_ctl) from one directory: PATH first, then Debian's
-    /usr/lib/postgresql/<version>/bin (newest version first); or None."""
-    dirs = []
-    w = shutil.which("initdb")
-    if w:
-        dirs.append(os.path.dirname(w))
-
-    def version(d):
-        v = d.split("/")[-2]
-        return tuple(int(x) for x in v.split(".") if x.isdigit())
-    dirs += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
-    for d in dirs:
-        initdb, pg_ctl = os.path.join(d, "initdb"), os.path.join(d, "pg_ctl")
-        if os.access(initdb, os.X_OK) and os.access(pg_ctl, os.X_OK):
-            return initdb, pg_ctl
-    return None
-
-
-def _pg_user():
-    """subprocess keyword arguments that run PostgreSQL's tools: {} normally;
-    as root (postgres refuses to run as root) the 'postgres' user's uid/gid,
-    or None when there is no such user."""
-    if os.geteuid() != 0:
-        return {}
-    import pwd
-    try:
-        pw = pwd.getpwnam("postgres")
-    except KeyError:
-        return None
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [],
-            "env": dict(os.environ, HOME=pw.pw_dir, USER="postgres", LOGNAME="postgres")}
 
 
 def bench_compare(seconds, shards, model="processes"):

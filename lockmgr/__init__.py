@@ -35,10 +35,10 @@ if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type chec
     from .service.client.sync import Client, connect
     from .service.cluster import LocalCluster
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
-    "Mode", "compatible", "supremum",
+    "__version__", "Mode", "compatible", "supremum",
     "LockError", "LockTimeout", "LockNotAvailable", "DeadlockDetected",
     "TransactionAborted", "TransactionCommitted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",

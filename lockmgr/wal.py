@@ -112,6 +112,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from typing import Any, Callable, Dict, List, Optional
 
@@ -310,6 +311,7 @@ class PrepareLog:
         self._queue: List[Ticket] = []
         self._closed = False
         self.fsyncs = 0
+        self.on_fsync: Optional[Callable[[float], Any]] = None   # called by the flusher with each fsync's seconds
         self.compactions = 0
         self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
         self._thread.start()
@@ -367,8 +369,11 @@ class PrepareLog:
                 data = b"".join(_encode(t.record) for t in batch)
                 self._file.write(data)
                 self._file.flush()
+                t_sync = time.perf_counter()
                 os.fsync(self._file.fileno())
                 self.fsyncs += 1
+                if self.on_fsync is not None:      # (metrics: fsync latency)
+                    self.on_fsync(time.perf_counter() - t_sync)
                 self._size += len(data)
                 with self._cv:
                     self._apply(batch)

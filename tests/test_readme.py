@@ -26,5 +26,6 @@ def test_readme_has_two_commands():
     src = (ROOT / "README.md").read_text()
     cmds = [line.strip() for line in src.splitlines() if line.startswith("    pip install")]
     assert len(cmds) == 2
+    assert cmds[0] == "pip install -e . && lockmgr bench", "the main job is lockmgr bench on its default target"
     ci = (ROOT / ".ci" / "run").read_text()
     assert cmds[1] in ci, "the CI must run the README's test command"

@@ -24,9 +24,15 @@ else:
     try:
         from ._ctable import Table, WAITING, CONFLICT
         BACKEND = "c"
-    except ImportError:  # no compiler on this platform
+    except ImportError:  # installed without a compiler (setup.py said so): say it once more here
+        import warnings
         from ._pytable import Table, WAITING, CONFLICT
         BACKEND = "python"
+        warnings.warn("lockmgr: the compiled lock table is not installed (built without a C compiler?); "
+                      "using the pure-Python backend, several times slower. Install a C compiler and "
+                      "Python headers (Debian: apt-get install build-essential python3-dev) and reinstall, "
+                      "or set LOCKMGR_PUREPYTHON=1 to choose the pure-Python backend explicitly.",
+                      RuntimeWarning, stacklevel=2)
 
 
 def available_backends() -> List[str]:

@@ -6,6 +6,7 @@ import json
 import sys
 
 from .registry import command
+from .util import CliError, add_endpoints, endpoints
 from ..service.reports import merge_reports
 
 
@@ -35,20 +36,28 @@ def format_report(rep):
 @command("deadlocks", "Show the latest detected deadlocks on every shard (cycle, resources, modes, victim).")
 def cmd_deadlocks(p, args):
     if p is not None:
-        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        add_endpoints(p)
         p.add_argument("--timeout", type=float, default=2.0)
         p.add_argument("--json", action="store_true", help="print the reports as JSON")
+        p.add_argument("--last", type=int, default=None, metavar="N", help="only the N latest reports")
         p.add_argument("--stats", action="store_true", help="also print each shard's probe counters")
         return None
     from ..service import wire
     from ..service.admin import admin_query
-    res = admin_query(args.endpoints, wire.DEADLOCKS, args.timeout)
+    eps = endpoints(args)
+    if args.last is not None and args.last < 1:
+        raise CliError("--last must be >= 1")
+    res = admin_query(eps, wire.DEADLOCKS, args.timeout)
     bad = 0
     for i, r in enumerate(res):
         if isinstance(r, Exception):
-            print(f"shard {i}: unavailable: {r}", file=sys.stderr)
+            print(f"lockmgr deadlocks: shard {i} ({eps[i]}): {type(r).__name__}: {r}", file=sys.stderr)
             bad += 1
+    if bad == len(res):
+        return 1
     reps = merge_reports(res)
+    if args.last is not None:
+        reps = reps[-args.last:]
     if args.json:
         print(json.dumps(reps, indent=1))
     else:
@@ -57,7 +66,7 @@ def cmd_deadlocks(p, args):
             print()
         print(f"{len(reps)} deadlock report(s) from {len(res) - bad} shard(s)")
     if args.stats:
-        for i, s in enumerate(admin_query(args.endpoints, wire.STATS, args.timeout)):
+        for i, s in enumerate(admin_query(eps, wire.STATS, args.timeout)):
             if not isinstance(s, Exception):
                 keys = ("probes_sent", "probes_forwarded", "probes_dropped_stale", "probes_dropped_dup",
                         "cycles_found", "confirms_failed", "deadlocks_found", "deadlocks_local",

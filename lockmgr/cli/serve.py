@@ -5,13 +5,17 @@ only; the shard is lockmgr/service/shard/server.py around the sans-IO core).
 """
 
 import argparse
+import logging
 import os
 import signal
 import sys
 
+import zmq
+
 from .._core import BACKEND
 from ..errors import InvalidRequest
 from ..service.probes import DEFAULT_PROBE_DELAY
+from ..service.shard import events
 from ..service.shard.server import Shard
 from ..wal import CorruptLog
 
@@ -51,9 +55,32 @@ def add_serve_args(ap):
                          "0: no grace period, no reclaim and no session records in the log)")
     ap.add_argument("--parent-pid", type=int, default=None,
                     help="stop when this process (the one that started the shard) is gone")
+    ap.add_argument("--metrics-port", type=int, default=None,
+                    help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0: a free port; "
+                         "needs prometheus-client); off by default")
+    ap.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (127.0.0.1)")
+    ap.add_argument("--log-file", default=None,
+                    help="also append the shard's log lines to this file (they always go to stderr)")
+    ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                    help="the least severe events logged (INFO)")
     ap.add_argument("--peers", default=None,
                     help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
                          "or send PEERS later (LocalCluster does)")
+
+
+def setup_logging(log_file=None, level="INFO"):
+    """Shard log lines to stderr and, with ``log_file``, appended to that file too."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s lockmgr[%(process)d] %(name)s: %(message)s")
+    root = logging.getLogger("lockmgr")
+    root.setLevel(getattr(logging, level))
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.propagate = False
 
 
 def run_serve(args):
@@ -62,6 +89,12 @@ def run_serve(args):
         print(f"lockmgr shard {args.index}: --parent-pid {parent} is not this process's parent "
               f"({os.getppid()}); nothing started", file=sys.stderr)
         return 2
+    try:
+        setup_logging(getattr(args, "log_file", None), getattr(args, "log_level", "INFO"))
+    except OSError as e:
+        print(f"lockmgr shard {args.index}: cannot open --log-file: {e}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("lockmgr.shard")
     key = os.environ.get("LOCKMGR_CLUSTER_KEY") or None
     if args.cluster_key_file:
         try:
@@ -91,6 +124,25 @@ def run_serve(args):
     except InvalidRequest as e:      # a bad option (e.g. --peer-endpoint): nothing was started
         print(f"lockmgr shard {args.index}: {e}", file=sys.stderr)
         return 2
+    except zmq.ZMQError as e:        # the endpoint is in use, or not a local address
+        print(f"lockmgr shard {args.index}: cannot bind {args.endpoint}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:             # the data directory
+        print(f"lockmgr shard {args.index}: {e}", file=sys.stderr)
+        return 2
+    events.install(shard)
+    metrics_url = ""
+    if getattr(args, "metrics_port", None) is not None:
+        from ..service import metrics
+        try:
+            exp = metrics.start(shard, args.metrics_port, args.metrics_host)
+        except (RuntimeError, OSError) as e:
+            shard.close()
+            print(f"lockmgr shard {args.index}: metrics: {e}", file=sys.stderr)
+            return 2
+        metrics_url = f" metrics=http://{args.metrics_host}:{exp.port}/metrics"
+    log.info("shard %d of %d serving on %s (epoch %d, %s backend, data dir %s%s)", args.index, args.shards,
+             shard.endpoint, shard.epoch, BACKEND, os.path.abspath(args.data_dir), metrics_url)
 
     def _term(signum, frame):
         shard.stop()
@@ -98,12 +150,13 @@ def run_serve(args):
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
     # The one line a parent waits for (LocalCluster); nothing else goes to stdout.
-    sys.stdout.write(f"READY {shard.endpoint} epoch={shard.epoch} backend={BACKEND}\n")
+    sys.stdout.write(f"READY {shard.endpoint} epoch={shard.epoch} backend={BACKEND}{metrics_url}\n")
     sys.stdout.flush()
     try:
         shard.serve_forever(getattr(args, "parent_pid", None))
     finally:
         shard.close()
+        log.info("shard %d stopped", args.index)
     return 0
 
 

@@ -1,9 +1,7 @@
-"""``lockmgr serve | cluster | locks | demo``: the lock service from the command line.
+"""``lockmgr serve | cluster | demo``: the lock service from the command line (inspection: inspect.py).
 
     lockmgr serve --endpoint tcp://127.0.0.1:7400 --data-dir DIR [--index I --shards N]
     lockmgr cluster --shards 3 [--base-port 7400] [--data-dir DIR]   (foreground; Ctrl-C stops)
-    lockmgr locks tcp://127.0.0.1:7400,tcp://127.0.0.1:7401          (like pg_locks)
-    lockmgr status ENDPOINTS [--stats]      (per shard: epoch, sessions, locks, grace period)
     lockmgr demo [--shards 3 --threads 8 --seconds 5]                (local cluster + workload)
 """
 
@@ -32,15 +30,18 @@ def cmd_cluster(p, args):
         p.add_argument("--base-port", type=int, default=None, help="first port (default: free ports)")
         p.add_argument("--data-dir", default=None, help="default: a temporary directory")
         p.add_argument("--partition-depth", type=int, default=2)
+        p.add_argument("--log-dir", default=None, help="each shard also logs to LOG_DIR/shard<i>.log (kept)")
+        p.add_argument("--metrics", action="store_true", help="each shard serves Prometheus metrics (a free port)")
         return None
     from ..service.cluster import LocalCluster
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     with LocalCluster(args.shards, data_dir=args.data_dir, base_port=args.base_port,
-                      partition_depth=args.partition_depth) as c:
+                      partition_depth=args.partition_depth, log_dir=args.log_dir, metrics=args.metrics) as c:
         print(f"lockmgr cluster: {args.shards} shard(s), partition depth {args.partition_depth}")
         for i, (ep, pid) in enumerate(zip(c.endpoints, c.pids)):
-            print(f"  shard {i}: {ep}  (pid {pid})")
+            m = c.metrics_urls[i]
+            print(f"  shard {i}: {ep}  (pid {pid})" + (f"  metrics {m}" if m else ""))
         print(f"endpoints: {','.join(c.endpoints)}")
         print("Ctrl-C to stop.", flush=True)
         try:
@@ -59,82 +60,6 @@ def _table(headers, rows):
     for r in rows:
         out.append("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
     return "\n".join(out)
-
-
-@command("locks", "Show held and waiting locks on every shard of a cluster (like pg_locks).")
-def cmd_locks(p, args):
-    if p is not None:
-        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
-        p.add_argument("--timeout", type=float, default=2.0)
-        return None
-    from ..service import wire
-    from ..service.admin import admin_query
-    from ..modes import Mode
-    snaps = admin_query(args.endpoints, wire.SNAPSHOT, args.timeout)
-    graphs = admin_query(args.endpoints, wire.GRAPH, args.timeout)
-    rows = []
-    bad = 0
-    for i, snap in enumerate(snaps):
-        if isinstance(snap, Exception):
-            print(f"shard {i}: unavailable: {snap}", file=sys.stderr)
-            bad += 1
-            continue
-        for path, txn, mode, granted, session in snap:
-            rows.append((i, repr(tuple(path)), txn, Mode(mode).name, "yes" if granted else "WAITING",
-                         f"{session:#x}" if session else "-"))
-    rows.sort(key=lambda r: (r[1], r[0], r[4] != "yes"))
-    print(_table(("shard", "resource", "txn", "mode", "granted", "session"), rows))
-    edges = []
-    for i, g in enumerate(graphs):
-        if not isinstance(g, Exception):
-            edges.extend(f"{w} -> {', '.join(map(str, v))}  (shard {i})" for w, v in g)
-    if edges:
-        print("\nwait-for edges:")
-        for e in edges:
-            print("  " + e)
-    print(f"\n{len(rows)} request(s) on {len(snaps) - bad} shard(s)")
-    return 1 if bad else 0
-
-
-@command("status", "Show each shard of a cluster: epoch, sessions, locks, and whether it is in its grace period "
-                  "after a restart (and which sessions it still waits for); --stats prints every counter.")
-def cmd_status(p, args):
-    if p is not None:
-        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
-        p.add_argument("--timeout", type=float, default=2.0)
-        p.add_argument("--stats", action="store_true", help="also print every counter of each shard")
-        return None
-    from ..service import wire
-    from ..service.admin import admin_query
-    stats = admin_query(args.endpoints, wire.STATS, args.timeout)
-    rows = []
-    waiting = []
-    bad = 0
-    for i, st in enumerate(stats):
-        if isinstance(st, Exception):
-            rows.append((i, "-", "-", "-", "-", f"unavailable: {st}"))
-            bad += 1
-            continue
-        if st.get("grace"):
-            grace = f"IN GRACE: {st.get('grace_left_ms', 0) / 1000:.1f}s left, waits for {st.get('grace_waiting', 0)}"
-            waiting.extend(f"  shard {i}: session {sid:#x} ({name})"
-                           for sid, name in st.get("grace_waiting_sessions", []))
-        else:
-            grace = (f"serving (reclaimed {st.get('reclaimed_locks', 0)} lock(s) of "
-                     f"{st.get('reclaimed_sessions', 0)} session(s), refused {st.get('reclaims_refused', 0)})")
-        rows.append((i, st.get("epoch"), st.get("backend"), st.get("sessions"), st.get("requests"), grace))
-    print(_table(("shard", "epoch", "backend", "sessions", "locks", "state"), rows))
-    if waiting:
-        print("\nsessions a shard in its grace period still waits for:")
-        for w in waiting:
-            print(w)
-    if args.stats:
-        for i, st in enumerate(stats):
-            if not isinstance(st, Exception):
-                print(f"\nshard {i}:")
-                for k in sorted(st):
-                    print(f"  {k}: {st[k]}")
-    return 1 if bad else 0
 
 
 def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=1000, locks_per_txn=4, seed=1,
@@ -250,7 +175,8 @@ def cmd_demo(p, args):
         ("txn latency p50 / p99", f"{r['p50_ms']:.2f} ms / {r['p99_ms']:.2f} ms"),
     ]))
     print()
-    print(_table(("shard", "epoch", "granted", "waited", "deadlocks", "timeouts", "sessions"), [
+    print(_table(("shard", "epoch", "locks granted (incl. IS/IX on ancestors)", "waited", "deadlocks", "timeouts",
+                  "sessions"), [
         (s["index"], s["epoch"], f"{s['granted']:,}", f"{s['waited']:,}", s.get("deadlocks", 0),
          s.get("timeouts", 0), s["sessions"]) for s in r["shards"]]))
     return 0 if r["errors"] == 0 else 1

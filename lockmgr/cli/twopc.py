@@ -7,6 +7,7 @@
 import sys
 
 from .registry import command
+from .util import CliError, add_endpoints, endpoints
 
 
 def _fmt_age(s):
@@ -20,18 +21,27 @@ def _fmt_age(s):
 @command("indoubt", "List the prepared (in-doubt) 2PC transactions of a cluster, with their age and locks.")
 def cmd_indoubt(p, args):
     if p is not None:
-        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
+        add_endpoints(p)
         p.add_argument("--timeout", type=float, default=2.0)
         p.add_argument("--max-locks", type=int, default=20, help="locks shown per transaction (default 20)")
+        p.add_argument("--json", action="store_true", help="print JSON")
         return None
     from ..service import wire
     from ..service.admin import admin_query
     from ..service.client.ops import _merge_indoubt
-    res = admin_query(args.endpoints, wire.INDOUBT, args.timeout)
+    eps = endpoints(args)
+    res = admin_query(eps, wire.INDOUBT, args.timeout)
     bad = [(i, r) for i, r in enumerate(res) if isinstance(r, Exception)]
     for i, r in bad:
-        print(f"shard {i}: unavailable: {r}", file=sys.stderr)
+        print(f"lockmgr indoubt: shard {i} ({eps[i]}): {type(r).__name__}: {r}", file=sys.stderr)
+    if len(bad) == len(res):
+        return 1
     rows = _merge_indoubt([[] if isinstance(r, Exception) else r for r in res])
+    if args.json:
+        import json
+        print(json.dumps([dict(d, locks=[[list(path), mode.name] for path, mode in d["locks"].items()])
+                          for d in rows], indent=1, default=str))
+        return 1 if bad else 0
     if not rows:
         print("no in-doubt transactions" + (" on the shards that answered" if bad else ""))
     for d in rows:
@@ -51,8 +61,9 @@ def cmd_indoubt(p, args):
 @command("resolve", "Commit or abort one in-doubt 2PC transaction on every shard of a cluster.")
 def cmd_resolve(p, args):
     if p is not None:
-        p.add_argument("endpoints", help="comma-separated shard endpoints, in shard order")
-        p.add_argument("gtrid", help="the global transaction id (see `lockmgr indoubt`)")
+        p.add_argument("target", nargs="+", metavar="[ENDPOINTS] GTRID",
+                       help="the shard endpoints (comma-separated, in shard order; default: $LOCKMGR_ENDPOINTS) "
+                            "and the global transaction id (see `lockmgr indoubt`)")
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("--commit", action="store_true")
         g.add_argument("--abort", action="store_true")
@@ -60,8 +71,11 @@ def cmd_resolve(p, args):
         return None
     from ..service.client.sync import connect
     from ..errors import LockError
+    if len(args.target) > 2:
+        raise CliError("takes [ENDPOINTS] GTRID")
+    args.endpoints, args.gtrid = (None, args.target[0]) if len(args.target) == 1 else args.target
     try:
-        with connect(args.endpoints, request_timeout=args.timeout, name="lockmgr-resolve") as c:
+        with connect(endpoints(args), request_timeout=args.timeout, name="lockmgr-resolve") as c:
             c.resolve(args.gtrid, bool(args.commit))
     except LockError as e:
         print(f"lockmgr resolve: {type(e).__name__}: {e}", file=sys.stderr)

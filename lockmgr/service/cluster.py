@@ -3,12 +3,15 @@
 Interface:
     LocalCluster(shards=3, *, data_dir=None, base_port=None, partition_depth=2,
                  escalation_threshold=5000, start_timeout=20.0, probe_delay=0.010, probe_interval=None,
-                 grace=None)    # seconds of a restarted shard's grace period (None: its default)
+                 grace=None,    # seconds of a restarted shard's grace period (None: its default)
+                 log_dir=None, metrics=False)
         .endpoints          list of "tcp://127.0.0.1:port", in shard order
         .peer_endpoints     what the shards use to reach each other (ipc:// in their dirs)
         .cluster_key        the random key their shard-to-shard messages carry
         .pids               list of shard PIDs (None for a killed shard)
-        .shard_dir(i)       shard i's data directory (epoch file, prepare log, shard.log)
+        .shard_dir(i)       shard i's data directory (epoch file, prepare log, shard.log: its stderr)
+        .metrics_urls       with metrics=True: each shard's http://127.0.0.1:PORT/metrics
+        log_dir             each shard also logs to log_dir/shard<i>.log, which outlives the cluster
         .connect(**kw)      lockmgr.connect(self.endpoints, **kw)
         .kill(i)            SIGKILL shard i;  .restart(i): same endpoint and data dir
         .stop()             SIGTERM every shard (SIGKILL after a grace period)
@@ -45,7 +48,7 @@ class LocalCluster:
     def __init__(self, shards: int = 3, *, data_dir: Optional[str] = None, base_port: Optional[int] = None,
                  partition_depth: int = 2, escalation_threshold: int = 5000, start_timeout: float = 20.0,
                  probe_delay: Optional[float] = 0.010, probe_interval: Optional[float] = None,
-                 grace: Optional[float] = None) -> None:
+                 grace: Optional[float] = None, log_dir: Optional[str] = None, metrics: bool = False) -> None:
         if type(shards) is not int or not 1 <= shards <= 256:
             raise InvalidRequest(f"shards must be an int in 1..256; got {shards!r}")
         if type(partition_depth) is not int or not 1 <= partition_depth <= 32:
@@ -61,6 +64,11 @@ class LocalCluster:
             raise InvalidRequest(f"grace must be None or seconds in 0..3600; got {grace!r}")
         # a restarted shard's grace period (lockmgr/service/shard/reclaim.py); None: the shard's default
         self.grace = grace
+        # log_dir: each shard also appends its log to log_dir/shard<i>.log (kept after stop);
+        # metrics: each shard serves Prometheus metrics on a free port (metrics_urls)
+        self.log_dir = os.path.abspath(log_dir) if log_dir is not None else None
+        self.metrics = metrics
+        self.metrics_urls: List[Optional[str]] = [None] * shards
         # shard-to-shard messages (and PEERS/FAULTS) carry this key: no other local process can
         # abort a transaction as a deadlock victim (given to the shards in their environment)
         self.cluster_key = secrets.token_hex(16)
@@ -106,6 +114,10 @@ class LocalCluster:
             cmd += ["--probe-interval-ms", str(self.probe_interval * 1000)]
         if self.grace is not None:
             cmd += ["--grace", str(self.grace)]
+        if self.log_dir is not None:
+            cmd += ["--log-file", os.path.join(self.log_dir, f"shard{i}.log")]
+        if self.metrics:
+            cmd += ["--metrics-port", "0"]
         sock_path = os.path.join(os.path.abspath(d), "peers.ipc")
         peer_ep = f"ipc://{sock_path}" if len(sock_path) < 100 else None
         if peer_ep:
@@ -123,6 +135,7 @@ class LocalCluster:
         line = self._read_ready(p, i)
         # "READY tcp://127.0.0.1:PORT epoch=E backend=B"
         self.endpoints[i] = line.split()[1]
+        self.metrics_urls[i] = next((w[8:] for w in line.split() if w.startswith("metrics=")), None)
         self.peer_endpoints[i] = peer_ep or self.endpoints[i]
 
     def _read_ready(self, p: "subprocess.Popen[bytes]", i: int) -> str:

@@ -51,7 +51,8 @@ MAX_BATCH = 4096             # (resource, mode) pairs in one LOCK_MANY
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 
 # Message types. Numbers are stable; gaps are reserved.
-HELLO = 1          # [ttl_ms, name]              -> [epoch, shard_index, nshards, partition_depth]
+HELLO = 1          # [ttl_ms, name, secret?]     -> [epoch, shard_index, nshards, partition_depth, secret,
+                   #                                 grace_left_ms]  (0 unless in a grace period after a restart)
 HEARTBEAT = 2      # []                          -> [epoch]
 CLOSE = 3          # []                          -> []    end the session (prepared txns stay in doubt)
 LOCK = 10          # [txn, path, mode, nowait, timeout_ms|nil, epoch] -> [token, prev_mode, epoch]
@@ -63,6 +64,7 @@ DOWNGRADE = 15     # [txn, path, mode]           -> []    back to a weaker mode 
 RECLAIM = 16       # [epoch_seen, last, [[txn, [[path, mode, token], ...]], ...]] -> [epoch, [[txn, why], ...]]
                    #   after a restart, in its grace period: the session's transactions' locks back with
                    #   their tokens (refused transactions listed with the reason; they are aborted here)
+TXN_NAME = 17      # [txn, name]                 -> []    the name given to begin(name), for inspection
 PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
 DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
@@ -81,15 +83,18 @@ PROBE_CONFIRMED = 36  # [probe id, shard, ok, rows, deadline]  to the victim's s
 PING = 40          # (no session needed)         -> [epoch, shard_index, nshards, partition_depth]
 SNAPSHOT = 41      # []                          -> [[path, txn, mode, granted, session], ...]
 GRAPH = 42         # []                          -> [[waiter, [txn, ...]], ...]
-STATS = 43         # []                          -> {name: int}
+STATS = 43         # []                          -> {name: int}   (every counter, zero or not)
+INFO = 44          # []                          -> {pid, host, started_at, epoch, index, nshards, log_bytes,
+                   #                                 sessions: [[session, name, idle_s, ntxns]],
+                   #                                 txn_names: [[txn, name]], waiters, transactions, now}
 DEADLOCKS = 47     # [limit?]                    -> [report, ...]   (the shard's deadlock ring)
 PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, probe_interval_ms}
 FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
-              RECLAIM: "RECLAIM", PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE",
-              PROBE: "PROBE", PING: "PING",
+              RECLAIM: "RECLAIM", TXN_NAME: "TXN_NAME", INFO: "INFO",
+              PREPARE: "PREPARE", DECIDE: "DECIDE", INDOUBT: "INDOUBT", WAKE: "WAKE", PROBE: "PROBE", PING: "PING",
               SNAPSHOT: "SNAPSHOT", GRAPH: "GRAPH", STATS: "STATS"}
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
                    PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM",
@@ -166,7 +171,7 @@ def _list(p, a):
 
 
 REPLY_SHAPES = {
-    HELLO: lambda p, a: _ints(p, 5) or _ints(p, 4),
+    HELLO: lambda p, a: _ints(p, 6) or _ints(p, 5) or _ints(p, 4),
     HEARTBEAT: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is int,
     CLOSE: _list,
     LOCK: _lock_reply,
@@ -193,6 +198,8 @@ REPLY_SHAPES = {
     GRAPH: lambda p, a: type(p) is list and all(
         type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is list for r in p),
     STATS: lambda p, a: type(p) is dict,
+    INFO: lambda p, a: type(p) is dict,
+    TXN_NAME: _list,
     DEADLOCKS: lambda p, a: type(p) is list and all(type(r) is dict for r in p),
 }
 

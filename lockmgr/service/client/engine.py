@@ -196,6 +196,7 @@ class _Engine:
         self._hb_sent = [None] * self.n  # send time of the outstanding heartbeat, or None
         self._hello_pending = [False] * self.n
         self._secret = [None] * self.n   # per shard: the session's secret (from HELLO) to re-bind it
+        self._grace_until = [0.0] * self.n   # per shard: when its grace period after a restart ends at the latest
         # lock reclaim after a shard restart (docs/service.md, "Restarts: reclaim and grace")
         self.txns = {}                   # txn id -> _TxnCore of the active transactions holding locks
         self._reclaims = {}              # shard -> _Reclaim in progress
@@ -550,6 +551,10 @@ class _Engine:
         epoch, index, nshards, depth = c.result[:4]
         if len(c.result) > 4:
             self._secret[i] = c.result[4]
+        if len(c.result) > 5 and c.result[5] > 0:
+            # the shard restarted and holds requests until its grace period ends: calls
+            # to it wait that long past their request timeout (_timers)
+            self._grace_until[i] = _monotonic() + c.result[5] / 1000.0
         if self._hello_left > 0:
             if nshards != self.n or index != i:
                 self._hello_error = InvalidRequest(
@@ -1055,6 +1060,9 @@ class _Engine:
             when, _, c = heapq.heappop(heap)
             if c.done:
                 continue
+            if c.deadline is not None and now >= c.deadline and now < self._grace_until[c.shard]:
+                # the shard holds requests in its grace period after a restart: not a dead shard
+                c.deadline = self._grace_until[c.shard] + self.request_timeout
             if c.deadline is not None and now >= c.deadline:
                 self._pending[c.shard].pop(c.seq, None)
                 self._fail(c, ShardUnavailable(

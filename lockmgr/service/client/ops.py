@@ -41,7 +41,7 @@ class _TxnCore:
     """State of one transaction, shared by the sync and asyncio front ends."""
 
     __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
-                 "default_timeout", "prepared_at", "locks", "busy")
+                 "default_timeout", "prepared_at", "locks", "busy", "named")
 
     def __init__(self, client, name, gtrid):
         self.client = client
@@ -61,6 +61,8 @@ class _TxnCore:
         self.locks = {}
         # shards with a lock call whose answer may not be in ``locks`` yet
         self.busy = set()
+        # shards told the transaction's name (TXN_NAME; only a named transaction has the set)
+        self.named = set() if name is not None else None
 
     def refuse(self):
         if self.state is PREPARED:
@@ -176,8 +178,15 @@ def _g_lock(core, resource, mode, timeout, nowait):
             core.touched[s] = ep = 0
         core.busy.add(s)
         try:
-            res, = yield [(s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
-                           None if deadline is None else tmo / 1000.0)]
+            lock = (s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
+                    None if deadline is None else tmo / 1000.0)
+            if not ep and core.name is not None and s not in core.named:
+                # a named transaction: the shard learns its name (lockmgr locks) from a
+                # TXN_NAME ahead of its first lock there, in the same frame
+                core.named.add(s)
+                _, res = yield [(s, wire.TXN_NAME, [core.id, str(core.name)], 0.0), lock]
+            else:
+                res, = yield [lock]
             if not isinstance(res, BaseException):
                 core.record(s, path, mode, res[0])
         finally:
@@ -252,7 +261,7 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
     order = sorted(groups)
     rounds = max((len(v) + wire.MAX_BATCH - 1) // wire.MAX_BATCH for v in groups.values())
     for r in range(rounds):
-        specs, idxs = [], []
+        specs, idxs, names = [], [], []
         tmo = None if deadline is None else max(0, int((deadline - _monotonic()) * 1000))
         for s in order:
             chunk = groups[s][r * wire.MAX_BATCH:(r + 1) * wire.MAX_BATCH]
@@ -261,6 +270,9 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
             ep = core.touched.get(s)
             if ep is None:
                 core.touched[s] = ep = 0
+            if not ep and core.name is not None and s not in core.named:
+                core.named.add(s)      # (see _g_lock: the name goes ahead of the first lock, same frame)
+                names.append((s, wire.TXN_NAME, [core.id, str(core.name)], 0.0))
             specs.append((s, wire.LOCK_MANY,
                           [core.id, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
                           None if tmo is None else tmo / 1000.0))
@@ -268,7 +280,9 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
         busy = [s for s, _ in idxs]
         core.busy.update(busy)
         try:
-            results = yield specs
+            results = yield names + specs
+            if names:
+                results = results[len(names):]
             err = None
             for (s, chunk), res in zip(idxs, results):
                 if isinstance(res, BaseException):

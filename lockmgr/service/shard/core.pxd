@@ -16,7 +16,7 @@ cdef class _Session:
     cdef public double ttl, expires
 
 cdef class _Txn:
-    cdef public object id, session, state, wait, gtrid, participants, prepared_at, outcome, waiters, nlocks
+    cdef public object id, session, state, wait, gtrid, participants, prepared_at, outcome, waiters, nlocks, name
 
 cdef class _Wait:
     cdef public object txn, seq, items, idx, tokens, many, timer, prev, deadline

@@ -46,6 +46,7 @@ from .timers import Timer, TimerKind
 from ..wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCOL,
                      E_SESSION_EXPIRED, E_STALE, E_TIMEOUT, E_TOO_BIG, E_UNKNOWN_SESSION,
                      E_UNKNOWN_TYPE, OK)
+from .counters import CORE_COUNTERS
 from .twophase import TwoPhase
 from .reclaim import Reclaim
 
@@ -157,7 +158,7 @@ class _Session:
 
 class _Txn:
     __slots__ = ("id", "session", "state", "wait", "gtrid", "participants", "prepared_at", "outcome",
-                 "waiters", "nlocks")
+                 "waiters", "nlocks", "name")
 
     def __init__(self, tid, session):
         self.id = tid
@@ -245,7 +246,12 @@ class ShardCore:
             wire.HELD: self._h_held,
         }
         self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
-                       wire.STATS: self._h_stats}
+                       wire.STATS: self._h_stats, wire.INFO: self._h_info}
+        self._handlers[wire.TXN_NAME] = self._h_txn_name
+        # what the driver tells INFO about its process ({pid, host, started_at}) and a
+        # callable giving the prepare log's size in bytes (lockmgr inspection)
+        self.info = {}
+        self.log_bytes = None
         # two-phase commit (twophase.py): restores the prepared transactions of ``log``
         # before anything is served
         self.twophase = TwoPhase(self, log)
@@ -663,7 +669,10 @@ class ShardCore:
             self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
             self._reclaim.session_started(sess)            # its record in the log (group commit)
-        self.answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret])
+        # grace_left_ms: requests are held until the grace period after a restart ends
+        # (reclaim.py); the client waits that long past its request timeout
+        self.answer(sess, seq, OK, [self.epoch, self.index, self.nshards, self.partition_depth, sess.secret,
+                                    self._reclaim.grace_left_ms()])
         return sess
 
     def _h_heartbeat(self, sess, seq, args):
@@ -1066,11 +1075,33 @@ class ShardCore:
             rows.append([list(p), tid, m, g, t.session.id if t is not None and t.session is not None else 0])
         return rows
 
+    def _h_txn_name(self, sess, seq, args):
+        # the name given to begin(name), shown by `lockmgr locks` (a named transaction
+        # sends it with its first request to each shard; unnamed ones never do)
+        if len(args) != 2:
+            raise _Reply(E_PROTOCOL, "TXN_NAME takes [txn, name]")
+        self._txn(sess, args[0]).name = str(args[1])[:200]
+        return []
+
+    def _h_info(self, args):
+        now = self.now
+        waits = [t.wait for t in self._txns.values() if t.wait is not None]
+        out = dict(self.info)
+        out.update(
+            epoch=self.epoch, index=self.index, nshards=self.nshards,
+            log_bytes=self.log_bytes() if self.log_bytes is not None else None,
+            sessions=[[s.id, s.name, round(now - (s.expires - s.ttl), 3), len(s.txns)] for s in self._sessions.values()],
+            txn_names=[[t.id, getattr(t, "name", None)] for t in self._txns.values()
+                       if getattr(t, "name", None) is not None],
+            waiters=len(waits), transactions=len(self._txns), now=now)
+        return out
+
     def _h_graph(self, args):
         return [[k, sorted(v)] for k, v in self._table.wait_for_graph().items()]
 
     def _h_stats(self, args):
-        s = dict(self._table.stats())
+        s = dict.fromkeys(CORE_COUNTERS, 0)
+        s.update(self._table.stats())
         s.update(self.counters)
         s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
                  partition_depth=self.partition_depth, timers=len(self._timers))

@@ -108,6 +108,12 @@ class Reclaim:
 
     # ------------------------------------------------------------ sessions
 
+    def grace_left_ms(self):
+        """The most the grace period may still last, in whole ms (0: not in one)."""
+        if not self.in_grace or self.grace_end is None:
+            return 0
+        return max(0, int((self.grace_end - self.host.now) * 1000) + 1)
+
     def _notice(self, msg):
         self.notices.append(msg)
         del self.notices[:-MAX_NOTICES]

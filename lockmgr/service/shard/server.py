@@ -25,9 +25,10 @@ the rest of a long frame waits in its backlog), so SIGTERM, stop() and the --par
 within about one turn under any load. Design: docs/service.md.
 """
 
+import logging
 import os
 import select
-import sys
+import socket
 import time
 
 import zmq
@@ -41,6 +42,8 @@ from ...wal import PrepareLog
 from .core import ShardCore
 
 __all__ = ["Shard", "TURN_BUDGET"]
+
+_logger = logging.getLogger("lockmgr.shard")
 
 DRAIN_LIMIT = 4096        # frames read per loop turn at most
 # Seconds of requests one loop turn may handle before it fires due timers (lease
@@ -125,12 +128,18 @@ class Shard:
             self._plog.close()
             raise
         self.epoch = self.core.epoch
+        # for INFO (lockmgr status): who we are, and the prepare log's size
+        self.core.info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
+                          "data_dir": os.path.abspath(data_dir)}
+        plog = self._plog
+        self.core.log_bytes = lambda: getattr(plog, "_size", None)
+        self.on_tick = None                   # called about once a second by serve_forever (logging, metrics)
         ntx, nlocks = self.core.twophase.restored
         self.restored = (ntx, nlocks, time.perf_counter() - t0)
         self._log_notices()
         if ntx:
             self._log(f"restored {ntx} prepared transaction(s) with {nlocks} lock(s) from the prepare log in "
-                      f"{self.restored[2] * 1000:.1f} ms (read + re-lock)")
+                      f"{self.restored[2] * 1000:.1f} ms (read + re-lock)", logging.INFO)
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME * 16)
@@ -160,8 +169,8 @@ class Shard:
     def counters(self):
         return self.core.counters
 
-    def _log(self, msg):
-        print(f"lockmgr shard {self.index}: {msg}", file=sys.stderr, flush=True)
+    def _log(self, msg, level=logging.WARNING):
+        _logger.log(level, "shard %d: %s", self.index, msg)
 
     # ---------------------------------------------------------------- loop
 
@@ -170,12 +179,16 @@ class Shard:
         gone (checked every PARENT_CHECK seconds: a LocalCluster or ``lockmgr
         cluster`` killed by SIGKILL must not leave its shards running)."""
         check_at = time.monotonic() + PARENT_CHECK
+        tick_at = time.monotonic() + 1.0
         while not self._stop:
             self.run_once(MAX_POLL_MS)
+            if self.on_tick is not None and time.monotonic() >= tick_at:
+                tick_at = time.monotonic() + 1.0
+                self.on_tick()
             if parent_pid is not None and time.monotonic() >= check_at:
                 check_at = time.monotonic() + PARENT_CHECK
                 if os.getppid() != parent_pid:
-                    self._log(f"parent process {parent_pid} is gone; stopping")
+                    self._log(f"parent process {parent_pid} is gone; stopping", logging.INFO)
                     break
 
     def stop(self):
@@ -273,7 +286,7 @@ class Shard:
         errs = core.internal_errors
         while errs:
             where, err = errs.pop(0)
-            self._log(f"internal error ({where}): {brief(err)}")
+            self._log(f"internal error ({where}): {brief(err)}", logging.ERROR)
 
     def _log_notices(self):
         notices = self.core.reclaim.notices
