@@ -457,3 +457,15 @@ def test_install_without_a_compiler_falls_back(tmp_path):
     r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src,
                        env=dict(env, LOCKMGR_REQUIRE_C="1"), capture_output=True, text=True, timeout=600)
     assert r.returncode != 0
+
+
+def test_every_command_has_a_help(capsys):
+    """``lockmgr CMD --help`` prints a usage and exits 0 for every subcommand
+    (argparse formats help strings with %: a bare % made ``bench --help`` crash)."""
+    from lockmgr.cli.registry import COMMANDS
+    assert "bench" in COMMANDS and "serve" in COMMANDS and "status" in COMMANDS
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0, name
+        assert f"usage: lockmgr {name}" in capsys.readouterr().out

@@ -5,6 +5,7 @@ Servers are started here on 127.0.0.1 (free ports) and stopped by PID
 (LocalCluster); every wait is bounded; random points come from fixed seeds."""
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -415,3 +416,6 @@ def test_bank_example_with_faults():
     assert "lock shard 1 SIGKILLed and restarted" in p.stdout
     killed = int(p.stdout.split("coordinators killed mid-protocol: ")[1].split(";")[0])
     assert killed >= 1, p.stdout
+    # the transfers killed coordinators finished before they died are counted too
+    stats = json.loads(p.stdout.split("transfers: ")[1].splitlines()[0].replace("'", '"'))
+    assert stats["committed"] > 0, p.stdout

@@ -22,6 +22,7 @@ from lockmgr import (
     LockError,
     LockTimeout,
     Mode,
+    SessionExpired,
     ShardUnavailable,
     TransactionAborted,
 )
@@ -328,3 +329,27 @@ def test_serve_refuses_a_parent_pid_that_is_not_its_parent(tmp_path):
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2 and "is not this process's parent" in r.stderr, (r.returncode, r.stderr)
     assert "READY" not in r.stdout
+
+
+@pytest.mark.service
+def test_client_logs_its_session_expiring(tmp_path, caplog):
+    """The client logs one line (logger lockmgr.client) when its session expires:
+    here a shard stopped (SIGSTOP) past the session's TTL."""
+    import logging
+    with LocalCluster(1, data_dir=str(tmp_path)) as c:
+        cl = lockmgr.connect(c.endpoints, session_ttl=0.4, request_timeout=0.2)
+        t = cl.begin()
+        t.lock(("db", "x", 0), Mode.X)
+        with caplog.at_level(logging.INFO, logger="lockmgr.client"):
+            os.kill(c.pids[0], signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 10
+                while not cl._eng.lease_over() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                with pytest.raises(SessionExpired):
+                    t.lock(("db", "x", 1), Mode.X)
+            finally:
+                os.kill(c.pids[0], signal.SIGCONT)
+        lines = [r.getMessage() for r in caplog.records if r.name == "lockmgr.client"]
+        assert any("expired" in m and f"{cl._eng.session:#x}" in m for m in lines), lines
+        cl.close()

@@ -203,8 +203,9 @@ def test_a_reconnected_client_rebinds_its_session_with_the_secret(one):
     b = RawSocket(one.endpoints[0], session=0x5151)
     try:
         rep = a.call([wire.HELLO, 1, 10_000, "a"])
-        assert rep[1] == wire.OK and len(rep[2]) == 5
+        assert rep[1] == wire.OK and len(rep[2]) == 6
         secret = rep[2][4]
+        assert rep[2][5] == 0                  # grace_left_ms: not a shard in a grace period
         assert a.call([wire.LOCK, 2, 99, list(row(20)), X, False, None, 0])[1] == wire.OK
         # b is another connection: refused until it shows the secret
         assert b.call([wire.HELD, 3, 99])[1] == wire.E_UNKNOWN_SESSION

@@ -250,7 +250,9 @@ class Coordinator:
                 pass
         return "committed"
 
-    def run(self, seconds, seed, crash_after=None, crash_step=None):
+    def run(self, seconds, seed, crash_after=None, crash_step=None, report=None):
+        """Transfers for ``seconds``; ``report(outcome)`` is called after each one (so
+        that a coordinator killed mid-run has reported what it finished)."""
         rnd = random.Random(seed)
         inc = f"{time.time_ns():x}"
         counts = {"committed": 0, "aborted": 0, "skipped": 0}
@@ -260,11 +262,14 @@ class Coordinator:
             n += 1
             crash = crash_step if crash_after is not None and n == crash_after else None
             try:
-                counts[self.transfer(rnd, f"{self.cid}.{inc}.{n}", crash)] += 1
+                outcome = self.transfer(rnd, f"{self.cid}.{inc}.{n}", crash)
             except LockError:
-                counts["aborted"] += 1
+                outcome = "aborted"
                 if self.client.expired:
                     self.connect()
+            counts[outcome] += 1
+            if report is not None:
+                report(outcome)
         return counts
 
 
@@ -454,8 +459,9 @@ def main(argv=None):
         return 0
     print("RESULT " + json.dumps({"recovered_commit": r["committed"], "recovered_abort": r["aborted"]}),
           flush=True)
-    counts = co.run(args.seconds, args.seed, args.crash_after, args.crash_step)
-    print("RESULT " + json.dumps(counts), flush=True)
+    # one line per transfer: the parent's tally then includes a coordinator killed mid-run
+    co.run(args.seconds, args.seed, args.crash_after, args.crash_step,
+           report=lambda outcome: print("RESULT " + json.dumps({outcome: 1}), flush=True))
     co.client.close()
     return 0
 

@@ -35,7 +35,8 @@ def cmd_bench(p, args):
                        help="cluster (a LocalCluster started here; default), embedded, or the shards' "
                             "endpoints (tcp://HOST:PORT,...)")
         p.add_argument("--workload", default="uniform",
-                       help="comma-separated, or 'all': " + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()))
+                       help="comma-separated, or 'all': "     # (argparse formats help with %: escape it)
+                       + "; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()).replace("%", "%%"))
         p.add_argument("--clients", default="4", help="number of clients; a comma-separated list runs each (4)")
         p.add_argument("--model", default="threads", choices=("threads", "asyncio", "processes"),
                        help="clients as threads of one process (sharing one lockmgr client), asyncio tasks "

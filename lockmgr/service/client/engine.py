@@ -28,6 +28,7 @@ import collections
 import enum
 import heapq
 import itertools
+import logging
 import os
 import random
 import threading
@@ -42,6 +43,9 @@ from ..routing import parse_endpoints
 from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
+# one line per notable event (session expired or ended, a shard restarted, a
+# no-wait release that failed); never on the hot path
+_log = logging.getLogger("lockmgr.client")
 
 
 # ------------------------------------------------------------------- engine
@@ -403,8 +407,11 @@ class _Engine:
 
     def _on_quiet(self, c):
         """A no-wait release was answered (under _mu): keep a failure for the next call."""
-        if c.error is not None and not isinstance(c.error, SessionExpired) and self._deferred_error is None:
-            self._deferred_error = c.error
+        if c.error is not None and not isinstance(c.error, SessionExpired):
+            _log.warning("session %#x: a no-wait %s on shard %d failed: %s", self.session,
+                         wire.TYPE_NAMES.get(c.typ, c.typ), c.shard, c.error)
+            if self._deferred_error is None:
+                self._deferred_error = c.error
 
     def lease_over(self):
         """True once the session is dead for this client (lease ran out, or expired)."""
@@ -472,6 +479,7 @@ class _Engine:
         if self.dead is None:
             self.dead = (f"session {self.session:#x} expired: no heartbeat was acknowledged by every shard "
                          f"within its TTL of {self.ttl:g}s; its locks have been released")
+            _log.warning("%s (client %s)", self.dead, self.name)
 
     # -- ownership (under _mu)
 
@@ -641,6 +649,8 @@ class _Engine:
         r = self._reclaims.get(i)
         if r is not None and r.new == new:     # (a second answer to HELLO)
             return
+        _log.info("session %#x: shard %d (%s) restarted (epoch %d -> %d); reclaiming its locks", self.session,
+                  i, self.endpoints[i], old, new)
         r = self._reclaims[i] = _Reclaim(old, new, now)
         self._try_reclaim(i, r, now)
 
@@ -745,6 +755,7 @@ class _Engine:
     def _expire_by_shard(self, msg):
         if self.dead is None:
             self.dead = msg
+            _log.warning("session %#x of client %s ended by a shard: %s", self.session, self.name, msg)
 
     def _heartbeat_locked(self, now):
         """Queue a heartbeat to every shard that acknowledged nothing for ttl/4."""

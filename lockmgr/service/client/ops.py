@@ -16,6 +16,7 @@ merging of answers live here, the I/O in whoever drives the generator.
 docs/service.md ("Transactions in the client").
 """
 
+import logging
 import time
 
 from .. import wire
@@ -29,6 +30,7 @@ from ...paths import encode
 from .txnid import new_txn_id
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
+_log = logging.getLogger("lockmgr.client")
 
 if _BACKEND == "c":
     # the compiled twin of paths.encode: same keys, same errors (tests/test_ctable.py)
@@ -130,6 +132,8 @@ def _prepare(resource, mode):
 def _failure(core, err, shard):
     """Apply an error from a lock call to the transaction state; return it to raise."""
     if isinstance(err, DeadlockDetected):
+        _log.info("transaction %d%s was a deadlock victim: %s", core.id,
+                  f" ({core.name})" if core.name is not None else "", err)
         core.abort_everywhere(victim=True, skip=shard)
     elif isinstance(err, TransactionAborted):
         if core.state is ACTIVE:
