@@ -226,12 +226,9 @@ LEASE_MS = 30_000         # the locks' expiry (a crashed client's locks go after
 RETRY_SLEEP = 0.001       # between attempts while a key is held (redis-py's Lock default is 0.1 s)
 
 
-def _redis_key(path: tuple) -> str:
-    return "lock:" + ":".join(map(str, path))
-
-
-class RedisLocks(System):
-    name = "redis"
+class _ServerSystem(System):
+    """A system served by a server process on 127.0.0.1:``port`` (``pids``: its
+    processes, for the CPU they use)."""
 
     def __init__(self, port: int, *, pids: Optional[List[Optional[int]]] = None, label: str = "",
                  **kw: Any) -> None:
@@ -241,10 +238,18 @@ class RedisLocks(System):
         self.label = label
 
     def describe(self) -> str:
-        return self.label or f"redis on 127.0.0.1:{self.port}"
+        return self.label or f"{self.name} on 127.0.0.1:{self.port}"
 
     def server_pids(self) -> List[Optional[int]]:
         return self._pids
+
+
+def _redis_key(path: tuple) -> str:
+    return "lock:" + ":".join(map(str, path))
+
+
+class RedisLocks(_ServerSystem):
+    name = "redis"
 
     def _wait_limit(self, deadline: float) -> float:
         return 0.0 if self.nowait else (time.monotonic() + self.timeout if self.timeout is not None
@@ -323,21 +328,8 @@ def _pg_key(path: tuple) -> int:
     return (table << 32) | row
 
 
-class PostgresAdvisory(System):
+class PostgresAdvisory(_ServerSystem):
     name = "postgres"
-
-    def __init__(self, port: int, *, pids: Optional[List[Optional[int]]] = None, label: str = "",
-                 **kw: Any) -> None:
-        super().__init__(**kw)
-        self.port = port
-        self._pids = list(pids or [])
-        self.label = label
-
-    def describe(self) -> str:
-        return self.label or f"postgres on 127.0.0.1:{self.port}"
-
-    def server_pids(self) -> List[Optional[int]]:
-        return self._pids
 
     def _connect_kw(self) -> Dict[str, Any]:
         opts = f"-c lock_timeout={int(self.timeout * 1000)}" if self.timeout is not None else ""
