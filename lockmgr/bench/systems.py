@@ -263,13 +263,16 @@ class RedisLocks(_ServerSystem):
     def close_shared(self, shared: Any) -> None:
         shared[0].close()
 
+    def _lock_kw(self, deadline: float) -> Dict[str, Any]:
+        """redis-py Lock's arguments (the sync and asyncio clients take the same)."""
+        return dict(timeout=LEASE_MS / 1000, sleep=RETRY_SLEEP, blocking=not self.nowait,
+                    blocking_timeout=self.timeout if self.timeout is not None
+                    else max(0.001, deadline + 5.0 - time.monotonic()))
+
     def txn(self, conn: Any, plan: Plan, gtrid: str, deadline: float) -> int:
         r, acquire_all, release_all = conn
         if len(plan.items) == 1:
-            lk = r.lock(_redis_key(plan.items[0][0]), timeout=LEASE_MS / 1000, sleep=RETRY_SLEEP,
-                        blocking=not self.nowait,
-                        blocking_timeout=self.timeout if self.timeout is not None else max(0.001, deadline + 5.0
-                                                                                           - time.monotonic()))
+            lk = r.lock(_redis_key(plan.items[0][0]), **self._lock_kw(deadline))
             if not lk.acquire():
                 return NOT_AVAILABLE if self.nowait else TIMEOUT
             lk.release()
@@ -298,10 +301,7 @@ class RedisLocks(_ServerSystem):
         import asyncio
         r, acquire_all, release_all = conn
         if len(plan.items) == 1:
-            lk = r.lock(_redis_key(plan.items[0][0]), timeout=LEASE_MS / 1000, sleep=RETRY_SLEEP,
-                        blocking=not self.nowait,
-                        blocking_timeout=self.timeout if self.timeout is not None else max(0.001, deadline + 5.0
-                                                                                           - time.monotonic()))
+            lk = r.lock(_redis_key(plan.items[0][0]), **self._lock_kw(deadline))
             if not await lk.acquire():
                 return NOT_AVAILABLE if self.nowait else TIMEOUT
             await lk.release()
