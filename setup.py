@@ -97,6 +97,13 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
                 extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
                 extra_link_args=san_flags,
             ),
+            # the msgpack codec of the wire's small frames (lockmgr/service/wire.py uses it)
+            Extension(
+                "lockmgr.service._codec",
+                sources=["lockmgr/service/_codec.pyx"],
+                extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
+                extra_link_args=san_flags,
+            ),
         ],
         include_path=["."],
         compiler_directives={

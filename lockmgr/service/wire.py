@@ -35,9 +35,23 @@ except ImportError:  # pragma: no cover - no compiler
     _split_lock_many = None  # type: ignore[assignment]
 
 from ..rules import brief
+from .._core import BACKEND as _BACKEND
+
 from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
                      TransactionAborted)
 from ..errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired
+
+# The compiled msgpack codec (lockmgr/service/_codec.pyx): the same bytes and
+# objects as msgpack for the wire's types, cheaper per small frame; anything it
+# does not handle goes to msgpack, errors included. The pure-Python backend
+# (LOCKMGR_PUREPYTHON=1, the reference) uses msgpack alone.
+try:
+    from ._codec import Unsupported as _Unsupported, pack as _codec_pack, unpack as _codec_unpack
+except ImportError:  # pragma: no cover - no compiler
+    _codec_pack = _codec_unpack = None  # type: ignore[assignment]
+    _Unsupported = ValueError  # type: ignore[assignment,misc]
+_cpack = _codec_pack if _BACKEND == "c" else None
+_cunpack = _codec_unpack if _BACKEND == "c" else None
 
 __all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
            "pack_requests", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]
@@ -250,7 +264,13 @@ def peer_session(key):
 
 
 def pack_requests(session, ack, reqs):
-    return msgpack.packb([VERSION, session, ack, reqs], **_packer_opts)
+    msg = [VERSION, session, ack, reqs]
+    if _cpack is not None:
+        try:
+            return _cpack(msg)
+        except _Unsupported:
+            pass
+    return msgpack.packb(msg, **_packer_opts)
 
 
 def unpack_requests(frame):
@@ -310,11 +330,24 @@ def unpack_requests_packed(frame):
 
 
 def pack_replies(replies):
-    return msgpack.packb([VERSION, replies], **_packer_opts)
+    msg = [VERSION, replies]
+    if _cpack is not None:
+        try:
+            return _cpack(msg)
+        except _Unsupported:
+            pass
+    return msgpack.packb(msg, **_packer_opts)
 
 
 def unpack_replies(frame):
-    msg = msgpack.unpackb(frame, **_unpacker_opts)
+    msg = None
+    if _cunpack is not None:
+        try:
+            msg = _cunpack(frame)
+        except _Unsupported:
+            pass
+    if msg is None:
+        msg = msgpack.unpackb(frame, **_unpacker_opts)
     if type(msg) is not list or len(msg) != 2 or msg[0] != VERSION:
         raise ProtocolError(E_PROTOCOL, "bad reply frame")
     return msg[1]

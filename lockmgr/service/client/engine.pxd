@@ -25,7 +25,7 @@ cdef class _Engine:
     cdef public object endpoints, ttl, ttl_ms, lease, request_timeout, retry_interval, hb_interval
     cdef public object _drv_tick, _drv_stall, partition_depth, name, session, epoch, dead
     cdef public object _deferred_error, _lease_base, _hb_sent, _hello_pending, _secret
-    cdef public object _ctx, _socks, _fds, _driver, _packer, _mu, _owner_kind, _owner
+    cdef public object _ctx, _socks, _fds, _driver, _mu, _owner_kind, _owner
     cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
     cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _pollitems, _ready
     cdef public object _hello_error, _thread
@@ -33,6 +33,8 @@ cdef class _Engine:
     cdef public Py_ssize_t n, handoffs, _urgent, _hello_left
     cdef public bint closed, _close_sent, _polling, _pipe_full
 
+    @cython.locals(bases=list, m=double, k=Py_ssize_t)
+    cpdef double _lease_end(self)
     cpdef lease_over(self)
     cpdef check_session(self)
     cpdef _fail(self, _Call call, err)

@@ -130,6 +130,8 @@ _NONE, _SYNC_CALLER, _SENDER, _HOUSEKEEPER, _LOOP = (Owner.NONE, Owner.SYNC_CALL
 
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _OK = wire.OK
+_MAX_REQUESTS = wire.MAX_REQUESTS
+_pack_requests = wire.pack_requests
 # pyzmq's compiled socket calls, without the Python wrappers (as in the shard)
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
@@ -217,7 +219,6 @@ class _Engine:
             self._socks.append(s)
         self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner
         self._driver = None              # the _LoopDriver of the event loop that used the client last
-        self._packer = wire.Packer()
         self._mu = threading.Lock()
         # who owns the sockets: _owner_kind (an Owner) and _owner (the owning
         # _Waiter for SYNC_CALLER, _LoopDriver for LOOP, else None), changed
@@ -351,7 +352,7 @@ class _Engine:
         now = _monotonic()
         drv.last_io = now
         if self.closed or self.dead is not None or (self._hello_left == 0
-                                                     and now > min(self._lease_base) + self.lease):
+                                                     and now > self._lease_end()):
             self._turn_locked(now)        # fails every call
         else:
             if send and self._outq:
@@ -417,17 +418,28 @@ class _Engine:
         """True once the session is dead for this client (lease ran out, or expired)."""
         if self.dead is not None:
             return True
-        if _monotonic() > min(self._lease_base) + self.lease:
+        if _monotonic() > self._lease_end():
             self._expire_local()
             return True
         return False
+
+    def _lease_end(self):
+        """When the session's lease may have run out on some shard, by this client's
+        clock (the earliest lease base plus the lease; a loop, not min(): this is on
+        every call's path)."""
+        bases = self._lease_base
+        m = bases[0]
+        for k in range(1, len(bases)):
+            if bases[k] < m:
+                m = bases[k]
+        return m + self.lease
 
     def check_session(self):
         """Raise SessionExpired if the session is over; else the failure of a no-wait
         release answered since the last call, if any (once)."""
         if self.dead is not None:
             raise SessionExpired(self.dead)
-        if _monotonic() > min(self._lease_base) + self.lease:
+        if _monotonic() > self._lease_end():
             self._expire_local()
             raise SessionExpired(self.dead)
         err = self._deferred_error
@@ -783,7 +795,7 @@ class _Engine:
         if self.closed:
             self._fail_all(SessionExpired("the client was closed"))
             return
-        if self.dead is None and self._hello_left == 0 and now > min(self._lease_base) + self.lease:
+        if self.dead is None and self._hello_left == 0 and now > self._lease_end():
             self._expire_local()
         if self.dead is not None:
             self._fail_all(SessionExpired(self.dead), keep_close=True)
@@ -917,7 +929,7 @@ class _Engine:
                         due = (self._outq or (top is not None and top <= now)
                                or (self._orphaned_at is not None and now >= self._orphaned_at + _ORPHAN_DELAY)
                                or (self.dead is None and self._hello_left == 0
-                                   and now > min(self._lease_base) + self.lease))
+                                   and now > self._lease_end()))
                         if due:
                             self._set_owner(_HOUSEKEEPER)
                             take = True
@@ -943,7 +955,7 @@ class _Engine:
                 if self._orphaned_at is not None:
                     nxt = min(nxt, self._orphaned_at + _ORPHAN_DELAY)
                 if self.dead is None and self._hello_left == 0:
-                    nxt = min(nxt, min(self._lease_base) + self.lease + 0.001)
+                    nxt = min(nxt, self._lease_end() + 0.001)
                 if self.closed:
                     nxt = now + 0.005
                 if self._owner_kind is _LOOP:
@@ -1056,13 +1068,15 @@ class _Engine:
     def _send_frame(self, i, reqs):
         pending = self._pending[i]
         ack = next(iter(pending), self._seq[i])
-        pack = self._packer.pack
-        for k in range(0, len(reqs), wire.MAX_REQUESTS):
+        n = len(reqs)
+        k = 0
+        while k < n:
             try:
-                _zsend(self._socks[i], pack([wire.VERSION, self.session, ack, reqs[k:k + wire.MAX_REQUESTS]]),
-                       _NOBLOCK)
+                _zsend(self._socks[i], _pack_requests(self.session, ack, reqs if n <= _MAX_REQUESTS
+                                                      else reqs[k:k + _MAX_REQUESTS]), _NOBLOCK)
             except zmq.ZMQError:
                 pass  # retried by the timer
+            k += _MAX_REQUESTS
 
     def _timers(self, now):
         heap = self._heap

@@ -86,6 +86,7 @@ def _read_message(sock):
     frames.append(f.bytes)
     return frames
 _NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_pack_replies = wire.pack_replies
 _POLLIN = int(zmq.POLLIN)
 
 
@@ -105,7 +106,6 @@ class Shard:
         self._clock = clock
         self._ctx = ctx or zmq.Context.instance()
         self._stop = False
-        self._packer = wire.Packer()
         self.core = None                      # (made once the prepare log is open)
         self._wake_sock = None
         self._wake_ep = f"inproc://lockmgr-shard-wake-{os.getpid()}-{id(self):x}"
@@ -344,15 +344,14 @@ class Shard:
         if not out:
             return
         sock = self._sock
-        pack = self._packer.pack
-        v = wire.VERSION
+        pack = _pack_replies
         for prefix, reps in out.items():
             if not reps:
                 continue
             try:
                 for part in prefix:
                     _send(sock, part, _NOBLOCK_MORE)
-                _send(sock, pack([v, reps]), _NOBLOCK)
+                _send(sock, pack(reps), _NOBLOCK)
             except zmq.ZMQError:  # peer gone or over its HWM: it will retry
                 self.core.counters["dropped_replies"] += 1
 
