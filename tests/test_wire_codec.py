@@ -112,3 +112,29 @@ def test_wire_falls_back_to_msgpack_with_msgpacks_errors():
     with pytest.raises(msgpack.ExtraData):
         wire.unpack_replies(_packb([wire.VERSION, []]) + b"\x01")
     assert wire.unpack_replies(_packb([wire.VERSION, [[3, 0, [b"t", "s"]]]])) == [[3, 0, [b"t", "s"]]]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(objects, st.integers(0, 20), st.integers(0, 20), st.integers(0, 40))
+def test_limits_defer_to_msgpack_as_its_max_lens_would(o, max_array, max_map, max_str):
+    """With msgpack's max_*_len limits: the same object where msgpack accepts the
+    frame, Unsupported (so msgpack raises its own error) where it refuses it."""
+    b = _packb(o)
+    try:
+        want = msgpack.unpackb(b, raw=False, strict_map_key=False, use_list=True, max_array_len=max_array,
+                               max_map_len=max_map, max_str_len=max_str, max_bin_len=max_str, max_ext_len=0)
+    except ValueError:
+        with pytest.raises(_codec.Unsupported):
+            _codec.unpack(b, max_array, max_map, max_str)
+        return
+    assert _same(_codec.unpack(b, max_array, max_map, max_str), want)
+
+
+def test_request_frames_decode_as_with_msgpack():
+    reqs = [[wire.LOCK, 5, 77, ["db", "t", 1], 5, False, None, 0], [wire.RELEASE, 6, 77, True]]
+    frame = wire.pack_requests(9, 5, reqs)
+    assert wire.unpack_requests(frame) == (9, 5, reqs)
+    assert wire._unpack_requests_msgpack(frame) == [wire.VERSION, 9, 5, reqs]
+    big = _packb([wire.VERSION, 1, 0, [[wire.LOCK, 1, 1, ["x" * (wire.MAX_STR + 1)], 5, False, None, 0]]])
+    with pytest.raises(wire.ProtocolError, match="exceeds max"):
+        wire.unpack_requests(big)

@@ -7,7 +7,8 @@ general Packer and unpackb's keyword parsing cost more than the encoding).
 
 Interface:
     pack(obj) -> bytes           raises Unsupported for what it does not handle
-    unpack(frame) -> object      raises Unsupported for what it does not handle
+    unpack(frame, max_array=-1, max_map=-1, max_str=-1) -> object
+                                 raises Unsupported for what it does not handle
     Unsupported                  (a ValueError) the caller then uses msgpack itself
 
 Used by lockmgr.service.wire only, which falls back to msgpack on Unsupported:
@@ -191,6 +192,7 @@ def pack(obj):
 cdef struct _In:
     const uint8_t *p
     Py_ssize_t pos, end
+    Py_ssize_t max_array, max_map, max_str     # msgpack's max_*_len (over one: Unsupported)
 
 
 cdef inline uint64_t _be(_In *r, int n) except? 0xffffffffffffffff:
@@ -206,6 +208,8 @@ cdef inline uint64_t _be(_In *r, int n) except? 0xffffffffffffffff:
 
 cdef object _str(_In *r, Py_ssize_t n):
     cdef object s
+    if n > r.max_str:
+        raise _UNSUPPORTED("over max_str_len")
     if n > r.end - r.pos:
         raise _UNSUPPORTED("truncated")
     try:
@@ -217,6 +221,8 @@ cdef object _str(_In *r, Py_ssize_t n):
 
 
 cdef object _bin(_In *r, Py_ssize_t n):
+    if n > r.max_str:
+        raise _UNSUPPORTED("over max_bin_len")
     if n > r.end - r.pos:
         raise _UNSUPPORTED("truncated")
     s = PyBytes_FromStringAndSize(<const char *>(r.p + r.pos), n)
@@ -227,6 +233,8 @@ cdef object _bin(_In *r, Py_ssize_t n):
 cdef object _array(_In *r, Py_ssize_t n, int depth):
     cdef Py_ssize_t i
     cdef object x
+    if n > r.max_array:
+        raise _UNSUPPORTED("over max_array_len")
     if n > r.end - r.pos:      # every item takes at least one byte
         raise _UNSUPPORTED("truncated")
     lst = PyList_New(n)
@@ -240,6 +248,8 @@ cdef object _array(_In *r, Py_ssize_t n, int depth):
 cdef object _map(_In *r, Py_ssize_t n, int depth):
     cdef Py_ssize_t i
     cdef dict d = {}
+    if n > r.max_map:
+        raise _UNSUPPORTED("over max_map_len")
     if n > r.end - r.pos:
         raise _UNSUPPORTED("truncated")
     for i in range(n):
@@ -327,15 +337,20 @@ cdef object _unpack(_In *r, int depth):
     raise _UNSUPPORTED("ext or reserved type")    # 0xc1, 0xc7-0xc9, 0xd4-0xd8
 
 
-def unpack(frame):
+def unpack(frame, Py_ssize_t max_array=-1, Py_ssize_t max_map=-1, Py_ssize_t max_str=-1):
     """msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
-    for a ``bytes`` frame of the types listed above."""
+    for a ``bytes`` frame of the types listed above; ``max_*`` as msgpack's
+    ``max_array_len``, ``max_map_len``, ``max_str_len`` and ``max_bin_len``
+    (-1: no limit), a frame over one is Unsupported (msgpack then names it)."""
     cdef _In r
     if type(frame) is not bytes:
         raise _UNSUPPORTED("not bytes")
     r.p = <const uint8_t *>PyBytes_AS_STRING(frame)
     r.pos = 0
     r.end = PyBytes_GET_SIZE(frame)
+    r.max_array = max_array if max_array >= 0 else r.end
+    r.max_map = max_map if max_map >= 0 else r.end
+    r.max_str = max_str if max_str >= 0 else r.end
     obj = _unpack(&r, 0)
     if r.pos != r.end:
         raise _UNSUPPORTED("extra data")

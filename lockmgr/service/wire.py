@@ -277,16 +277,14 @@ def unpack_requests(frame):
     """Decode a client frame. Raises ProtocolError naming the problem."""
     if len(frame) > MAX_FRAME:
         raise ProtocolError(E_TOO_BIG, f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME}")
-    try:
-        msg = msgpack.unpackb(frame, **_request_opts)
-    except msgpack.StackError:
-        raise ProtocolError(E_TOO_BIG, "frame refused: it nests arrays or maps deeper than 1024 levels") from None
-    except ValueError as e:  # over a max_*_len limit (msgpack says which), or not msgpack
-        if "exceeds max" in str(e):
-            raise ProtocolError(E_TOO_BIG, f"frame refused: {e}") from None
-        raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
-    except Exception as e:  # msgpack raises several types; all mean "not msgpack"
-        raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
+    msg = None
+    if _cunpack is not None:
+        try:
+            msg = _cunpack(frame, MAX_REQUESTS, MAX_MAP, MAX_STR)
+        except _Unsupported:     # msgpack decides (and names the error)
+            msg = None
+    if msg is None:
+        msg = _unpack_requests_msgpack(frame)
     if type(msg) is not list or len(msg) != 4:
         raise ProtocolError(E_PROTOCOL, "frame must be a msgpack array [version, session, ack, requests]")
     version, session, ack, reqs = msg
@@ -301,6 +299,19 @@ def unpack_requests(frame):
     if len(reqs) > MAX_REQUESTS:
         raise ProtocolError(E_TOO_BIG, f"{len(reqs)} requests in one frame; at most {MAX_REQUESTS}")
     return session, ack, reqs
+
+
+def _unpack_requests_msgpack(frame):
+    try:
+        return msgpack.unpackb(frame, **_request_opts)
+    except msgpack.StackError:
+        raise ProtocolError(E_TOO_BIG, "frame refused: it nests arrays or maps deeper than 1024 levels") from None
+    except ValueError as e:  # over a max_*_len limit (msgpack says which), or not msgpack
+        if "exceeds max" in str(e):
+            raise ProtocolError(E_TOO_BIG, f"frame refused: {e}") from None
+        raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
+    except Exception as e:  # msgpack raises several types; all mean "not msgpack"
+        raise ProtocolError(E_PROTOCOL, f"frame is not valid msgpack ({type(e).__name__}: {e})") from None
 
 
 def unpack_requests_packed(frame):
