@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover - no compiler
     _split_lock_many = None  # type: ignore[assignment]
 
 from ..rules import brief
-from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
-                     TransactionAborted)
+from ..errors import (DeadlockDetected, Forbidden, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
+                     QuotaExceeded, TransactionAborted)
 from ..errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired
 
 __all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
@@ -65,6 +65,7 @@ RECLAIM = 16       # [epoch_seen, last, [[txn, [[path, mode, token], ...]], ...]
                    #   after a restart, in its grace period: the session's transactions' locks back with
                    #   their tokens (refused transactions listed with the reason; they are aborted here)
 TXN_NAME = 17      # [txn, name]                 -> []    the name given to begin(name), for inspection
+HELD_PAGE = 18     # [txn, offset, limit]        -> [[[path, mode], ...], next_offset]  (0: the last page)
 PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
 DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
@@ -87,6 +88,8 @@ STATS = 43         # []                          -> {name: int}   (every counter
 INFO = 44          # []                          -> {pid, host, started_at, epoch, index, nshards, log_bytes,
                    #                                 sessions: [[session, name, idle_s, ntxns]],
                    #                                 txn_names: [[txn, name]], waiters, transactions, now}
+SNAPSHOT_PAGE = 45 # [cursor, limit]            -> [[[path, txn, mode, granted, session], ...], next_cursor]
+                   #   (cursor 0 starts; next_cursor 0: the last page)
 DEADLOCKS = 47     # [limit?]                    -> [report, ...]   (the shard's deadlock ring)
 PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, probe_interval_ms}
 FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
@@ -99,7 +102,7 @@ TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOC
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
                    PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM",
                    PROBE_CONFIRMED: "PROBE_CONFIRMED", DEADLOCKS: "DEADLOCKS",
-                   PEERS: "PEERS", FAULTS: "FAULTS"})
+                   PEERS: "PEERS", FAULTS: "FAULTS", HELD_PAGE: "HELD_PAGE", SNAPSHOT_PAGE: "SNAPSHOT_PAGE"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0
@@ -116,6 +119,8 @@ E_UNKNOWN_TYPE = 10      # unknown message type
 E_STALE = 11             # a retry of a request already acknowledged (not executed)
 E_UNSUPPORTED = 12       # a reserved type that a server does not implement (none in this version)
 E_INTERNAL = 13          # a bug; the request changed nothing we know of
+E_FORBIDDEN = 14         # the connection's key may not do this (another key's session, an admin request)
+E_QUOTA = 15             # over a quota (the message names it); nothing changed
 
 
 class ProtocolError(Exception):
@@ -135,6 +140,8 @@ _ERRORS = {
     E_SESSION_EXPIRED: SessionExpired,
     E_UNKNOWN_SESSION: ShardUnavailable,
     E_TOO_BIG: InvalidRequest,
+    E_FORBIDDEN: Forbidden,
+    E_QUOTA: QuotaExceeded,
 }
 
 
@@ -180,6 +187,9 @@ REPLY_SHAPES = {
     UNLOCK: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is bool,
     RELEASE: _list,
     HELD: lambda p, a: _path_modes(p),
+    HELD_PAGE: lambda p, a: type(p) is list and len(p) == 2 and _path_modes(p[0]) and type(p[1]) is int,
+    SNAPSHOT_PAGE: lambda p, a: (type(p) is list and len(p) == 2 and type(p[1]) is int
+                                 and REPLY_SHAPES[SNAPSHOT](p[0], a)),
     DOWNGRADE: _list,
     PREPARE: lambda p, a: _ints(p, 2),
     RECLAIM: lambda p, a: (type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is list
