@@ -987,16 +987,17 @@ class ShardCore:
         if ep and ep != self.epoch:
             self._check_epoch(tid, ep)
         nowait = bool(nowait)
-        # quotas (quotas.py): a lock more for the session and the shard; a request that would
-        # wait beyond the session's waits is tried without waiting (then refused, unqueued)
-        if sess.nheld >= self.q_session_locks or self.nheld >= self.q_locks:
-            raise self._over_locks(sess, 1)
+        # quotas (quotas.py): a new lock more for the session and the shard (a node held
+        # already is none); a request that would wait beyond the session's waits is tried
+        # without waiting (then refused, unqueued)
         capped = not nowait and len(sess.inflight) >= self.q_waits
         table = self._table
         t = self._txns.get(tid)
         if t is None:
             if tid in sess.tombs:
                 raise _Reply(E_ABORTED, f"transaction {tid} has finished on this shard")
+            if sess.nheld >= self.q_session_locks or self.nheld >= self.q_locks:
+                raise self._over_locks(sess, 1)
             tok = table.lock(tid, path, mode, nowait or capped)     # InvalidRequest: nothing changed
             t = _Txn(tid, sess)
             self._txns[tid] = t
@@ -1010,6 +1011,8 @@ class ShardCore:
             if t.wait is not None:
                 raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
             prev = table.mode_held(tid, path)
+            if not prev and (sess.nheld >= self.q_session_locks or self.nheld >= self.q_locks):
+                raise self._over_locks(sess, 1)
             tok = table.lock(tid, path, mode, nowait or capped)
         if tok > 0:
             if not prev:
