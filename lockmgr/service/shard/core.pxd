@@ -51,7 +51,7 @@ cdef class ShardCore:
     cpdef _reply_error(self, _Session sess, prefix, seq, status, msg)
     @cython.locals(t=_Txn)
     cpdef _txn(self, _Session sess, tid, create=*)
-    @cython.locals(sess=_Session)
+    @cython.locals(sess=_Session, n=Py_ssize_t)
     cpdef drop_txn(self, _Txn t)
     @cython.locals(t=_Txn, tokens=list, n=Py_ssize_t, idx=Py_ssize_t)
     cpdef _run(self, _Wait w, nowait=*)

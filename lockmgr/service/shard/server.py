@@ -179,7 +179,10 @@ class Shard:
             self._term_ctx()
             raise
         self._msg_limit = self.core.quotas.message_bytes
-        self._read = _read_message_user if curve is not None else None
+        # the loop's reader: the plain one, or (CURVE, or a message_bytes quota below the
+        # wire's limit) one that checks each frame's key and size first (_read_checked)
+        self._read = self._read_checked if curve is not None or self._msg_limit < wire.MAX_FRAME \
+            else _read_message
         self.epoch = self.core.epoch
         # for INFO (lockmgr status): who we are, and the prepare log's size
         self.core.info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
@@ -266,18 +269,19 @@ class Shard:
         cluster`` killed by SIGKILL must not leave its shards running)."""
         check_at = time.monotonic() + PARENT_CHECK
         tick_at = time.monotonic() + 1.0
+        curve = self.curve
         while not self._stop:
             self.run_once(MAX_POLL_MS)
             if self.on_tick is not None and time.monotonic() >= tick_at:
                 tick_at = time.monotonic() + 1.0
                 self.on_tick()
-            if self.curve is not None and time.monotonic() >= self._reload_at:
-                self._reload_at = time.monotonic() + self.curve.reload_interval
+            if curve is not None and time.monotonic() >= self._reload_at:
+                self._reload_at = time.monotonic() + curve.reload_interval
                 try:
                     if getattr(self, "_reload_now", False):
                         self._reload_now = False
                         self.reload_keys()
-                    elif self.curve.maybe_reload():
+                    elif curve.maybe_reload():
                         self._log("key directories changed: keys reloaded", logging.INFO)
                 except (OSError, InvalidRequest) as e:
                     self._log(f"cannot reload the keys (the old ones stay): {e}")
@@ -341,16 +345,11 @@ class Shard:
             read = self._read
             for _ in range(DRAIN_LIMIT):
                 try:
-                    if read is None:
-                        frames = _read_message(sock)
-                    else:
-                        frames, user = read(sock)
-                        if user and user not in self.curve.admitted:
-                            self._refuse_key(frames)     # removed from the key directories since
-                            continue
-                        core.user = user
+                    frames = read(sock)
                 except zmq.Again:
                     break
+                if frames is None:          # refused by _read_checked (a key no longer admitted, a size)
+                    continue
                 core.now = clock()          # this frame's time (a lease renews from it)
                 try:
                     self._on_frame(frames)
@@ -400,10 +399,32 @@ class Shard:
         while notices:
             self._log(notices.pop(0))
 
-    def _refuse_key(self, frames):
+    def _read_checked(self, sock):
+        """The next message (zmq.Again if none), with CURVE or a message_bytes quota:
+        sets the core's ``user`` to the frame's key; None if the message was refused
+        (answered): a key no longer admitted (removed from the key directories since
+        it connected), or a frame over the message_bytes quota."""
+        if self.curve is not None:
+            frames, user = _read_message_user(sock)
+            if user and user not in self.curve.admitted:
+                self._refuse(frames, wire.E_FORBIDDEN, "this connection's key is no longer admitted by the shard",
+                             "forbidden")
+                return None
+            self.core.user = user
+        else:
+            frames = _read_message(sock)
+        n = len(frames[-1])
+        if self._msg_limit < n <= wire.MAX_FRAME:      # (above the wire's limit: E_TOO_BIG, wire.py)
+            self._refuse(frames, wire.E_QUOTA, f"quota message_bytes={self._msg_limit} reached: a frame of {n} "
+                                               f"bytes; nothing was changed", "quota_refused")
+            return None
+        return frames
+
+    def _refuse(self, frames, status, msg, counter):
         core = self.core
-        core.counters["forbidden"] += 1
-        core.reply((frames[0],), [0, wire.E_FORBIDDEN, "this connection's key is no longer admitted by the shard"])
+        core.counters[counter] += 1
+        prefix = (frames[0], b"") if len(frames) == 3 and frames[1] == b"" else (frames[0],)
+        core.reply(prefix, [0, status, msg])
         self._flush()
 
     def _on_frame(self, frames):
@@ -419,11 +440,6 @@ class Shard:
             core.counters["bad_frames"] += 1
             core.reply((frames[0],) if n else (b"",),
                        [0, wire.E_PROTOCOL, f"expected one message part after the routing id; got {n - 1}"])
-            return
-        if self._msg_limit < len(payload) <= wire.MAX_FRAME:    # (above: E_TOO_BIG, wire.py)
-            core.counters["quota_refused"] += 1
-            core.reply(prefix, [0, wire.E_QUOTA, f"quota message_bytes={self._msg_limit} reached: a frame of "
-                                                 f"{len(payload)} bytes; nothing was changed"])
             return
         try:
             sid, ack, reqs = _unpack_requests(payload)
