@@ -9,7 +9,7 @@ rtt:      one client, one shard: begin + lock(X) on a fresh row + commit (a LOCK
 many:     one client: LOCK_MANY of 1,000 rows + commit, plain vs CURVE: locks/s and the ratio.
 snapshot: one shard holding 1,000,000 locks (250 transactions x 4,000 rows); client B
           does lock+commit in a loop while an admin lists every lock: paged
-          (SNAPSHOT_PAGE, the answer_rows quota's 10,000 rows a page) vs one SNAPSHOT
+          (SNAPSHOT_PAGE, the answer_rows quota: 2,000 rows a page) vs one SNAPSHOT
           answer (answer_rows raised to 2,000,000: what the shard did before). Reported:
           B's worst and 99th-percentile lock+commit while the listing runs, and the
           listing's time. The shard's turn budget is TURN_BUDGET (20 ms).

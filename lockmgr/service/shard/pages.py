@@ -11,7 +11,9 @@ SNAPSHOT_PAGE [cursor, limit] -> [rows, next_cursor]. Cursor 0 starts a listing:
 the shard takes the list of the transactions it has now (one C call) and keeps
 it under a new cursor; each page then lists the locks of the next transactions
 (held ones, then the one it waits for), at most ``limit`` rows (and at most
-``answer_rows``), resuming inside a transaction's locks if a page ends there.
+``answer_rows``), resuming inside a transaction's locks if a page ends there
+(from the list of them taken for the page that started them: a transaction
+is listed as it was at its first page).
 ``next_cursor`` 0: that was the last page. A page costs O(its rows) plus the
 locks of the transaction it resumes in; a listing is not one atomic snapshot:
 each transaction is listed as it is when its page is built (one that started
@@ -42,13 +44,14 @@ def _limit(host, args, what):
 
 
 class _Cursor:
-    __slots__ = ("tids", "pos", "off", "used")
+    __slots__ = ("tids", "pos", "off", "used", "held")
 
     def __init__(self, tids, now):
         self.tids = tids
         self.pos = 0
         self.off = 0
         self.used = now
+        self.held = None              # the locks of tids[pos] while a page ends inside them
 
 
 class Pages:
@@ -118,12 +121,13 @@ class Pages:
             tid = tids[c.pos]
             t = host.txn(tid)
             sid = t.session.id if t is not None and t.session is not None else 0
-            held = table.held(tid)
+            held = c.held if c.off and c.held is not None else table.held(tid)
             room = limit - len(rows)
             part = held[c.off:c.off + room]
             rows.extend([[list(p), tid, m, True, sid] for p, m in part])
             if c.off + room < len(held):
                 c.off += room
+                c.held = held             # the next page goes on from this list (not rebuilt)
                 break
             w = table.waiting_on(tid)
             if w is not None:
@@ -133,6 +137,7 @@ class Pages:
                 rows.append([list(w[0]), tid, w[1], False, sid])
             c.pos += 1
             c.off = 0
+            c.held = None
         if c.pos >= len(tids):
             del cursors[cid]
             cid = 0
