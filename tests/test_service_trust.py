@@ -514,8 +514,9 @@ def test_message_size_quota_and_key_revocation(secure):
 @pytest.mark.service
 def test_cross_shard_deadlock_is_found_over_curve(secure):
     """Peer shards authenticate with their key pair: probes still flow."""
-    from lockmgr import DeadlockDetected
     import threading
+
+    from lockmgr import DeadlockDetected
     a, b = secure.connect(), secure.connect()
     try:
         # two tables on different shards

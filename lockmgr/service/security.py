@@ -76,7 +76,7 @@ def public_key(spec: KeySpec) -> bytes:
         return spec
     if isinstance(spec, str) and _is_z85_key(spec) and not os.path.exists(spec):
         return spec.encode("ascii")
-    path = os.fspath(spec)
+    path = os.fsdecode(spec)
     try:
         pub, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:
@@ -87,7 +87,7 @@ def public_key(spec: KeySpec) -> bytes:
 
 
 def _secret_pair(path: KeySpec) -> Tuple[bytes, bytes]:
-    p = os.fspath(path)
+    p = os.fsdecode(path)
     try:
         pub, sec = zmq.auth.load_certificate(p)
     except (OSError, ValueError) as e:
@@ -161,7 +161,7 @@ def _load_dir(d: Optional[str]) -> FrozenSet[str]:
 
 
 def _dir_stamp(dirs) -> tuple:
-    stamp = []
+    stamp: list = []
     for d in dirs:
         if d is None:
             continue

@@ -177,6 +177,12 @@ def _list(p, a):
     return type(p) is list
 
 
+def _snapshot_rows(p):
+    return type(p) is list and all(
+        type(r) is list and len(r) == 5 and type(r[0]) is list and type(r[1]) is int and _mode(r[2])
+        and type(r[3]) in (bool, int) and type(r[4]) is int for r in p)
+
+
 REPLY_SHAPES = {
     HELLO: lambda p, a: _ints(p, 6) or _ints(p, 5) or _ints(p, 4),
     HEARTBEAT: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is int,
@@ -189,7 +195,7 @@ REPLY_SHAPES = {
     HELD: lambda p, a: _path_modes(p),
     HELD_PAGE: lambda p, a: type(p) is list and len(p) == 2 and _path_modes(p[0]) and type(p[1]) is int,
     SNAPSHOT_PAGE: lambda p, a: (type(p) is list and len(p) == 2 and type(p[1]) is int
-                                 and REPLY_SHAPES[SNAPSHOT](p[0], a)),
+                                 and _snapshot_rows(p[0])),
     DOWNGRADE: _list,
     PREPARE: lambda p, a: _ints(p, 2),
     RECLAIM: lambda p, a: (type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is list
@@ -202,9 +208,7 @@ REPLY_SHAPES = {
         and type(r[2]) in (int, float) and type(r[3]) is list and type(r[4]) is int and _path_modes(r[5])
         for r in p),
     PING: lambda p, a: _ints(p, 4),
-    SNAPSHOT: lambda p, a: type(p) is list and all(
-        type(r) is list and len(r) == 5 and type(r[0]) is list and type(r[1]) is int and _mode(r[2])
-        and type(r[3]) in (bool, int) and type(r[4]) is int for r in p),
+    SNAPSHOT: lambda p, a: _snapshot_rows(p),
     GRAPH: lambda p, a: type(p) is list and all(
         type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is list for r in p),
     STATS: lambda p, a: type(p) is dict,

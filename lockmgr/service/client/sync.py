@@ -35,11 +35,10 @@ from ...paths import Path, Resource
 from ..reports import merge_reports
 from ..admin import admin_query  # noqa: F401  (part of this module's API)
 from .engine import _Engine
-
-SNAPSHOT_PAGE_ROWS = 10_000     # rows asked per SNAPSHOT_PAGE (a shard's answer_rows quota caps it)
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
                   _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
 
+SNAPSHOT_PAGE_ROWS = 10_000     # rows asked per SNAPSHOT_PAGE (a shard's answer_rows quota caps it)
 _log = logging.getLogger("lockmgr")
 
 __all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable", "Endpoints"]
