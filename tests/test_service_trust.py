@@ -582,3 +582,40 @@ def test_quota_errors_reach_the_client_as_quota_exceeded():
             t.commit()
             with cl.transaction() as t2:
                 t2.lock(("db", "t", 3))
+
+
+@pytest.mark.service
+def test_inspection_commands_take_curve_keys_from_the_environment(secure):
+    eps = ",".join(secure.endpoints)
+
+    def run(secret):
+        env = dict(os.environ, LOCKMGR_CURVE_SECRET_FILE=secret, LOCKMGR_CURVE_SERVER_KEY=secure.server_key)
+        return subprocess.run([sys.executable, "-m", "lockmgr", "locks", eps, "--timeout", "3"], capture_output=True,
+                              text=True, timeout=60, cwd=ROOT, env=env)
+    with secure.connect() as cl:
+        t = cl.begin()
+        t.lock(("db", "cli", 1))
+        r = run(secure.admin_secret_file)
+        assert r.returncode == 0 and "cli" in r.stdout, r.stdout + r.stderr
+        r = run(secure.client_secret_file)
+        assert r.returncode != 0 and "Forbidden" in r.stderr, r.stderr
+        t.commit()
+
+
+@pytest.mark.service
+def test_prepared_owner_survives_a_restart(secure):
+    """The key that prepared a transaction is in the prepare record: after a restart
+    only it (or an admin) may decide it."""
+    with secure.connect(name="coord") as alice:
+        t = alice.begin(gtrid="trust-restart")
+        t.lock(("db", "t", 11))
+        t.prepare()
+    for i in range(secure.nshards):
+        secure.restart(i)
+    with secure.connect(curve_secret_file=secure.mallory_secret) as mal:
+        with pytest.raises(Forbidden):
+            mal.resolve("trust-restart", True)
+    with secure.connect(name="coord-again") as alice:
+        alice.resolve("trust-restart", True)          # the coordinator's key, a new session
+    with secure.connect(curve_secret_file=secure.admin_secret_file) as ad:
+        assert [d for d in ad.indoubt() if d["gtrid"] == "trust-restart"] == []

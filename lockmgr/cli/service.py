@@ -98,7 +98,8 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
     from ..modes import Mode
     from ..service.client.sync import connect
     eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
-    client = connect(eps, default_timeout=timeout)
+    from .util import curve_from_env
+    client = connect(eps, default_timeout=timeout, **curve_from_env())
     counts = {"committed": 0, "deadlocks": 0, "timeouts": 0, "locks": 0, "errors": 0}
     lat = []
     lock = threading.Lock()
