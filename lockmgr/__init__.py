@@ -22,8 +22,8 @@ from . import _compiled
 if _compiled.pure_python_requested():   # the reference build: every module from its .py source
     _compiled.use_sources()
 
-from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
-                     LockTimeout, SessionExpired, ShardUnavailable, TransactionAborted,
+from .errors import (DeadlockDetected, Forbidden, InvalidRequest, LockError, LockNotAvailable,
+                     LockTimeout, QuotaExceeded, SessionExpired, ShardUnavailable, TransactionAborted,
                      TransactionCommitted)
 from .modes import Mode, compatible, supremum
 from .paths import Component, Resource
@@ -43,6 +43,7 @@ __all__ = [
     "TransactionAborted", "TransactionCommitted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",
     "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "aio",
+    "Forbidden", "QuotaExceeded",
 ]
 
 # name -> (module, attribute); attribute None: the module itself

@@ -18,6 +18,8 @@ __all__ = [
     "InvalidRequest",
     "SessionExpired",
     "ShardUnavailable",
+    "Forbidden",
+    "QuotaExceeded",
 ]
 
 
@@ -77,3 +79,14 @@ class SessionExpired(LockError):
 class ShardUnavailable(LockError):
     """A shard did not answer within the client's request timeout, or it
     restarted and lost the state of the request."""
+
+
+class Forbidden(LockError):
+    """The shard refused the request for the identity that sent it: another
+    key's session or prepared transaction, or an admin request without an
+    admin key (the CURVE key the connection authenticated with)."""
+
+
+class QuotaExceeded(LockError):
+    """The request would take a session (or the shard) over one of its
+    quotas; the message names the limit. Nothing was changed."""

@@ -63,6 +63,28 @@ def add_serve_args(ap):
                     help="also append the shard's log lines to this file (they always go to stderr)")
     ap.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                     help="the least severe events logged (INFO)")
+    sec = ap.add_argument_group("security (docs/security.md)")
+    sec.add_argument("--curve-secret-file", default=None, metavar="FILE",
+                     help="CURVE: this shard's secret key (NAME.key_secret from lockmgr keygen); clients and "
+                          "peer shards must then authenticate, and all traffic is encrypted")
+    sec.add_argument("--client-keys", default=None, metavar="DIR",
+                     help="CURVE: directory of the public keys (*.key) of the clients admitted")
+    sec.add_argument("--admin-keys", default=None, metavar="DIR",
+                     help="CURVE: directory of the public keys of admins (admitted; may use SNAPSHOT, INDOUBT, "
+                          "STATS, INFO, GRAPH, DEADLOCKS, PEERS, FAULTS, DECIDE any transaction)")
+    sec.add_argument("--peer-keys", default=None, metavar="DIR",
+                     help="CURVE: directory of the other shards' public keys (not needed when the shards share "
+                          "one key pair: a shard's own key is always a peer key)")
+    sec.add_argument("--key-reload-interval", type=float, default=5.0, metavar="SECONDS",
+                     help="re-read the key directories when a file changed, checked this often (5); SIGHUP "
+                          "re-reads them at once")
+    sec.add_argument("--insecure", action="store_true",
+                     help="without CURVE, allow binding a non-loopback address and running a multi-shard "
+                          "cluster without a cluster key (anyone who can reach the shard can use it)")
+    sec.add_argument("--quota", default=None, metavar="NAME=VALUE,...",
+                     help="quotas (lockmgr/service/shard/quotas.py): sessions_per_identity, sessions, "
+                          "locks_per_session, locks, waits_per_session, inflight_per_session, "
+                          "reply_cache_bytes, message_bytes, answer_rows")
     ap.add_argument("--peers", default=None,
                     help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
                          "or send PEERS later (LocalCluster does)")
@@ -107,16 +129,35 @@ def run_serve(args):
             print(f"lockmgr shard {args.index}: --cluster-key-file {args.cluster_key_file} is empty",
                   file=sys.stderr)
             return 2
-    if key is None and args.shards > 1:
-        print(f"lockmgr shard {args.index}: warning: no cluster key: any process that can reach this "
-              f"shard can send it shard-to-shard messages (deadlock victims, PEERS)", file=sys.stderr)
+    curve = None
+    quotas = None
+    try:
+        from ..service.shard.quotas import Quotas
+        quotas = Quotas.from_options(getattr(args, "quota", None))
+        if getattr(args, "curve_secret_file", None):
+            from ..service.security import ServerCurve
+            if not args.client_keys and not args.admin_keys:
+                raise InvalidRequest("--curve-secret-file needs --client-keys DIR (and/or --admin-keys DIR): "
+                                     "the public keys the shard admits")
+            curve = ServerCurve(args.curve_secret_file, client_keys_dir=args.client_keys,
+                                admin_keys_dir=args.admin_keys, peer_keys_dir=args.peer_keys,
+                                reload_interval=args.key_reload_interval)
+        elif getattr(args, "client_keys", None) or getattr(args, "admin_keys", None):
+            raise InvalidRequest("--client-keys/--admin-keys need --curve-secret-file (the shard's key pair)")
+    except InvalidRequest as e:
+        print(f"lockmgr shard {args.index}: {e}", file=sys.stderr)
+        return 2
+    if key is None and args.shards > 1 and curve is None and getattr(args, "insecure", False):
+        print(f"lockmgr shard {args.index}: warning: no cluster key and no CURVE (--insecure): any process that "
+              f"can reach this shard can send it shard-to-shard messages (deadlock victims, PEERS)", file=sys.stderr)
     try:
         shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
                       partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold,
                       probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
                       probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
                       peers=[e.strip() for e in args.peers.split(",")] if args.peers else None,
-                      cluster_key=key, peer_endpoint=args.peer_endpoint, grace=args.grace)
+                      cluster_key=key, peer_endpoint=args.peer_endpoint, grace=args.grace,
+                      curve=curve, insecure=getattr(args, "insecure", False), quotas=quotas)
     except CorruptLog as e:
         print(f"lockmgr shard {args.index}: FATAL: corrupt prepare log, not starting: {e}", file=sys.stderr)
         sys.stderr.flush()
@@ -149,6 +190,8 @@ def run_serve(args):
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
+    if curve is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: shard.request_reload())
     # The one line a parent waits for (LocalCluster); nothing else goes to stdout.
     sys.stdout.write(f"READY {shard.endpoint} epoch={shard.epoch} backend={BACKEND}{metrics_url}\n")
     sys.stdout.flush()

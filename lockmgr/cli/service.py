@@ -14,6 +14,25 @@ import time
 from .registry import command
 
 
+@command("keygen", "Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (secret, mode 0600).")
+def cmd_keygen(p, args):
+    if p is not None:
+        p.add_argument("directory", help="where to write the two files (made if missing)")
+        p.add_argument("name", help="the key's name (e.g. shard, client-app1, admin-alice)")
+        return None
+    from ..errors import InvalidRequest
+    from ..service.security import keygen
+    from .util import CliError
+    try:
+        pub, sec = keygen(args.directory, args.name)
+    except InvalidRequest as e:
+        raise CliError(str(e)) from None
+    print(f"public key: {pub}  (copy it into a shard's --client-keys, --admin-keys or --peer-keys directory)")
+    print(f"secret key: {sec}  (keep it private: the shard's --curve-secret-file, or a client's "
+          f"curve_secret_file)")
+    return 0
+
+
 @command("serve", "Run one lock shard in the foreground (binds 127.0.0.1 by default).")
 def cmd_serve(p, args):
     from . import serve as shard
@@ -32,13 +51,22 @@ def cmd_cluster(p, args):
         p.add_argument("--partition-depth", type=int, default=2)
         p.add_argument("--log-dir", default=None, help="each shard also logs to LOG_DIR/shard<i>.log (kept)")
         p.add_argument("--metrics", action="store_true", help="each shard serves Prometheus metrics (a free port)")
+        p.add_argument("--secure", action="store_true",
+                       help="CURVE: make a shard, a client and an admin key pair under DATA_DIR/keys and admit "
+                            "only those (printed)")
+        p.add_argument("--quota", default=None, metavar="NAME=VALUE,...", help="quotas for every shard "
+                       "(lockmgr serve --quota)")
         return None
     from ..service.cluster import LocalCluster
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     with LocalCluster(args.shards, data_dir=args.data_dir, base_port=args.base_port,
-                      partition_depth=args.partition_depth, log_dir=args.log_dir, metrics=args.metrics) as c:
+                      partition_depth=args.partition_depth, log_dir=args.log_dir, metrics=args.metrics,
+                      secure=args.secure, quotas=args.quota) as c:
         print(f"lockmgr cluster: {args.shards} shard(s), partition depth {args.partition_depth}")
+        if c.secure:
+            print(f"  CURVE: server key {c.server_key}; client secret key {c.client_secret_file}; "
+                  f"admin secret key {c.admin_secret_file}; client keys in {c.client_keys_dir}")
         for i, (ep, pid) in enumerate(zip(c.endpoints, c.pids)):
             m = c.metrics_urls[i]
             print(f"  shard {i}: {ep}  (pid {pid})" + (f"  metrics {m}" if m else ""))
@@ -70,7 +98,8 @@ def run_demo(cluster_or_endpoints, *, threads=8, seconds=5.0, tables=8, rows=100
     from ..modes import Mode
     from ..service.client.sync import connect
     eps = cluster_or_endpoints.endpoints if hasattr(cluster_or_endpoints, "endpoints") else cluster_or_endpoints
-    client = connect(eps, default_timeout=timeout)
+    from .util import curve_from_env
+    client = connect(eps, default_timeout=timeout, **curve_from_env())
     counts = {"committed": 0, "deadlocks": 0, "timeouts": 0, "locks": 0, "errors": 0}
     lat = []
     lock = threading.Lock()

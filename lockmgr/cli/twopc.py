@@ -7,7 +7,7 @@
 import sys
 
 from .registry import command
-from .util import CliError, add_endpoints, endpoints
+from .util import CliError, add_endpoints, curve_from_env, endpoints
 
 
 def _fmt_age(s):
@@ -75,7 +75,8 @@ def cmd_resolve(p, args):
         raise CliError("takes [ENDPOINTS] GTRID")
     args.endpoints, args.gtrid = (None, args.target[0]) if len(args.target) == 1 else args.target
     try:
-        with connect(endpoints(args), request_timeout=args.timeout, name="lockmgr-resolve") as c:
+        with connect(endpoints(args), request_timeout=args.timeout, name="lockmgr-resolve",
+                     **curve_from_env()) as c:
             c.resolve(args.gtrid, bool(args.commit))
     except LockError as e:
         print(f"lockmgr resolve: {type(e).__name__}: {e}", file=sys.stderr)

@@ -6,12 +6,24 @@ Interface:
     add_endpoints(parser)         the optional ENDPOINTS argument (default: $LOCKMGR_ENDPOINTS)
     endpoints(args) -> [str]      validated (CliError naming the problem)
     table(headers, rows) -> str   a plain text table
+    curve_from_env() -> dict      connect()'s CURVE options from LOCKMGR_CURVE_SECRET_FILE and
+                                  LOCKMGR_CURVE_SERVER_KEY ({} if unset; docs/security.md)
 """
 
 import os
 from typing import Any, Iterable, List, Sequence
 
-__all__ = ["CliError", "add_endpoints", "endpoints", "table", "ENV_ENDPOINTS"]
+__all__ = ["CliError", "add_endpoints", "endpoints", "table", "ENV_ENDPOINTS", "curve_from_env"]
+
+
+def curve_from_env():
+    """``{curve_secret_file, curve_server_key}`` for lockmgr.connect from the environment
+    (the inspection commands' admin.request reads the same variables), or {}."""
+    sec = os.environ.get("LOCKMGR_CURVE_SECRET_FILE")
+    srv = os.environ.get("LOCKMGR_CURVE_SERVER_KEY")
+    if not sec and not srv:
+        return {}
+    return {"curve_secret_file": sec, "curve_server_key": srv.split(",") if srv and "," in srv else srv}
 
 ENV_ENDPOINTS = "LOCKMGR_ENDPOINTS"
 

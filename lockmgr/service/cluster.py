@@ -4,7 +4,7 @@ Interface:
     LocalCluster(shards=3, *, data_dir=None, base_port=None, partition_depth=2,
                  escalation_threshold=5000, start_timeout=20.0, probe_delay=0.010, probe_interval=None,
                  grace=None,    # seconds of a restarted shard's grace period (None: its default)
-                 log_dir=None, metrics=False)
+                 log_dir=None, metrics=False, secure=False, quotas=None)
         .endpoints          list of "tcp://127.0.0.1:port", in shard order
         .peer_endpoints     what the shards use to reach each other (ipc:// in their dirs)
         .cluster_key        the random key their shard-to-shard messages carry
@@ -12,7 +12,17 @@ Interface:
         .shard_dir(i)       shard i's data directory (epoch file, prepare log, shard.log: its stderr)
         .metrics_urls       with metrics=True: each shard's http://127.0.0.1:PORT/metrics
         log_dir             each shard also logs to log_dir/shard<i>.log, which outlives the cluster
-        .connect(**kw)      lockmgr.connect(self.endpoints, **kw)
+        .connect(**kw)      lockmgr.connect(self.endpoints, **kw) (secure: with the client key)
+    secure=True: CURVE (docs/security.md). The cluster makes key pairs under
+    data_dir/keys: one for its shards (they share it; it is also their peer key),
+    one client and one admin key:
+        .server_key         the shards' public key file
+        .client_secret_file, .admin_secret_file     the client's and the admin's secret key files
+        .client_keys_dir, .admin_keys_dir           the shards' key directories (add keys, then
+                                                    .reload_keys() or wait for the shards' timer)
+        .admin_curve        a ClientCurve with the admin key (admin requests, lockmgr.service.admin)
+        .reload_keys()      SIGHUP every shard
+    quotas: "name=value,..." (lockmgr serve --quota) for every shard
         .kill(i)            SIGKILL shard i;  .restart(i): same endpoint and data dir
         .stop()             SIGTERM every shard (SIGKILL after a grace period)
         context-manager use (stop on exit)
@@ -48,7 +58,8 @@ class LocalCluster:
     def __init__(self, shards: int = 3, *, data_dir: Optional[str] = None, base_port: Optional[int] = None,
                  partition_depth: int = 2, escalation_threshold: int = 5000, start_timeout: float = 20.0,
                  probe_delay: Optional[float] = 0.010, probe_interval: Optional[float] = None,
-                 grace: Optional[float] = None, log_dir: Optional[str] = None, metrics: bool = False) -> None:
+                 grace: Optional[float] = None, log_dir: Optional[str] = None, metrics: bool = False,
+                 secure: bool = False, quotas: Optional[str] = None) -> None:
         if type(shards) is not int or not 1 <= shards <= 256:
             raise InvalidRequest(f"shards must be an int in 1..256; got {shards!r}")
         if type(partition_depth) is not int or not 1 <= partition_depth <= 32:
@@ -77,6 +88,11 @@ class LocalCluster:
         os.makedirs(self.data_dir, exist_ok=True)
         self._procs: List[Optional["subprocess.Popen[bytes]"]] = [None] * shards
         self._logs: List[Optional[IO[bytes]]] = [None] * shards
+        self.secure = bool(secure)
+        self.quotas = quotas
+        self.admin_curve: Any = None
+        if self.secure:
+            self._make_keys()
         self.endpoints = [f"tcp://127.0.0.1:{base_port + i}" if base_port else "tcp://127.0.0.1:0"
                           for i in range(shards)]
         # the shards talk to each other over unix sockets in their directories (cheaper
@@ -91,6 +107,32 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _make_keys(self) -> None:
+        from .security import ClientCurve, keygen
+        kd = os.path.join(self.data_dir, "keys")
+        private = os.path.join(kd, "private")
+        self.client_keys_dir = os.path.join(kd, "clients")
+        self.admin_keys_dir = os.path.join(kd, "admins")
+        for d in (self.client_keys_dir, self.admin_keys_dir):
+            os.makedirs(d, exist_ok=True)
+        if not os.path.exists(os.path.join(private, "shard.key_secret")):
+            keygen(private, "shard")
+            keygen(private, "client")
+            keygen(private, "admin")
+            shutil.copy(os.path.join(private, "client.key"), self.client_keys_dir)
+            shutil.copy(os.path.join(private, "admin.key"), self.admin_keys_dir)
+        self.server_key = os.path.join(private, "shard.key")
+        self.shard_secret_file = os.path.join(private, "shard.key_secret")
+        self.client_secret_file = os.path.join(private, "client.key_secret")
+        self.admin_secret_file = os.path.join(private, "admin.key_secret")
+        self.admin_curve = ClientCurve(self.admin_secret_file, self.server_key)
+
+    def reload_keys(self) -> None:
+        """Ask every running shard to re-read its key directories (SIGHUP)."""
+        for p in self._procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGHUP)
 
     @property
     def pids(self) -> List[Optional[int]]:
@@ -118,6 +160,11 @@ class LocalCluster:
             cmd += ["--log-file", os.path.join(self.log_dir, f"shard{i}.log")]
         if self.metrics:
             cmd += ["--metrics-port", "0"]
+        if self.secure:
+            cmd += ["--curve-secret-file", self.shard_secret_file, "--client-keys", self.client_keys_dir,
+                    "--admin-keys", self.admin_keys_dir]
+        if self.quotas:
+            cmd += ["--quota", self.quotas]
         sock_path = os.path.join(os.path.abspath(d), "peers.ipc")
         peer_ep = f"ipc://{sock_path}" if len(sock_path) < 100 else None
         if peer_ep:
@@ -172,6 +219,9 @@ class LocalCluster:
         """A :class:`lockmgr.Client` for this cluster."""
         from .client.sync import connect
         kw.setdefault("partition_depth", self.partition_depth)
+        if self.secure:
+            kw.setdefault("curve_secret_file", self.client_secret_file)
+            kw.setdefault("curve_server_key", self.server_key)
         return connect(self.endpoints, **kw)
 
     def kill(self, i: int) -> None:
@@ -193,7 +243,7 @@ class LocalCluster:
         from .admin import request as send_admin
         try:
             send_admin(self.endpoints[i], wire.PEERS, [list(self.peer_endpoints)],
-                       timeout=self.start_timeout, key=self.cluster_key)
+                       timeout=self.start_timeout, key=self.cluster_key, curve=self.admin_curve)
         except InvalidRequest as e:
             raise InvalidRequest(f"shard {i} refused its peers: {e}") from None
 

@@ -37,8 +37,8 @@ except ImportError:  # pragma: no cover - no compiler
 from ..rules import brief
 from .._core import BACKEND as _BACKEND
 
-from ..errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
-                     TransactionAborted)
+from ..errors import (DeadlockDetected, Forbidden, InvalidRequest, LockError, LockNotAvailable, LockTimeout,
+                     QuotaExceeded, TransactionAborted)
 from ..errors import SessionExpired, ShardUnavailable  # re-exported: wire.SessionExpired
 
 # The compiled msgpack codec (lockmgr/service/_codec.pyx): the same bytes and
@@ -79,6 +79,7 @@ RECLAIM = 16       # [epoch_seen, last, [[txn, [[path, mode, token], ...]], ...]
                    #   after a restart, in its grace period: the session's transactions' locks back with
                    #   their tokens (refused transactions listed with the reason; they are aborted here)
 TXN_NAME = 17      # [txn, name]                 -> []    the name given to begin(name), for inspection
+HELD_PAGE = 18     # [txn, offset, limit]        -> [[[path, mode], ...], next_offset]  (0: the last page)
 PREPARE = 20       # [txn, gtrid, epoch, [participant shard, ...]] -> [nlocks, epoch]  (after fsync)
 DECIDE = 21        # [gtrid, commit]             -> ["resolved" | "done" | "unknown"]  (after fsync)
 INDOUBT = 22       # [with_locks] (no session needed) -> [[gtrid, txn, age_s, participants, session,
@@ -101,6 +102,8 @@ STATS = 43         # []                          -> {name: int}   (every counter
 INFO = 44          # []                          -> {pid, host, started_at, epoch, index, nshards, log_bytes,
                    #                                 sessions: [[session, name, idle_s, ntxns]],
                    #                                 txn_names: [[txn, name]], waiters, transactions, now}
+SNAPSHOT_PAGE = 45 # [cursor, limit]            -> [[[path, txn, mode, granted, session], ...], next_cursor]
+                   #   (cursor 0 starts; next_cursor 0: the last page)
 DEADLOCKS = 47     # [limit?]                    -> [report, ...]   (the shard's deadlock ring)
 PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, probe_interval_ms}
 FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
@@ -113,7 +116,7 @@ TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOC
 TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MULTI: "PROBE_MULTI",
                    PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM",
                    PROBE_CONFIRMED: "PROBE_CONFIRMED", DEADLOCKS: "DEADLOCKS",
-                   PEERS: "PEERS", FAULTS: "FAULTS"})
+                   PEERS: "PEERS", FAULTS: "FAULTS", HELD_PAGE: "HELD_PAGE", SNAPSHOT_PAGE: "SNAPSHOT_PAGE"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0
@@ -130,6 +133,8 @@ E_UNKNOWN_TYPE = 10      # unknown message type
 E_STALE = 11             # a retry of a request already acknowledged (not executed)
 E_UNSUPPORTED = 12       # a reserved type that a server does not implement (none in this version)
 E_INTERNAL = 13          # a bug; the request changed nothing we know of
+E_FORBIDDEN = 14         # the connection's key may not do this (another key's session, an admin request)
+E_QUOTA = 15             # over a quota (the message names it); nothing changed
 
 
 class ProtocolError(Exception):
@@ -149,6 +154,8 @@ _ERRORS = {
     E_SESSION_EXPIRED: SessionExpired,
     E_UNKNOWN_SESSION: ShardUnavailable,
     E_TOO_BIG: InvalidRequest,
+    E_FORBIDDEN: Forbidden,
+    E_QUOTA: QuotaExceeded,
 }
 
 
@@ -184,6 +191,12 @@ def _list(p, a):
     return type(p) is list
 
 
+def _snapshot_rows(p):
+    return type(p) is list and all(
+        type(r) is list and len(r) == 5 and type(r[0]) is list and type(r[1]) is int and _mode(r[2])
+        and type(r[3]) in (bool, int) and type(r[4]) is int for r in p)
+
+
 REPLY_SHAPES = {
     HELLO: lambda p, a: _ints(p, 6) or _ints(p, 5) or _ints(p, 4),
     HEARTBEAT: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is int,
@@ -194,6 +207,9 @@ REPLY_SHAPES = {
     UNLOCK: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is bool,
     RELEASE: _list,
     HELD: lambda p, a: _path_modes(p),
+    HELD_PAGE: lambda p, a: type(p) is list and len(p) == 2 and _path_modes(p[0]) and type(p[1]) is int,
+    SNAPSHOT_PAGE: lambda p, a: (type(p) is list and len(p) == 2 and type(p[1]) is int
+                                 and _snapshot_rows(p[0])),
     DOWNGRADE: _list,
     PREPARE: lambda p, a: _ints(p, 2),
     RECLAIM: lambda p, a: (type(p) is list and len(p) == 2 and type(p[0]) is int and type(p[1]) is list
@@ -206,9 +222,7 @@ REPLY_SHAPES = {
         and type(r[2]) in (int, float) and type(r[3]) is list and type(r[4]) is int and _path_modes(r[5])
         for r in p),
     PING: lambda p, a: _ints(p, 4),
-    SNAPSHOT: lambda p, a: type(p) is list and all(
-        type(r) is list and len(r) == 5 and type(r[0]) is list and type(r[1]) is int and _mode(r[2])
-        and type(r[3]) in (bool, int) and type(r[4]) is int for r in p),
+    SNAPSHOT: lambda p, a: _snapshot_rows(p),
     GRAPH: lambda p, a: type(p) is list and all(
         type(r) is list and len(r) == 2 and type(r[0]) is int and type(r[1]) is list for r in p),
     STATS: lambda p, a: type(p) is dict,

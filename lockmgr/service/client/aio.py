@@ -233,8 +233,18 @@ class Client:
 
     async def snapshot(self) -> List[LockInfo]:
         out: List[LockInfo] = []
-        for rows in await self._admin(wire.SNAPSHOT):
-            out.extend(LockInfo(tuple(p), t, _MODES[m], g) for p, t, m, g, _s in rows)
+        self._eng.check_session()
+        cursors = {i: 0 for i in range(self._eng.n)}     # SNAPSHOT_PAGE, every shard at once
+        while cursors:
+            res = await _call_many(self._eng, [(i, wire.SNAPSHOT_PAGE, [c, 10_000], 0.0)
+                                               for i, c in cursors.items()])
+            for i, r in zip(list(cursors), res):
+                if isinstance(r, BaseException):
+                    raise r
+                rows, cursors[i] = r
+                if not cursors[i]:
+                    del cursors[i]
+                out.extend(LockInfo(tuple(p), t, _MODES[m], g) for p, t, m, g, _s in rows)
         return out
 
     async def wait_for_graph(self) -> Dict[int, Set[int]]:
@@ -286,11 +296,14 @@ class Client:
 
 async def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
                   request_timeout: float = 5.0, default_timeout: Optional[float] = None,
-                  name: Optional[str] = None) -> Client:
-    """Open a session (see :func:`lockmgr.connect`); returns an asyncio :class:`Client`."""
+                  name: Optional[str] = None, curve_secret_file: Optional[str] = None,
+                  curve_server_key: Any = None) -> Client:
+    """Open a session (see :func:`lockmgr.connect`, CURVE options included); returns an asyncio
+    :class:`Client`."""
     check_timeout(default_timeout)
     loop = asyncio.get_running_loop()
     sync = await loop.run_in_executor(None, lambda: _SyncClient(
         endpoints, session_ttl=session_ttl, partition_depth=partition_depth, request_timeout=request_timeout,
-        default_timeout=default_timeout, name=name))
+        default_timeout=default_timeout, name=name, curve_secret_file=curve_secret_file,
+        curve_server_key=curve_server_key))
     return Client(sync)

@@ -2,7 +2,8 @@
 a client, the session (HELLO, heartbeats, lease), retries and deadlines.
 
 Interface:
-    _Engine(endpoints, session_ttl, partition_depth, request_timeout, name)
+    _Engine(endpoints, session_ttl, partition_depth, request_timeout, name, curve=None)
+        (curve: a security.ClientCurve; its key pair authenticates every socket, encrypted)
         .call_many(specs) -> [result or exception]     a synchronous batch of shard calls
         .submit(calls)                                   callbacks (fire-and-forget)
         .submit_async(calls, drv), .loop_driver(loop)    asyncio calls
@@ -168,7 +169,7 @@ class _Engine:
     else owns the sockets, and tracks the session lease.
     """
 
-    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name):
+    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name, curve=None):
         if type(session_ttl) is bool or not isinstance(session_ttl, (int, float)) or not 0.05 <= session_ttl <= 3600:
             raise InvalidRequest(f"session_ttl must be a number of seconds in 0.05..3600; got {session_ttl!r}")
         if type(request_timeout) is bool or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
@@ -215,6 +216,15 @@ class _Engine:
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
+            if curve is not None:        # CURVE: authenticated and encrypted (docs/security.md)
+                try:
+                    curve.apply(s, len(self._socks))
+                except BaseException:
+                    s.close(0)
+                    for o in self._socks:
+                        o.close(0)
+                    self._ctx.term()
+                    raise
             s.connect(ep)
             self._socks.append(s)
         self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner

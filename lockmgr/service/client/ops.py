@@ -354,15 +354,20 @@ def _g_held(core):
     touched = sorted(core.touched)
     if (core.state is not ACTIVE and core.state is not PREPARED) or not touched:
         return {}
-    results = yield [(s, wire.HELD, [core.id], 0.0) for s in touched]
     out = {}
-    for res in results:
-        if isinstance(res, BaseException):
-            raise res
-        for p, m in res:
-            p = tuple(p)
-            old = out.get(p)
-            out[p] = m if old is None else SUPREMUM[old][m]
+    offsets = {s: 0 for s in touched}     # HELD_PAGE: a page per shard per round trip
+    while offsets:
+        results = yield [(s, wire.HELD_PAGE, [core.id, off, 10_000], 0.0) for s, off in offsets.items()]
+        for s, res in zip(list(offsets), results):
+            if isinstance(res, BaseException):
+                raise res
+            rows, offsets[s] = res
+            if not offsets[s]:
+                del offsets[s]
+            for p, m in rows:
+                p = tuple(p)
+                old = out.get(p)
+                out[p] = m if old is None else SUPREMUM[old][m]
     return {p: _MODES[m] for p, m in out.items()}
 
 

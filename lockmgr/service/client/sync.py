@@ -38,6 +38,7 @@ from .engine import _Engine
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
                   _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
 
+SNAPSHOT_PAGE_ROWS = 10_000     # rows asked per SNAPSHOT_PAGE (a shard's answer_rows quota caps it)
 _log = logging.getLogger("lockmgr")
 
 __all__ = ["connect", "Client", "Transaction", "admin_query", "SessionExpired", "ShardUnavailable", "Endpoints"]
@@ -217,10 +218,12 @@ class Client:
 
     def __init__(self, endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
                  request_timeout: float = 5.0, default_timeout: Optional[float] = None,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, curve_secret_file: Optional[str] = None,
+                 curve_server_key: Any = None) -> None:
         self._default_timeout = check_timeout(default_timeout)
+        curve = _curve(curve_secret_file, curve_server_key)
         try:
-            self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name)
+            self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name, curve)
         except zmq.ZMQError as e:
             raise ShardUnavailable(f"cannot connect: {e}") from None
 
@@ -267,8 +270,18 @@ class Client:
         """Every request on every shard: a list of LockInfo (a node above the
         partition depth may appear once per shard)."""
         out: List[LockInfo] = []
-        for rows in self._admin(wire.SNAPSHOT):
-            out.extend(LockInfo(tuple(p), t, _MODES[m], g) for p, t, m, g, _s in rows)
+        self._eng.check_session()
+        cursors = {i: 0 for i in range(self._eng.n)}     # SNAPSHOT_PAGE, every shard at once
+        while cursors:
+            res = self._eng.call_many([(i, wire.SNAPSHOT_PAGE, [c, SNAPSHOT_PAGE_ROWS], 0.0)
+                                       for i, c in cursors.items()])
+            for i, r in zip(list(cursors), res):
+                if isinstance(r, BaseException):
+                    raise r
+                rows, cursors[i] = r
+                if not cursors[i]:
+                    del cursors[i]
+                out.extend(LockInfo(tuple(p), t, _MODES[m], g) for p, t, m, g, _s in rows)
         return out
 
     def wait_for_graph(self) -> Dict[int, Set[int]]:
@@ -341,9 +354,21 @@ class Client:
         return f"<lockmgr.Client session={self._eng.session:#x} shards={self._eng.n}>"
 
 
+def _curve(secret_file: Optional[str], server_key: Any) -> Any:
+    """The ClientCurve for connect()'s CURVE options (both or neither), or None."""
+    if secret_file is None and server_key is None:
+        return None
+    if secret_file is None or server_key is None:
+        raise InvalidRequest("CURVE needs both curve_secret_file (this client's NAME.key_secret from lockmgr "
+                             "keygen) and curve_server_key (the shards' public key file or z85 text)")
+    from ..security import ClientCurve
+    return ClientCurve(secret_file, server_key)
+
+
 def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
             request_timeout: float = 5.0, default_timeout: Optional[float] = None,
-            name: Optional[str] = None) -> Client:
+            name: Optional[str] = None, curve_secret_file: Optional[str] = None,
+            curve_server_key: Any = None) -> Client:
     """Open a session with the shards at ``endpoints`` (a list of ``tcp://host:port``
     strings in shard order, or one comma-separated string).
 
@@ -352,6 +377,14 @@ def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth:
     cluster's; a different value is refused. ``request_timeout``: seconds a
     shard has to answer before ShardUnavailable. Raises ShardUnavailable if a
     shard does not answer.
+
+    CURVE (authentication and encryption, docs/security.md): ``curve_secret_file``
+    is this client's secret key file (``NAME.key_secret`` from ``lockmgr keygen``;
+    its public key must be in the shards' client or admin key directory) and
+    ``curve_server_key`` the shards' public key (a ``.key`` file or its 40-character
+    z85 text; a list gives one per shard, in shard order). A shard that does not
+    admit the key never answers: ShardUnavailable.
     """
     return Client(endpoints, session_ttl=session_ttl, partition_depth=partition_depth,
-                  request_timeout=request_timeout, default_timeout=default_timeout, name=name)
+                  request_timeout=request_timeout, default_timeout=default_timeout, name=name,
+                  curve_secret_file=curve_secret_file, curve_server_key=curve_server_key)

@@ -13,10 +13,13 @@ cimport cython
 
 cdef class _Session:
     cdef public object id, prefix, secret, deferred, txns, cache, order, ack, inflight, tombs, tomb_order, name
+    cdef public object user
     cdef public double ttl, expires
+    cdef public Py_ssize_t nheld
 
 cdef class _Txn:
     cdef public object id, session, state, wait, gtrid, participants, prepared_at, outcome, waiters, nlocks, name
+    cdef public Py_ssize_t nheld
 
 cdef class _Wait:
     cdef public object txn, seq, items, idx, tokens, many, timer, prev, deadline
@@ -31,6 +34,8 @@ cdef class ShardCore:
     cdef public object _txns, _timers, _tick, _out, _woken, backlog, counters, internal_errors
     cdef public object _handlers, _admin, twophase, probes, _probes, _peer, _wall_offset, _random_bytes
     cdef public object reclaim, _reclaim
+    cdef public object user, access, quotas, session_counts, pages
+    cdef public Py_ssize_t nheld, q_session_locks, q_locks, q_waits, q_inflight, q_cache
     cdef public double now
     cdef public Py_ssize_t _left, handled
 
@@ -46,7 +51,7 @@ cdef class ShardCore:
     cpdef _reply_error(self, _Session sess, prefix, seq, status, msg)
     @cython.locals(t=_Txn)
     cpdef _txn(self, _Session sess, tid, create=*)
-    @cython.locals(sess=_Session)
+    @cython.locals(sess=_Session, n=Py_ssize_t)
     cpdef drop_txn(self, _Txn t)
     @cython.locals(t=_Txn, tokens=list, n=Py_ssize_t, idx=Py_ssize_t)
     cpdef _run(self, _Wait w, nowait=*)

@@ -3,7 +3,8 @@
 Interface:
     ShardCore(*, epoch, index=0, nshards=1, partition_depth=2, escalation_threshold=5000,
               log=None, peer_sid=0, probe_delay=..., probe_interval=None, peers=None,
-              now=0.0, wall_offset=0.0, random_bytes=os.urandom, grace=None)
+              now=0.0, wall_offset=0.0, random_bytes=os.urandom, grace=None,
+              quotas=None, access=None)
         .now                     the current time (monotonic seconds): set by the driver
                                  before every call; the core never reads a clock
         .frame(prefix, sid, ack, reqs, budget)   a decoded frame from connection ``prefix``;
@@ -18,6 +19,10 @@ Interface:
         .durable(batch)          prepare-log tickets that reached the disk (from the log's thread)
         .has_replies, .reply(prefix, reply), .internal_error(where, exc), .internal_errors
         .counters, .epoch, .index, .nshards, .partition_depth, .probes, .twophase, .reclaim
+        .user                    the identity of the connection the next ``frame`` came from
+                                 (its CURVE key, z85; "" without CURVE): set by the driver
+        .access                  who may do what (access.Access), or None: no CURVE, no checks
+        .quotas                  the limits (quotas.Quotas)
 
 The driver (lockmgr/service/shard/server.py: ZeroMQ and a clock; tests: a manual
 clock and no sockets) decodes frames, sets ``now``, calls these and sends what
@@ -49,6 +54,8 @@ from ..wire import (E_ABORTED, E_DEADLOCK, E_INVALID, E_NOT_AVAILABLE, E_PROTOCO
 from .counters import CORE_COUNTERS
 from .twophase import TwoPhase
 from .reclaim import Reclaim
+from .quotas import Quotas, SessionCounts, REPLY_COST, quota_error
+from .pages import Pages
 
 try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
     from ..._core._ctable import encode as _encode
@@ -124,6 +131,7 @@ class ShardHost(Protocol):
     Reply: type                                                   # raise Reply(status, message)
     PARKED: object                                                # the handler's "answered later"
     def brief(self, value: object) -> str: ...                    # a bounded quote of bad input
+    def forbidden(self, sess, what): ...                          # Reply if sess's key may not ``what``
     # reclaim after a restart only
     def session_open(self, sid) -> bool: ...                      # session ``sid`` is open here
     def mark_expired(self, sid, why): ...                         # a HELLO for ``sid`` gets SESSION_EXPIRED
@@ -132,9 +140,9 @@ class ShardHost(Protocol):
 
 class _Session:
     __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
-                 "tombs", "tomb_order", "name", "secret", "deferred")
+                 "tombs", "tomb_order", "name", "secret", "deferred", "user", "nheld")
 
-    def __init__(self, sid, ttl, now, prefix, name, secret):
+    def __init__(self, sid, ttl, now, prefix, name, secret, user=""):
         self.id = sid
         self.ttl = ttl
         self.expires = now + ttl
@@ -154,14 +162,19 @@ class _Session:
         self.tombs = set()            # finished txn ids (a late request for one is refused)
         self.tomb_order = collections.deque()
         self.name = name
+        # the identity (CURVE key) that opened the session: frames naming it from any
+        # other key are refused, a HELLO with the secret included
+        self.user = user
+        self.nheld = 0                # locks its open transactions were granted here (quotas.py)
 
 
 class _Txn:
     __slots__ = ("id", "session", "state", "wait", "gtrid", "participants", "prepared_at", "outcome",
-                 "waiters", "nlocks", "name")
+                 "waiters", "nlocks", "name", "nheld")
 
     def __init__(self, tid, session):
         self.id = tid
+        self.nheld = 0                # locks granted here, for the quotas (quotas.py)
         self.session = session        # None for a prepared txn restored from the log
         self.state = ACTIVE         # 2PC: 'preparing' -> 'prepared' -> 'deciding' (then gone)
         self.wait = None              # the _Wait this txn is parked on
@@ -214,7 +227,7 @@ class ShardCore:
 
     def __init__(self, *, epoch, index=0, nshards=1, partition_depth=2, escalation_threshold=5000,
                  log=None, peer_sid=0, probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None,
-                 now=0.0, wall_offset=0.0, random_bytes=os.urandom, grace=None):
+                 now=0.0, wall_offset=0.0, random_bytes=os.urandom, grace=None, quotas=None, access=None):
         if epoch >= (1 << (63 - EPOCH_BITS)):
             raise RuntimeError("epoch space exhausted")
         self.index = index
@@ -239,6 +252,19 @@ class ShardCore:
         self.handled = 0                     # requests handled so far (the driver sizes its budget by it)
         self.counters = collections.Counter()
         self.internal_errors = []            # (where, exception) the driver logs
+        # who sent the frame being handled (the driver sets it: the connection's CURVE key,
+        # "" without CURVE) and what that key may do (None: no CURVE; docs/security.md)
+        self.user = ""
+        self.access = access
+        # quotas (quotas.py): the limits, read on the hot path as plain fields
+        self.quotas = q = (quotas or Quotas()).check()
+        self.q_session_locks = q.locks_per_session
+        self.q_locks = q.locks
+        self.q_waits = q.waits_per_session
+        self.q_inflight = q.inflight_per_session
+        self.q_cache = q.reply_cache_bytes // REPLY_COST    # cached answers a session may keep
+        self.nheld = 0                       # locks granted on the shard (to open transactions)
+        self.session_counts = SessionCounts()
         self._handlers = {
             wire.HEARTBEAT: self._h_heartbeat, wire.CLOSE: self._h_close, wire.LOCK: self._h_lock_one,
             wire.LOCK_MANY: self._h_lock_many, wire.UNLOCK: self._h_unlock, wire.RELEASE: self._h_release,
@@ -265,6 +291,10 @@ class ShardCore:
         # restart, the grace period in which the sessions that were open reclaim
         self.reclaim = self._reclaim = Reclaim(self, log, grace)
         self._handlers.update(self._reclaim.handlers)
+        # SNAPSHOT_PAGE and HELD_PAGE (pages.py): bounded answers that never stall the loop
+        self.pages = Pages(self)
+        self._handlers.update(self.pages.handlers)
+        self._admin.update(self.pages.admin)
 
     # ------------------------------------------------------------- driving
 
@@ -283,7 +313,8 @@ class ShardCore:
             reqs = self._reclaim.hold(sid, prefix, reqs)
         sess = self._sessions.get(sid) if sid else None
         if sess is not None:
-            if prefix[0] != sess.prefix[0] and not self._rebind(sess, prefix, reqs):
+            # the identity check: the connection (routing id) and the key it authenticated with
+            if (prefix[0] != sess.prefix[0] or self.user != sess.user) and not self._rebind(sess, prefix, reqs):
                 return
             sess.prefix = prefix
             sess.expires = self.now + sess.ttl
@@ -292,6 +323,9 @@ class ShardCore:
                 order, cache = sess.order, sess.cache
                 while order and order[0] < ack:
                     cache.pop(order.popleft(), None)
+            if len(sess.order) >= self.q_cache or len(reqs) + len(sess.inflight) > self.q_inflight:
+                self._refuse_frame(sess, prefix, reqs)       # quotas: nothing of the frame is run
+                return
             self._session_requests(sess, prefix, reqs, 0)
             return
         self._requests(sid, prefix, reqs, 0)
@@ -302,7 +336,7 @@ class ShardCore:
         backlog = self.backlog
         self._left = budget
         while backlog and self._left > 0:
-            sid, prefix, reqs, k = backlog.popleft()
+            sid, prefix, reqs, k, self.user = backlog.popleft()
             self._requests(sid, prefix, reqs, k)
             self.process_woken()
         return bool(backlog)
@@ -403,7 +437,8 @@ class ShardCore:
         """Requests held back [(sid, prefix, requests)], in arrival order: run them
         before any newer frame (the driver serves the backlog first)."""
         for sid, prefix, reqs in held:
-            self.backlog.append((sid, prefix, reqs, 0))
+            s = self._sessions.get(sid)
+            self.backlog.append((sid, prefix, reqs, 0, s.user if s is not None else ""))
 
     # (for two-phase commit: the names it raises and returns, and its transactions)
     Reply = Reply
@@ -457,7 +492,17 @@ class ShardCore:
         """A frame naming ``sess`` from another connection than the one it is bound
         to: a client that reconnected (its HELLO carries the session's secret) gets
         the session bound to the new connection (True); anyone else is refused, and
-        nothing of the session changes -- not its lease, acks or reply cache (False)."""
+        nothing of the session changes -- not its lease, acks or reply cache (False).
+        With CURVE, a frame from another key than the session's is refused even
+        with the secret (E_FORBIDDEN): a session belongs to the key that opened it."""
+        if self.user != sess.user:
+            self.counters["forbidden"] += 1
+            msg = (f"session {sess.id:#x} belongs to another key on shard {self.index}; "
+                   f"nothing of it was read or changed")
+            for req in reqs:
+                seq = req[1] if type(req) is list and len(req) >= 2 and type(req[1]) is int else 0
+                self._send(prefix, [seq, wire.E_FORBIDDEN, msg])
+            return False
         for req in reqs:
             if (type(req) is list and len(req) == 5 and req[0] == wire.HELLO and type(req[4]) is int
                     and req[4] == sess.secret):
@@ -471,11 +516,35 @@ class ShardCore:
             self._send(prefix, [seq, E_UNKNOWN_SESSION, msg])
         return False
 
+    def _refuse_frame(self, sess, prefix, reqs):
+        """A frame over the session's in-flight or reply-cache quota: every request
+        in it is answered E_QUOTA (not cached, not run)."""
+        self.counters["quota_refused"] += len(reqs)
+        if len(sess.order) >= self.q_cache:
+            err = quota_error("reply_cache_bytes", self.quotas.reply_cache_bytes,
+                              f"session {sess.id:#x} keeps {len(sess.order)} answers it has not acknowledged "
+                              f"(~{len(sess.order) * REPLY_COST} bytes; acknowledge them with the frame's ack)")
+        else:
+            err = quota_error("inflight_per_session", self.q_inflight,
+                              f"a frame of {len(reqs)} requests while session {sess.id:#x} has "
+                              f"{len(sess.inflight)} parked")
+        for req in reqs:
+            seq = req[1] if type(req) is list and len(req) >= 2 and type(req[1]) is int else 0
+            self._send(prefix, [seq, err.status, str(err)])
+
+    def forbidden(self, sess, what):
+        """Raise E_FORBIDDEN unless the session's key may ``what`` (an admin action;
+        no check without CURVE)."""
+        acc = self.access
+        if acc is not None and not acc.is_admin(sess.user):
+            self.counters["forbidden"] += 1
+            raise _Reply(wire.E_FORBIDDEN, f"{what} needs an admin key; this connection's key is not one")
+
     def _over_budget(self, sid, prefix, reqs, k):
         """True (and the rest of the frame queued) if this call's budget is spent
         before request ``k``."""
         if self._left <= 0:
-            self.backlog.append((sid, prefix, reqs, k))
+            self.backlog.append((sid, prefix, reqs, k, self.user))
             return True
         self._left -= 1
         self.handled += 1
@@ -529,6 +598,11 @@ class ShardCore:
                 self._reply_error(sess, prefix, seq, E_INVALID, str(e))
 
     def _other_request(self, typ, seq, prefix, req, sid):
+        if self.access is not None:      # CURVE: peer and admin messages need a peer or admin key
+            err = self.access.check(typ, self.user)
+            if err is not None:
+                self.counters["forbidden"] += 1
+                raise _Reply(wire.E_FORBIDDEN, err)
         if self.peer_sid and sid != self.peer_sid and (typ in self._peer or typ in _PEER_ADMIN):
             self.counters["peer_refused"] += 1
             raise _Reply(E_PROTOCOL, f"{wire.TYPE_NAMES[typ]} is a shard-to-shard message: it must carry the "
@@ -619,7 +693,7 @@ class ShardCore:
                         self.handled -= stop - k
                         self._requests(sid, prefix, reqs, k)
                     elif stop < n:
-                        self.backlog.append((sid, prefix, reqs, stop))
+                        self.backlog.append((sid, prefix, reqs, stop, self.user))
                     return
                 if typ == wire.HELLO:
                     self._h_hello(sess.id, prefix, seq, req[2:])
@@ -639,7 +713,7 @@ class ShardCore:
             out.extend(sess.deferred)
             sess.deferred.clear()
         if stop < n:
-            self.backlog.append((sid, prefix, reqs, stop))
+            self.backlog.append((sid, prefix, reqs, stop, self.user))
 
     def _reply_error(self, sess, prefix, seq, status, msg):
         if len(msg) > MAX_ERROR_CHARS:
@@ -662,9 +736,20 @@ class ShardCore:
             raise _Reply(E_SESSION_EXPIRED, f"session {sid:#x} {self._expired[sid]}")
         sess = self._sessions.get(sid)
         if sess is None:
+            # quotas: sessions of this connection identity (its key, or its routing id), and in all
+            identity = self.user or prefix[0]
+            counts = self.session_counts
+            q = self.quotas
+            if len(self._sessions) >= q.sessions:
+                raise quota_error("sessions", q.sessions, f"shard {self.index} has {len(self._sessions)} open sessions")
+            if counts.count(identity) >= q.sessions_per_identity:
+                raise quota_error("sessions_per_identity", q.sessions_per_identity,
+                                  f"this {'key' if self.user else 'connection'} has "
+                                  f"{counts.count(identity)} open sessions on shard {self.index}")
             secret = self._reclaim.secret_for(sid, args)     # a session back after a restart keeps its own
             sess = _Session(sid, args[0] / 1000.0, self.now, prefix, str(args[1])[:200],
-                            secret or int.from_bytes(self._random_bytes(8), "big") >> 1 or 1)
+                            secret or int.from_bytes(self._random_bytes(8), "big") >> 1 or 1, self.user)
+            counts.opened(sid, identity)
             self._sessions[sid] = sess
             self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
@@ -701,6 +786,7 @@ class ShardCore:
                 self.end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
             self.drop_txn(t)
         self._sessions.pop(sess.id, None)
+        self.session_counts.closed(sess.id)
         self.mark_expired(sess.id, why)
         self._reclaim.session_ended(sess)
 
@@ -729,7 +815,12 @@ class ShardCore:
             self._woken.extend(woken)
         self._txns.pop(t.id, None)
         sess = t.session
+        n = t.nheld
+        if n:
+            t.nheld = 0
+            self.nheld -= n
         if sess is not None:            # (None: a prepared transaction restored from the log)
+            sess.nheld -= n
             sess.txns.pop(t.id, None)
             _tomb(sess, t.id)
 
@@ -762,8 +853,29 @@ class ShardCore:
             return PARKED
         w.idx = idx
         if w.many:
+            self._count(t, n)
             return [tokens, self.epoch]
+        if not w.prev:
+            self._count(t, 1)
         return [tokens[0], w.prev, self.epoch]
+
+    def _count(self, t, n):
+        """Quotas: ``n`` more locks granted to ``t`` (and its session, and the shard)."""
+        t.nheld += n
+        t.session.nheld += n
+        self.nheld += n
+
+    def _over_locks(self, sess, n):
+        """Quotas: the Reply refusing ``n`` more locks for ``sess`` (nothing changed)."""
+        if sess.nheld + n > self.q_session_locks:
+            return quota_error("locks_per_session", self.q_session_locks,
+                               f"session {sess.id:#x} holds {sess.nheld} locks on shard {self.index}")
+        return quota_error("locks", self.q_locks, f"shard {self.index} holds {self.nheld} locks")
+
+    def _over_waits(self, sess):
+        return quota_error("waits_per_session", self.q_waits,
+                           f"the request would wait, and session {sess.id:#x} has {len(sess.inflight)} "
+                           f"requests waiting on shard {self.index}")
 
     def _park(self, w):
         """``w`` waits (the table queued its current item): arm its timer and
@@ -875,12 +987,18 @@ class ShardCore:
         if ep and ep != self.epoch:
             self._check_epoch(tid, ep)
         nowait = bool(nowait)
+        # quotas (quotas.py): a new lock more for the session and the shard (a node held
+        # already is none); a request that would wait beyond the session's waits is tried
+        # without waiting (then refused, unqueued)
+        capped = not nowait and len(sess.inflight) >= self.q_waits
         table = self._table
         t = self._txns.get(tid)
         if t is None:
             if tid in sess.tombs:
                 raise _Reply(E_ABORTED, f"transaction {tid} has finished on this shard")
-            tok = table.lock(tid, path, mode, nowait)     # InvalidRequest: nothing changed
+            if sess.nheld >= self.q_session_locks or self.nheld >= self.q_locks:
+                raise self._over_locks(sess, 1)
+            tok = table.lock(tid, path, mode, nowait or capped)     # InvalidRequest: nothing changed
             t = _Txn(tid, sess)
             self._txns[tid] = t
             sess.txns[tid] = t
@@ -893,10 +1011,18 @@ class ShardCore:
             if t.wait is not None:
                 raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
             prev = table.mode_held(tid, path)
-            tok = table.lock(tid, path, mode, nowait)
+            if not prev and (sess.nheld >= self.q_session_locks or self.nheld >= self.q_locks):
+                raise self._over_locks(sess, 1)
+            tok = table.lock(tid, path, mode, nowait or capped)
         if tok > 0:
+            if not prev:
+                t.nheld += 1
+                sess.nheld += 1
+                self.nheld += 1
             return [tok, prev, self.epoch]
         if tok == CONFLICT:
+            if capped:
+                raise self._over_waits(sess)
             raise _Reply(E_NOT_AVAILABLE, f"{path!r} is not available in mode {Mode(mode).name} without waiting")
         w = _Wait(t, seq, [(path, mode)], 0, [], False, prev)
         if tmo is not None:
@@ -936,8 +1062,13 @@ class ShardCore:
             if t.state != ACTIVE:        # 2PC: prepared
                 raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
             raise _Reply(E_INVALID, f"transaction {tid} is already waiting for a lock")
+        n = len(items)
+        if sess.nheld + n > self.q_session_locks or self.nheld + n > self.q_locks:
+            self._many_items(items)        # a bad item is reported first
+            raise self._over_locks(sess, n)
+        capped = not nowait and len(sess.inflight) >= self.q_waits
         try:
-            res = self._table.lock_many(tid, items, nowait)
+            res = self._table.lock_many(tid, items, nowait or capped)
         except InvalidRequest:
             self._many_items(items)        # the precise status (protocol, too big, invalid)
             raise                          # nothing changed
@@ -946,11 +1077,16 @@ class ShardCore:
             self._txns[tid] = t
             sess.txns[tid] = t
         if not res or res[-1] > 0:
+            t.nheld += n
+            sess.nheld += n
+            self.nheld += n
             return [res, self.epoch]
         # item k = len(res) - 1 waits (or conflicts, nowait): the slow path
         k = len(res) - 1
         w = _Wait(t, seq, self._many_items(items), k, res[:k], True, None)
         if res[k] == CONFLICT:
+            if capped:
+                raise self._over_waits(sess)
             path, mode = w.items[k]
             raise _Reply(E_NOT_AVAILABLE,
                          f"{path!r} is not available in mode {Mode(mode).name} without waiting"
@@ -1013,6 +1149,10 @@ class ShardCore:
         woken = table.unlock(tid, path)
         if woken:
             self._woken.extend(woken)
+        if t.nheld:
+            t.nheld -= 1
+            sess.nheld -= 1
+            self.nheld -= 1
         return [True]
 
     def _h_downgrade(self, sess, seq, args):
@@ -1056,11 +1196,13 @@ class ShardCore:
         if len(args) != 1:
             raise _Reply(E_PROTOCOL, "HELD takes [txn]")
         check_txn_id(args[0])
-        t = self._txns.get(args[0])
-        if t is not None and t.session is not sess and t.state == ACTIVE:
-            # (a prepared transaction outlives its session: anyone may look at it)
-            raise _Reply(E_INVALID, f"transaction {args[0]} belongs to another session")
-        return [[list(p), m] for p, m in self._table.held(args[0])]
+        self.pages.check_held(sess, args[0])
+        held = self._table.held(args[0])
+        if len(held) > self.quotas.answer_rows:
+            raise quota_error("answer_rows", self.quotas.answer_rows,
+                              f"transaction {args[0]} holds {len(held)} locks on shard {self.index}; "
+                              f"ask HELD_PAGE for them a page at a time")
+        return [[list(p), m] for p, m in held]
 
     # ----------------------------------------------------------------- admin
 
@@ -1068,6 +1210,11 @@ class ShardCore:
         return [self.epoch, self.index, self.nshards, self.partition_depth]
 
     def _h_snapshot(self, args):
+        n = self._table.stats()["requests"]
+        if n > self.quotas.answer_rows:
+            raise quota_error("answer_rows", self.quotas.answer_rows,
+                              f"shard {self.index} has {n} lock requests; ask SNAPSHOT_PAGE for them a page "
+                              f"at a time")
         txns = self._txns
         rows = []
         for p, tid, m, g in self._table.snapshot():
@@ -1104,7 +1251,7 @@ class ShardCore:
         s.update(self._table.stats())
         s.update(self.counters)
         s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
-                 partition_depth=self.partition_depth, timers=len(self._timers))
+                 partition_depth=self.partition_depth, timers=len(self._timers), locks_counted=self.nheld)
         s["backend"] = BACKEND
         s.update(self.twophase.stats())
         s.update(self._reclaim.stats())

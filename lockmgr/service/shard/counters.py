@@ -10,4 +10,5 @@ CORE_COUNTERS = (
     "sessions_opened", "sessions_expired", "sessions_rebound", "waits", "timeouts", "deadlocks",
     "retries_answered", "errors", "bad_requests", "bad_frames", "foreign_refused", "peer_refused",
     "dropped_replies", "internal_errors", "prepares", "decisions",
+    "forbidden", "quota_refused",      # docs/security.md: refused for the key; over a quota
 )

@@ -7,14 +7,27 @@ Interface:
           probe_delay=0.010, probe_interval=None, peers=None,
           cluster_key=None,      # str: peer messages, PEERS and FAULTS must carry it
           peer_endpoint=None,    # "ipc://PATH": also bound, for the other shards' messages
-          grace=None)            # seconds of the grace period after a restart (reclaim.py);
+          grace=None,            # seconds of the grace period after a restart (reclaim.py);
                                  # None: the largest session TTL granted, at most 30; 0: none
+          curve=None,            # security.ServerCurve: CURVE (authentication + encryption)
+          insecure=False,        # without curve: allow binding a non-loopback address
+          quotas=None)           # quotas.Quotas (None: the defaults)
         .core                the ShardCore
         .endpoint            the bound endpoint (port resolved)
         .epoch               this start's epoch (persisted, bumped at each start)
         .run_once(timeout_ms) one loop turn (below)
         .serve_forever(parent_pid=None)   until stop(), or until process parent_pid is gone
         .stop(), .close()
+        .reload_keys() -> bool   re-read the CURVE key directories (SIGHUP; also every
+                                 curve.reload_interval seconds when a file changed)
+
+Security (docs/security.md): with ``curve`` the ROUTER is a CURVE server and a
+ZAP handler (pyzmq's ThreadAuthenticator) admits only the configured keys; the
+loop reads each frame's ZAP User-Id (the client's public key), refuses a key
+that is no longer admitted (a key removed from the directories is cut off at
+its next frame), and hands it to the core (``core.user``), which binds sessions
+and admin requests to it. Without ``curve`` the shard binds only loopback
+addresses unless ``insecure``.
 
 A loop turn: finish the core's backlog, or poll and drain the frames that are
 ready (decoding each, setting the core's clock, replying after each frame);
@@ -36,6 +49,8 @@ import zmq
 from .. import wire
 from ..._core import BACKEND
 from ...errors import InvalidRequest
+from ..security import is_loopback
+from .access import Access
 from ..probes import DEFAULT_PROBE_DELAY
 from ...rules import brief
 from ...wal import PrepareLog
@@ -71,6 +86,22 @@ _recv, _send = _ZSocket.recv, _ZSocket.send
 _zmq_poll = zmq.zmq_poll
 
 
+def _read_message_user(sock):
+    """_read_message, and the connection's ZAP User-Id ("" for an inproc frame,
+    which has none: only the shard's own wake socket sends those)."""
+    frames = [_recv(sock, _NOBLOCK)]
+    f = _recv(sock, _NOBLOCK, False)
+    while f.more:
+        frames.append(f.bytes)
+        f = _recv(sock, _NOBLOCK, False)
+    frames.append(f.bytes)
+    try:
+        user = f.get("User-Id")
+    except zmq.ZMQError:
+        user = ""
+    return frames, user
+
+
 def _read_message(sock):
     """The parts of the next message on the ROUTER ``sock`` (zmq.Again if none).
     The parts after the routing id are received as zmq.Frame objects, whose
@@ -96,14 +127,31 @@ class Shard:
     def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
                  partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
                  probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None,
-                 peer_endpoint=None, grace=None):
+                 peer_endpoint=None, grace=None, curve=None, insecure=False, quotas=None):
         if data_dir is None:
             raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
         if peer_endpoint is not None and not (type(peer_endpoint) is str and peer_endpoint.startswith("ipc://")):
             raise InvalidRequest(f"peer endpoint must be ipc://PATH; got {brief(peer_endpoint)}")
+        if curve is None and not insecure:
+            for ep in (endpoint, peer_endpoint):
+                if ep is not None and not is_loopback(ep):
+                    raise InvalidRequest(
+                        f"refusing to bind {ep} without CURVE: anyone who can reach it could read and take "
+                        f"every lock. Give the shard a key pair and client keys (lockmgr serve --curve-secret-file, "
+                        f"--client-keys), or bind 127.0.0.1, or pass --insecure (insecure=True) to accept that")
+            if nshards > 1 and not cluster_key:
+                raise InvalidRequest(
+                    f"a shard of a {nshards}-shard cluster needs a cluster key or CURVE: without either, any "
+                    f"process that can reach it may send it shard-to-shard messages (abort a transaction as a "
+                    f"deadlock victim); give --cluster-key-file (or LOCKMGR_CLUSTER_KEY), or pass --insecure")
         self.index = index
         self.data_dir = data_dir
         self._clock = clock
+        self.curve = curve
+        self._own_ctx = None
+        if curve is not None and ctx is None:
+            # the ZAP handler serves one context: a secure shard has its own
+            ctx = self._own_ctx = zmq.Context()
         self._ctx = ctx or zmq.Context.instance()
         self._stop = False
         self.core = None                      # (made once the prepare log is open)
@@ -123,10 +171,18 @@ class Shard:
                 epoch=self._plog.epoch, index=index, nshards=nshards, partition_depth=partition_depth,
                 escalation_threshold=escalation_threshold, log=self._plog,
                 peer_sid=wire.peer_session(cluster_key), probe_delay=probe_delay, probe_interval=probe_interval,
-                peers=peers, now=now, wall_offset=time.time() - now, grace=grace)
+                peers=peers, now=now, wall_offset=time.time() - now, grace=grace, quotas=quotas)
+            if curve is not None:
+                self.core.access = Access(curve, self.core.probes.peer_types)
         except BaseException:
             self._plog.close()
+            self._term_ctx()
             raise
+        self._msg_limit = self.core.quotas.message_bytes
+        # the loop's reader: the plain one, or (CURVE, or a message_bytes quota below the
+        # wire's limit) one that checks each frame's key and size first (_read_checked)
+        self._read = self._read_checked if curve is not None or self._msg_limit < wire.MAX_FRAME \
+            else _read_message
         self.epoch = self.core.epoch
         # for INFO (lockmgr status): who we are, and the prepare log's size
         self.core.info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
@@ -140,8 +196,18 @@ class Shard:
         if ntx:
             self._log(f"restored {ntx} prepared transaction(s) with {nlocks} lock(s) from the prepare log in "
                       f"{self.restored[2] * 1000:.1f} ms (read + re-lock)", logging.INFO)
+        try:
+            if curve is not None:
+                curve.start(self._ctx)            # the ZAP handler: only admitted keys connect
+        except BaseException:
+            self._plog.close()
+            self._term_ctx()
+            raise
+        self._reload_at = time.monotonic() + (curve.reload_interval if curve is not None else 0)
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply_server(self._sock)
         self._sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME * 16)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
@@ -159,11 +225,29 @@ class Shard:
         except BaseException:
             self._sock.close(0)
             self._plog.close()
+            if curve is not None:
+                curve.stop()
+            self._term_ctx()
             raise
         self._peer_socks = {}
         self._peers_version = 0
         self._batch = 64                      # requests per core call (see BATCH_TIME)
         self._peer_sid = self.core.peer_sid
+
+    def _term_ctx(self):
+        if self._own_ctx is not None:
+            self._own_ctx.term()
+            self._own_ctx = None
+
+    def reload_keys(self):
+        """Re-read the CURVE key directories (SIGHUP); True if the admitted keys changed."""
+        if self.curve is None:
+            return False
+        changed = self.curve.reload()
+        c = self.curve
+        self._log(f"keys reloaded: {len(c.clients)} client, {len(c.admins)} admin, {len(c.peers)} peer key(s)"
+                  + ("" if changed else " (unchanged)"), logging.INFO)
+        return changed
 
     @property
     def counters(self):
@@ -174,17 +258,33 @@ class Shard:
 
     # ---------------------------------------------------------------- loop
 
+    def request_reload(self):
+        """Re-read the keys at the loop's next turn (safe from a signal handler)."""
+        self._reload_at = 0.0
+        self._reload_now = True
+
     def serve_forever(self, parent_pid=None):
         """Serve until stop(); with ``parent_pid``, also until that process is
         gone (checked every PARENT_CHECK seconds: a LocalCluster or ``lockmgr
         cluster`` killed by SIGKILL must not leave its shards running)."""
         check_at = time.monotonic() + PARENT_CHECK
         tick_at = time.monotonic() + 1.0
+        curve = self.curve
         while not self._stop:
             self.run_once(MAX_POLL_MS)
             if self.on_tick is not None and time.monotonic() >= tick_at:
                 tick_at = time.monotonic() + 1.0
                 self.on_tick()
+            if curve is not None and time.monotonic() >= self._reload_at:
+                self._reload_at = time.monotonic() + curve.reload_interval
+                try:
+                    if getattr(self, "_reload_now", False):
+                        self._reload_now = False
+                        self.reload_keys()
+                    elif curve.maybe_reload():
+                        self._log("key directories changed: keys reloaded", logging.INFO)
+                except (OSError, InvalidRequest) as e:
+                    self._log(f"cannot reload the keys (the old ones stay): {e}")
             if parent_pid is not None and time.monotonic() >= check_at:
                 check_at = time.monotonic() + PARENT_CHECK
                 if os.getppid() != parent_pid:
@@ -205,6 +305,9 @@ class Shard:
             self._wake_sock.close(0)
             self._wake_sock = None
         self._sock.close(0)
+        if self.curve is not None:
+            self.curve.stop()
+        self._term_ctx()
 
     def run_once(self, timeout_ms):
         core = self.core
@@ -239,11 +342,14 @@ class Shard:
         # busy 2-core machine every request runs on cold caches, where each
         # of those costs several times its warm figure.
         if not busy and not core.backlog and _zmq_poll(self._pollin, timeout_ms):
+            read = self._read
             for _ in range(DRAIN_LIMIT):
                 try:
-                    frames = _read_message(sock)
+                    frames = read(sock)
                 except zmq.Again:
                     break
+                if frames is None:          # refused by _read_checked (a key no longer admitted, a size)
+                    continue
                 core.now = clock()          # this frame's time (a lease renews from it)
                 try:
                     self._on_frame(frames)
@@ -292,6 +398,34 @@ class Shard:
         notices = self.core.reclaim.notices
         while notices:
             self._log(notices.pop(0))
+
+    def _read_checked(self, sock):
+        """The next message (zmq.Again if none), with CURVE or a message_bytes quota:
+        sets the core's ``user`` to the frame's key; None if the message was refused
+        (answered): a key no longer admitted (removed from the key directories since
+        it connected), or a frame over the message_bytes quota."""
+        if self.curve is not None:
+            frames, user = _read_message_user(sock)
+            if user and user not in self.curve.admitted:
+                self._refuse(frames, wire.E_FORBIDDEN, "this connection's key is no longer admitted by the shard",
+                             "forbidden")
+                return None
+            self.core.user = user
+        else:
+            frames = _read_message(sock)
+        n = len(frames[-1])
+        if self._msg_limit < n <= wire.MAX_FRAME:      # (above the wire's limit: E_TOO_BIG, wire.py)
+            self._refuse(frames, wire.E_QUOTA, f"quota message_bytes={self._msg_limit} reached: a frame of {n} "
+                                               f"bytes; nothing was changed", "quota_refused")
+            return None
+        return frames
+
+    def _refuse(self, frames, status, msg, counter):
+        core = self.core
+        core.counters[counter] += 1
+        prefix = (frames[0], b"") if len(frames) == 3 and frames[1] == b"" else (frames[0],)
+        core.reply(prefix, [0, status, msg])
+        self._flush()
 
     def _on_frame(self, frames):
         core = self.core
@@ -381,6 +515,8 @@ class Shard:
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 100_000)
+            if self.curve is not None:      # a peer authenticates with its shard's key pair
+                self.curve.apply_peer(s)
             s.connect(self.core.probes.peers[i])
             self._peer_socks[i] = s
         return s

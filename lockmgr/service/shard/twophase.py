@@ -40,6 +40,9 @@ class TwoPhase:
         self.durable_batches = collections.deque()   # from the log's thread
         self._log_cb = {}                       # Ticket -> (callback, txn)
         self._gtrids = {}                       # gtrid -> _Txn (preparing, prepared, deciding)
+        # gtrid -> the CURVE key (z85; "" without CURVE) of the session that prepared it: with
+        # CURVE only that key, or an admin key, may decide it (in the log: "owner")
+        self._owners = {}
         self._resolved = collections.OrderedDict()  # gtrid -> commit, the most recent RESOLVED_MEMORY
         self.handlers = {wire.PREPARE: self._h_prepare, wire.DECIDE: self._h_decide}
         self.admin = {wire.INDOUBT: self._h_indoubt, wire.WAKE: self._h_wake}
@@ -65,6 +68,7 @@ class TwoPhase:
             t.participants = rec.get("parts") or [host.index]
             t.prepared_at = rec.get("at") or host.wall()
             t.nlocks = relock(host.table, rec)
+            self._owners[t.gtrid] = rec.get("owner", "")
             nlocks += t.nlocks
             gtrids[t.gtrid] = t
         self.restored = (len(gtrids), nlocks)
@@ -129,8 +133,12 @@ class TwoPhase:
         t.nlocks = len(locks)
         t.waiters = [(sess, seq, "prepare")]
         self._gtrids[gtrid] = t
-        tk = self.log.submit({"t": "prepare", "gtrid": gtrid, "txn": tid, "name": sess.name,
-                              "at": t.prepared_at, "parts": t.participants, "fmt": "path", "locks": locks})
+        self._owners[gtrid] = sess.user
+        rec = {"t": "prepare", "gtrid": gtrid, "txn": tid, "name": sess.name,
+               "at": t.prepared_at, "parts": t.participants, "fmt": "path", "locks": locks}
+        if sess.user:
+            rec["owner"] = sess.user
+        tk = self.log.submit(rec)
         self._log_cb[tk] = (self._prepare_durable, t)
         sess.inflight[seq] = t
         host.counters["prepares"] += 1
@@ -154,6 +162,7 @@ class TwoPhase:
             if t.state == PREPARING:       # not durable: not prepared
                 t.state = ACTIVE
                 self._gtrids.pop(t.gtrid, None)
+                self._owners.pop(t.gtrid, None)
                 t.gtrid = None
                 if t.session is not None and not host.session_alive(t.session):
                     host.drop_txn(t)          # its session ended meanwhile
@@ -194,6 +203,7 @@ class TwoPhase:
                 self._answer_waiters(t, kind, E_INTERNAL, f"decision not durable on shard {host.index}: {tk.error}")
             return
         self._gtrids.pop(t.gtrid, None)
+        self._owners.pop(t.gtrid, None)
         self._resolved[t.gtrid] = t.outcome
         if len(self._resolved) > RESOLVED_MEMORY:
             self._resolved.popitem(last=False)
@@ -212,6 +222,8 @@ class TwoPhase:
         if type(commit) is not bool:
             raise host.Reply(E_INVALID, f"commit must be true or false; got {host.brief(commit)}")
         t = self._gtrids.get(gtrid)
+        if t is not None and host.access is not None and self._owners.get(gtrid, "") != sess.user:
+            host.forbidden(sess, f"DECIDE of gtrid {host.brief(gtrid)}, prepared by another key,")
         if t is None:
             done = self._resolved.get(gtrid)
             if done is None:
@@ -220,6 +232,10 @@ class TwoPhase:
                 return ["conflict", done]        # decided the other way: the caller learns which
             return ["done"]
         return self.decide(t, commit, sess, seq)
+
+    def owner(self, t):
+        """The key (z85; "" without CURVE) of the session that prepared ``t``."""
+        return self._owners.get(t.gtrid, "")
 
     def _h_indoubt(self, args):
         host = self.host
