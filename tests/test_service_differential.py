@@ -287,24 +287,31 @@ class ServiceMatchesEmbeddedWithWaits(RuleBasedStateMachine):
     def _idle(self):
         return [p for p in self.pairs if not p[0].running and not p[1].running]
 
-    @precondition(lambda self: len(self.pairs) < 4)
+    # No preconditions on the pairs: which pairs are idle, or still there after an
+    # overlapping-cycle reset, depends on timing, and a precondition that reads it
+    # made Hypothesis's draws differ between a run and its replay
+    # (FlakyStrategyDefinition). The rules always draw the same data and do
+    # nothing when there is nothing to do.
     @rule()
     def begin(self):
-        self.pairs.append((_Actor(self.mgr.begin()), _Actor(self.client.begin())))
+        if len(self.pairs) < 4:
+            self.pairs.append((_Actor(self.mgr.begin()), _Actor(self.client.begin())))
 
-    @precondition(lambda self: self._idle())
     @rule(k=st.integers(0, 3), res=st.sampled_from(WAIT_RESOURCES), mode=st.sampled_from(MODES))
     def lock(self, k, res, mode):
         idle = self._idle()
+        if not idle:
+            return
         ae, as_ = idle[k % len(idle)]
         ae.submit(lambda: ae.txn.lock(res, mode))
         as_.submit(lambda: as_.txn.lock(res, mode))
         self._settle()
 
-    @precondition(lambda self: self._idle())
     @rule(k=st.integers(0, 3), commit=st.booleans())
     def finish(self, k, commit):
         idle = self._idle()
+        if not idle:
+            return
         ae, as_ = idle[k % len(idle)]
         self.pairs.remove((ae, as_))
         for a in (ae, as_):
