@@ -22,7 +22,7 @@ from . import _compiled
 if _compiled.pure_python_requested():   # the reference build: every module from its .py source
     _compiled.use_sources()
 
-from .errors import (DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
+from .errors import (ClientForked, DeadlockDetected, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, SessionExpired, ShardUnavailable, TransactionAborted,
                      TransactionCommitted)
 from .modes import Mode, compatible, supremum
