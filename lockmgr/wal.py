@@ -335,6 +335,22 @@ class PrepareLog:
                 f.truncate(cut)
                 os.fsync(f.fileno())
         self.truncated_at = cut
+        self._replay(records)
+        self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        self._live_bytes = (sum(len(_encode(r)) for r in self.live.values())
+                            + sum(len(_encode(r)) for r in self.sessions.values()))
+        self._file = open(self.path, "ab")
+        self._cv = threading.Condition()
+        self._queue: List[Ticket] = []
+        self._closed = False
+        self.fsyncs = 0
+        self.on_fsync: Optional[Callable[[float], Any]] = None   # called by the flusher with each fsync's seconds
+        self.compactions = 0
+        self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
+        self._thread.start()
+
+    def _replay(self, records: List[Dict[str, Any]]) -> None:
+        """The state of the log after ``records`` (at open; also lockmgr.sim's in-memory twin)."""
         self.live: Dict[str, Dict[str, Any]] = {}
         self.resolved: Dict[str, bool] = {}   # gtrid -> commit (bool): resolve records still in the log at replay
         self.sessions: Dict[int, Dict[str, Any]] = {}   # sid -> session record: started, not ended
@@ -348,18 +364,6 @@ class PrepareLog:
             elif r.get("t") == "resolve":
                 if self.live.pop(r["gtrid"], None) is not None:
                     self.resolved[r["gtrid"]] = bool(r.get("commit"))
-        self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        self._live_bytes = (sum(len(_encode(r)) for r in self.live.values())
-                            + sum(len(_encode(r)) for r in self.sessions.values()))
-        self._file = open(self.path, "ab")
-        self._cv = threading.Condition()
-        self._queue: List[Ticket] = []
-        self._closed = False
-        self.fsyncs = 0
-        self.on_fsync: Optional[Callable[[float], Any]] = None   # called by the flusher with each fsync's seconds
-        self.compactions = 0
-        self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
-        self._thread.start()
 
     def submit(self, record: Dict[str, Any]) -> Ticket:
         """Queue ``record``; returns a Ticket that becomes durable after the next fsync."""
