@@ -253,6 +253,8 @@ class SimEngine:
         self._parked[i].clear()
 
     def _start_reclaim(self, i, old, new):
+        if i in self._reclaim and self._reclaim[i][1] == new:     # (a second answer to HELLO)
+            return
         inflight = {c.args[0] for c in self._pending[i].values()
                     if c.typ in (wire.LOCK, wire.LOCK_MANY) and not c.done}
         txns = []
@@ -272,17 +274,19 @@ class SimEngine:
             items = sorted(([list(p), m, t] for p, (m, t) in core.locks.get(i, {}).items()), key=lambda x: len(x[0]))
             txns.append([tid, items])
             cores[tid] = core
-        self._reclaim[i] = (old, new, cores)
         self.reclaims += 1
-        self.submit_now(i, wire.RECLAIM, [old, True, txns], self._on_reclaim)
-
-    def submit_now(self, i, typ, args, cb):
-        c = _SimCall(i, typ, args, self.client.now() + self.request_timeout, cb)
+        self.world.stats["reclaims"] += 1
+        c = _SimCall(i, wire.RECLAIM, [old, True, txns], self.client.now() + self.request_timeout, self._on_reclaim)
+        self._reclaim[i] = (old, new, cores, c)
         self._send(c, self.client.now())
 
     def _on_reclaim(self, c):
         i = c.shard
-        old, new, cores = self._reclaim.pop(i)
+        r = self._reclaim.get(i)
+        if r is None or r[3] is not c:
+            return
+        del self._reclaim[i]
+        old, new, cores, _ = r
         if c.error is not None:
             for core in cores.values():
                 core.doom = core.doom or (f"shard {i} restarted (epoch {old} -> {new}) and the locks of transaction "

@@ -49,21 +49,21 @@ class SimConfig:
     partition_depth: int = 2
     tables: int = 3
     rows: int = 3
-    duration: float = 4.0            # simulated seconds
+    duration: float = 1.2            # simulated seconds
     max_events: int = 20000
-    ttl: float = 0.6                 # session TTL (s)
-    request_timeout: float = 0.25
+    ttl: float = 0.4                 # session TTL (s)
+    request_timeout: float = 0.2
     probe_delay: float = 0.01
     delay_min: float = 0.0002        # one-way network delay (s), uniform
     delay_max: float = 0.004
     drop: float = 0.01               # per message
     dup: float = 0.01
-    crash_rate: float = 0.15         # shard crashes per simulated second (whole cluster)
-    pause_rate: float = 0.15         # client pauses (SIGSTOP past the lease) per simulated second
-    partition_rate: float = 0.15     # partitions per simulated second
+    crash_rate: float = 0.7         # shard crashes per simulated second (whole cluster)
+    pause_rate: float = 0.7         # client pauses (SIGSTOP past the lease) per simulated second
+    partition_rate: float = 0.7     # partitions per simulated second
     p_2pc: float = 0.25              # share of transactions that prepare (2PC)
     think: float = 0.003             # max pause between a client's operations (s)
-    cycle_bound: float = 3.0         # a wait-for cycle lives at most this long after the last fault ends
+    cycle_bound: float = 2.5         # a wait-for cycle lives at most this long after the last fault ends
     skew: bool = True                # per-host clock offsets and rates
 
     def changed(self):
@@ -125,6 +125,7 @@ class World:
         self.keep_trace = trace
         self.trace = [] if trace else None
         self.cut = set()               # nodes cut off from the rest (a partition)
+        self.dirty = set()             # shards whose state changed since the last check
         self.last_fault_end = 0.0
         self._tid = 0
         self.stats = {"msgs": 0, "dropped": 0, "duplicated": 0, "crashes": 0, "pauses": 0, "partitions": 0,
@@ -202,6 +203,7 @@ class World:
     def _after(self, s):
         """After the core handled something: replies, peer messages, timers, the log."""
         core = s.core
+        self.dirty.add(s.index)
         if core.probes.inbox:
             core.peer_messages()
         for prefix, reps in core.take_replies().items():
@@ -353,6 +355,7 @@ class World:
         s.up = False
         s.inc += 1
         s.log = None                       # what was not fsynced is lost
+        self.dirty.add(s.index)
         self.stats["crashes"] += 1
         self.checker.shard_crashed(s)
         self.note("CRASH", f"s{s.index}")
@@ -422,7 +425,6 @@ class World:
 
     def on_session_end(self, c):
         self.stats["expired_sessions"] += 1
-        self.stats["reclaims"] += c.eng.reclaims
 
     # ----------------------------------------------------------------- run
 
