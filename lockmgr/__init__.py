@@ -42,7 +42,7 @@ __all__ = [
     "LockError", "LockTimeout", "LockNotAvailable", "DeadlockDetected",
     "TransactionAborted", "TransactionCommitted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",
-    "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "aio",
+    "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "ClientForked", "aio",
 ]
 
 # name -> (module, attribute); attribute None: the module itself

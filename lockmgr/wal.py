@@ -130,7 +130,8 @@ import msgpack
 
 from .errors import LockError
 
-__all__ = ["PrepareLog", "CorruptLog", "DataDirInUse", "lock_data_dir", "read_log", "Ticket", "prepared_records", "relock"]
+__all__ = ["PrepareLog", "CorruptLog", "DataDirInUse", "lock_data_dir", "read_log", "Ticket", "prepared_records",
+           "relock"]
 
 log = logging.getLogger("lockmgr.wal")
 
@@ -154,13 +155,13 @@ def lock_data_dir(data_dir: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         try:
             owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         finally:
             os.close(fd)
         raise DataDirInUse(f"data directory {os.path.abspath(data_dir)} is in use by another process "
-                           f"(pid {owner} holds {path}); two shards must never share one data directory")
+                           f"(pid {owner} holds {path}); two shards must never share one data directory") from e
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

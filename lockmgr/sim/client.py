@@ -247,7 +247,7 @@ class SimEngine:
 
     def _resend_parked(self, i):
         now = self.client.now()
-        for seq, c in sorted(self._parked[i].items()):
+        for _, c in sorted(self._parked[i].items()):
             if not c.done:
                 self._send(c, now, resend=True)
         self._parked[i].clear()

@@ -43,7 +43,8 @@ class Violation(Exception):
 
 
 def _covers_by_ancestor(table, tid, path, mode):
-    """True if a proper ancestor of ``path`` held by ``tid`` covers ``mode`` (X covers all; S and SIX cover IS and S)."""
+    """True if a proper ancestor of ``path`` held by ``tid`` covers ``mode``
+    (X covers every mode; S and SIX cover IS and S)."""
     for k in range(1, len(path)):
         h = table.mode_held(tid, path[:k])
         if h == 5 or (h in (3, 4) and mode in (1, 3)):

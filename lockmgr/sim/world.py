@@ -63,7 +63,7 @@ class SimConfig:
     partition_rate: float = 0.7     # partitions per simulated second
     p_2pc: float = 0.25              # share of transactions that prepare (2PC)
     think: float = 0.003             # max pause between a client's operations (s)
-    cycle_bound: float = 2.5         # a wait-for cycle lives at most this long after the last fault ends
+    cycle_bound: float = 0.6         # a wait-for cycle lives at most this long after the last fault ends
     skew: bool = True                # per-host clock offsets and rates
 
     def changed(self):
