@@ -1,6 +1,8 @@
 """The deterministic cluster simulation (lockmgr/sim, docs/simulation.md): seeds
 pass, a seed replays exactly, and the simulator finds a bug put in on purpose."""
 
+import pytest
+
 from lockmgr._core import _pytable
 from lockmgr.modes import CONFLICTS
 from lockmgr.service.shard import core as core_mod
@@ -10,6 +12,13 @@ from lockmgr.sim.__main__ import main as sim_main
 SEEDS = 200
 
 
+def test_a_few_seeds_hold_every_invariant():
+    for seed in range(1000, 1025):
+        r = run_seed(seed)
+        assert r.ok, f"seed {seed}: {r.violation}\n  replay: {replay_command(seed)}"
+
+
+@pytest.mark.slow     # ~10-15 s: CI runs it on both backends
 def test_a_few_hundred_seeds_hold_every_invariant():
     failed = []
     totals = {}
