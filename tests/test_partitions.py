@@ -13,6 +13,11 @@ import time
 
 import pytest
 
+import lockmgr
+from lockmgr import DeadlockDetected, Mode
+
+from helpers import Waiter, tables_on, wait_until
+
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +67,17 @@ class Net:
         _ip("-n", self.hub, "link", "set", outer, "up")
         return ns
 
+    def host_link(self, addr):
+        """A veth from this (the test's) namespace to the bridge, so the test itself is a client."""
+        inner, outer = f"vt{self.tag}"[:15], f"ht{self.tag}"[:15]
+        _ip("link", "add", inner, "type", "veth", "peer", "name", outer)
+        _ip("link", "set", outer, "netns", self.hub)
+        _ip("addr", "add", f"{addr}/24", "dev", inner)
+        _ip("link", "set", inner, "up")
+        _ip("-n", self.hub, "link", "set", outer, "master", "br0")
+        _ip("-n", self.hub, "link", "set", outer, "up")
+        self.nodes["t"] = (None, outer)       # (deleted with the hub namespace: a veth dies with its peer)
+
     def cut(self, short):
         _ip("-n", self.hub, "link", "set", self.nodes[short][1], "down")
 
@@ -70,7 +86,8 @@ class Net:
 
     def close(self):
         for ns, _ in self.nodes.values():
-            _ip("netns", "del", ns, check=False)
+            if ns is not None:
+                _ip("netns", "del", ns, check=False)
         _ip("netns", "del", self.hub, check=False)
 
 
@@ -79,6 +96,25 @@ def _shard_cmd(ns, index, endpoints, data_dir):
     return ["ip", "netns", "exec", ns, sys.executable, "-m", "lockmgr", "serve", "--endpoint", endpoints[index],
             "--data-dir", data_dir, "--index", str(index), "--shards", str(len(endpoints)),
             "--peers", ",".join(endpoints), "--grace", "0"]
+
+
+def _start_shards(net, tmp_path, env):
+    endpoints = ["tcp://10.213.0.1:7401", "tcp://10.213.0.2:7401"]
+    ns_s = [net.node("s0", "10.213.0.1"), net.node("s1", "10.213.0.2")]
+    procs = [subprocess.Popen(_shard_cmd(ns_s[i], i, endpoints, str(tmp_path / f"d{i}")), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    return endpoints, procs
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def _worker_cmd(ns, endpoints, store, name, seconds, out):
@@ -151,3 +187,38 @@ def test_cut_client_loses_its_session_and_no_write_is_refused_or_lost(net, tmp_p
     assert [e for e in c1 if e[1] == "write" and e[0] > t_heal], "the cut client did not come back"
     # the other side went on during the cut
     assert [e for e in c2 if e[1] == "write" and t_cut + TTL < e[0] < t_heal]
+
+
+def test_cross_shard_deadlock_between_shards_on_two_hosts(net, tmp_path):
+    """Shards in two namespaces (two "hosts", peers over tcp on 10.213.0.x): a
+    deadlock across them is found by the probes and broken with one victim."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")]))
+    endpoints, procs = _start_shards(net, tmp_path, env)
+    net.host_link("10.213.0.100")
+    try:
+        c = None
+        deadline = time.monotonic() + 20
+        while c is None:
+            try:
+                c = lockmgr.connect(endpoints, session_ttl=5.0, request_timeout=2.0)
+            except lockmgr.ShardUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with c:
+            a = ("db", tables_on(0, 2)[0], 1)
+            b = ("db", tables_on(1, 2)[0], 1)
+            t1, t2 = c.begin(), c.begin()
+            t1.lock(a, Mode.X)
+            t2.lock(b, Mode.X)
+            w1 = Waiter(lambda: t1.lock(b, Mode.X, timeout=20))
+            wait_until(lambda: t1.id in c.wait_for_graph(), what="t1 to wait")
+            w2 = Waiter(lambda: t2.lock(a, Mode.X, timeout=20))
+            w1.join(30)
+            w2.join(30)
+            errors = [w.error for w in (w1, w2) if w.error is not None]
+            assert len(errors) == 1 and isinstance(errors[0], DeadlockDetected), (w1.error, w2.error)
+            assert isinstance(w2.error, DeadlockDetected)            # the younger one is the victim
+            t1.commit()
+    finally:
+        _stop(procs)
