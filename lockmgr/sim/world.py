@@ -27,8 +27,6 @@ import hashlib
 import heapq
 import random
 
-from .. import _core
-from ..rules import EPOCH_BITS
 from ..service import wire
 from ..service.shard import core as _core_mod
 from .client import SimClient
@@ -450,11 +448,3 @@ class World:
 def run_seed(seed, cfg=None, trace=False):
     """Run one seed; -> SimResult."""
     return World(seed, cfg, trace).run()
-
-
-# the token counter of a table starts above the epoch bits: the checker's bound for an epoch
-def epoch_base(epoch):
-    return epoch << EPOCH_BITS
-
-
-_ = _core   # (the table backend in use is the shard core's)
