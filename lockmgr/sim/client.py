@@ -415,6 +415,16 @@ class SimClient:
                 w.on_granted(core, what[1], self)
             elif what[0] == "prepare":
                 w.on_prepared(core, self)
+        if err is not None and core.state is PREPARED:
+            # in doubt: decide again (from a new session if this one is over: DECIDE goes by gtrid)
+            if self.eng.dead is not None:
+                self.world.on_session_end(self)
+                self.new_session()
+                core = self._adopt(core)
+            self.core = core
+            self.plan = [what if what[0] == "finish" else ("finish", False)]
+            w.schedule_client(self, self.rng.uniform(0.0, w.cfg.think) + self.eng.retry_interval)
+            return
         if err is not None or what[0] == "finish":
             w.on_txn_end(core, err, what)
             if err is not None and core.state is ACTIVE and what[0] != "finish":
@@ -430,13 +440,25 @@ class SimClient:
                 pass
         w.schedule_client(self, self.rng.uniform(0.0, w.cfg.think))
 
+    def _adopt(self, old):
+        """A prepared transaction of an ended session, to be decided from this one."""
+        core = ops._TxnCore(_Client(self.eng), None, old.gtrid)
+        core.id = old.id
+        core.touched = dict(old.touched)
+        core.state = PREPARED
+        return core
+
     def step(self):
         """Start the next operation (no generator is running)."""
         if self.gen is not None or self.paused_until is not None:
             return
         if self.eng.dead is not None:
+            keep = self.core if self.core is not None and self.core.state is PREPARED else None
             self.world.on_session_end(self)
             self.new_session()
+            if keep is not None:
+                self.core = self._adopt(keep)
+                self.plan = [("finish", False)]
         if self.core is None:
             self._begin()
         if not self.plan:
