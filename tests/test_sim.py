@@ -9,7 +9,7 @@ from lockmgr.service.shard import core as core_mod
 from lockmgr.sim import SimConfig, replay_command, run_seed
 from lockmgr.sim.__main__ import main as sim_main
 
-SEEDS = 200
+SEEDS = 150
 
 
 def test_a_few_seeds_hold_every_invariant():
