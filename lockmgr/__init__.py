@@ -22,7 +22,7 @@ from . import _compiled
 if _compiled.pure_python_requested():   # the reference build: every module from its .py source
     _compiled.use_sources()
 
-from .errors import (DeadlockDetected, Forbidden, InvalidRequest, LockError, LockNotAvailable,
+from .errors import (ClientForked, DeadlockDetected, Forbidden, InvalidRequest, LockError, LockNotAvailable,
                      LockTimeout, QuotaExceeded, SessionExpired, ShardUnavailable, TransactionAborted,
                      TransactionCommitted)
 from .modes import Mode, compatible, supremum
@@ -42,7 +42,7 @@ __all__ = [
     "LockError", "LockTimeout", "LockNotAvailable", "DeadlockDetected",
     "TransactionAborted", "TransactionCommitted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",
-    "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "aio",
+    "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "ClientForked", "aio",
     "Forbidden", "QuotaExceeded",
 ]
 

@@ -76,6 +76,14 @@ class SessionExpired(LockError):
     call on the session raises this; connect again for a new session."""
 
 
+class ClientForked(LockError):
+    """A service client (sync or asyncio) was used in a process forked from the
+    one that connected it. Its sockets, threads and session belong to the
+    parent (ZeroMQ sockets cannot cross a fork), so every call in the child
+    raises this at once; ``close()`` in the child only marks it closed (the
+    parent's session is left alone). Connect a new client in the child."""
+
+
 class ShardUnavailable(LockError):
     """A shard did not answer within the client's request timeout, or it
     restarted and lost the state of the request."""

@@ -16,7 +16,16 @@ Interface:
     read_log(path) -> (records, cut_at | None)   replay helper
     CorruptLog                            a damaged record in the middle
 
-Files in ``data_dir``: ``prepared.wal`` (the log) and ``epoch``.
+Files in ``data_dir``: ``prepared.wal`` (the log), ``epoch`` and ``LOCK``.
+
+Ownership: opening a PrepareLog takes an exclusive ``flock`` on ``data_dir/LOCK``
+(the owner's pid is written into it, for the error message) before it touches
+anything else, and holds it until ``close()`` (or the process's death: the
+kernel drops the lock with the last descriptor, so a SIGKILLed shard leaves no
+stale lock). A second owner -- another ``lockmgr serve`` on the same
+``--data-dir``, or a second PrepareLog in this process -- gets ``DataDirInUse``
+at once and changes nothing: two owners would share one epoch and interleave
+one log.
 
 Epoch: ``epoch`` holds one decimal integer in ASCII. Opening a PrepareLog
 reads it and stores it plus one (1 when the file is missing) before anything
@@ -108,6 +117,7 @@ A failed write or fsync fails every ticket of its batch (``Ticket.wait``
 raises LockError); the caller treats the record as not durable.
 """
 
+import fcntl
 import logging
 import os
 import struct
@@ -120,7 +130,8 @@ import msgpack
 
 from .errors import LockError
 
-__all__ = ["PrepareLog", "CorruptLog", "read_log", "Ticket", "prepared_records", "relock"]
+__all__ = ["PrepareLog", "CorruptLog", "DataDirInUse", "lock_data_dir", "read_log", "Ticket", "prepared_records",
+           "relock"]
 
 log = logging.getLogger("lockmgr.wal")
 
@@ -129,6 +140,31 @@ HEADER = struct.Struct(">2sII")
 MAX_RECORD = 64 * 1024 * 1024
 LOG_NAME = "prepared.wal"
 EPOCH_NAME = "epoch"
+LOCK_NAME = "LOCK"
+
+
+class DataDirInUse(OSError):
+    """The data directory is locked by another owner (a running shard)."""
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """Take the exclusive lock of ``data_dir`` (its ``LOCK`` file): -> the open
+    descriptor that holds it (close it to let go). DataDirInUse, naming the
+    directory and the pid recorded by the owner, if another owner holds it."""
+    path = os.path.join(data_dir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        try:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise DataDirInUse(f"data directory {os.path.abspath(data_dir)} is in use by another process "
+                           f"(pid {owner} holds {path}); two shards must never share one data directory") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class CorruptLog(LockError):
@@ -270,6 +306,16 @@ class PrepareLog:
     def __init__(self, data_dir: str, *, compact_bytes: int = 4 << 20,
                  on_durable: Optional[Callable[[List[Ticket]], Any]] = None) -> None:
         os.makedirs(data_dir, exist_ok=True)
+        self._lock_fd: Optional[int] = lock_data_dir(data_dir)     # DataDirInUse: nothing touched
+        try:
+            self._open(data_dir, compact_bytes, on_durable)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    def _open(self, data_dir: str, compact_bytes: int,
+              on_durable: Optional[Callable[[List[Ticket]], Any]]) -> None:
         self.dir = data_dir
         self.path = os.path.join(data_dir, LOG_NAME)
         self._compact_bytes = compact_bytes
@@ -290,6 +336,22 @@ class PrepareLog:
                 f.truncate(cut)
                 os.fsync(f.fileno())
         self.truncated_at = cut
+        self._replay(records)
+        self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        self._live_bytes = (sum(len(_encode(r)) for r in self.live.values())
+                            + sum(len(_encode(r)) for r in self.sessions.values()))
+        self._file = open(self.path, "ab")
+        self._cv = threading.Condition()
+        self._queue: List[Ticket] = []
+        self._closed = False
+        self.fsyncs = 0
+        self.on_fsync: Optional[Callable[[float], Any]] = None   # called by the flusher with each fsync's seconds
+        self.compactions = 0
+        self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
+        self._thread.start()
+
+    def _replay(self, records: List[Dict[str, Any]]) -> None:
+        """The state of the log after ``records`` (at open; also lockmgr.sim's in-memory twin)."""
         self.live: Dict[str, Dict[str, Any]] = {}
         self.resolved: Dict[str, bool] = {}   # gtrid -> commit (bool): resolve records still in the log at replay
         self.sessions: Dict[int, Dict[str, Any]] = {}   # sid -> session record: started, not ended
@@ -303,18 +365,6 @@ class PrepareLog:
             elif r.get("t") == "resolve":
                 if self.live.pop(r["gtrid"], None) is not None:
                     self.resolved[r["gtrid"]] = bool(r.get("commit"))
-        self._size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        self._live_bytes = (sum(len(_encode(r)) for r in self.live.values())
-                            + sum(len(_encode(r)) for r in self.sessions.values()))
-        self._file = open(self.path, "ab")
-        self._cv = threading.Condition()
-        self._queue: List[Ticket] = []
-        self._closed = False
-        self.fsyncs = 0
-        self.on_fsync: Optional[Callable[[float], Any]] = None   # called by the flusher with each fsync's seconds
-        self.compactions = 0
-        self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
-        self._thread.start()
 
     def submit(self, record: Dict[str, Any]) -> Ticket:
         """Queue ``record``; returns a Ticket that becomes durable after the next fsync."""
@@ -423,6 +473,9 @@ class PrepareLog:
             self._cv.notify()
         self._thread.join()
         self._file.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)        # the data directory is free for the next owner
+            self._lock_fd = None
 
     def __enter__(self):
         return self

@@ -36,7 +36,7 @@ ROOMS = [
     ("lockmgr.service.client", "service.client", 7),
     ("lockmgr.service.cluster", "service.cluster", 8),
     ("lockmgr.service.metrics", "service.server", 7),
-    ("lockmgr.bench", "bench", 8),
+    ("lockmgr.bench", "bench", 8), ("lockmgr.sim", "sim", 8),
     ("lockmgr.service", "service", 3),
     ("lockmgr.cli", "cli", 9),
     ("lockmgr.aio", "api", 10),

@@ -37,6 +37,7 @@ import itertools
 import random
 
 from . import wire
+from .routing import check_endpoint
 from ..rules import ACTIVE, brief, choose_victim
 from ..modes import Mode
 from .shard.timers import TimerKind
@@ -73,6 +74,19 @@ def _cycle_key(tids):
                                           digest_size=8).digest(), "big")
 
 
+def check_peer_endpoint(p):
+    """A peer endpoint: tcp://HOST:PORT (any host), ipc://PATH, or inproc://NAME (one process)."""
+    if p.startswith("inproc://") and len(p) > len("inproc://"):
+        return
+    check_endpoint(p)           # InvalidRequest (a ValueError) naming the problem
+
+
+def _duration(x):
+    """A duration (seconds) from a peer message: a number, else 0 (a malformed one changes nothing unsafe:
+    a zero hold fails the confirm as late)."""
+    return float(x) if type(x) in (int, float) and x == x else 0.0
+
+
 def directory(tid, n):
     """The directory shard of transaction ``tid`` (stable across processes)."""
     return (((tid * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> 32) % n if n > 1 else 0
@@ -88,7 +102,7 @@ class _Pending:
         self.cycle = None        # [(tid, shard), ...], once the confirm itself arrives
         self.vidx = None         # the victim's index in ``cycle``
         self.deadline = deadline  # the members' timeouts are held until then
-        self.t_found = None      # wall time the probe found the cycle
+        self.t_found = None      # when the probe found the cycle (this host's monotonic clock)
         self.rows = {}           # entry index -> its row; None once a shard's check failed
 
 
@@ -158,12 +172,13 @@ class ProbeEngine:
     # ------------------------------------------------------------ transport
 
     def set_peers(self, peers):
+        """The shards' endpoints for peer messages, in shard order: tcp://HOST:PORT on any
+        address (shards may run on different hosts), ipc://PATH or inproc://NAME."""
         peers = [str(p) for p in peers]
         if len(peers) != self.n:
             raise ValueError(f"peers must list all {self.n} shard endpoints in shard order; got {len(peers)}")
         for p in peers:
-            if not p.startswith("tcp://127.0.0.1:") and not p.startswith(("ipc://", "inproc://")):
-                raise ValueError(f"peer endpoint {p!r}: shards talk to each other on 127.0.0.1 only")
+            check_peer_endpoint(p)
         self.peers = peers
         self.peers_version += 1
 
@@ -641,18 +656,24 @@ class ProbeEngine:
             self.c["confirms_failed"] += 1
             return
         pidl = list(pid)
-        t_found = self.host.wall()
+        now = self.host.now
+        t_found = now                   # (this host's monotonic clock: it never leaves the host)
         for s in sorted({e[1] for e in cycle}):
             if s != me:
-                # our own rows travel with the CONFIRM to the victim's shard (no extra message)
-                self.send(s, [wire.PROBE_CONFIRM, 0, pidl, cycle, vidx, deadline, t_found,
+                # our own rows travel with the CONFIRM to the victim's shard (no extra message).
+                # Times cross hosts only as durations (seconds of hold left, seconds since the
+                # cycle was found): each host reads them against its own monotonic clock, so
+                # detection never compares two hosts' clocks (docs/probes.md, "Clocks")
+                self.send(s, [wire.PROBE_CONFIRM, 0, pidl, cycle, vidx, deadline - now, 0.0,
                               rows if s == vshard else []])
         if vshard == me:
             self._collect(pid, rows, cycle, vidx, deadline, t_found)
 
     def _m_confirm(self, args):
-        pid, cycle, vidx, deadline, t_found, pre = args
+        pid, cycle, vidx, hold_left, found_ago, pre = args
         pid = tuple(pid)
+        now = self.host.now
+        deadline = now + _duration(hold_left)
         vshard = cycle[vidx][1]
         rows = self._check(pid, cycle, deadline)
         if rows is None:
@@ -660,16 +681,17 @@ class ProbeEngine:
             if vshard == self.me:
                 self._fail_pending(pid, deadline)
             else:
-                self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 0, [], deadline])
+                self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 0, [], deadline - now])
             return
         if vshard == self.me:
-            self._collect(pid, pre + rows, cycle, vidx, deadline, t_found)
+            self._collect(pid, pre + rows, cycle, vidx, deadline, now - _duration(found_ago))
         else:
-            self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 1, rows, deadline])
+            self.send(vshard, [wire.PROBE_CONFIRMED, 0, list(pid), self.me, 1, rows, deadline - now])
 
     def _m_confirmed(self, args):
-        pid, _shard, ok, rows, deadline = args
+        pid, _shard, ok, rows, hold_left = args
         pid = tuple(pid)
+        deadline = self.host.now + _duration(hold_left)
         if not ok:
             self._fail_pending(pid, deadline)
             return
@@ -732,6 +754,8 @@ class ProbeEngine:
         got = p.rows
         if got is None:
             return                          # a shard's check failed
+        if deadline < p.deadline:
+            p.deadline = deadline           # the earliest hold to lapse decides
         if cycle is not None:
             p.cycle, p.vidx, p.t_found = cycle, vidx, t_found
         for i, row in rows:
@@ -770,17 +794,18 @@ class ProbeEngine:
         for r in rows:
             r["blocking"] = [[b["shard"], b["waits_for"][0], b["blocker_holds"]]
                              for b in rows if b["blocker"] == r["txn"] and b.get("blocker_holds")]
-        starts = [r["wait_started"] for r in rows if r.get("wait_started")]
-        closed = max(starts) if starts else None
+        # how long the cycle had existed: the shortest of its members' waits, each measured
+        # on its own shard's monotonic clock (never a difference of two hosts' clocks)
+        waited = [r["waited_ms"] for r in rows if r.get("waited_ms") is not None]
         rep = {
             "id": f"{self.me}:{self.host.epoch}:{self.c['deadlock_reports'] + 1}",
             "kind": kind, "detected_at": now, "detected_by": self.me,
             "cycle": [r["txn"] for r in rows], "victim": victim,
-            "detection_ms": round((now - closed) * 1000, 3) if closed else None,
+            "detection_ms": round(min(waited), 3) if waited else None,
             "members": rows,
         }
-        if t_found is not None:        # a distributed cycle: the probe found it at t_found
-            rep["confirm_ms"] = round((now - t_found) * 1000, 3)
+        if t_found is not None:        # a distributed cycle: found at t_found (this host's monotonic clock)
+            rep["confirm_ms"] = round((self.host.now - t_found) * 1000, 3)
         self.c["deadlock_reports"] += 1
         self.reports.append(rep)
         return rep

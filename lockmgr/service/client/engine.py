@@ -39,7 +39,7 @@ from typing import Optional, Union
 import zmq
 
 from .. import wire
-from ...errors import InvalidRequest, SessionExpired, ShardUnavailable
+from ...errors import ClientForked, InvalidRequest, SessionExpired, ShardUnavailable
 from ..routing import parse_endpoints
 from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
 
@@ -47,6 +47,20 @@ _monotonic = time.monotonic    # (a module global: no attribute lookup on the ti
 # one line per notable event (session expired or ended, a shard restarted, a
 # no-wait release that failed); never on the hot path
 _log = logging.getLogger("lockmgr.client")
+
+# Bumped in every forked child: an engine made before the fork sees a newer value
+# and refuses every call at once (ClientForked) -- its ZeroMQ context, sockets,
+# housekeeping thread and lock are the parent's, and using them would hang
+# (docs/service.md, "Clients and fork()").
+_FORKS = [0]
+
+
+def _after_fork_in_child():
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ------------------------------------------------------------------- engine
@@ -193,6 +207,8 @@ class _Engine:
         self._drv_stall = max(3 * self._drv_tick, min(0.5, self.hb_interval))
         self.partition_depth = partition_depth
         self.name = name or f"pid{os.getpid()}"
+        self._born = _FORKS[0]           # fork generation (ClientForked in a child)
+        self._pid = os.getpid()
         self.session = random.SystemRandom().getrandbits(63) | 1
         self.epoch = [0] * self.n
         self.dead = None                 # the message once the session has expired / closed
@@ -282,9 +298,19 @@ class _Engine:
             return True
         return False
 
+    def forked(self):
+        """The error to raise if this process is a fork of the one that made the engine, else None."""
+        if self._born == _FORKS[0]:
+            return None
+        return ClientForked(f"this client (session {self.session:#x}) was connected in process {self._pid} "
+                            f"and cannot be used in a forked child (pid {os.getpid()}): its sockets and "
+                            f"session belong to the parent; connect a new client in the child")
+
     def submit(self, calls):
         """Queue calls completed through their callbacks (asyncio, fire-and-forget).
         The calling thread sends them itself when no one owns the sockets."""
+        if self._born != _FORKS[0]:
+            raise self.forked()
         mu = self._mu
         mu.acquire()
         try:
@@ -314,6 +340,8 @@ class _Engine:
         calls are answered: it sends, and it receives in add_reader callbacks
         (no other thread involved); otherwise the owner serves the calls and
         completes them through ``call_soon_threadsafe``."""
+        if self._born != _FORKS[0]:
+            raise self.forked()
         mu = self._mu
         mu.acquire()
         try:
@@ -403,6 +431,8 @@ class _Engine:
         _ORPHAN_DELAY. The shard answers it only along with its next reply to the
         session (or to a retry); it is retried as any call until then. A failure is
         raised by the next call on the session (``check_session``)."""
+        if self._born != _FORKS[0]:
+            raise self.forked()
         c = _Call(shard, typ, args, _monotonic() + self.request_timeout, cb=self._on_quiet)
         with self._mu:
             if self._refused_locked([c]):
@@ -447,6 +477,8 @@ class _Engine:
     def check_session(self):
         """Raise SessionExpired if the session is over; else the failure of a no-wait
         release answered since the last call, if any (once)."""
+        if self._born != _FORKS[0]:
+            raise self.forked()
         if self.dead is not None:
             raise SessionExpired(self.dead)
         if _monotonic() > self._lease_end():
@@ -458,6 +490,9 @@ class _Engine:
             raise err
 
     def shutdown(self):
+        if self._born != _FORKS[0]:
+            self.closed = True        # a forked child: the sockets, thread and session are the parent's
+            return
         with self._mu:
             if self.closed:
                 return
@@ -1147,6 +1182,8 @@ class _Engine:
         where extra is the seconds allowed beyond the request timeout, or None
         (no deadline: a lock wait without timeout; liveness comes from heartbeats).
         Returns a list of results or exception instances."""
+        if self._born != _FORKS[0]:
+            raise self.forked()
         now = _monotonic()
         rt = self.request_timeout
         w = _Waiter(len(specs))

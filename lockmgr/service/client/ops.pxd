@@ -1,15 +1,14 @@
 # C-level declarations for ops.py: an "augmenting" .pxd (Cython's pure-Python
 # mode; see engine.pxd). _TxnCore becomes an extension type whose fields are
 # struct members (its __slots__ in the .py name the same fields), and its
-# methods cpdef methods that call the engine in C; _drive calls call_many in C.
+# methods cpdef methods. (The engine stays an untyped field: the simulation,
+# lockmgr/sim, drives the same generators with an engine of its own.)
 # A field the .py sets on _TxnCore must be declared here.
 
 cimport cython
-from lockmgr.service.client.engine cimport _Engine
 
 cdef class _TxnCore:
-    cdef public _Engine eng
-    cdef public object client, id, name, gtrid, state, doom, default_timeout, prepared_at, named
+    cdef public object eng, client, id, name, gtrid, state, doom, default_timeout, prepared_at, named
     cdef public dict touched, locks
     cdef public set busy
     cdef public bint victim
@@ -23,4 +22,4 @@ cdef class _TxnCore:
     cpdef record(self, s, path, mode, tok)
     cpdef route(self, key, depth, mode)
 
-cpdef _drive(_Engine eng, gen)
+cpdef _drive(eng, gen)
