@@ -299,8 +299,14 @@ def test_split_brain_sigstop_fenced_store(rcluster):
     assert store.read("ctr") == done[0]          # no lost update
     # the old primary stepped down to a standby
     from lockmgr.service import admin, wire
+    def stepped_down():
+        try:
+            return admin.request(c.endpoints[0][old], wire.REPL_ROLE, (), timeout=1)["role"] == "standby"
+        except LockError:
+            return False
+    _wait(stepped_down, 15)
     role = admin.request(c.endpoints[0][old], wire.REPL_ROLE, (), timeout=5)
-    assert role["role"] == "standby" and role["stepdowns"] >= 1
+    assert role["stepdowns"] >= 1 and role["primary"] == c.endpoints[0][new]
 
 
 @pytest.mark.service

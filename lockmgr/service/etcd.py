@@ -8,6 +8,7 @@ Interface:
         .put(key, value, lease=0)
         .create(key, value, lease=0) -> bool      put only if the key does not exist
         .cas(key, old, new, lease=0) -> bool      put only if the value is ``old`` (None: absent)
+        .put_if_lease(key, value, guard, lease) -> bool   put only while ``guard`` is bound to ``lease``
         .delete(key)
     FakeEtcd(clock)                        the same interface in memory, leases expire by ``clock``
         .down                              True: every call raises EtcdUnavailable (etcd "killed")
@@ -167,6 +168,10 @@ class EtcdClient:
             return self.create(key, new, lease)
         return self._txn({"target": "VALUE", "key": _b64(key), "value": _b64(old)}, key, new, lease)
 
+    def put_if_lease(self, key: str, value: str, guard: str, lease: int) -> bool:
+        """Put ``key`` only while ``guard`` is bound to ``lease`` (a leader's writes)."""
+        return self._txn({"target": "LEASE", "key": _b64(guard), "lease": str(lease)}, key, value, 0)
+
     def delete(self, key: str) -> None:
         self._call("/v3/kv/deleterange", {"key": _b64(key)})
 
@@ -258,6 +263,15 @@ class FakeEtcd:
             if (cur.value if cur else None) != old:
                 return False
             self._put(key, new, lease)
+            return True
+
+    def put_if_lease(self, key: str, value: str, guard: str, lease: int) -> bool:
+        with self._mu:
+            self._check()
+            g = self._kv.get(guard)
+            if g is None or g.lease != lease:
+                return False
+            self._put(key, value, 0)
             return True
 
     def delete(self, key: str) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import zmq
 
+from ..errors import LockError
 from . import wire
 from .etcd import EtcdUnavailable
 from .replication import Follower, Replicator, StandbyLog
@@ -134,6 +135,19 @@ class Leadership:
                 pass
 
 
+def _retry_bind(fn, timeout: float = 5.0):
+    """``fn()``, again while the port is still held by the socket this process just
+    closed (ZeroMQ closes asynchronously, in its I/O thread)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _incarnation(data_dir: str) -> str:
     """This data directory's identity: a new one when the directory is new (a
     wiped machine is a new member, not an old one that remembers)."""
@@ -205,7 +219,7 @@ class ReplicaNode:
         ep = self.endpoint
         if ep.startswith("tcp://") and ep.endswith(":0"):
             ep = ep[:-2] + ":*"
-        s.bind(ep)
+        _retry_bind(lambda: s.bind(ep))
         self.endpoint = s.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._sock = s
         return self.endpoint
@@ -280,7 +294,11 @@ class ReplicaNode:
 
     def _set_members(self, standbys: List[str]) -> None:
         members = sorted(set(standbys) | {self.member_key})
-        self.etcd.put(self.keys.sync, json.dumps({"epoch": self.epoch, "members": members}))
+        # only while we hold the leader key: a deposed primary (paused, then resumed) must
+        # not rewrite the new primary's sync set
+        if not self.etcd.put_if_lease(self.keys.sync, json.dumps({"epoch": self.epoch, "members": members}),
+                                      self.keys.leader, self.leadership.lease):
+            raise LockError(f"replica {self.replica} of shard {self.index} no longer holds the leader key")
 
     def _publish_self(self) -> None:
         info = self.role_info()
@@ -386,9 +404,10 @@ class ReplicaNode:
         done = threading.Event()
         try:
             self._set_members([])
-            shard = Shard(self.endpoint, self.data_dir, index=self.index, nshards=self.nshards,
-                          partition_depth=self.partition_depth, epoch=epoch, replicator=rep, lease=ld,
-                          ctx=self.ctx, **self.shard_kw)
+            shard = _retry_bind(lambda: Shard(
+                self.endpoint, self.data_dir, index=self.index, nshards=self.nshards,
+                partition_depth=self.partition_depth, epoch=epoch, replicator=rep, lease=ld,
+                ctx=self.ctx, **self.shard_kw))
             self.shard = shard
             shard.core._admin[wire.REPL_ROLE] = self.role_info
             shard._plog.submit({"t": "epoch", "epoch": epoch, "replica": self.replica})
