@@ -69,7 +69,7 @@ def start_etcd(data_dir: str, timeout: float = 20.0):
             if p.poll() is not None or time.monotonic() > deadline:
                 p.kill()
                 p.wait()
-                raise ShardUnavailable(f"etcd did not start (log: {os.path.join(data_dir, 'etcd.log')})")
+                raise ShardUnavailable(f"etcd did not start (log: {os.path.join(data_dir, 'etcd.log')})") from None
             time.sleep(0.05)
 
 
@@ -104,6 +104,7 @@ class ReplicatedCluster:
         self._procs: List[List[Any]] = [[None] * replicas for _ in range(shards)]
         self.endpoints: List[List[str]] = [["tcp://127.0.0.1:0"] * replicas for _ in range(shards)]
         self._etcd = None
+        self.etcd_url: str = ""
         try:
             self.start_etcd()
             from .etcd import EtcdClient
@@ -121,7 +122,7 @@ class ReplicatedCluster:
 
     def start_etcd(self) -> None:
         d = os.path.join(self.data_dir, "etcd")
-        if getattr(self, "etcd_url", None):
+        if self.etcd_url:
             # again on the same port (the replicas know it)
             port = int(self.etcd_url.rsplit(":", 1)[1])
             self._etcd = self._start_etcd_at(d, port)
@@ -148,7 +149,7 @@ class ReplicatedCluster:
                 return p
             except EtcdUnavailable:
                 if p.poll() is not None or time.monotonic() > deadline:
-                    raise ShardUnavailable("etcd did not restart")
+                    raise ShardUnavailable("etcd did not restart") from None
                 time.sleep(0.05)
 
     def stop_etcd(self) -> None:

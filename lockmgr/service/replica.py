@@ -209,7 +209,7 @@ class ReplicaNode:
         self.follower: Optional[Follower] = None
         self.stepdowns = 0
         self._stop = False
-        self._sock: Optional[zmq.Socket] = None
+        self._sock: Any = None
 
     # -- the client endpoint while standby
 
@@ -369,7 +369,7 @@ class ReplicaNode:
                             _log.warning("replica %d of shard %d: etcd unreachable: %s", self.replica, self.index, e)
                 # poll the client socket and the follower's
                 socks = [self._sock] + ([f.sock] if f.sock is not None else [])
-                items = [(s, zmq.POLLIN) for s in socks]
+                items: Any = [(s, zmq.POLLIN) for s in socks]
                 ready = zmq.zmq_poll(items, 20)
                 for s, _ in ready:
                     if s is self._sock:

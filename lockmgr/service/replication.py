@@ -384,7 +384,8 @@ class Follower:
                     # a batch was lost (a send over the high-water mark): start again from a snapshot
                     _log.warning("standby %d: missed batches %d..%d; asking for a snapshot", self.replica,
                                  self.seq + 1, seq)
-                    self.follow(self.endpoint, self.epoch)
+                    if self.endpoint is not None:
+                        self.follow(self.endpoint, self.epoch)
                     return got
                 elif seq < self.seq:
                     continue

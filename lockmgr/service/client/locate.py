@@ -20,7 +20,7 @@ a restart (docs/service.md, "Restarts: reclaim and grace").
 import json
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ...errors import InvalidRequest, LockError
 from .. import wire
@@ -145,6 +145,7 @@ class Locator:
 
 def resolve_endpoints(endpoints, etcd, cluster, timeout: float = 5.0):
     """(endpoints for the engine, resolver or None) from connect()'s arguments."""
+    resolver: Any
     if etcd is not None or cluster is not None:
         if etcd is None or cluster is None:
             raise InvalidRequest("connect(etcd=..., cluster=...) needs both the etcd endpoints and the cluster name")
