@@ -37,11 +37,25 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import InvalidRequest, LockError
 
-__all__ = ["EtcdClient", "FakeEtcd", "KV", "EtcdUnavailable", "parse_etcd_endpoints"]
+__all__ = ["EtcdClient", "FakeEtcd", "KV", "EtcdUnavailable", "parse_etcd_endpoints", "Keys", "keys"]
 
 
 class EtcdUnavailable(LockError):
     """etcd did not answer (down, unreachable, or an error status)."""
+
+
+class Keys(NamedTuple):
+    config: str
+    leader: str
+    epoch: str
+    sync: str
+    replicas: str
+
+
+def keys(cluster: str, shard: int) -> Keys:
+    base = f"/lockmgr/{cluster}/"
+    s = f"{base}shard/{shard}/"
+    return Keys(base + "config", s + "leader", s + "epoch", s + "sync", s + "replica/")
 
 
 class KV(NamedTuple):

@@ -208,7 +208,7 @@ class ReplicatedCluster:
         self.endpoints[i][j] = line.split()[1].decode()
 
     def _leader(self, i: int):
-        from .replica import keys
+        from .etcd import keys
         kv = self.etcd.get(keys(self.cluster_name, i).leader)
         if kv is None:
             return None

@@ -28,32 +28,18 @@ import os
 import secrets
 import threading
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import zmq
 
 from ..errors import LockError
 from . import wire
-from .etcd import EtcdUnavailable
+from .etcd import EtcdUnavailable, Keys, keys
 from .replication import Follower, Replicator, StandbyLog
 
 __all__ = ["Leadership", "ReplicaNode", "keys", "Keys"]
 
 _log = logging.getLogger("lockmgr.replica")
-
-
-class Keys(NamedTuple):
-    config: str
-    leader: str
-    epoch: str
-    sync: str
-    replicas: str
-
-
-def keys(cluster: str, shard: int) -> Keys:
-    base = f"/lockmgr/{cluster}/"
-    s = f"{base}shard/{shard}/"
-    return Keys(base + "config", s + "leader", s + "epoch", s + "sync", s + "replica/")
 
 
 class Leadership:

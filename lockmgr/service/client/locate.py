@@ -49,7 +49,7 @@ def parse_replica_sets(endpoints) -> Optional[List[List[str]]]:
 class EtcdResolver:
     def __init__(self, etcd_endpoints, cluster: str, timeout: float = 1.0) -> None:
         from ..etcd import EtcdClient
-        from ..replica import keys
+        from ..etcd import keys
         if not isinstance(cluster, str) or not cluster or "/" in cluster:
             raise InvalidRequest(f"cluster must be a non-empty name without '/'; got {cluster!r}")
         self.etcd = EtcdClient(etcd_endpoints, timeout=timeout)
