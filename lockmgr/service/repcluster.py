@@ -55,7 +55,9 @@ def start_etcd(data_dir: str, timeout: float = 20.0):
     p = subprocess.Popen([binary, "--name", "lockmgr", "--data-dir", os.path.join(data_dir, "data"),
                           "--listen-client-urls", url, "--advertise-client-urls", url,
                           "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                          "--initial-cluster", f"lockmgr={peer}", "--log-level", "warn"],
+                          "--initial-cluster", f"lockmgr={peer}", "--log-level", "warn",
+                          # a one-member etcd on loopback: short raft timers allow leases down to ~1 s
+                          "--heartbeat-interval", "50", "--election-timeout", "500"],
                          stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
     from .etcd import EtcdClient, EtcdUnavailable
@@ -138,7 +140,9 @@ class ReplicatedCluster:
         p = subprocess.Popen([binary, "--name", "lockmgr", "--data-dir", os.path.join(d, "data"),
                               "--listen-client-urls", url, "--advertise-client-urls", url,
                               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                              "--initial-cluster", f"lockmgr={peer}", "--log-level", "warn"],
+                              "--initial-cluster", f"lockmgr={peer}", "--log-level", "warn",
+                          # a one-member etcd on loopback: short raft timers allow leases down to ~1 s
+                          "--heartbeat-interval", "50", "--election-timeout", "500"],
                              stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         from .etcd import EtcdUnavailable

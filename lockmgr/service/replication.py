@@ -153,7 +153,7 @@ class Replicator:
                 p.heard = now
                 if type(seq) is int and seq > p.acked:
                     p.acked = seq
-                if p.acked >= p.snap_seq and p.member_key not in self.members:
+                if p.acked >= p.snap_seq and p.member_key not in self.members and self.sync_standbys > 0:
                     self._add_member(p)
 
     def _hello(self, ident: bytes, msg) -> None:
@@ -209,6 +209,8 @@ class Replicator:
         return {p.member_key: p for p in self.peers.values() if p.member_key in self.members}
 
     def wait_acks(self, seq: int) -> None:
+        if self.sync_standbys == 0:
+            return       # asynchronous: standbys get the records but are never waited for (nor members)
         deadline = self._clock() + self.sync_timeout
         while True:
             mp = self._member_peers()
