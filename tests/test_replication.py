@@ -173,6 +173,7 @@ def rcluster():
     def make(**kw):
         kw.setdefault("shards", 2)
         kw.setdefault("replicas", 2)
+        kw.setdefault("lease_ttl", 1.0)      # (etcd runs with short raft timers: 1 s leases hold)
         c = LocalCluster(**kw)
         made.append(c)
         return c

@@ -295,6 +295,12 @@ class _Engine:
             self.endpoints[i] = ep
             self.repoints += 1
             _log.info("session %#x: shard %d moved from %s to %s (its primary)", self.session, i, old, ep)
+            if self.dead is None and not self._hello_pending[i] and self._hello_left == 0:
+                # a new primary: open the session there first (it knows it from the log and holds
+                # the session's other requests in its grace period until the reclaim is done)
+                now = _monotonic()
+                self._send_hello(i, now)
+                self._send_all(now)
             reqs = []
             for seq, c in self._pending[i].items():
                 if not c.done:
