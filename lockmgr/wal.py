@@ -292,9 +292,10 @@ class PrepareLog:
         if epoch is not None:
             # a replica set's primary: the epoch comes from etcd (a counter raised by
             # compare-and-swap, docs/replication.md); it never goes below the local one
-            if epoch < self.epoch:
+            # (equal: the same term opened again, e.g. a retried start)
+            if epoch < self.epoch - 1:
                 raise LockError(f"{data_dir}: epoch {epoch} from the replica set is below this data "
-                                f"directory's {self.epoch - 1} + 1")
+                                f"directory's {self.epoch - 1}")
             self.epoch = epoch
         _write_atomic(epoch_path, str(self.epoch).encode())
         records, cut = read_log(self.path)

@@ -306,7 +306,15 @@ class ReplicaNode:
                 epoch = self._standby()
                 if epoch is None:
                     break
-                self._primary(epoch)
+                try:
+                    self._primary(epoch)
+                except Exception as e:     # could not serve (etcd gone, the data directory): let another
+                    _log.error("replica %d of shard %d: cannot serve as primary (epoch %d): %s; standing down",
+                               self.replica, self.index, epoch, e)
+                    self.leadership.resign()
+                    if self._sock is None and not self._stop:
+                        self.bind()
+                    time.sleep(0.1)
         finally:
             if self._sock is not None:
                 self._sock.close(0)
