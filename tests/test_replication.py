@@ -174,6 +174,9 @@ def rcluster():
         kw.setdefault("shards", 2)
         kw.setdefault("replicas", 2)
         kw.setdefault("lease_ttl", 1.0)      # (etcd runs with short raft timers: 1 s leases hold)
+        # a standby slow to acknowledge on a busy 2-core CI machine would leave the sync set (safe, but
+        # then it may not take over); the loss of a standby is tested in-process above
+        kw.setdefault("sync_timeout", 3.0)
         c = LocalCluster(**kw)
         made.append(c)
         return c
@@ -206,6 +209,15 @@ def test_machine_loss_with_wipe(rcluster):
     assert a.lock(("db", t0, 2), Mode.X) == tok0
     assert a.lock(("db", t1, 2), Mode.X) == tok1
     a.commit()
+    # lockmgr status --etcd --cluster: the new primary, the lost replica down
+    from lockmgr.cli.replstatus import replica_rows
+    rows, primaries = replica_rows(c.etcd_url, c.cluster_name, 2.0)
+    by = {(r["shard"], r["replica"]): r for r in rows}
+    assert by[(0, new)]["role"] == "primary" and by[(0, new)]["lag"] == 0
+    assert by[(0, old)]["role"] == "DOWN"
+    assert primaries[0] == c.endpoints[0][new]
+    assert {by[(1, j)]["role"] for j in range(2)} == {"primary", "standby"}
+    assert all(by[(1, j)]["in_sync"] for j in range(2))
     cl2 = c.connect()
     docs = {d["gtrid"]: d for d in cl2.indoubt()}
     assert list(docs) == ["xfer-1"] and cl2.recover() == ["xfer-1"]

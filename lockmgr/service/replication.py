@@ -153,7 +153,10 @@ class Replicator:
                 p.heard = now
                 if type(seq) is int and seq > p.acked:
                     p.acked = seq
-                if p.acked >= p.snap_seq and p.member_key not in self.members and self.sync_standbys > 0:
+                # in sync: it acknowledged its snapshot and every batch shipped since (one that was
+                # taken out of the sync set comes back only once it has caught up completely)
+                if p.acked >= p.snap_seq and p.acked >= self.seq and p.member_key not in self.members \
+                        and self.sync_standbys > 0:
                     self._add_member(p)
 
     def _hello(self, ident: bytes, msg) -> None:

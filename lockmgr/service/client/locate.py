@@ -100,14 +100,19 @@ class Locator:
         self._todo: Dict[int, Optional[str]] = {}
         self._ev = threading.Event()
         self._closed = False
-        self._last: Dict[int, float] = {}
+        self._watch: Dict[int, float] = {}    # shard -> until when it is looked up again
         self._thread = threading.Thread(target=self._run, name="lockmgr-client-locate", daemon=True)
         self._thread.start()
+
+    WATCH = 5.0          # seconds a suspected shard is looked up again (every POLL) while it keeps its endpoint
+    POLL = 0.05
 
     def suspect(self, i: int, hint: Optional[str] = None) -> None:
         with self._mu:
             if i not in self._todo or hint:
                 self._todo[i] = hint
+            if i not in self._watch:
+                self._watch[i] = time.monotonic() + self.WATCH
         self._ev.set()
 
     def close(self) -> None:
@@ -116,18 +121,21 @@ class Locator:
 
     def _run(self) -> None:
         while not self._closed and not self.engine.closed:
-            self._ev.wait(0.5)
+            self._ev.wait(self.POLL if self._watch else 0.5)
             self._ev.clear()
+            now = time.monotonic()
             with self._mu:
                 todo, self._todo = self._todo, {}
+                # a suspected shard is looked up again until its primary moves (the old one's
+                # lease has to run out first) or the watch ends
+                for i, until in list(self._watch.items()):
+                    if now > until:
+                        del self._watch[i]
+                    else:
+                        todo.setdefault(i, None)
             for i, hint in todo.items():
                 if self._closed:
                     return
-                # at most one lookup per shard per 50 ms
-                wait = self._last.get(i, 0.0) + 0.05 - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                self._last[i] = time.monotonic()
                 ep = hint
                 if not ep:
                     try:
@@ -136,11 +144,8 @@ class Locator:
                         ep = None
                 if ep and ep != self.engine.endpoints[i]:
                     self.engine.repoint(i, ep)
-                elif not ep:
-                    with self._mu:          # no primary yet (an election): look again
-                        self._todo.setdefault(i, None)
-                    time.sleep(0.05)
-                    self._ev.set()
+                    with self._mu:
+                        self._watch.pop(i, None)
 
 
 def resolve_endpoints(endpoints, etcd, cluster, timeout: float = 5.0):
