@@ -165,7 +165,7 @@ def _wait(pred, timeout=5.0):
 # ---------------------------------------------------------------- processes (own etcd)
 
 @pytest.fixture
-def rcluster():
+def rcluster(tmp_path):
     _need_etcd()
     from lockmgr import LocalCluster
     made = []
@@ -177,6 +177,7 @@ def rcluster():
         # a standby slow to acknowledge on a busy 2-core CI machine would leave the sync set (safe, but
         # then it may not take over); the loss of a standby is tested in-process above
         kw.setdefault("sync_timeout", 3.0)
+        kw.setdefault("data_dir", str(tmp_path / f"cluster{len(made)}"))    # (its logs stay for a failure)
         c = LocalCluster(**kw)
         made.append(c)
         return c
@@ -388,21 +389,9 @@ def test_repeated_failovers_tokens_grow(rcluster):
         c.kill(0)
         c.wait_primary(0, c.lease_ttl + 5, exclude=old)
         c.restart(0, replica=old)                     # back as a standby
-        _wait(lambda: _in_sync(c, 0), 10)
+        c.wait_in_sync(0, 10)
     assert sorted(cl.recover()) == gtrids
     for g in gtrids:
         cl.resolve(g, True)
     cl.close()
 
-
-def _in_sync(c, i):
-    from lockmgr.service import admin, wire
-    j = c.primary(i)
-    if j is None:
-        return False
-    try:
-        r = admin.request(c.endpoints[i][j], wire.REPL_ROLE, (), timeout=1)
-    except LockError:
-        return False
-    return len(r.get("replication", {}).get("members", [])) >= 1 and all(
-        f["in_sync"] for f in r["replication"]["followers"]) and len(r["replication"]["followers"]) >= 1

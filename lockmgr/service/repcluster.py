@@ -6,6 +6,7 @@ Interface (besides LocalCluster's connect/stop/context manager):
     .endpoints              [[replica endpoint, ...] per shard] (replica sets, for connect())
     .primary(i) -> j        the replica currently serving shard i (from etcd)
     .wait_primary(i, timeout, exclude=None) -> j
+    .in_sync(i), .wait_in_sync(i, timeout)   every running standby of shard i in the sync set
     .pid(i, replica=None)   that replica's PID (default: the primary)
     .kill(i, wipe=False, replica=None)   SIGKILL shard i's primary (or ``replica``); wipe: delete its data dir
     .restart(i, replica=j)  start replica j again (a standby if another is primary)
@@ -116,6 +117,8 @@ class ReplicatedCluster:
                     self._start(i, j)
             for i in range(shards):
                 self.wait_primary(i, start_timeout)
+            for i in range(shards):      # every standby in the sync set: a failover can happen at once
+                self.wait_in_sync(i, start_timeout)
         except BaseException:
             self.stop()
             raise
@@ -235,6 +238,30 @@ class ReplicatedCluster:
                 return j
             if time.monotonic() > deadline:
                 raise ShardUnavailable(f"shard {i} has no primary after {timeout:g}s")
+            time.sleep(0.02)
+
+    def in_sync(self, i: int) -> bool:
+        """True if shard ``i`` has a primary and every running standby is in its sync set."""
+        from . import wire
+        from .admin import request
+        from ..errors import LockError
+        j = self.primary(i)
+        if j is None:
+            return False
+        try:
+            r = request(self.endpoints[i][j], wire.REPL_ROLE, (), timeout=1.0)
+        except LockError:
+            return False
+        running = sum(1 for k, p in enumerate(self._procs[i]) if k != j and p is not None and p.poll() is None)
+        fol = [f for f in (r.get("replication") or {}).get("followers", []) if f["in_sync"]]
+        return len(fol) >= running
+
+    def wait_in_sync(self, i: int, timeout: float = 10.0) -> None:
+        """Wait until every running standby of shard ``i`` is in its sync set."""
+        deadline = time.monotonic() + timeout
+        while not self.in_sync(i):
+            if time.monotonic() > deadline:
+                raise ShardUnavailable(f"shard {i}: standbys not in sync after {timeout:g}s")
             time.sleep(0.02)
 
     def pid(self, i: int, replica: Optional[int] = None) -> Optional[int]:
