@@ -395,3 +395,40 @@ def test_repeated_failovers_tokens_grow(rcluster):
         cl.resolve(g, True)
     cl.close()
 
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_standby_dead_with_on_standby_loss_fail(rcluster):
+    c = rcluster(shards=1, replicas=2, sync_timeout=0.5, on_standby_loss="fail")
+    cl = c.connect(session_ttl=30, request_timeout=10)
+    p = cl.begin(gtrid="ok-1")
+    p.lock(("db", "t", 1), Mode.X)
+    p.prepare()                                   # on both disks
+    standby = 1 - c.primary(0)
+    c.kill(0, replica=standby)
+    q = cl.begin(gtrid="refused-1")
+    q.lock(("db", "t", 2), Mode.X)
+    with pytest.raises(LockError, match="not durable|required"):
+        q.prepare()                               # refused, loudly: never acknowledged on one disk
+    q.abort()
+    c.restart(0, replica=standby)
+    c.wait_in_sync(0, 10)
+    r = cl.begin(gtrid="ok-2")
+    r.lock(("db", "t", 3), Mode.X)
+    r.prepare()
+    assert sorted(cl.recover()) == ["ok-1", "ok-2"]      # the refused one is not in doubt anywhere
+    # the primary is lost: the standby (in sync again) has both prepares
+    old = c.primary(0)
+    c.kill(0, wipe=True)
+    c.wait_primary(0, c.lease_ttl + 5, exclude=old)
+    cl2 = c.connect()
+    assert sorted(cl2.recover()) == ["ok-1", "ok-2"]
+    # with "fail", decisions need a standby too: the wiped machine comes back empty, a new
+    # member once it has the new primary's snapshot
+    c.restart(0, replica=old)
+    c.wait_in_sync(0, 10)
+    cl2.resolve("ok-1", True)
+    cl2.resolve("ok-2", False)
+    cl.close()
+    cl2.close()
