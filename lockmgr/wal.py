@@ -76,6 +76,13 @@ Records are msgpack maps (str keys). Two kinds:
   A session record makes the session live; its end record removes it (and
   adds it to ``ended``). Compaction keeps the live session records.
 
+* epoch, written by a replica set's primary when it starts serving (and
+  replicated like the others, docs/replication.md)::
+
+      {"t": "epoch", "epoch": int, "replica": int}
+
+  The latest one is ``last_epoch``; compaction keeps it.
+
 Replay applies the records in order: a prepare makes its gtrid live; a
 resolve of a live gtrid removes it and remembers the outcome in
 ``resolved`` (a resolve of a gtrid that is not live is ignored; so is a
@@ -304,18 +311,19 @@ class PrepareLog:
     """The durable log of one data directory (see the module docstring)."""
 
     def __init__(self, data_dir: str, *, compact_bytes: int = 4 << 20,
-                 on_durable: Optional[Callable[[List[Ticket]], Any]] = None) -> None:
+                 on_durable: Optional[Callable[[List[Ticket]], Any]] = None,
+                 epoch: Optional[int] = None, replicator: Any = None) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self._lock_fd: Optional[int] = lock_data_dir(data_dir)     # DataDirInUse: nothing touched
         try:
-            self._open(data_dir, compact_bytes, on_durable)
+            self._open(data_dir, compact_bytes, on_durable, epoch, replicator)
         except BaseException:
             os.close(self._lock_fd)
             self._lock_fd = None
             raise
 
     def _open(self, data_dir: str, compact_bytes: int,
-              on_durable: Optional[Callable[[List[Ticket]], Any]]) -> None:
+              on_durable: Optional[Callable[[List[Ticket]], Any]], epoch: Optional[int], replicator: Any) -> None:
         self.dir = data_dir
         self.path = os.path.join(data_dir, LOG_NAME)
         self._compact_bytes = compact_bytes
@@ -327,6 +335,14 @@ class PrepareLog:
                 self.epoch = int(f.read().strip()) + 1
         except FileNotFoundError:
             self.epoch = 1
+        if epoch is not None:
+            # a replica set's primary: the epoch comes from etcd (a counter raised by
+            # compare-and-swap, docs/replication.md); it never goes below the local one
+            # (equal: the same term opened again, e.g. a retried start)
+            if epoch < self.epoch - 1:
+                raise LockError(f"{data_dir}: epoch {epoch} from the replica set is below this data "
+                                f"directory's {self.epoch - 1}")
+            self.epoch = epoch
         _write_atomic(epoch_path, str(self.epoch).encode())
         records, cut = read_log(self.path)
         if cut is not None:
@@ -347,6 +363,8 @@ class PrepareLog:
         self.fsyncs = 0
         self.on_fsync: Optional[Callable[[float], Any]] = None   # called by the flusher with each fsync's seconds
         self.compactions = 0
+        # a replica set's primary: replication.Replicator, driven by the flusher thread only
+        self.replicator = replicator
         self._thread = threading.Thread(target=self._flusher, name="lockmgr-wal", daemon=True)
         self._thread.start()
 
@@ -356,7 +374,12 @@ class PrepareLog:
         self.resolved: Dict[str, bool] = {}   # gtrid -> commit (bool): resolve records still in the log at replay
         self.sessions: Dict[int, Dict[str, Any]] = {}   # sid -> session record: started, not ended
         self.ended: set = set()               # sids whose session_end record is in the log
+        # the latest {"t": "epoch"} record: the epoch of the last primary whose records this log
+        # holds (a replica set's new primary accepts reclaims of locks granted in it)
+        self.last_epoch: Optional[Dict[str, Any]] = None
         for r in records:
+            if r.get("t") == "epoch":
+                self.last_epoch = r
             if r.get("t") in ("session", "session_end"):
                 self._apply_session(r)
             elif r.get("t") == "prepare":
@@ -411,16 +434,30 @@ class PrepareLog:
         while True:
             with self._cv:
                 while not self._queue and not self._closed:
-                    self._cv.wait()
+                    if self.replicator is None:
+                        self._cv.wait()
+                    else:
+                        self._cv.release()
+                        try:                   # standbys joining, acks (the replicator's socket is ours)
+                            self.replicator.idle(self)
+                        finally:
+                            self._cv.acquire()
+                        self._cv.wait(0.01)
                 batch, self._queue = self._queue, []
                 if not batch and self._closed:
                     return
+            rep = self.replicator
             try:
                 data = b"".join(_encode(t.record) for t in batch)
+                shipped = rep.ship([t.record for t in batch]) if rep is not None else None
                 self._file.write(data)
                 self._file.flush()
                 t_sync = time.perf_counter()
                 os.fsync(self._file.fileno())
+                if rep is not None:
+                    # on the standbys the configuration requires too (or a documented
+                    # failure: LockError for every ticket of the batch)
+                    rep.wait_acks(shipped)
                 self.fsyncs += 1
                 if self.on_fsync is not None:      # (metrics: fsync latency)
                     self.on_fsync(time.perf_counter() - t_sync)
@@ -450,9 +487,12 @@ class PrepareLog:
                 old = self.live.pop(r["gtrid"], None)
                 if old is not None:
                     self._live_bytes -= len(_encode(old))
+            elif r.get("t") == "epoch":
+                self.last_epoch = r
 
     def _compact(self):
-        data = (b"".join(_encode(r) for r in self.live.values())
+        data = ((_encode(self.last_epoch) if self.last_epoch is not None else b"")
+                + b"".join(_encode(r) for r in self.live.values())
                 + b"".join(_encode(r) for r in self.sessions.values()))
         tmp = self.path + ".compact"
         with open(tmp, "wb") as f:

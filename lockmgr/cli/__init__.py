@@ -54,6 +54,7 @@ from . import service  # noqa: E402,F401  (registers serve, cluster, demo)
 from . import inspect  # noqa: E402,F401  (registers status, locks, graph)
 from . import probes  # noqa: E402,F401  (registers deadlocks)
 from . import twopc  # noqa: E402,F401  (registers indoubt, resolve)
+from . import replica  # noqa: E402,F401  (registers replica)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,8 +85,21 @@ def cmd_status(p: Any, args: Any) -> Optional[int]:
     if p is not None:
         _common(p)
         p.add_argument("--stats", action="store_true", help="also print every counter of each shard")
+        p.add_argument("--etcd", default=None, help="replica sets: etcd endpoints (with --cluster); shows "
+                                                     "each shard's primary, standbys, epochs and lag")
+        p.add_argument("--cluster", default=None, help="replica sets: the cluster's name in etcd")
         return None
     from ..service import wire
+    if args.etcd or args.cluster:
+        from .replstatus import print_replicas, replica_rows
+        if not (args.etcd and args.cluster):
+            raise CliError("--etcd and --cluster go together")
+        reps, primaries = replica_rows(args.etcd, args.cluster, args.timeout)
+        if args.json:
+            print(json.dumps(reps, indent=1, default=str))
+        else:
+            print_replicas(reps)
+        args.endpoints = ",".join(e or "tcp://127.0.0.1:1" for e in primaries)
     eps = endpoints(args)
     stats = query("status", eps, wire.STATS, args.timeout)
     infos = query("status", eps, wire.INFO, args.timeout) if any(s is not None for s in stats) else [None] * len(eps)

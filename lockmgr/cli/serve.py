@@ -105,6 +105,21 @@ def setup_logging(log_file=None, level="INFO"):
     root.propagate = False
 
 
+def cluster_key(path):
+    """The cluster key: from the file ``path`` if given, else LOCKMGR_CLUSTER_KEY, else None.
+    ValueError (naming the problem) for an unreadable or empty file."""
+    if not path:
+        return os.environ.get("LOCKMGR_CLUSTER_KEY") or None
+    try:
+        with open(path) as f:
+            key = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read --cluster-key-file: {e}") from None
+    if not key:
+        raise ValueError(f"--cluster-key-file {path} is empty")
+    return key
+
+
 def run_serve(args):
     parent = getattr(args, "parent_pid", None)
     if parent is not None and parent != os.getppid():
@@ -117,18 +132,11 @@ def run_serve(args):
         print(f"lockmgr shard {args.index}: cannot open --log-file: {e}", file=sys.stderr)
         return 2
     log = logging.getLogger("lockmgr.shard")
-    key = os.environ.get("LOCKMGR_CLUSTER_KEY") or None
-    if args.cluster_key_file:
-        try:
-            with open(args.cluster_key_file) as f:
-                key = f.read().strip()
-        except OSError as e:
-            print(f"lockmgr shard {args.index}: cannot read --cluster-key-file: {e}", file=sys.stderr)
-            return 2
-        if not key:
-            print(f"lockmgr shard {args.index}: --cluster-key-file {args.cluster_key_file} is empty",
-                  file=sys.stderr)
-            return 2
+    try:
+        key = cluster_key(args.cluster_key_file)
+    except ValueError as e:
+        print(f"lockmgr shard {args.index}: {e}", file=sys.stderr)
+        return 2
     curve = None
     quotas = None
     try:

@@ -56,10 +56,32 @@ def cmd_cluster(p, args):
                             "only those (printed)")
         p.add_argument("--quota", default=None, metavar="NAME=VALUE,...", help="quotas for every shard "
                        "(lockmgr serve --quota)")
+        p.add_argument("--replicas", type=int, default=1,
+                       help="replicas per shard (>= 2: standbys, leadership in its own etcd; needs Debian's "
+                            "etcd-server; docs/replication.md)")
+        p.add_argument("--lease-ttl", type=float, default=2.0, help="with --replicas: the leader lease (2 s)")
         return None
     from ..service.cluster import LocalCluster
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    if args.replicas != 1:
+        with LocalCluster(args.shards, replicas=args.replicas, data_dir=args.data_dir,
+                          partition_depth=args.partition_depth, lease_ttl=args.lease_ttl) as rc:
+            print(f"lockmgr cluster: {args.shards} shard(s) x {args.replicas} replicas, "
+                  f"partition depth {args.partition_depth}; etcd {rc.etcd_url}, cluster {rc.cluster_name}")
+            for i in range(args.shards):
+                for j, ep in enumerate(rc.endpoints[i]):
+                    role = "primary" if rc.primary(i) == j else "standby"
+                    print(f"  shard {i} replica {j}: {ep}  ({role}, pid {rc.pid(i, j)})")
+            print(f"connect: lockmgr.connect(etcd={rc.etcd_url!r}, cluster={rc.cluster_name!r})")
+            print(f"status:  lockmgr status --etcd {rc.etcd_url} --cluster {rc.cluster_name}")
+            print("Ctrl-C to stop.", flush=True)
+            try:
+                while not stop.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                pass
+        return 0
     with LocalCluster(args.shards, data_dir=args.data_dir, base_port=args.base_port,
                       partition_depth=args.partition_depth, log_dir=args.log_dir, metrics=args.metrics,
                       secure=args.secure, quotas=args.quota) as c:

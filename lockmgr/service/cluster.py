@@ -55,7 +55,17 @@ __all__ = ["LocalCluster"]
 class LocalCluster:
     """A cluster of shard processes on this machine."""
 
-    def __init__(self, shards: int = 3, *, data_dir: Optional[str] = None, base_port: Optional[int] = None,
+    def __new__(cls, shards: int = 3, *, replicas: int = 1, **kw: Any) -> Any:
+        # replicas >= 2: replica sets with leadership in etcd (lockmgr/service/repcluster.py)
+        if type(replicas) is not int or not 1 <= replicas <= 9:
+            raise InvalidRequest(f"replicas must be an int in 1..9; got {replicas!r}")
+        if replicas > 1 and cls is LocalCluster:
+            from .repcluster import ReplicatedCluster
+            return ReplicatedCluster(shards, replicas=replicas, **kw)
+        return super().__new__(cls)
+
+    def __init__(self, shards: int = 3, *, replicas: int = 1, data_dir: Optional[str] = None,
+                 base_port: Optional[int] = None,
                  partition_depth: int = 2, escalation_threshold: int = 5000, start_timeout: float = 20.0,
                  probe_delay: Optional[float] = 0.010, probe_interval: Optional[float] = None,
                  grace: Optional[float] = None, log_dir: Optional[str] = None, metrics: bool = False,

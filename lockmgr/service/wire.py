@@ -107,6 +107,14 @@ SNAPSHOT_PAGE = 45 # [cursor, limit]            -> [[[path, txn, mode, granted, 
 DEADLOCKS = 47     # [limit?]                    -> [report, ...]   (the shard's deadlock ring)
 PEERS = 48         # [[endpoint, ...]]           -> {peers, probe_delay_ms, probe_interval_ms}
 FAULTS = 49        # [{drop_next, drop_prob, delay_ms, types, seed}] -> the fault plan (tests)
+# Replica sets (docs/replication.md). 50-53 travel on a primary's replication socket
+# (standby -> primary: REPL_HELLO, REPL_ACK; primary -> standby: REPL_SNAPSHOT, REPL_RECORDS),
+# each message one msgpack array [type, ...]; REPL_ROLE is an admin message any replica answers.
+REPL_HELLO = 50    # [replica, incarnation, shard]   standby asks to follow; answered by REPL_SNAPSHOT
+REPL_SNAPSHOT = 51 # [epoch, seq, [record, ...]]     every live record (the standby's log is replaced by them)
+REPL_RECORDS = 52  # [epoch, seq, [record, ...]]     one group-commit batch, in log order
+REPL_ACK = 53      # [epoch, seq, replica, incarnation]  the standby fsynced everything up to seq
+REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", replica, epoch, primary, lag, ...}
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
@@ -117,6 +125,8 @@ TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MUL
                    PROBE_CONFIRM: "PROBE_CONFIRM", PROBE_VICTIM: "PROBE_VICTIM",
                    PROBE_CONFIRMED: "PROBE_CONFIRMED", DEADLOCKS: "DEADLOCKS",
                    PEERS: "PEERS", FAULTS: "FAULTS", HELD_PAGE: "HELD_PAGE", SNAPSHOT_PAGE: "SNAPSHOT_PAGE"})
+TYPE_NAMES.update({REPL_HELLO: "REPL_HELLO", REPL_SNAPSHOT: "REPL_SNAPSHOT", REPL_RECORDS: "REPL_RECORDS",
+                   REPL_ACK: "REPL_ACK", REPL_ROLE: "REPL_ROLE"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0
@@ -135,6 +145,8 @@ E_UNSUPPORTED = 12       # a reserved type that a server does not implement (non
 E_INTERNAL = 13          # a bug; the request changed nothing we know of
 E_FORBIDDEN = 14         # the connection's key may not do this (another key's session, an admin request)
 E_QUOTA = 15             # over a quota (the message names it); nothing changed
+E_NOT_PRIMARY = 20       # a standby (or a primary that stepped down): payload [message, primary endpoint | nil]
+E_NOT_REPLICATED = 21    # the record is not on the standbys the configuration requires (nothing acknowledged)
 
 
 class ProtocolError(Exception):
@@ -156,6 +168,8 @@ _ERRORS = {
     E_TOO_BIG: InvalidRequest,
     E_FORBIDDEN: Forbidden,
     E_QUOTA: QuotaExceeded,
+    E_NOT_PRIMARY: ShardUnavailable,
+    E_NOT_REPLICATED: ShardUnavailable,
 }
 
 

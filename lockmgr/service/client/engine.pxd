@@ -30,6 +30,7 @@ cdef class _Engine:
     cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _pollitems, _ready
     cdef public object _hello_error, _thread, _born, _pid
     cdef public object _parked, _reclaims, reclaim_waiting, reclaims, txns, _grace_until
+    cdef public object locator, _repoints, repoints
     cdef public Py_ssize_t n, handoffs, _urgent, _hello_left
     cdef public bint closed, _close_sent, _polling, _pipe_full
 

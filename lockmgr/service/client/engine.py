@@ -225,6 +225,11 @@ class _Engine:
         self._reclaims = {}              # shard -> _Reclaim in progress
         self.reclaim_waiting = False     # a reclaim waits for answers to be recorded (ops._settled)
         self._parked = [dict() for _ in range(self.n)]   # seq -> call the shard did not know the session for
+        # replica sets (docs/replication.md): a locate.Locator finds a shard's new primary when it
+        # stops answering or answers E_NOT_PRIMARY; the owner re-points the socket (repoint)
+        self.locator = None
+        self._repoints = {}              # shard -> the endpoint its socket moves to at the next turn
+        self.repoints = 0                # sockets moved to a new primary
         self._ctx = zmq.Context()
         self._socks = []
         for ep in self.endpoints:
@@ -289,6 +294,48 @@ class _Engine:
             raise self._hello_error
 
     # -- called from any thread
+
+    def repoint(self, i, endpoint):
+        """Shard ``i``'s primary is now at ``endpoint`` (a replica set failed over): the
+        socket owner moves the socket at its next turn and sends what is in flight there."""
+        with self._mu:
+            if endpoint == self.endpoints[i]:
+                return
+            self._repoints[i] = endpoint
+            if self._owner_kind is _NONE:
+                self._orphaned_at = _monotonic() - _ORPHAN_DELAY
+                self._hk_ev.set()
+            else:
+                self._wake_owner_locked()
+
+    def _apply_repoints(self):
+        """(the owner, under _mu) Move the sockets of re-pointed shards; resend their calls."""
+        todo, self._repoints = self._repoints, {}
+        for i, ep in todo.items():
+            old = self.endpoints[i]
+            s = self._socks[i]
+            try:
+                s.disconnect(old)
+            except zmq.ZMQError:
+                pass
+            s.connect(ep)
+            self.endpoints[i] = ep
+            self.repoints += 1
+            _log.info("session %#x: shard %d moved from %s to %s (its primary)", self.session, i, old, ep)
+            if self.dead is None and not self._hello_pending[i] and self._hello_left == 0:
+                # a new primary: open the session there first (it knows it from the log and holds
+                # the session's other requests in its grace period until the reclaim is done)
+                now = _monotonic()
+                self._send_hello(i, now)
+                self._send_all(now)
+            reqs = []
+            for seq, c in self._pending[i].items():
+                if not c.done:
+                    req = [c.typ, seq]
+                    req.extend(c.args)
+                    reqs.append(req)
+            if reqs:
+                self._send_frame(i, reqs)
 
     def _refused_locked(self, calls):
         """Fail ``calls`` if the session is dead or the client closed (under _mu)."""
@@ -846,6 +893,8 @@ class _Engine:
             self._fail_all(SessionExpired(self.dead), keep_close=True)
         if self.reclaim_waiting:
             self._retry_reclaims(now)
+        if self._repoints:
+            self._apply_repoints()
         if self._outq:
             self._send_all(now)
         heap = self._heap
@@ -1056,6 +1105,12 @@ class _Engine:
                     if c.first_sent > lease:
                         lease = c.first_sent
                 else:
+                    if status == wire.E_NOT_PRIMARY and self.locator is not None:
+                        # a standby: keep the call (retried at the primary once the socket moves)
+                        pending[seq] = c
+                        hint = payload[1] if type(payload) is list and len(payload) == 2 else None
+                        self.locator.suspect(i, hint if type(hint) is str else None)
+                        continue
                     if status == wire.E_UNKNOWN_SESSION and c.typ != wire.HELLO and self._park(i, c):
                         continue      # sent again once the session is back there (a restarted shard)
                     c.error = wire.error_for(status, payload)
@@ -1139,6 +1194,8 @@ class _Engine:
                     f"shard {c.shard} ({self.endpoints[c.shard]}) did not answer "
                     f"{wire.TYPE_NAMES.get(c.typ, c.typ)} within the request timeout"))
                 continue
+            if self.locator is not None:
+                self.locator.suspect(c.shard)     # no answer: is it still the primary?
             # retry: the same (session, seq); the shard answers it once. Within
             # the request timeout the interval stays fixed (a call gets ~4 tries
             # before its deadline, so one lost frame or reply costs one interval,

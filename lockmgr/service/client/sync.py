@@ -365,12 +365,17 @@ def _curve(secret_file: Optional[str], server_key: Any) -> Any:
     return ClientCurve(secret_file, server_key)
 
 
-def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
+def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float = 10.0,
+            partition_depth: Optional[int] = None,
             request_timeout: float = 5.0, default_timeout: Optional[float] = None,
             name: Optional[str] = None, curve_secret_file: Optional[str] = None,
-            curve_server_key: Any = None) -> Client:
+            curve_server_key: Any = None, etcd: Optional[str] = None, cluster: Optional[str] = None) -> Client:
     """Open a session with the shards at ``endpoints`` (a list of ``tcp://host:port``
-    strings in shard order, or one comma-separated string).
+    strings in shard order, or one comma-separated string; or a list of replica
+    sets, one list of replica endpoints per shard), or with the replicated
+    cluster named ``cluster`` whose primaries are published in etcd
+    (``etcd="http://127.0.0.1:2379"``). With replica sets the client follows
+    each shard's primary across failovers (docs/replication.md).
 
     ``session_ttl``: seconds the session lives without an acknowledged
     heartbeat (heartbeats go every ttl/4). ``partition_depth``: None adopts the
@@ -385,6 +390,12 @@ def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth:
     z85 text; a list gives one per shard, in shard order). A shard that does not
     admit the key never answers: ShardUnavailable.
     """
-    return Client(endpoints, session_ttl=session_ttl, partition_depth=partition_depth,
-                  request_timeout=request_timeout, default_timeout=default_timeout, name=name,
-                  curve_secret_file=curve_secret_file, curve_server_key=curve_server_key)
+    from .locate import attach_resolver, resolve_endpoints
+    eps, resolver = resolve_endpoints(endpoints, etcd, cluster, request_timeout)
+    if resolver is not None and partition_depth is None:
+        partition_depth = getattr(resolver, "partition_depth", None)
+    c = Client(eps, session_ttl=session_ttl, partition_depth=partition_depth,
+               request_timeout=request_timeout, default_timeout=default_timeout, name=name,
+               curve_secret_file=curve_secret_file, curve_server_key=curve_server_key)
+    attach_resolver(c, resolver)
+    return c

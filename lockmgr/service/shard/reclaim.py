@@ -275,7 +275,7 @@ class Reclaim:
         if not self.in_grace:
             why = (f"the grace period for reclaiming locks had ended ({self.grace:g}s"
                    f"{'' if self.ended_at is None else ', over %.3fs after the start' % (self.ended_at - self.started)})")
-        elif ep != host.epoch - 1:
+        elif ep != getattr(host, "prev_epoch", host.epoch - 1):
             why = (f"it restarted more than once since (epoch {ep} -> {host.epoch}): what the transaction held "
                    f"may have been granted to others in between")
         refused = []

@@ -127,7 +127,8 @@ class Shard:
     def __init__(self, endpoint="tcp://127.0.0.1:0", data_dir=None, *, index=0, nshards=1,
                  partition_depth=2, escalation_threshold=5000, clock=time.monotonic, ctx=None,
                  probe_delay=DEFAULT_PROBE_DELAY, probe_interval=None, peers=None, cluster_key=None,
-                 peer_endpoint=None, grace=None, curve=None, insecure=False, quotas=None):
+                 peer_endpoint=None, grace=None, curve=None, insecure=False, quotas=None,
+                 epoch=None, replicator=None, lease=None):
         if data_dir is None:
             raise InvalidRequest("a shard needs a data directory (its epoch is persisted there)")
         if peer_endpoint is not None and not (type(peer_endpoint) is str and peer_endpoint.startswith("ipc://")):
@@ -160,7 +161,13 @@ class Shard:
         self._wake_frame = wire.pack_requests(0, 0, [[wire.WAKE, 0]])
         # the prepare log first: it bumps the epoch and replays (CorruptLog stops here)
         t0 = time.perf_counter()
-        self._plog = PrepareLog(data_dir, on_durable=self._on_durable)
+        self._plog = PrepareLog(data_dir, on_durable=self._on_durable, epoch=epoch, replicator=replicator)
+        if replicator is not None:
+            replicator.attach(self._plog)
+        # a replica set's primary (lockmgr/service/replica.py): replies leave only while
+        # lease.valid_until (monotonic, this process's clock) is ahead; None: no lease
+        self.lease = lease
+        self.dropped_unleased = 0
         try:
             if self._plog.truncated_at is not None:
                 self._log(f"prepare log {self._plog.path}: torn tail at offset {self._plog.truncated_at} cut off "
@@ -184,6 +191,10 @@ class Shard:
         self._read = self._read_checked if curve is not None or self._msg_limit < wire.MAX_FRAME \
             else _read_message
         self.epoch = self.core.epoch
+        if self._plog.last_epoch is not None and self._plog.last_epoch.get("epoch", 0) < self.epoch:
+            # a replica set: the locks to reclaim were granted by the previous primary, whose
+            # epoch (from etcd) need not be ours minus one (docs/replication.md)
+            self.core.prev_epoch = self._plog.last_epoch["epoch"]
         # for INFO (lockmgr status): who we are, and the prepare log's size
         self.core.info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
                           "data_dir": os.path.abspath(data_dir)}
@@ -476,6 +487,12 @@ class Shard:
     def _flush(self):
         out = self.core.take_replies()
         if not out:
+            return
+        lease = self.lease
+        if lease is not None and self._clock() >= lease.valid_until:
+            # our leadership may have run out (a pause, etcd unreachable): nothing leaves;
+            # the clients retry and get the cached answers if it is renewed
+            self.dropped_unleased += 1
             return
         sock = self._sock
         pack = _pack_replies

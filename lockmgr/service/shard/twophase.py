@@ -161,6 +161,10 @@ class TwoPhase:
         if tk.error is not None:
             if t.state == PREPARING:       # not durable: not prepared
                 t.state = ACTIVE
+                if self.log.replicator is not None:
+                    # on our disk but not on the standbys required (docs/replication.md): log
+                    # it undone, so that no replay or standby keeps it in doubt
+                    self.log.submit({"t": "resolve", "gtrid": t.gtrid, "commit": False})
                 self._gtrids.pop(t.gtrid, None)
                 self._owners.pop(t.gtrid, None)
                 t.gtrid = None

@@ -1,0 +1,140 @@
+"""Replica sets (issue 12): failover time, prepares/s and lock throughput with standbys.
+
+    python benchmarks/bench_failover.py [--runs 20] [--seconds 5] [--threads 8] [--only failover|prepare|locks]
+
+failover: one shard, two replicas, lease TTL 2 s (the default). A client holds a
+session; each run SIGKILLs the primary and measures SIGKILL -> the first lock
+granted by the new primary to that client (it finds the primary in etcd,
+opens its session there and reclaims); the killed replica is then restarted as
+a standby and the next run waits until it is back in the sync set. Reported:
+p50 and max over ``--runs`` runs (goal: <= TTL + 1 s).
+
+prepare: ``--threads`` threads each begin(gtrid) + lock + prepare + commit, for
+``--seconds``: one shard without a standby (replicas=1) against one shard with
+one synchronous standby (replicas=2); ratio (goal >= 0.7x).
+
+locks: the same threads lock + commit (plain locks: not replicated), replicas=1
+against replicas=2; ratio (goal: within noise).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lockmgr import LocalCluster, Mode  # noqa: E402
+from lockmgr.errors import LockError  # noqa: E402
+from lockmgr.service import admin, wire  # noqa: E402
+
+
+def _in_sync(c, i):
+    j = c.primary(i)
+    if j is None:
+        return False
+    try:
+        r = admin.request(c.endpoints[i][j], wire.REPL_ROLE, (), timeout=1)
+    except LockError:
+        return False
+    fol = r.get("replication", {}).get("followers", [])
+    return bool(fol) and all(f["in_sync"] for f in fol)
+
+
+def failover(runs, ttl):
+    out = []
+    with LocalCluster(shards=1, replicas=2, lease_ttl=ttl) as c:
+        cl = c.connect(session_ttl=30, request_timeout=10)
+        for k in range(runs):
+            deadline = time.monotonic() + 20
+            while not _in_sync(c, 0):
+                assert time.monotonic() < deadline, "standby not back in sync"
+                time.sleep(0.02)
+            t = cl.begin()
+            t.lock(("db", "t", 0), Mode.X, timeout=5)
+            t.commit()
+            old = c.primary(0)
+            t0 = time.monotonic()
+            c.kill(0)
+            while True:
+                t = cl.begin()
+                try:
+                    t.lock(("db", "t", k + 1), Mode.X, timeout=10)
+                    t.commit()
+                    break
+                except LockError:
+                    try:
+                        t.abort()
+                    except LockError:
+                        pass
+            took = time.monotonic() - t0
+            out.append(took)
+            print(f"  run {k + 1}: replica {old} killed -> replica {c.primary(0)} granted after {took:.3f} s",
+                  flush=True)
+            c.restart(0, replica=old)
+        cl.close()
+    return out
+
+
+def _workload(c, threads, seconds, prepare):
+    cl = c.connect(session_ttl=30)
+    n = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def run(k):
+        i = 0
+        while time.monotonic() < stop:
+            i += 1
+            if prepare:
+                t = cl.begin(gtrid=f"g{k}-{i}-{time.monotonic_ns()}")
+                t.lock(("db", f"t{k}", i), Mode.X)
+                t.prepare()
+                t.commit()
+            else:
+                t = cl.begin()
+                t.lock(("db", f"t{k}", i % 1000), Mode.X)
+                t.commit()
+            n[k] += 1
+    ths = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    t0 = time.monotonic()
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    el = time.monotonic() - t0
+    cl.close()
+    return sum(n) / el
+
+
+def compare(threads, seconds, prepare):
+    with LocalCluster(shards=1) as c1:
+        none = _workload(c1, threads, seconds, prepare)
+    with LocalCluster(shards=1, replicas=2) as c2:
+        one = _workload(c2, threads, seconds, prepare)
+    return none, one
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--ttl", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--only", choices=("failover", "prepare", "locks"), default=None)
+    a = ap.parse_args(argv)
+    if a.only in (None, "failover"):
+        print(f"failover (lease TTL {a.ttl:g} s), {a.runs} runs:")
+        f = failover(a.runs, a.ttl)
+        print(f"failover: p50 {statistics.median(f):.3f} s  max {max(f):.3f} s  (goal <= {a.ttl + 1:g} s)")
+    for kind in ("prepare", "locks"):
+        if a.only in (None, kind):
+            none, one = compare(a.threads, a.seconds, kind == "prepare")
+            what = "prepare+commit" if kind == "prepare" else "lock+commit"
+            print(f"{what}/s, {a.threads} threads, {a.seconds:g} s: no standby {none:,.0f}  one sync standby "
+                  f"{one:,.0f}  ratio {one / none:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
