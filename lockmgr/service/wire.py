@@ -291,14 +291,18 @@ def peer_session(key):
     return int.from_bytes(d, "big") or 1
 
 
-def pack_requests(session, ack, reqs):
-    msg = [VERSION, session, ack, reqs]
+def _pack(msg):
+    """msgpack.packb(msg) with the wire's options: by the compiled codec where it can."""
     if _cpack is not None:
         try:
             return _cpack(msg)
         except _Unsupported:
             pass
     return msgpack.packb(msg, **_packer_opts)
+
+
+def pack_requests(session, ack, reqs):
+    return _pack([VERSION, session, ack, reqs])
 
 
 def unpack_requests(frame):
@@ -369,13 +373,7 @@ def unpack_requests_packed(frame):
 
 
 def pack_replies(replies):
-    msg = [VERSION, replies]
-    if _cpack is not None:
-        try:
-            return _cpack(msg)
-        except _Unsupported:
-            pass
-    return msgpack.packb(msg, **_packer_opts)
+    return _pack([VERSION, replies])
 
 
 def unpack_replies(frame):
