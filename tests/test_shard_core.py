@@ -150,8 +150,12 @@ def test_a_cross_shard_deadlock_is_found_between_cores_in_one_process():
     # T2 (younger) was the victim on shard 0, where it waited; T1 got b.1 on shard 1
     (victim,) = sim.inbox[(0, b"c")]
     assert victim[1] == wire.E_DEADLOCK and str(t2) in victim[2]
-    (granted,) = sim.inbox[(1, b"c")]
+    # on shard 1, T2 held b.1 without waiting there: its client is told at once (a
+    # notice), and T1 is granted b.1
+    notices = [r for r in sim.inbox[(1, b"c")] if r[0] == wire.PUSH_SEQ]
+    (granted,) = [r for r in sim.inbox[(1, b"c")] if r[0] != wire.PUSH_SEQ]
     assert granted[1] == wire.OK
+    assert notices == [[wire.PUSH_SEQ, wire.OK, [wire.N_TXN_LOST, t2, wire.E_DEADLOCK, notices[0][2][3]]]]
     assert sim.cores[1].txn(t2) is None and sim.cores[0].txn(t2) is None
     reports = sim.cores[0].probes.reports or sim.cores[1].probes.reports
     assert reports and reports[-1]["victim"] == t2 and reports[-1]["kind"] == "distributed"

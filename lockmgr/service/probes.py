@@ -860,10 +860,12 @@ class ProbeEngine:
         host = self.host
         t = host.txn(victim)
         if t is not None and t.state == ACTIVE:    # never a prepared (or preparing) 2PC txn
+            msg = (f"transaction {victim} was chosen as deadlock victim (wait-for cycle {members}); "
+                   f"it has been aborted on every shard")
             if t.wait is not None:
-                host.end_wait(t.wait, E_DEADLOCK,
-                             f"transaction {victim} was chosen as deadlock victim (wait-for cycle {members}); "
-                             f"it has been aborted on every shard")
+                host.end_wait(t.wait, E_DEADLOCK, msg)
+            else:      # it waits elsewhere: tell its client now (a lock-lost notice), not at its next call
+                host.push(t.session, [wire.N_TXN_LOST, victim, E_DEADLOCK, msg])
             host.drop_txn(t)
             self._g = None
             self.c["victims_aborted_remote"] += 1

@@ -116,6 +116,18 @@ REPL_RECORDS = 52  # [epoch, seq, [record, ...]]     one group-commit batch, in 
 REPL_ACK = 53      # [epoch, seq, replica, incarnation]  the standby fsynced everything up to seq
 REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", replica, epoch, primary, lag, ...}
 
+# Notices: the shard tells a session something it did not ask for, as a reply
+# entry with seq PUSH_SEQ (0; no request has seq 0): [0, OK, [kind, *args]].
+# A notice is sent once, to the session's current connection, and never cached
+# (a retry cannot bring it back); what needs more than that carries its own
+# sequence numbers (watches). The client hands it to the handler registered for
+# its kind (_Engine.on_push) and ignores kinds it does not know.
+# Kinds (the payload's first element):
+PUSH_SEQ = 0
+N_TXN_LOST = 1     # [1, txn, status, message]  txn's locks here are gone while it did not wait
+                   # (chosen as a deadlock victim by another shard's probe)
+# 2, 5-9: watches (issue 15); 3, 10-14: lock caching callbacks (issue 15)
+
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
               RECLAIM: "RECLAIM", TXN_NAME: "TXN_NAME", INFO: "INFO",

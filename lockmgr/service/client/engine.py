@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import random
+import select
 import threading
 import time
 from typing import Optional, Union
@@ -265,6 +266,16 @@ class _Engine:
         self._orphaned_at = None         # when an owner last let go with calls unanswered
         self._hk_ev = threading.Event()
         self._hk_wake_at = 0.0
+        # notices pushed by the shards (wire.PUSH_SEQ): handlers by kind; while
+        # _push_wanted > 0 the housekeeper also watches the sockets' ZMQ_FDs when
+        # no one owns them, so a notice is read within a moment, not at the next call
+        self._push_handlers = {}
+        self._push_wanted = 0
+        self.pushes = 0                  # notices received
+        self._hk_selecting = False       # the housekeeper sleeps in select (wake it through _hk_w)
+        self._hk_r, self._hk_w = os.pipe()
+        os.set_blocking(self._hk_r, False)
+        os.set_blocking(self._hk_w, False)
         self._seq = [1] * self.n
         self._pending = [dict() for _ in range(self.n)]
         self._outq = collections.deque()
@@ -304,7 +315,7 @@ class _Engine:
             self._repoints[i] = endpoint
             if self._owner_kind is _NONE:
                 self._orphaned_at = _monotonic() - _ORPHAN_DELAY
-                self._hk_ev.set()
+                self._wake_hk()
             else:
                 self._wake_owner_locked()
 
@@ -489,7 +500,7 @@ class _Engine:
                 if self._orphaned_at is None:
                     self._orphaned_at = _monotonic()
                 if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
-                    self._hk_ev.set()
+                    self._wake_hk()
             else:
                 self._wake_owner_locked()
 
@@ -500,6 +511,59 @@ class _Engine:
                          wire.TYPE_NAMES.get(c.typ, c.typ), c.shard, c.error)
             if self._deferred_error is None:
                 self._deferred_error = c.error
+
+    def on_push(self, kind, fn):
+        """Call ``fn(shard_index, payload)`` for each notice of ``kind`` (payload[0])
+        a shard pushes (docs/protocol.md, "Notices"). ``fn`` runs in whichever thread
+        owns the sockets, with the engine's lock held: it must be quick and must not
+        call the engine (hand the work to a queue, an Event, a loop's
+        call_soon_threadsafe). An exception in it is logged and otherwise ignored."""
+        with self._mu:
+            if fn is None:
+                self._push_handlers.pop(kind, None)
+            else:
+                self._push_handlers[kind] = fn
+
+    def want_pushes(self, delta):
+        """Count a user of notices in (+1) or out (-1): while any is counted, a
+        notice is read as soon as it arrives, even when no call is outstanding."""
+        with self._mu:
+            n = self._push_wanted + delta
+            if n < 0:
+                raise ValueError("want_pushes: more users counted out than in")
+            self._push_wanted = n
+            self._wake_hk()
+
+    def _on_push(self, i, status, payload):
+        """A notice from shard ``i`` (under _mu, in the socket owner's thread)."""
+        if status != _OK or type(payload) is not list or not payload:
+            return
+        self.pushes += 1
+        fn = self._push_handlers.get(payload[0])
+        if fn is None:
+            return             # a kind this client does not use
+        try:
+            fn(i, payload)
+        except Exception:
+            _log.exception("lockmgr client: a notice handler failed (kind %r)", payload[0])
+
+    def _wake_hk(self):
+        """Wake the housekeeper (from its Event wait, or its select on the sockets)."""
+        self._hk_ev.set()
+        if self._hk_selecting:
+            try:
+                os.write(self._hk_w, b"x")
+            except OSError:
+                pass
+
+    def _read_pushes_locked(self):
+        """The owner, about to let go while notices are wanted: read what the sockets
+        hold (reading ZMQ_EVENTS also re-arms their ZMQ_FD for the housekeeper's select)."""
+        socks = self._socks
+        for i in range(self.n):
+            s = socks[i]
+            if _zget(s, _EVENTS) & _POLLIN:
+                self._recv(i, s, True)
 
     def lease_over(self):
         """True once the session is dead for this client (lease ran out, or expired)."""
@@ -545,7 +609,7 @@ class _Engine:
                 return
             self.closed = True
             self._wake_owner_locked()
-        self._hk_ev.set()
+        self._wake_hk()
         self._thread.join(5.0)
         deadline = _monotonic() + 5.0
         while self._owner_kind is not _NONE and _monotonic() < deadline:
@@ -557,6 +621,8 @@ class _Engine:
         self._ctx.term()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        os.close(self._hk_r)
+        os.close(self._hk_w)
 
     # -- completion (under _mu)
 
@@ -595,7 +661,7 @@ class _Engine:
 
     def _wake_owner_locked(self):
         if self._owner_kind is _HOUSEKEEPER and not self._polling:
-            self._hk_ev.set()
+            self._wake_hk()
         if self._polling and not self._pipe_full:
             self._pipe_full = True
             try:
@@ -607,7 +673,7 @@ class _Engine:
         """Make the housekeeper the owner if no one is (it serves HELLOs, asyncio calls)."""
         if self._owner_kind is _NONE:
             self._set_owner(_HOUSEKEEPER)
-            self._hk_ev.set()
+            self._wake_hk()
 
     def _leave_locked(self):
         """The owner lets go of the sockets: promote a waiting follower, or hand
@@ -627,15 +693,19 @@ class _Engine:
                 return
         if self._urgent > 0 or (self.dead is not None and any(self._pending)):
             self._set_owner(_HOUSEKEEPER)
-            self._hk_ev.set()
+            self._wake_hk()
             return
+        if self._push_wanted > 0:
+            self._read_pushes_locked()
+            if not self._hk_selecting:
+                self._hk_ev.set()     # the housekeeper watches the sockets from now on
         self._set_owner(_NONE)
         if self._outq or any(self._pending):
             now = _monotonic()
             if self._orphaned_at is None:
                 self._orphaned_at = now
             if self._hk_wake_at > self._orphaned_at + _ORPHAN_DELAY:
-                self._hk_ev.set()
+                self._wake_hk()
         else:
             self._orphaned_at = None
 
@@ -1056,10 +1126,45 @@ class _Engine:
                     nxt = min(nxt, now + self._drv_stall / 2)    # check that its loop still runs
                 nxt = max(nxt, now + 0.001)
                 self._hk_wake_at = nxt
-            self._hk_ev.wait(nxt - now)
+                watch = self._push_wanted > 0 and self._owner_kind is _NONE and not self.closed
+                if watch:
+                    # arm the ZMQ_FDs: they signal a new message only once a read found the
+                    # socket empty (reading ZMQ_EVENTS does); read what is there meanwhile
+                    self._set_owner(_HOUSEKEEPER)
+                    try:
+                        self._read_pushes_locked()
+                    finally:
+                        self._set_owner(_NONE)
+                self._hk_selecting = watch
+            if not watch:
+                self._hk_ev.wait(nxt - now)
+                self._hk_ev.clear()
+                with mu:
+                    self._hk_wake_at = 0.0
+                continue
+            # notices are wanted and no one owns the sockets: sleep on their ZMQ_FDs too
+            # (edge-triggered: every owner reads ZMQ_EVENTS before letting go, which
+            # re-arms them; see _read_pushes_locked)
+            fds = [self._hk_r] + self._fds
+            try:
+                ready = select.select(fds, [], [], 0 if self._hk_ev.is_set() else nxt - now)[0]
+            except (OSError, ValueError):
+                ready = []
             self._hk_ev.clear()
             with mu:
+                self._hk_selecting = False
                 self._hk_wake_at = 0.0
+                if self._hk_r in ready:
+                    try:
+                        os.read(self._hk_r, 4096)
+                    except OSError:
+                        pass
+                if ready and self._owner_kind is _NONE and not self.closed and ready != [self._hk_r]:
+                    self._set_owner(_HOUSEKEEPER)
+                    try:
+                        self._read_pushes_locked()
+                    finally:
+                        self._leave_locked()
 
     def _recv(self, i, s, drain):
         """Receive and complete what shard ``i``'s socket holds: every frame
@@ -1094,6 +1199,8 @@ class _Engine:
                     continue
                 c = pending.pop(seq, None)
                 if c is None:
+                    if seq == 0:
+                        self._on_push(i, status, payload)
                     continue
                 if status == _OK:
                     shape = _shapes.get(c.typ)
@@ -1289,7 +1396,7 @@ class _Engine:
                 if not self._thread.is_alive() and self._owner_kind is _NONE and w.left:
                     raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
                 if self._owner_kind is _LOOP:
-                    self._hk_ev.set()        # its loop may have stopped: the housekeeper takes over
+                    self._wake_hk()        # its loop may have stopped: the housekeeper takes over
                 continue
             with self._mu:
                 w.signalled = False

@@ -122,6 +122,7 @@ class ShardHost(Protocol):
     def end_wait(self, w, status, msg): ...                       # answer a parked lock request
     def drop_txn(self, t): ...                                    # release all of t here, forget it
     def answer(self, sess, seq, status, payload): ...             # a (later) answer, cached
+    def push(self, sess, payload): ...                            # a notice to the session (not cached)
     def session_alive(self, sess) -> bool: ...
     def process_woken(self): ...                                  # continue the requests just granted
     # two-phase commit only: its transactions, and the names its handlers raise and return
@@ -482,6 +483,13 @@ class ShardCore:
                 for d in sess.deferred:
                     self._send(sess.prefix, d)
                 sess.deferred.clear()
+
+    def push(self, sess, payload):
+        """Send the session a notice ([wire.PUSH_SEQ, OK, payload]; payload[0] is its
+        kind) on its current connection: once, never cached (docs/protocol.md, "Notices")."""
+        if sess is not None and sess.id in self._sessions:
+            self.counters["pushes"] += 1
+            self._send(sess.prefix, [wire.PUSH_SEQ, OK, payload])
 
     # ------------------------------------------------------------ dispatch
     # A frame: [VERSION, session, ack, requests]. Frames naming a session must come

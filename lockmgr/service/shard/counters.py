@@ -9,6 +9,6 @@ The probe engine's counters are lockmgr.service.probes.COUNTERS; the lock table'
 CORE_COUNTERS = (
     "sessions_opened", "sessions_expired", "sessions_rebound", "waits", "timeouts", "deadlocks",
     "retries_answered", "errors", "bad_requests", "bad_frames", "foreign_refused", "peer_refused",
-    "dropped_replies", "internal_errors", "prepares", "decisions",
+    "dropped_replies", "internal_errors", "pushes", "prepares", "decisions",
     "forbidden", "quota_refused",      # docs/security.md: refused for the key; over a quota
 )
