@@ -1,5 +1,6 @@
 """Builds the compiled lock table (csrc/locktable.c behind lockmgr/_core/_ctable.pyx)
-and the shard's compiled frame helper (lockmgr/service/_cwire.pyx).
+and the shard's compiled frame helper (lockmgr/service/_cwire.pyx), the wire codec
+(_codec.pyx) and direct libzmq calls (_zdirect.pyx).
 
 Set LOCKMGR_NO_EXT=1 to install without the extension (the pure-Python
 backend is then used). Without a working C compiler the build does the same,
@@ -102,6 +103,14 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
                 "lockmgr.service._codec",
                 sources=["lockmgr/service/_codec.pyx"],
                 extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
+                extra_link_args=san_flags,
+            ),
+            # libzmq's poll/recv/send called directly on pyzmq's sockets (lockmgr/service/zdirect.py
+            # finds the functions at run time in the libzmq pyzmq loaded: nothing to link)
+            Extension(
+                "lockmgr.service._zdirect",
+                sources=["lockmgr/service/_zdirect.pyx"],
+                extra_compile_args=["-O2", "-std=gnu99"] + (["-O0", "-g"] if debug else []) + san_flags,
                 extra_link_args=san_flags,
             ),
         ],

@@ -23,6 +23,7 @@ ROOMS = [
     ("lockmgr.embedded", "embedded", 3),
     ("lockmgr.service.wire", "service.wire", 3), ("lockmgr.service.routing", "service.wire", 3),
     ("lockmgr.service._cwire", "service.wire", 3), ("lockmgr.service._codec", "service.wire", 3),
+    ("lockmgr.service._zdirect", "service.wire", 3), ("lockmgr.service.zdirect", "service.wire", 3),
     ("lockmgr.service.reports", "service.wire", 3), ("lockmgr.service.shard.timers", "service.wire", 3),
     ("lockmgr.service.shard.counters", "service.wire", 3),
     ("lockmgr.service.probes", "service.probes", 4),

@@ -27,7 +27,7 @@ cdef class _Engine:
     cdef public object _deferred_error, _lease_base, _hb_sent, _hello_pending, _secret
     cdef public object _ctx, _socks, _fds, _driver, _mu, _owner_kind, _owner
     cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
-    cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _pollitems, _ready
+    cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _poller, _ready
     cdef public object _hello_error, _thread, _born, _pid
     cdef public object _parked, _reclaims, reclaim_waiting, reclaims, txns, _grace_until
     cdef public object locator, _repoints, repoints
@@ -50,7 +50,7 @@ cdef class _Engine:
     @cython.locals(w=_Waiter)
     cpdef _leave_locked(self)
     cpdef _turn_locked(self, double now)
-    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int)
+    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int, i=Py_ssize_t, n=Py_ssize_t)
     cpdef _serve(self, _Waiter w=*)
     cpdef _drain_wake_locked(self)
     @cython.locals(c=_Call, lease=double, more=bint)

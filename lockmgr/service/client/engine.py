@@ -39,7 +39,8 @@ from typing import Optional, Union
 
 import zmq
 
-from .. import wire
+from .. import wire, zdirect
+from ..zdirect import Poller
 from ...errors import ClientForked, InvalidRequest, SessionExpired, ShardUnavailable
 from ..routing import parse_endpoints
 from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
@@ -144,14 +145,11 @@ class Owner(enum.Enum):
 _NONE, _SYNC_CALLER, _SENDER, _HOUSEKEEPER, _LOOP = (Owner.NONE, Owner.SYNC_CALLER, Owner.SENDER,
                                                       Owner.HOUSEKEEPER, Owner.LOOP)
 
-_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _OK = wire.OK
 _MAX_REQUESTS = wire.MAX_REQUESTS
 _pack_requests = wire.pack_requests
-# pyzmq's compiled socket calls, without the Python wrappers (as in the shard)
-_ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
-_zrecv, _zsend, _zget = _ZSocket.recv, _ZSocket.send, _ZSocket.get
-_zmq_poll = zmq.zmq_poll
+# the socket calls of the hot path: libzmq's own where possible (zdirect.py)
+_zrecv, _zsend, _readable = zdirect.recv, zdirect.send, zdirect.readable
 # the most two machines' monotonic clocks may differ in rate (a fraction: 1000 ppm,
 # ten times what commodity crystal oscillators drift)
 MAX_CLOCK_DRIFT = 0.001
@@ -283,8 +281,8 @@ class _Engine:
         self._tick = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
-        # zmq_poll's items: every shard socket, then the wake pipe
-        self._pollitems = [(s, _POLLIN) for s in self._socks] + [(self._wake_r, _POLLIN)]
+        # zmq_poll's items: every shard socket (bit i: shard i), then the wake pipe (bit n)
+        self._poller = Poller(self._socks + [self._wake_r])
         self._ready = threading.Event()
         self._hello_error = None
         self._hello_left = self.n
@@ -562,7 +560,7 @@ class _Engine:
         socks = self._socks
         for i in range(self.n):
             s = socks[i]
-            if _zget(s, _EVENTS) & _POLLIN:
+            if _readable(s):
                 self._recv(i, s, True)
 
     def lease_over(self):
@@ -986,9 +984,9 @@ class _Engine:
         Returns True if ``w`` handed the role to a newer caller before its own
         calls were done (it then follows)."""
         mu = self._mu
-        items = self._pollitems
+        poller = self._poller
+        n = self.n
         socks = self._socks
-        wake_r = self._wake_r
         heap = self._heap
         hk = w is None
         cap = 0.1 if not hk else min(0.1, self.hb_interval)     # the longest poll
@@ -1034,15 +1032,18 @@ class _Engine:
                 self._polling = True
                 mu.release()
                 try:
-                    events = _zmq_poll(items, timeout)
+                    ready = poller.poll(timeout)
                 finally:
                     mu.acquire()
                     self._polling = False
-                for s, _ in events:
-                    if s == wake_r:
+                if ready:
+                    if ready >> n:
                         self._drain_wake_locked()
-                    else:
-                        self._recv(socks.index(s), s, False)
+                    i = 0
+                    while i < n:
+                        if ready >> i & 1:
+                            self._recv(i, socks[i], False)
+                        i += 1
         finally:
             if not demoted:
                 self._leave_locked()
@@ -1178,12 +1179,12 @@ class _Engine:
         while more:
             if not drain:
                 more = False
-            elif not _zget(s, _EVENTS) & _POLLIN:
+            elif not _readable(s):
                 # (drain while EVENTS says a message is ready, rather than until a
                 # zmq.Again, whose construction costs more than the check)
                 break
             try:
-                frame = _zrecv(s, _NOBLOCK)
+                frame = _zrecv(s)
             except zmq.Again:
                 break
             try:
@@ -1280,7 +1281,7 @@ class _Engine:
         while k < n:
             try:
                 _zsend(self._socks[i], _pack_requests(self.session, ack, reqs if n <= _MAX_REQUESTS
-                                                      else reqs[k:k + _MAX_REQUESTS]), _NOBLOCK)
+                                                      else reqs[k:k + _MAX_REQUESTS]))
             except zmq.ZMQError:
                 pass  # retried by the timer
             k += _MAX_REQUESTS

@@ -36,7 +36,7 @@ cdef class ShardCore:
     cdef public object reclaim, _reclaim
     cdef public object user, access, quotas, session_counts, pages
     cdef public Py_ssize_t nheld, q_session_locks, q_locks, q_waits, q_inflight, q_cache
-    cdef public double now
+    cdef public double now, _due
     cdef public Py_ssize_t _left, handled
 
     @cython.locals(sess=_Session)

@@ -74,6 +74,7 @@ MAX_CACHE = 200_000       # cached replies per session (beyond: oldest dropped)
 MAX_TOMBSTONES = 4096     # finished txn ids remembered per session
 MAX_EXPIRED = 65536       # expired session ids remembered (answer SESSION_EXPIRED)
 _TXN_LIMIT = 1 << 64
+_NEVER = float("inf")     # ShardCore._due with no timer
 
 # LOCK_MANY items come in the compiled table's form (wire.unpack_requests_packed)
 # when the table is the compiled one
@@ -245,6 +246,7 @@ class ShardCore:
         self._expired = collections.OrderedDict()
         self._txns = {}
         self._timers = SortedList()
+        self._due = _NEVER               # the first timer's ``when`` (see _timer_add)
         self._tick = itertools.count()
         self._out = {}
         self._woken = collections.deque()
@@ -344,7 +346,24 @@ class ShardCore:
 
     def next_timer(self):
         """When the next timer is due (``now`` units), or None."""
-        return self._timers[0][0] if self._timers else None
+        return None if self._due == _NEVER else self._due
+
+    # The timers: a SortedList of Timer entries, and ``_due``, the first one's
+    # ``when`` (or _NEVER), kept beside it: the driver asks for it twice a turn,
+    # and a SortedList's [0] is Python code, dearer than the rest of a turn's
+    # bookkeeping. Every change of the list goes through these two (and
+    # fire_timers), which keep ``_due`` true.
+
+    def _timer_add(self, entry):
+        self._timers.add(entry)
+        if entry.when < self._due:
+            self._due = entry.when
+
+    def _timer_drop(self, entry):
+        timers = self._timers
+        timers.discard(entry)
+        if entry.when <= self._due:
+            self._due = timers[0][0] if timers else _NEVER
 
     def fire_timers(self, budget):
         """Fire up to ``budget`` timers that are due (when <= now). True while more are due."""
@@ -367,6 +386,8 @@ class ShardCore:
                 self.process_woken()
             except Exception as e:      # a bug in one timer must not stop the shard
                 self.internal_error(f"{kind.value} timer", e)
+            finally:
+                self._due = timers[0][0] if timers else _NEVER
         return False
 
     def peer_messages(self):
@@ -415,11 +436,11 @@ class ShardCore:
 
     def add_timer(self, when, kind, obj):
         entry = Timer(when, next(self._tick), kind, obj)
-        self._timers.add(entry)
+        self._timer_add(entry)
         return entry
 
     def cancel_timer(self, entry):
-        self._timers.discard(entry)
+        self._timer_drop(entry)
 
     def session_alive(self, sess):
         return sess is not None and self._sessions.get(sess.id) is sess
@@ -759,7 +780,7 @@ class ShardCore:
                             secret or int.from_bytes(self._random_bytes(8), "big") >> 1 or 1, self.user)
             counts.opened(sid, identity)
             self._sessions[sid] = sess
-            self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
+            self._timer_add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             self.counters["sessions_opened"] += 1
             self._reclaim.session_started(sess)            # its record in the log (group commit)
         # grace_left_ms: requests are held until the grace period after a restart ends
@@ -780,7 +801,7 @@ class ShardCore:
         if self._sessions.get(sess.id) is not sess:
             return
         if sess.expires > self.now:
-            self._timers.add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
+            self._timer_add(Timer(sess.expires, next(self._tick), _T_LEASE, sess))
             return
         self.counters["sessions_expired"] += 1
         self._end_session(sess, "expired: no heartbeat within its TTL")
@@ -921,7 +942,7 @@ class ShardCore:
             self._probes.on_wait_end(t.id)
         t.session.inflight.pop(w.seq, None)
         if w.timer is not None:
-            self._timers.discard(w.timer)
+            self._timer_drop(w.timer)
             w.timer = None
         self.answer(t.session, w.seq, status, msg)
 
@@ -957,7 +978,7 @@ class ShardCore:
             self._probes.on_wait_end(t.id)
             sess.inflight.pop(w.seq, None)
             if w.timer is not None:
-                self._timers.discard(w.timer)
+                self._timer_drop(w.timer)
                 w.timer = None
             # the table granted the level we waited on; lock() again continues down the path
             try:

@@ -46,7 +46,7 @@ import time
 
 import zmq
 
-from .. import wire
+from .. import wire, zdirect
 from ..._core import BACKEND
 from ...errors import InvalidRequest
 from ..security import is_loopback
@@ -80,10 +80,11 @@ PARENT_CHECK = 0.5        # seconds between checks that --parent-pid still lives
 # the pure-Python table takes the items as msgpack decodes them
 _unpack_requests = wire.unpack_requests_packed if BACKEND == "c" else wire.unpack_requests
 
-# pyzmq's compiled socket methods and plain int flags, for the loop's hot path
+# pyzmq's compiled socket methods and plain int flags (the CURVE read, which needs
+# a frame's User-Id); the loop's hot path calls libzmq directly where it can (zdirect.py)
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
-_recv, _send = _ZSocket.recv, _ZSocket.send
-_zmq_poll = zmq.zmq_poll
+_recv = _ZSocket.recv
+_send = zdirect.send
 
 
 def _read_message_user(sock):
@@ -102,21 +103,10 @@ def _read_message_user(sock):
     return frames, user
 
 
-def _read_message(sock):
-    """The parts of the next message on the ROUTER ``sock`` (zmq.Again if none).
-    The parts after the routing id are received as zmq.Frame objects, whose
-    ``more`` flag replaces a getsockopt(RCVMORE): pyzmq converts every option
-    number it is asked for into an enum, in Python, which cost more than the
-    rest of the receive. (A ROUTER always has a part after the routing id; a
-    message's parts arrive together, so only the first receive can find none.)"""
-    frames = [_recv(sock, _NOBLOCK)]
-    f = _recv(sock, _NOBLOCK, False)
-    while f.more:
-        frames.append(f.bytes)
-        f = _recv(sock, _NOBLOCK, False)
-    frames.append(f.bytes)
-    return frames
-_NOBLOCK, _NOBLOCK_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+# The parts of the next message on the ROUTER (zmq.Again if none): the routing
+# id, then the rest (a ROUTER always has a part after the routing id).
+_read_message = zdirect.recv_message
+_NOBLOCK = int(zmq.NOBLOCK)
 _pack_replies = wire.pack_replies
 _POLLIN = int(zmq.POLLIN)
 
@@ -226,7 +216,7 @@ class Shard:
             endpoint = endpoint[:-2] + ":*"
         try:
             self._sock.bind(endpoint)
-            self._pollin = [(self._sock, zmq.POLLIN)]
+            self._poller = zdirect.Poller([self._sock])
             self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
             # a second endpoint on the same socket for the other shards (a unix socket: one
             # shard-to-shard message is then ~20-30 % cheaper than over loopback TCP)
@@ -352,7 +342,7 @@ class Shard:
         # flag arithmetic, and zmq.Again costs an exception per turn): on a
         # busy 2-core machine every request runs on cold caches, where each
         # of those costs several times its warm figure.
-        if not busy and not core.backlog and _zmq_poll(self._pollin, timeout_ms):
+        if not busy and not core.backlog and self._poller.poll(timeout_ms):
             read = self._read
             for _ in range(DRAIN_LIMIT):
                 try:
@@ -378,7 +368,7 @@ class Shard:
                     self._flush()
                 # (core.now is this frame's start: the turn may run one frame, at most
                 # FIRST_BATCH requests, past its budget)
-                if core.backlog or core.now >= turn_end or not _zmq_poll(self._pollin, 0):
+                if core.backlog or core.now >= turn_end or not self._poller.poll(0):
                     break
         core.now = now = clock()
         due = core.next_timer()
@@ -501,8 +491,8 @@ class Shard:
                 continue
             try:
                 for part in prefix:
-                    _send(sock, part, _NOBLOCK_MORE)
-                _send(sock, pack(reps), _NOBLOCK)
+                    _send(sock, part, True)
+                _send(sock, pack(reps))
             except zmq.ZMQError:  # peer gone or over its HWM: it will retry
                 self.core.counters["dropped_replies"] += 1
 
