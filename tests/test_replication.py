@@ -304,58 +304,81 @@ def test_machine_loss_with_wipe(rcluster):
     cl2.close()
 
 
-@pytest.mark.service
-@pytest.mark.slow
-def test_split_brain_sigstop_fenced_store(rcluster):
-    c = rcluster(shards=1, replicas=2)
-    store = FencedStore()
-    stop = threading.Event()
-    done = [0]
-    errors = []
-    mu = threading.Lock()
-    cl = c.connect(session_ttl=15, request_timeout=10)
+class Increments:
+    """``threads`` threads that read-increment-write one key of a FencedStore under
+    an X lock (the token fences the write) until ``stop()``, counting the writes."""
 
-    def worker(k):
-        while not stop.is_set():
-            t = cl.begin()
+    def __init__(self, cl, threads, timeout):
+        self.cl = cl
+        self.timeout = timeout
+        self.store = FencedStore()
+        self.writes = 0
+        self.errors = []
+        self.progress = threading.Condition()
+        self._stop = threading.Event()
+        self._ths = [threading.Thread(target=self._run) for _ in range(threads)]
+        for th in self._ths:
+            th.start()
+
+    def _run(self):
+        store = self.store
+        while not self._stop.is_set():
+            t = self.cl.begin()
             try:
-                tok = t.lock(("db", "ctr", 0), Mode.X, timeout=10)
-                v = store.read("ctr")
-                if store.write("ctr", v + 1, tok):
-                    with mu:
-                        done[0] += 1
+                tok = t.lock(("db", "ctr", 0), Mode.X, timeout=self.timeout)
+                if store.write("ctr", store.read("ctr") + 1, tok):
+                    with self.progress:
+                        self.writes += 1
+                        self.progress.notify_all()
                 t.commit()
             except LockError as e:
-                errors.append(repr(e))
+                self.errors.append(repr(e))
                 try:
                     t.abort()
                 except LockError:
                     pass
-    ths = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
-    for th in ths:
-        th.start()
+
+    def wait_for(self, n, timeout, what):
+        """Until ``n`` more writes than now are done (woken by each write)."""
+        with self.progress:
+            target = self.writes + n
+            assert self.progress.wait_for(lambda: self.writes >= target, timeout), f"no {n} writes {what}"
+
+    def stop(self):
+        self._stop.set()
+        for th in self._ths:
+            th.join(30)
+        assert not any(th.is_alive() for th in self._ths)
+
+    def check(self):
+        assert self.store.refused == 0
+        assert self.store.read("ctr") == self.writes                 # no lost update
+        toks = self.store.tokens["ctr"]
+        assert toks == sorted(set(toks))                             # tokens only grew
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_split_brain_sigstop_fenced_store(rcluster):
+    c = rcluster(shards=1, replicas=2)
+    cl = c.connect(session_ttl=15, request_timeout=10)
+    work = Increments(cl, threads=3, timeout=10)
     try:
-        wait_until(lambda: done[0] >= 20, 10, "20 writes")
+        work.wait_for(20, 10, "before the pause")
         old = c.primary(0)
         pid = c.pid(0)
         os.kill(pid, signal.SIGSTOP)
         try:
             new = c.wait_primary(0, c.lease_ttl + 5, exclude=old)
-            before = done[0]
-            wait_until(lambda: done[0] >= before + 20, 15, "20 writes on the new primary")
+            work.wait_for(20, 15, "on the new primary")
         finally:
             os.kill(pid, signal.SIGCONT)
-        before = done[0]
-        wait_until(lambda: done[0] >= before + 20, 15, "20 more writes")
+        work.wait_for(20, 15, "after the old primary resumed")
         assert c.primary(0) == new
     finally:
-        stop.set()
-        for th in ths:
-            th.join(30)
+        work.stop()
     cl.close()
-    assert store.refused == 0
-    assert store.read("ctr") == done[0]          # no lost update
-    assert store.tokens["ctr"] == sorted(set(store.tokens["ctr"]))    # tokens only grew
+    work.check()                                 # no refused write, no lost update, tokens only grew
     # the old primary stepped down to a standby
     from lockmgr.service import admin, wire
     def stepped_down():
@@ -424,43 +447,13 @@ def test_repeated_failovers_tokens_grow(rcluster):
     read-increment-write on a fenced store: tokens only grow, no lost update; a
     transaction prepared before each failover is never lost."""
     c = rcluster(shards=1, replicas=2, grace=5)
-    store = FencedStore()
-    stop = threading.Event()
-    progress = threading.Condition()
-    writes = [0]
-    errors = []
     cl = c.connect(session_ttl=30, request_timeout=4)
-
-    def worker():
-        while not stop.is_set():
-            t = cl.begin()
-            try:
-                tok = t.lock(("db", "ctr", 0), Mode.X, timeout=15)
-                if store.write("ctr", store.read("ctr") + 1, tok):
-                    with progress:
-                        writes[0] += 1
-                        progress.notify_all()
-                t.commit()
-            except LockError as e:
-                errors.append(repr(e))
-                try:
-                    t.abort()
-                except LockError:
-                    pass
-
-    def writes_after(n, what):
-        with progress:
-            target = writes[0] + n
-            assert progress.wait_for(lambda: writes[0] >= target, 20), f"no {n} writes {what}"
-
-    ths = [threading.Thread(target=worker) for _ in range(2)]
-    for th in ths:
-        th.start()
+    work = Increments(cl, threads=2, timeout=15)
     gtrids = []
     epochs = []
     try:
         for k in range(FAILOVERS):
-            writes_after(3, f"before failover {k}")
+            work.wait_for(3, 20, f"before failover {k}")
             p = cl.begin(gtrid=f"g{k}")
             p.lock(("db", "prepared", k), Mode.X, timeout=15)
             p.prepare()                                      # acknowledged: on both replicas' disks
@@ -469,22 +462,18 @@ def test_repeated_failovers_tokens_grow(rcluster):
             if k % 2 == 0:
                 c.kill(0)                                    # a crash: the lease runs out in etcd
             else:
-                os.kill(c.pid(0), signal.SIGTERM)            # a stop: the primary revokes its lease
-                c._procs[0][old].wait(10)
+                c.terminate(0)                               # a stop: the primary revokes its lease
             new = c.wait_primary(0, c.lease_ttl + 5, exclude=old)
-            epochs.append(c._leader(0)["epoch"])
+            epochs.append(c.leader(0)["epoch"])
             c.restart(0, replica=old)                        # back, as a standby (writes go on meanwhile)
             c.wait_in_sync(0, 10)                            # ... and a member: the next failover can go to it
             assert c.primary(0) == new
-        writes_after(3, "after the last failover")
+        work.wait_for(3, 20, "after the last failover")
     finally:
-        stop.set()
-        for th in ths:
-            th.join(30)
+        work.stop()
     assert epochs == sorted(set(epochs))                         # a new epoch each time
-    assert store.refused == 0
-    assert store.tokens["ctr"] == sorted(set(store.tokens["ctr"]))   # tokens only grew
-    assert store.read("ctr") == writes[0]                        # no lost update
+    work.check()                                                 # tokens only grew, no lost update
+    assert work.errors == []                                     # and no transaction of it failed
     assert sorted(cl.recover()) == sorted(gtrids)                # no lost prepare
     for g in gtrids:
         cl.resolve(g, True)

@@ -21,6 +21,7 @@ Interface:
     FakeEtcd(clock)                        the same interface in memory, leases expire by ``clock``
         .down                              True: every call raises EtcdUnavailable (etcd "killed")
         .tick()                            expire the leases due by ``clock()`` now (their keys' watchers hear it)
+    get_json(etcd, key) -> value | None    a key's JSON value (None: absent or not JSON)
     leader_endpoints(kvs, cluster) -> {shard: endpoint}   the primaries, from the kvs under keys().shards
     is_leader_change(events) -> bool       a Watcher ring over keys().shards that may have moved a primary
     KV(key, value, create_revision, mod_revision, lease)
@@ -59,12 +60,12 @@ import queue
 import socket
 import threading
 import urllib.parse
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import InvalidRequest, LockError
 
 __all__ = ["EtcdClient", "FakeEtcd", "KV", "Event", "WatchStream", "Watcher", "EtcdUnavailable",
-           "parse_etcd_endpoints", "Keys", "keys", "leader_endpoints", "is_leader_change"]
+           "parse_etcd_endpoints", "Keys", "keys", "get_json", "leader_endpoints", "is_leader_change"]
 
 
 class EtcdUnavailable(LockError):
@@ -84,6 +85,17 @@ def keys(cluster: str, shard: int) -> Keys:
     base = f"/lockmgr/{cluster}/"
     s = f"{base}shard/{shard}/"
     return Keys(base + "config", s + "leader", s + "epoch", s + "sync", f"{base}replica/{shard}/", base + "shard/")
+
+
+def get_json(etcd, key: str) -> Any:
+    """``key``'s value decoded from JSON; None if the key is absent or not JSON."""
+    kv = etcd.get(key)
+    if kv is None:
+        return None
+    try:
+        return json.loads(kv.value)
+    except ValueError:
+        return None
 
 
 def leader_endpoints(kvs: Sequence["KV"], cluster: str) -> Dict[int, str]:

@@ -12,13 +12,14 @@ Interface (besides LocalCluster's connect/stop/context manager):
     .in_sync(i), .wait_in_sync(i, timeout)   every running standby of shard i in the sync set (etcd's)
     .peers_current(i), .wait_peers(timeout)  the primaries' probe peers are every shard's primary
     .pid(i, replica=None)   that replica's PID (default: the primary)
+    .leader(i) -> {replica, endpoint, repl, epoch} | None   shard i's leader key (a primary that serves)
     .kill(i, wipe=False, replica=None)   SIGKILL shard i's primary (or ``replica``); wipe: delete its data dir
+    .terminate(i, replica=None)          SIGTERM it (a clean stop: the primary revokes its lease)
     .restart(i, replica=j)  start replica j again (a standby if another is primary)
     .stop_etcd(), .start_etcd()   etcd down / back (tests)
     .replica_dir(i, j)
 """
 
-import json
 import os
 import secrets
 import shutil
@@ -29,11 +30,11 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import InvalidRequest, LockError, ShardUnavailable
 from .cluster import ProcessCluster, terminate
-from .etcd import keys
+from .etcd import get_json, keys
 from .probes import DEFAULT_PROBE_DELAY
 
 __all__ = ["ReplicatedCluster", "start_etcd", "etcd_binary"]
@@ -189,17 +190,9 @@ class ReplicatedCluster(ProcessCluster):
         self.endpoints[i][j] = line[1]
         self._members[i][j] = f"{j}:" + next(w[12:] for w in line if w.startswith("incarnation="))
 
-    def _get(self, key: str) -> Any:
-        kv = self.etcd.get(key)
-        if kv is None:
-            return None
-        try:
-            return json.loads(kv.value)
-        except ValueError:
-            return None
-
-    def _leader(self, i: int):
-        v = self._get(keys(self.cluster_name, i).leader)
+    def leader(self, i: int) -> Optional[Dict[str, Any]]:
+        """Shard ``i``'s leader key once its primary serves: {replica, endpoint, repl, epoch}."""
+        v = get_json(self.etcd, keys(self.cluster_name, i).leader)
         return v if v is not None and v.get("endpoint") else None
 
     def _wait_etcd(self, key: str, pred: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -226,7 +219,7 @@ class ReplicatedCluster(ProcessCluster):
 
     def primary(self, i: int) -> Optional[int]:
         """The replica index serving shard ``i`` now (None during an election)."""
-        v = self._leader(i)
+        v = self.leader(i)
         return None if v is None else v["replica"]
 
     def wait_primary(self, i: int, timeout: float = 10.0, exclude: Optional[int] = None) -> int:
@@ -240,8 +233,8 @@ class ReplicatedCluster(ProcessCluster):
         """True if shard ``i`` has a primary and every running standby is in its sync set
         (in etcd: such a standby may take over at once)."""
         k = keys(self.cluster_name, i)
-        leader = self._leader(i)
-        sync = self._get(k.sync)
+        leader = self.leader(i)
+        sync = get_json(self.etcd, k.sync)
         if leader is None or sync is None or sync.get("epoch") != leader.get("epoch"):
             return False
         members = set(sync.get("members", []))
@@ -258,14 +251,17 @@ class ReplicatedCluster(ProcessCluster):
         current primary (its peer list, from etcd, is up to date)."""
         from . import wire
         from .admin import request
-        prims = [self._leader(k) for k in range(self.nshards)]
-        if any(v is None for v in prims):
-            return False
+        eps = []
+        for k in range(self.nshards):
+            v = self.leader(k)
+            if v is None:
+                return False
+            eps.append(v["endpoint"])
         try:
-            role = request(prims[i]["endpoint"], wire.REPL_ROLE, (), timeout=1.0)
+            role = request(eps[i], wire.REPL_ROLE, (), timeout=1.0)
         except LockError:
             return False
-        return role.get("peers") == [v["endpoint"] for v in prims]
+        return role.get("peers") == eps
 
     def wait_peers(self, timeout: float = 10.0) -> None:
         """Wait until every primary knows every other's endpoint (after a start or a failover;
@@ -303,6 +299,16 @@ class ReplicatedCluster(ProcessCluster):
             p.stdout.close()
         if wipe:
             shutil.rmtree(self.replica_dir(i, j), ignore_errors=True)
+        return j
+
+    def terminate(self, i: int, replica: Optional[int] = None) -> Optional[int]:
+        """SIGTERM shard ``i``'s primary (or ``replica``) and wait for its exit: a clean
+        stop, in which a primary revokes its lease (a switchover). Returns the replica."""
+        j = self.primary(i) if replica is None else replica
+        p = None if j is None else self._procs[i][j]
+        if p is None:
+            return None
+        terminate([p], self.start_timeout)
         return j
 
     def restart(self, i: int, replica: int) -> None:

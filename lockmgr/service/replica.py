@@ -35,7 +35,7 @@ import zmq
 
 from ..errors import LockError
 from . import wire
-from .etcd import EtcdUnavailable, Keys, Watcher, is_leader_change, keys, leader_endpoints
+from .etcd import EtcdUnavailable, Keys, Watcher, get_json, is_leader_change, keys, leader_endpoints
 from .replication import Follower, Replicator, StandbyLog
 
 __all__ = ["Leadership", "ReplicaNode", "keys", "Keys"]
@@ -307,13 +307,7 @@ class ReplicaNode:
     # -- etcd helpers
 
     def _leader(self) -> Optional[Dict[str, Any]]:
-        kv = self.etcd.get(self.keys.leader)
-        if kv is None:
-            return None
-        try:
-            return json.loads(kv.value)
-        except ValueError:
-            return None
+        return get_json(self.etcd, self.keys.leader)
 
     def _eligible(self) -> bool:
         kv = self.etcd.get(self.keys.sync)
