@@ -1,6 +1,7 @@
 """Replica sets (issue 12): failover time, prepares/s and lock throughput with standbys.
 
     python benchmarks/bench_failover.py [--runs 20] [--seconds 5] [--threads 8] [--only failover|prepare|locks]
+                                        [--ttl 2] [--switchover]
 
 failover: one shard, two replicas, lease TTL 2 s (the default). A client holds a
 session; each run SIGKILLs the primary and measures SIGKILL -> the first lock
@@ -10,7 +11,8 @@ a standby and the next run waits until it is back in the sync set. Reported:
 p50 and max over ``--runs`` runs (goal: <= TTL + 1 s), and where the time
 went, from a watch on the leader key: SIGKILL -> the lease's end in etcd (the
 leader key deleted), -> the new primary's endpoint published, -> the first
-grant to the client.
+grant to the client. ``--switchover``: SIGTERM instead of SIGKILL (a clean stop:
+the primary revokes its lease, so no lease has to run out).
 
 prepare: ``--threads`` threads each begin(gtrid) + lock + prepare + commit, for
 ``--seconds``: one shard without a standby (replicas=1) against one shard with
@@ -33,7 +35,7 @@ from lockmgr import LocalCluster, Mode  # noqa: E402
 from lockmgr.errors import LockError  # noqa: E402
 
 
-def failover(runs, ttl):
+def failover(runs, ttl, switchover=False):
     from lockmgr.service.etcd import Watcher, keys
     out = []
     phases = []
@@ -53,7 +55,10 @@ def failover(runs, ttl):
             t.commit()
             old = c.primary(0)
             t0 = time.monotonic()
-            c.kill(0)
+            if switchover:
+                c.terminate(0)
+            else:
+                c.kill(0)
             while True:
                 t = cl.begin()
                 try:
@@ -72,7 +77,7 @@ def failover(runs, ttl):
             up = next((t for t, typ, ep in seen if t >= t0 and typ == "PUT" and ep), None)
             if gone is not None and up is not None:
                 phases.append((gone - t0, up - gone, t1 - up))
-            print(f"  run {k + 1}: replica {old} killed -> replica {c.primary(0)} granted after {took:.3f} s",
+            print(f"  run {k + 1}: replica {old} stopped -> replica {c.primary(0)} granted after {took:.3f} s",
                   flush=True)
             c.restart(0, replica=old)
         w.close()
@@ -129,10 +134,11 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--only", choices=("failover", "prepare", "locks"), default=None)
+    ap.add_argument("--switchover", action="store_true", help="failover: SIGTERM the primary instead of SIGKILL")
     a = ap.parse_args(argv)
     if a.only in (None, "failover"):
-        print(f"failover (lease TTL {a.ttl:g} s), {a.runs} runs:")
-        f = failover(a.runs, a.ttl)
+        print(f"failover (lease TTL {a.ttl:g} s, {'SIGTERM' if a.switchover else 'SIGKILL'}), {a.runs} runs:")
+        f = failover(a.runs, a.ttl, a.switchover)
         print(f"failover: p50 {statistics.median(f):.3f} s  max {max(f):.3f} s  (goal <= {a.ttl + 1:g} s)")
     for kind in ("prepare", "locks"):
         if a.only in (None, kind):
