@@ -447,7 +447,7 @@ def test_repeated_failovers_tokens_grow(rcluster):
     read-increment-write on a fenced store: tokens only grow, no lost update; a
     transaction prepared before each failover is never lost."""
     c = rcluster(shards=1, replicas=2, grace=5)
-    cl = c.connect(session_ttl=30, request_timeout=4)
+    cl = c.connect(session_ttl=30, request_timeout=8)     # (the watch re-points the client well before)
     work = Increments(cl, threads=2, timeout=15)
     gtrids = []
     epochs = []
