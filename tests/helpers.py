@@ -119,6 +119,35 @@ def tables_on(shard, nshards, n=1, prefix="t", depth=2):
     return out
 
 
+# ------------------------------------------------------------------ fenced storage
+
+class FencedStore:
+    """Storage that refuses a write whose fencing token is older than the
+    newest it saw for the key (what a store behind a lock service does). Keeps
+    every accepted token per key (``tokens``), so a test can check they grew."""
+
+    def __init__(self):
+        self.mu = threading.Lock()
+        self.data = {}
+        self.newest = {}
+        self.tokens = {}
+        self.refused = 0
+
+    def read(self, key):
+        with self.mu:
+            return self.data.get(key, 0)
+
+    def write(self, key, value, token):
+        with self.mu:
+            if token < self.newest.get(key, 0):
+                self.refused += 1
+                return False
+            self.newest[key] = token
+            self.data[key] = value
+            self.tokens.setdefault(key, []).append(token)
+            return True
+
+
 # ------------------------------------------------------------------ raw sockets
 
 class RawSocket:

@@ -5,6 +5,7 @@ clock; the replication stream between a PrepareLog and a standby in one
 process) run everywhere; the process-level tests start their own etcd (Debian's
 etcd-server) and replica processes on 127.0.0.1 and stop them by PID."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -14,14 +15,15 @@ import time
 import pytest
 import zmq
 
+import lockmgr.aio
 from lockmgr import Mode
 from lockmgr.errors import LockError
-from lockmgr.service.etcd import EtcdUnavailable, FakeEtcd
+from lockmgr.service.etcd import EtcdClient, EtcdUnavailable, FakeEtcd, Watcher
 from lockmgr.service.replica import Leadership, keys
 from lockmgr.service.replication import Follower, Replicator, StandbyLog
 from lockmgr.wal import PrepareLog
 
-from helpers import tables_on
+from helpers import FencedStore, Waiter, tables_on, wait_until, wait_until_waiting
 
 
 def _need_etcd():
@@ -97,6 +99,26 @@ def test_fake_etcd_cas_and_prefix():
         etcd.get("/k")
 
 
+def test_fake_etcd_watch_sees_puts_deletes_and_lease_expiry():
+    clock = Clock()
+    etcd = FakeEtcd(clock)
+    st = etcd.watch("/a/", prefix=True, idle=5.0)
+    etcd.put("/a/x", "1")
+    etcd.put("/b", "2")                          # not under the prefix
+    assert [(e.type, e.kv.key, e.kv.value) for e in st.next()] == [("PUT", "/a/x", "1")]
+    lease = etcd.grant(2)
+    etcd.put("/a/y", "v", lease)
+    assert st.next()[0].kv.lease == lease
+    clock.t += 3
+    etcd.tick()                                  # the lease expires: its key is deleted, watchers hear it
+    assert [(e.type, e.kv.key) for e in st.next()] == [("DELETE", "/a/y")]
+    etcd.down = True                             # etcd lost: the stream breaks
+    with pytest.raises(EtcdUnavailable):
+        st.next()
+    with pytest.raises(EtcdUnavailable):
+        etcd.watch("/a/")
+
+
 # ---------------------------------------------------------------- the replication stream (one process)
 
 def _pump(follower, until, timeout=5.0):
@@ -127,7 +149,7 @@ def test_stream_snapshot_records_and_standby_loss(tmp_path):
         th = threading.Thread(target=lambda: [f.poll(10) for _ in iter(stop.is_set, True)])
         th.start()
         try:
-            _wait(lambda: "1:inc1" in rep.members)
+            wait_until(lambda: "1:inc1" in rep.members, 5, "the standby in the sync set")
             plog.append_sync({"t": "prepare", "gtrid": "after", "txn": 2, "locks": [], "fmt": "path"},
                              timeout=5)
             assert "after" in StandbyLog(str(tmp_path / "s")).live      # on the standby's disk
@@ -155,13 +177,6 @@ def test_stream_snapshot_records_and_standby_loss(tmp_path):
         rep.close()
 
 
-def _wait(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
-
-
 # ---------------------------------------------------------------- processes (own etcd)
 
 @pytest.fixture
@@ -184,6 +199,58 @@ def rcluster(tmp_path):
     yield make
     for c in made:
         c.stop()
+
+
+@pytest.mark.service
+def test_watch_over_the_gateway_and_the_watchers_fallback(tmp_path):
+    """POST /v3/watch streams the changes (a lease's end included); a Watcher rings
+    when its stream is made, at each change, when etcd is lost (then every
+    ``retry`` seconds: the slow poll) and when etcd is back."""
+    _need_etcd()
+    import queue
+
+    from lockmgr.service.cluster import terminate
+    from lockmgr.service.repcluster import start_etcd
+    proc, url = start_etcd(str(tmp_path / "etcd"))
+    w = None
+    try:
+        etcd = EtcdClient(url)
+        st = etcd.watch("/w/", prefix=True)
+        etcd.put("/w/a", "1")
+        etcd.put("/x", "elsewhere")
+        lease = etcd.grant(1)
+        etcd.put("/w/b", "2", lease)
+        got = []
+        while len(got) < 2:
+            got += [(e.type, e.kv.key, e.kv.value) for e in st.next()]
+        assert got == [("PUT", "/w/a", "1"), ("PUT", "/w/b", "2")]
+        etcd.revoke(lease)
+        assert [(e.type, e.kv.key) for e in st.next()] == [("DELETE", "/w/b")]
+        st.close()
+        with pytest.raises(EtcdUnavailable):
+            st.next()
+
+        rings: "queue.Queue" = queue.Queue()
+        w = Watcher(etcd, "/w/a", rings.put, retry=0.1)
+        assert rings.get(timeout=5) is None and w.healthy        # made: read the state again
+        etcd.put("/w/a", "2")
+        assert [e.kv.value for e in rings.get(timeout=5)] == ["2"]
+        port = int(url.rsplit(":", 1)[1])
+        terminate([proc])                                         # etcd lost
+        assert rings.get(timeout=5) is None
+        assert rings.get(timeout=5) is None and not w.healthy     # the slow poll rings on
+        proc, _ = start_etcd(str(tmp_path / "etcd"), port=port)
+        wait_until(lambda: w.healthy, 10, "the watch to be made again")
+        etcd.put("/w/a", "3")
+        while True:
+            r = rings.get(timeout=5)
+            if r is not None:
+                break
+        assert [e.kv.value for e in r] == ["3"] and w.streams >= 2
+    finally:
+        if w is not None:
+            w.close()
+        terminate([proc])
 
 
 @pytest.mark.service
@@ -237,80 +304,81 @@ def test_machine_loss_with_wipe(rcluster):
     cl2.close()
 
 
-class FencedStore:
-    """Storage that refuses a write whose token is older than the newest it has seen."""
+class Increments:
+    """``threads`` threads that read-increment-write one key of a FencedStore under
+    an X lock (the token fences the write) until ``stop()``, counting the writes."""
 
-    def __init__(self):
-        self.mu = threading.Lock()
-        self.newest = {}
-        self.value = {}
-        self.refused = 0
+    def __init__(self, cl, threads, timeout):
+        self.cl = cl
+        self.timeout = timeout
+        self.store = FencedStore()
+        self.writes = 0
+        self.errors = []
+        self.progress = threading.Condition()
+        self._stop = threading.Event()
+        self._ths = [threading.Thread(target=self._run) for _ in range(threads)]
+        for th in self._ths:
+            th.start()
 
-    def read(self, key):
-        with self.mu:
-            return self.value.get(key, 0)
+    def _run(self):
+        store = self.store
+        while not self._stop.is_set():
+            t = self.cl.begin()
+            try:
+                tok = t.lock(("db", "ctr", 0), Mode.X, timeout=self.timeout)
+                if store.write("ctr", store.read("ctr") + 1, tok):
+                    with self.progress:
+                        self.writes += 1
+                        self.progress.notify_all()
+                t.commit()
+            except LockError as e:
+                self.errors.append(repr(e))
+                try:
+                    t.abort()
+                except LockError:
+                    pass
 
-    def write(self, key, value, token):
-        with self.mu:
-            if token < self.newest.get(key, 0):
-                self.refused += 1
-                return False
-            self.newest[key] = token
-            self.value[key] = value
-            return True
+    def wait_for(self, n, timeout, what):
+        """Until ``n`` more writes than now are done (woken by each write)."""
+        with self.progress:
+            target = self.writes + n
+            assert self.progress.wait_for(lambda: self.writes >= target, timeout), f"no {n} writes {what}"
+
+    def stop(self):
+        self._stop.set()
+        for th in self._ths:
+            th.join(30)
+        assert not any(th.is_alive() for th in self._ths)
+
+    def check(self):
+        assert self.store.refused == 0
+        assert self.store.read("ctr") == self.writes                 # no lost update
+        toks = self.store.tokens["ctr"]
+        assert toks == sorted(set(toks))                             # tokens only grew
 
 
 @pytest.mark.service
 @pytest.mark.slow
 def test_split_brain_sigstop_fenced_store(rcluster):
     c = rcluster(shards=1, replicas=2)
-    store = FencedStore()
-    stop = threading.Event()
-    done = [0]
-    errors = []
-    mu = threading.Lock()
     cl = c.connect(session_ttl=15, request_timeout=10)
-
-    def worker(k):
-        while not stop.is_set():
-            t = cl.begin()
-            try:
-                tok = t.lock(("db", "ctr", 0), Mode.X, timeout=10)
-                v = store.read("ctr")
-                if store.write("ctr", v + 1, tok):
-                    with mu:
-                        done[0] += 1
-                t.commit()
-            except LockError as e:
-                errors.append(repr(e))
-                try:
-                    t.abort()
-                except LockError:
-                    pass
-    ths = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
-    for th in ths:
-        th.start()
+    work = Increments(cl, threads=3, timeout=10)
     try:
-        _wait(lambda: done[0] >= 20, 10)
+        work.wait_for(20, 10, "before the pause")
         old = c.primary(0)
         pid = c.pid(0)
         os.kill(pid, signal.SIGSTOP)
         try:
             new = c.wait_primary(0, c.lease_ttl + 5, exclude=old)
-            before = done[0]
-            _wait(lambda: done[0] >= before + 20, 15)      # the new primary serves
+            work.wait_for(20, 15, "on the new primary")
         finally:
             os.kill(pid, signal.SIGCONT)
-        before = done[0]
-        _wait(lambda: done[0] >= before + 20, 15)
+        work.wait_for(20, 15, "after the old primary resumed")
         assert c.primary(0) == new
     finally:
-        stop.set()
-        for th in ths:
-            th.join(30)
+        work.stop()
     cl.close()
-    assert store.refused == 0
-    assert store.read("ctr") == done[0]          # no lost update
+    work.check()                                 # no refused write, no lost update, tokens only grew
     # the old primary stepped down to a standby
     from lockmgr.service import admin, wire
     def stepped_down():
@@ -318,7 +386,7 @@ def test_split_brain_sigstop_fenced_store(rcluster):
             return admin.request(c.endpoints[0][old], wire.REPL_ROLE, (), timeout=1)["role"] == "standby"
         except LockError:
             return False
-    _wait(stepped_down, 15)
+    wait_until(stepped_down, 15, "the old primary to step down")
     role = admin.request(c.endpoints[0][old], wire.REPL_ROLE, (), timeout=5)
     assert role["stepdowns"] >= 1 and role["primary"] == c.endpoints[0][new]
 
@@ -368,33 +436,49 @@ def test_etcd_killed_grants_stop_and_resume(rcluster):
     cl.close()
 
 
+FAILOVERS = 20
+
+
 @pytest.mark.service
 @pytest.mark.slow
 def test_repeated_failovers_tokens_grow(rcluster):
-    c = rcluster(shards=1, replicas=2)
-    cl = c.connect(session_ttl=30, request_timeout=15)
-    last = 0
+    """FAILOVERS failovers back and forth (the primary SIGKILLed, or stopped: its
+    lease revoked, in turn; the old one restarted as a standby) while threads run
+    read-increment-write on a fenced store: tokens only grow, no lost update; a
+    transaction prepared before each failover is never lost."""
+    c = rcluster(shards=1, replicas=2, grace=5)
+    cl = c.connect(session_ttl=30, request_timeout=8)     # (the watch re-points the client well before)
+    work = Increments(cl, threads=2, timeout=15)
     gtrids = []
-    for k in range(4):
-        t = cl.begin()
-        tok = t.lock(("db", "r", 0), Mode.X, timeout=15)
-        assert tok > last
-        last = tok
-        t.commit()
-        p = cl.begin(gtrid=f"g{k}")
-        p.lock(("db", "r", k + 1), Mode.X, timeout=15)
-        p.prepare()
-        gtrids.append(f"g{k}")
-        old = c.primary(0)
-        c.kill(0)
-        c.wait_primary(0, c.lease_ttl + 5, exclude=old)
-        c.restart(0, replica=old)                     # back as a standby
-        c.wait_in_sync(0, 10)
-    assert sorted(cl.recover()) == gtrids
+    epochs = []
+    try:
+        for k in range(FAILOVERS):
+            work.wait_for(3, 20, f"before failover {k}")
+            p = cl.begin(gtrid=f"g{k}")
+            p.lock(("db", "prepared", k), Mode.X, timeout=15)
+            p.prepare()                                      # acknowledged: on both replicas' disks
+            gtrids.append(f"g{k}")
+            old = c.primary(0)
+            if k % 2 == 0:
+                c.kill(0)                                    # a crash: the lease runs out in etcd
+            else:
+                c.terminate(0)                               # a stop: the primary revokes its lease
+            new = c.wait_primary(0, c.lease_ttl + 5, exclude=old)
+            epochs.append(c.leader(0)["epoch"])
+            c.restart(0, replica=old)                        # back, as a standby (writes go on meanwhile)
+            c.wait_in_sync(0, 10)                            # ... and a member: the next failover can go to it
+            assert c.primary(0) == new
+        work.wait_for(3, 20, "after the last failover")
+    finally:
+        work.stop()
+    assert epochs == sorted(set(epochs))                         # a new epoch each time
+    work.check()                                                 # tokens only grew, no lost update
+    assert work.errors == []                                     # and no transaction of it failed
+    assert sorted(cl.recover()) == sorted(gtrids)                # no lost prepare
     for g in gtrids:
         cl.resolve(g, True)
+    assert cl.recover() == []
     cl.close()
-
 
 
 @pytest.mark.service
@@ -432,3 +516,67 @@ def test_standby_dead_with_on_standby_loss_fail(rcluster):
     cl2.resolve("ok-2", False)
     cl.close()
     cl2.close()
+
+
+@pytest.mark.service
+def test_cross_shard_deadlock_found_before_and_after_a_failover(rcluster):
+    """Deadlock probes in replica sets: each primary takes its peers' endpoints from
+    etcd's leader keys and follows them, so a cycle across the two shards is found
+    (one victim, DeadlockDetected) before and after shard 0's primary moves."""
+    c = rcluster()
+    [t0] = tables_on(0, 2)
+    [t1] = tables_on(1, 2)
+    cl = c.connect(session_ttl=10, request_timeout=10)
+
+    def cycle(row):
+        a = cl.begin()
+        b = cl.begin()                               # younger: the victim
+        a.lock(("db", t0, row), Mode.X)
+        b.lock(("db", t1, row), Mode.X)
+        wa = Waiter(lambda: a.lock(("db", t1, row), Mode.X, timeout=20))
+        wait_until_waiting(cl, a)
+        wb = Waiter(lambda: b.lock(("db", t0, row), Mode.X, timeout=20))
+        # a lock timeout (20 s) would be LockTimeout: DeadlockDetected comes from the probes
+        assert (wa.outcome(15), wb.outcome(15)) == ("ok", "DeadlockDetected")
+        a.commit()
+        b.abort()
+        assert [r["kind"] for r in cl.deadlocks() if r["victim"] == b.id] == ["distributed"]
+
+    cycle(1)
+    old = c.primary(0)
+    c.kill(0)
+    new = c.wait_primary(0, c.lease_ttl + 5, exclude=old)
+    c.wait_peers(10)                                 # shard 1 follows the move; the new primary knows shard 1
+    from lockmgr.service import admin, wire
+    role = admin.request(c.endpoints[0][new], wire.REPL_ROLE, (), timeout=5)
+    assert role["peers"][0] == c.endpoints[0][new] != c.endpoints[0][old]
+    cycle(2)
+    cl.close()
+
+
+@pytest.mark.service
+def test_asyncio_client_follows_a_new_primary(rcluster):
+    """lockmgr.aio.connect(etcd=, cluster=) follows a failover as the sync client does:
+    the socket moves to the new primary, the transaction's lock is reclaimed with
+    its token, and it commits."""
+    c = rcluster(shards=1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        ac = await lockmgr.aio.connect(etcd=c.etcd_url, cluster=c.cluster_name, session_ttl=10,
+                                       request_timeout=4)
+        try:
+            t = ac.begin()
+            tok = await t.lock(("db", "t", 1), Mode.X)
+            old = c.primary(0)
+            await loop.run_in_executor(None, c.kill, 0)
+            new = await loop.run_in_executor(None, c.wait_primary, 0, c.lease_ttl + 5, old)
+            assert await t.lock(("db", "t", 1), Mode.X) == tok       # reclaimed there, same token
+            await t.commit()
+            assert ac.endpoints == [c.endpoints[0][new]]
+            t2 = ac.begin()
+            assert await t2.lock(("db", "t", 1), Mode.X, timeout=5) > tok    # a new epoch's token
+            await t2.commit()
+        finally:
+            await ac.close()
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -17,7 +17,7 @@ import pytest
 
 from lockmgr import LocalCluster, LockError, LockNotAvailable, Mode, TransactionAborted
 
-from helpers import Waiter as Thread, tables_on, wait_until
+from helpers import FencedStore, Waiter as Thread, tables_on, wait_until
 
 pytestmark = pytest.mark.service
 
@@ -170,29 +170,6 @@ def test_prepared_and_active_both_survive():
         assert all(v.lock(r, X, nowait=True) > max(ptoks) for r in rows)
         v.commit()
         a.close()
-
-
-class FencedStore:
-    """Refuses a write with a token older than the newest it saw for the key."""
-
-    def __init__(self):
-        self.mu = threading.Lock()
-        self.data = {}
-        self.newest = {}
-        self.refused = 0
-
-    def read(self, key):
-        with self.mu:
-            return self.data.get(key, 0)
-
-    def write(self, key, value, token):
-        with self.mu:
-            if token < self.newest.get(key, 0):
-                self.refused += 1
-                return False
-            self.newest[key] = token
-            self.data[key] = value
-            return True
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from .registry import command
+from .serve import add_probe_args
 
 
 def add_args(p):
@@ -37,8 +38,7 @@ def add_args(p):
                    help="fewer standbys in sync than --sync-standbys: acknowledge anyway (degrade) or "
                         "refuse the prepare (fail)")
     p.add_argument("--grace", type=float, default=None, help="grace period after a failover (seconds)")
-    p.add_argument("--probe-delay-ms", type=float, default=-1,
-                   help="cross-shard deadlock probes (negative: off; replica sets do not take PEERS yet)")
+    add_probe_args(p)     # the peers come from etcd (each primary's leader key), not from --peers / PEERS
     p.add_argument("--cluster-key-file", default=None,
                    help="a file holding the cluster key (or set LOCKMGR_CLUSTER_KEY): as lockmgr serve")
     p.add_argument("--insecure", action="store_true",
@@ -52,7 +52,7 @@ def run(args):
     from ..errors import LockError
     from ..service.etcd import EtcdClient
     from ..service.replica import ReplicaNode, keys
-    from .serve import cluster_key, setup_logging
+    from .serve import cluster_key, probe_kw, setup_logging
     if args.parent_pid is not None and args.parent_pid != os.getppid():
         print(f"lockmgr replica: --parent-pid {args.parent_pid} is not this process's parent", file=sys.stderr)
         return 2
@@ -84,8 +84,7 @@ def run(args):
     except LockError as e:
         print(f"lockmgr replica: {e}", file=sys.stderr)
         return 2
-    shard_kw = {"grace": args.grace, "cluster_key": key, "insecure": args.insecure,
-                "probe_delay": None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0}
+    shard_kw = {"grace": args.grace, "cluster_key": key, "insecure": args.insecure, **probe_kw(args)}
     node = ReplicaNode(etcd, args.cluster, args.shard, args.shards, args.replica, args.endpoint, args.data_dir,
                        lease_ttl=args.lease_ttl, sync_standbys=sync, sync_timeout=args.sync_timeout,
                        on_standby_loss=args.on_standby_loss, partition_depth=args.partition_depth,

@@ -38,11 +38,7 @@ def add_serve_args(ap):
     ap.add_argument("--shards", type=int, default=1, help="number of shards in the cluster")
     ap.add_argument("--partition-depth", type=int, default=2, help="routing depth the clients must use")
     ap.add_argument("--escalation-threshold", type=int, default=5000)
-    ap.add_argument("--probe-delay-ms", type=float, default=DEFAULT_PROBE_DELAY * 1000,
-                    help="a wait lasting this long starts a cross-shard deadlock probe (default 10; "
-                         "negative: no cross-shard detection)")
-    ap.add_argument("--probe-interval-ms", type=float, default=None,
-                    help="re-probe period while a wait lasts (default max(50, 5 x probe delay))")
+    add_probe_args(ap)
     ap.add_argument("--cluster-key-file", default=None,
                     help="a file holding the cluster key that shard-to-shard messages (and PEERS, FAULTS) "
                          "must carry; or set LOCKMGR_CLUSTER_KEY. Without one, any local process can send them")
@@ -88,6 +84,21 @@ def add_serve_args(ap):
     ap.add_argument("--peers", default=None,
                     help="comma-separated endpoints of every shard, in shard order (127.0.0.1 only); "
                          "or send PEERS later (LocalCluster does)")
+
+
+def add_probe_args(ap):
+    """--probe-delay-ms and --probe-interval-ms (lockmgr serve and lockmgr replica); ``probe_kw`` reads them."""
+    ap.add_argument("--probe-delay-ms", type=float, default=DEFAULT_PROBE_DELAY * 1000,
+                    help="a wait lasting this long starts a cross-shard deadlock probe (default 10; "
+                         "negative: no cross-shard detection)")
+    ap.add_argument("--probe-interval-ms", type=float, default=None,
+                    help="re-probe period while a wait lasts (default max(50, 5 x probe delay))")
+
+
+def probe_kw(args):
+    """Shard's probe_delay and probe_interval (seconds) from ``add_probe_args``' options."""
+    return {"probe_delay": None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
+            "probe_interval": None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0}
 
 
 def setup_logging(log_file=None, level="INFO"):
@@ -161,8 +172,7 @@ def run_serve(args):
     try:
         shard = Shard(args.endpoint, args.data_dir, index=args.index, nshards=args.shards,
                       partition_depth=args.partition_depth, escalation_threshold=args.escalation_threshold,
-                      probe_delay=None if args.probe_delay_ms < 0 else args.probe_delay_ms / 1000.0,
-                      probe_interval=None if args.probe_interval_ms is None else args.probe_interval_ms / 1000.0,
+                      **probe_kw(args),
                       peers=[e.strip() for e in args.peers.split(",")] if args.peers else None,
                       cluster_key=key, peer_endpoint=args.peer_endpoint, grace=args.grace,
                       curve=curve, insecure=getattr(args, "insecure", False), quotas=quotas)

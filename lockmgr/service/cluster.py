@@ -42,17 +42,93 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, TYPE_CHECKING, Any, List, Optional
+from typing import IO, TYPE_CHECKING, Any, List, Optional, TypeVar
 
 from ..errors import InvalidRequest, ShardUnavailable
 
 if TYPE_CHECKING:   # the client (zmq) is imported only by connect()
     from .client.sync import Client
 
-__all__ = ["LocalCluster"]
+__all__ = ["LocalCluster", "ProcessCluster", "terminate"]
 
 
-class LocalCluster:
+def terminate(procs: "List[subprocess.Popen[bytes]]", timeout: float = 5.0) -> None:
+    """SIGTERM each process, SIGKILL those still running after ``timeout`` s; close their stdout."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.stdout:
+            p.stdout.close()
+
+
+_C = TypeVar("_C", bound="ProcessCluster")
+
+
+class ProcessCluster:
+    """What LocalCluster and the replicated one (repcluster.py) share: a child's
+    READY line, and stop() on exit and on garbage collection."""
+
+    start_timeout: float
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _read_ready(self, p: "subprocess.Popen[bytes]", what: str, log_path: str) -> str:
+        """The child's first stdout line, ``READY <endpoint> ...`` (within start_timeout);
+        else it is killed and ShardUnavailable names ``what`` with its log's tail."""
+        deadline = time.monotonic() + self.start_timeout
+        out = p.stdout
+        assert out is not None   # stdout=PIPE
+        sel = selectors.DefaultSelector()
+        sel.register(out, selectors.EVENT_READ)
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or p.poll() is not None and not sel.select(0):
+                    break
+                if sel.select(min(left, 0.5)):
+                    chunk = os.read(out.fileno(), 4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+        finally:
+            sel.close()
+        if not buf.startswith(b"READY "):
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+            p.wait()
+            try:
+                with open(log_path, "rb") as f:
+                    tail = f.read()[-2000:].decode(errors="replace")
+            except OSError:
+                tail = ""
+            raise ShardUnavailable(f"{what} did not start within {self.start_timeout:g}s: {tail}")
+        return buf.split(b"\n", 1)[0].decode()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        try:
+            self.stop()
+        except Exception:
+            pass
+
+
+class LocalCluster(ProcessCluster):
     """A cluster of shard processes on this machine."""
 
     def __new__(cls, shards: int = 3, *, replicas: int = 1, **kw: Any) -> Any:
@@ -189,41 +265,11 @@ class LocalCluster:
         if old_log is not None:
             old_log.close()
         self._logs[i] = log
-        line = self._read_ready(p, i)
+        line = self._read_ready(p, f"shard {i}", os.path.join(d, "shard.log"))
         # "READY tcp://127.0.0.1:PORT epoch=E backend=B"
         self.endpoints[i] = line.split()[1]
         self.metrics_urls[i] = next((w[8:] for w in line.split() if w.startswith("metrics=")), None)
         self.peer_endpoints[i] = peer_ep or self.endpoints[i]
-
-    def _read_ready(self, p: "subprocess.Popen[bytes]", i: int) -> str:
-        deadline = time.monotonic() + self.start_timeout
-        out = p.stdout
-        assert out is not None   # stdout=PIPE
-        sel = selectors.DefaultSelector()
-        sel.register(out, selectors.EVENT_READ)
-        buf = b""
-        try:
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or p.poll() is not None and not sel.select(0):
-                    break
-                if sel.select(min(left, 0.5)):
-                    chunk = os.read(out.fileno(), 4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-        finally:
-            sel.close()
-        if not buf.startswith(b"READY "):
-            try:
-                p.kill()
-            except ProcessLookupError:
-                pass
-            p.wait()
-            with open(os.path.join(self.shard_dir(i), "shard.log"), "rb") as f:
-                tail = f.read()[-2000:].decode(errors="replace")
-            raise ShardUnavailable(f"shard {i} did not start within {self.start_timeout:g}s: {tail}")
-        return buf.split(b"\n", 1)[0].decode()
 
     def connect(self, **kw: Any) -> "Client":
         """A :class:`lockmgr.Client` for this cluster."""
@@ -262,37 +308,12 @@ class LocalCluster:
         if self._stopped:
             return
         self._stopped = True
-        for p in self._procs:
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        for p in self._procs:
-            if p is None:
-                continue
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            if p.stdout:
-                p.stdout.close()
+        terminate([p for p in self._procs if p is not None])
         for log in self._logs:
             if log is not None:
                 log.close()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "LocalCluster":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __del__(self) -> None:
-        try:
-            self.stop()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         return f"<LocalCluster shards={self.nshards} endpoints={self.endpoints}>"

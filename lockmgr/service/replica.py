@@ -18,8 +18,9 @@ etcd keys, under ``/lockmgr/CLUSTER/``: ``config`` (shards, partition depth),
 ``shard/I/leader`` (bound to the primary's lease: {replica, endpoint, repl,
 epoch}), ``shard/I/epoch`` (the counter, raised by compare-and-swap),
 ``shard/I/sync`` ({epoch, members}: the replicas that hold every acknowledged
-record; only they may campaign), ``shard/I/replica/J`` (each replica's
-status for ``lockmgr status``). Design: docs/replication.md.
+record; only they may campaign), ``replica/I/J`` (each replica's status for
+``lockmgr status``). A standby watches its leader key; a primary watches
+every shard's (``shard/``) for its probe peers. Design: docs/replication.md.
 """
 
 import json
@@ -34,12 +35,51 @@ import zmq
 
 from ..errors import LockError
 from . import wire
-from .etcd import EtcdUnavailable, Keys, keys
+from .etcd import EtcdUnavailable, Keys, Watcher, get_json, is_leader_change, keys, leader_endpoints
 from .replication import Follower, Replicator, StandbyLog
 
 __all__ = ["Leadership", "ReplicaNode", "keys", "Keys"]
 
 _log = logging.getLogger("lockmgr.replica")
+
+FALLBACK_POLL = 1.0     # seconds: a standby reads the leader key at least this often (the watch's fallback)
+WATCH_IDLE = 5.0        # seconds: a watch stream idle this long is reopened (a dead connection is noticed)
+_PEER_MESSAGES = frozenset((wire.PROBE, wire.PROBE_REG, wire.PROBE_UNREG, wire.PROBE_MULTI, wire.PROBE_CONFIRM,
+                            wire.PROBE_VICTIM, wire.PROBE_CONFIRMED))
+
+
+class _Doorbell:
+    """A pipe that another thread rings to wake a zmq poll (its read end is pollable)."""
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self.closed = False
+
+    def ring(self, *_: Any) -> None:
+        if self.closed:
+            return
+        try:
+            os.write(self._w, b"\0")
+        except OSError:          # full (it rang already) or closed
+            pass
+
+    def drain(self) -> bool:
+        """True if it rang since the last drain."""
+        rang = False
+        while True:
+            try:
+                if not os.read(self.fd, 4096):
+                    return rang
+                rang = True
+            except BlockingIOError:
+                return rang
+
+    def close(self) -> None:
+        self.closed = True
+        os.close(self.fd)
+        os.close(self._w)
 
 
 class Leadership:
@@ -196,6 +236,8 @@ class ReplicaNode:
         self.stepdowns = 0
         self._stop = False
         self._sock: Any = None
+        self._peers_next: Optional[List[str]] = None      # set by the peer watcher's thread
+        self._peers_applied: Optional[List[str]] = None
 
     # -- the client endpoint while standby
 
@@ -222,6 +264,9 @@ class ReplicaNode:
         if self.role == "primary" and self.replicator is not None:
             out["replication"] = self.replicator.status()
             out["lease_left_s"] = round(self.leadership.valid_until - self.clock(), 3)
+            shard = self.shard
+            if shard is not None:
+                out["peers"] = shard.core.probes.peers
         f = self.follower
         if self.role == "standby" and f is not None:
             out.update(following=f.endpoint, followed_epoch=f.epoch, seq=f.seq, synced=f.synced,
@@ -245,6 +290,8 @@ class ReplicaNode:
                 typ, seq = req[0], req[1]
             except Exception:
                 continue
+            if typ in _PEER_MESSAGES:
+                continue                 # a shard's probe message (no reply expected): the primary moved
             if typ == wire.REPL_ROLE:
                 reps.append([seq, wire.OK, self.role_info()])
             elif typ == wire.PING:
@@ -260,13 +307,7 @@ class ReplicaNode:
     # -- etcd helpers
 
     def _leader(self) -> Optional[Dict[str, Any]]:
-        kv = self.etcd.get(self.keys.leader)
-        if kv is None:
-            return None
-        try:
-            return json.loads(kv.value)
-        except ValueError:
-            return None
+        return get_json(self.etcd, self.keys.leader)
 
     def _eligible(self) -> bool:
         kv = self.etcd.get(self.keys.sync)
@@ -327,17 +368,23 @@ class ReplicaNode:
         self.role = "standby"
         log = StandbyLog(self.data_dir)
         self.follower = f = Follower(self.ctx, log, self.index, self.replica, self.incarnation, clock=self.clock)
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
+        # the leader key is watched (its deletion, a lease expiry included, rings at once);
+        # it is read again at least every FALLBACK_POLL seconds (and while etcd cannot be watched)
+        bell = _Doorbell()
+        watcher = Watcher(self.etcd, self.keys.leader, bell.ring, idle=WATCH_IDLE, retry=FALLBACK_POLL,
+                          name="lockmgr-leader-watch")
         check_at = 0.0
+        parent_at = 0.0
         publish_at = 0.0
         try:
             while not self._stop:
                 now = self.clock()
-                if now >= check_at:
-                    check_at = now + 0.05
+                if now >= parent_at:
+                    parent_at = now + 0.5
                     if not self._parent_alive():
                         return None
+                if bell.drain() or now >= check_at:
+                    check_at = now + FALLBACK_POLL
                     try:
                         leader = self._leader()
                         if leader is not None and leader.get("repl"):
@@ -346,8 +393,6 @@ class ReplicaNode:
                             if f.endpoint != leader["repl"] or f.epoch != leader["epoch"] \
                                     or now - f.heard > 2.0:
                                 f.follow(leader["repl"], leader["epoch"])
-                                if f.sock is not None and f.sock not in [s for s, _ in poller.sockets]:
-                                    poller.register(f.sock, zmq.POLLIN)
                         elif leader is None:
                             self.primary_endpoint = None
                             if self._eligible():
@@ -361,11 +406,12 @@ class ReplicaNode:
                         if now >= publish_at:
                             publish_at = now + 1.0
                             _log.warning("replica %d of shard %d: etcd unreachable: %s", self.replica, self.index, e)
-                # poll the client socket and the follower's
-                socks = [self._sock] + ([f.sock] if f.sock is not None else [])
-                items: Any = [(s, zmq.POLLIN) for s in socks]
-                ready = zmq.zmq_poll(items, 20)
-                for s, _ in ready:
+                # poll the client socket, the follower's and the doorbell
+                items: Any = [(self._sock, zmq.POLLIN), (bell.fd, zmq.POLLIN)]
+                if f.sock is not None:
+                    items.append((f.sock, zmq.POLLIN))
+                wait_ms = max(0, min(int((min(check_at, parent_at) - now) * 1000) + 1, 100))
+                for s, _ in zmq.zmq_poll(items, wait_ms):
                     if s is self._sock:
                         while True:
                             try:
@@ -373,12 +419,54 @@ class ReplicaNode:
                             except zmq.Again:
                                 break
                             self._answer_standby(frames)
-                    elif s is f.sock:
+                    elif s is f.sock and s is not None:
                         f.poll(0)
             return None
         finally:
+            watcher.close()
+            bell.close()
             f.close()
             log.close()
+
+    def _watch_peers(self, shard) -> Optional[Watcher]:
+        """Primary: keep the shard's probe peers (every shard's primary endpoint) current from
+        etcd's leader keys, which every primary publishes (docs/replication.md, "Deadlock
+        probes across replica sets"). The watcher's thread reads etcd; the loop applies
+        the list (``_apply_peers``)."""
+        if not shard.core.probes.enabled or self.nshards < 2:
+            return None
+        known: List[Optional[str]] = [None] * self.nshards
+        known[self.index] = shard.endpoint
+
+        def on_change(events) -> None:
+            if not is_leader_change(events):
+                return
+            try:
+                eps = leader_endpoints(self.etcd.get_prefix(self.keys.shards), self.cluster)
+            except EtcdUnavailable:
+                return                   # the watcher rings again (the slow poll)
+            # a shard in an election keeps its last endpoint: messages sent there meanwhile
+            # are lost, and the probes' re-rounds send them again once it is known
+            for i, ep in eps.items():
+                if 0 <= i < self.nshards and i != self.index:
+                    known[i] = ep
+            if all(known):
+                self._peers_next = [ep for ep in known if ep]
+        return Watcher(self.etcd, self.keys.shards, on_change, prefix=True, idle=WATCH_IDLE, retry=FALLBACK_POLL,
+                       name="lockmgr-peers-watch")
+
+    def _apply_peers(self, shard) -> None:
+        """(the shard's loop) Hand the newest peer list from etcd to the probe engine."""
+        nxt = self._peers_next
+        if nxt is not None and nxt is not self._peers_applied:
+            self._peers_applied = nxt
+            probes = shard.core.probes
+            if nxt != probes.peers:
+                try:
+                    probes.set_peers(nxt)
+                    _log.info("replica %d of shard %d: probe peers %s", self.replica, self.index, nxt)
+                except ValueError as e:
+                    _log.error("replica %d of shard %d: bad peer endpoints in etcd: %s", self.replica, self.index, e)
 
     def _primary(self, epoch: int) -> None:
         from .shard.server import MAX_POLL_MS, Shard
@@ -395,6 +483,7 @@ class ReplicaNode:
         self.replicator = rep
         shard = None
         renewer = None
+        peers = None
         done = threading.Event()
         try:
             self._set_members([])
@@ -416,10 +505,13 @@ class ReplicaNode:
                         return
             renewer = threading.Thread(target=renew, name="lockmgr-lease", daemon=True)
             renewer.start()
+            peers = self._watch_peers(shard)
             publish_at = self.clock() + 1.0
             check_at = self.clock() + 0.5
             while not self._stop and not ld.lost:
                 now = self.clock()
+                if self._peers_next is not self._peers_applied:
+                    self._apply_peers(shard)
                 if ld.valid(now):
                     shard.run_once(max(0, min(MAX_POLL_MS, int((ld.valid_until - now) * 1000))))
                 else:
@@ -438,6 +530,9 @@ class ReplicaNode:
         finally:
             done.set()
             self.role = "standby"
+            if peers is not None:
+                peers.close()
+            self._peers_next = self._peers_applied = None
             if shard is not None:
                 shard.close()
             self.shard = None

@@ -1,8 +1,9 @@
 """The asyncio client of the lock service.
 
 Interface:
-    await connect(endpoints, *, session_ttl=10.0, partition_depth=None,
-                  request_timeout=5.0, default_timeout=None, name=None) -> Client
+    await connect(endpoints=None, *, session_ttl=10.0, partition_depth=None,
+                  request_timeout=5.0, default_timeout=None, name=None,
+                  etcd=None, cluster=None) -> Client     (replica sets / etcd: follows the primaries)
     Client
         .begin(name=None, *, gtrid=None) -> Transaction     (no round trip)
         .transaction(**kw)      ``async with``: commit / abort
@@ -38,7 +39,7 @@ from ..reports import merge_reports
 from .engine import _Call
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _g_finish, _g_held, _g_indoubt, _g_lock, _g_lock_many,
                   _g_prepare, _g_resolve, _g_unlock)
-from .sync import Client as _SyncClient, Endpoints
+from .sync import Client as _SyncClient, Endpoints, connect as _sync_connect
 
 __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailable"]
 
@@ -294,16 +295,21 @@ class Client:
         return False
 
 
-async def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
+async def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float = 10.0,
+                  partition_depth: Optional[int] = None,
                   request_timeout: float = 5.0, default_timeout: Optional[float] = None,
                   name: Optional[str] = None, curve_secret_file: Optional[str] = None,
-                  curve_server_key: Any = None) -> Client:
-    """Open a session (see :func:`lockmgr.connect`, CURVE options included); returns an asyncio
-    :class:`Client`."""
+                  curve_server_key: Any = None, etcd: Optional[str] = None,
+                  cluster: Optional[str] = None) -> Client:
+    """Open a session (see :func:`lockmgr.connect`: shard endpoints, replica sets, or
+    ``etcd=`` and ``cluster=``; CURVE options included); returns an asyncio
+    :class:`Client`. With replica sets it follows each shard's primary across
+    failovers as the sync client does (one engine and one ``Locator`` serve both;
+    docs/replication.md)."""
     check_timeout(default_timeout)
     loop = asyncio.get_running_loop()
-    sync = await loop.run_in_executor(None, lambda: _SyncClient(
+    sync = await loop.run_in_executor(None, lambda: _sync_connect(
         endpoints, session_ttl=session_ttl, partition_depth=partition_depth, request_timeout=request_timeout,
         default_timeout=default_timeout, name=name, curve_secret_file=curve_secret_file,
-        curve_server_key=curve_server_key))
+        curve_server_key=curve_server_key, etcd=etcd, cluster=cluster))
     return Client(sync)

@@ -449,6 +449,10 @@ class _Engine:
                                                      and now > self._lease_end()):
             self._turn_locked(now)        # fails every call
         else:
+            if self.reclaim_waiting:
+                self._retry_reclaims(now)
+            if self._repoints:
+                self._apply_repoints()    # a replica set's primary moved (Locator): as _turn_locked
             if send and self._outq:
                 self._send_all(now)
             heap = self._heap

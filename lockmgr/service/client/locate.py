@@ -3,13 +3,18 @@
 Interface:
     EtcdResolver(etcd_endpoints, cluster)     primaries from etcd's leader keys
         .nshards, .partition_depth, .primary(i) -> endpoint | None
+        .primaries() -> {i: endpoint}         every shard's, in one read
+        .watch(on_change) -> Watcher          a watch on the leader keys (etcd.Watcher)
     ReplicaSetResolver(sets)                  primaries by asking each replica (REPL_ROLE)
         .nshards, .primary(i) -> endpoint | None
     Locator(resolver, engine)                 a thread that re-resolves a shard the engine
         .suspect(i, hint=None)                suspects (no answer, E_NOT_PRIMARY) and has
         .close()                              the engine's socket for it re-pointed
 
-The engine never blocks on the lookup: it calls ``suspect`` (cheap, under its
+With etcd, the Locator also watches the leader keys: a new primary's endpoint
+is applied the moment it is published, before any call to the old one has gone
+unanswered (a planned switchover costs the clients no retry interval). The
+engine never blocks on a lookup: it calls ``suspect`` (cheap, under its
 lock) and the thread calls ``engine.repoint(i, endpoint)``, which the socket
 owner applies at its next turn; the calls in flight are then retried (same
 session and sequence number) at the new primary, which answers "unknown
@@ -24,6 +29,7 @@ from typing import Any, Dict, List, Optional
 
 from ...errors import InvalidRequest, LockError
 from .. import wire
+from ..etcd import Watcher, is_leader_change, leader_endpoints
 from ..routing import check_endpoint
 
 __all__ = ["EtcdResolver", "ReplicaSetResolver", "Locator", "parse_replica_sets"]
@@ -64,12 +70,14 @@ class EtcdResolver:
 
     def primary(self, i: int) -> Optional[str]:
         kv = self.etcd.get(self._keys(self.cluster, i).leader)
-        if kv is None:
-            return None
-        try:
-            return json.loads(kv.value).get("endpoint")
-        except ValueError:
-            return None
+        return None if kv is None else leader_endpoints([kv], self.cluster).get(i)
+
+    def primaries(self) -> Dict[int, str]:
+        return leader_endpoints(self.etcd.get_prefix(self._keys(self.cluster, 0).shards), self.cluster)
+
+    def watch(self, on_change) -> Watcher:
+        return Watcher(self.etcd, self._keys(self.cluster, 0).shards, on_change, prefix=True,
+                       name="lockmgr-client-watch")
 
 
 class ReplicaSetResolver:
@@ -101,6 +109,8 @@ class Locator:
         self._ev = threading.Event()
         self._closed = False
         self._watch: Dict[int, float] = {}    # shard -> until when it is looked up again
+        watch = getattr(resolver, "watch", None)
+        self._etcd_watch = watch(self._on_leaders) if watch is not None else None
         self._thread = threading.Thread(target=self._run, name="lockmgr-client-locate", daemon=True)
         self._thread.start()
 
@@ -119,7 +129,30 @@ class Locator:
         self._closed = True
         self._ev.set()
 
+    def _on_leaders(self, events) -> None:
+        """(the etcd watcher's thread) Leader keys changed: move to every new primary."""
+        if self._closed or self.engine.closed:
+            return
+        if not is_leader_change(events):
+            return
+        try:
+            eps = self.resolver.primaries()
+        except LockError:
+            return
+        for i, ep in eps.items():
+            if 0 <= i < len(self.engine.endpoints) and ep != self.engine.endpoints[i]:
+                self.engine.repoint(i, ep)
+                with self._mu:
+                    self._watch.pop(i, None)
+
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self._etcd_watch is not None:
+                self._etcd_watch.close()
+
+    def _loop(self) -> None:
         while not self._closed and not self.engine.closed:
             self._ev.wait(self.POLL if self._watch else 0.5)
             self._ev.clear()

@@ -231,6 +231,7 @@ class Shard:
             self._term_ctx()
             raise
         self._peer_socks = {}
+        self._peer_eps = {}                   # shard -> the endpoint its socket connects to
         self._peers_version = 0
         self._batch = 64                      # requests per core call (see BATCH_TIME)
         self._peer_sid = self.core.peer_sid
@@ -504,9 +505,13 @@ class Shard:
             return
         probes = self.core.probes
         if probes.peers_version != self._peers_version:
-            for s in self._peer_socks.values():
-                s.close(0)
-            self._peer_socks = {}
+            # new peer endpoints (PEERS, or a replica set's primary moved): reconnect only the
+            # sockets whose endpoint changed, so what is queued for the others is kept
+            peers = probes.peers
+            for i, s in list(self._peer_socks.items()):
+                if peers is None or i >= len(peers) or self._peer_eps.get(i) != peers[i]:
+                    s.close(0)
+                    del self._peer_socks[i]
             self._peers_version = probes.peers_version
         c = self.core.counters
         for dest, reqs in out.items():
@@ -524,8 +529,10 @@ class Shard:
             s.setsockopt(zmq.SNDHWM, 100_000)
             if self.curve is not None:      # a peer authenticates with its shard's key pair
                 self.curve.apply_peer(s)
-            s.connect(self.core.probes.peers[i])
+            ep = self.core.probes.peers[i]
+            s.connect(ep)
             self._peer_socks[i] = s
+            self._peer_eps[i] = ep
         return s
 
     # ------------------------------------------------------- the prepare log
