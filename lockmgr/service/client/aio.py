@@ -40,6 +40,7 @@ from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _g_finish, _g_held, _g_ind
                   _g_prepare, _g_resolve, _g_unlock)
 from .sync import Client as _SyncClient, Endpoints
 from .notify import SessionState
+from .watch import AsyncWatch, async_wait_free
 
 __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailable"]
 
@@ -290,6 +291,15 @@ class Client:
         if relay is None:
             raise InvalidRequest(f"{fn!r} is not a listener of this client")
         self._eng.remove_listener(relay)
+
+    async def watch(self, resource: Resource) -> AsyncWatch:
+        """See :meth:`lockmgr.service.client.sync.Client.watch`: ``async with await
+        client.watch(r) as w: async for ev in w: ...``."""
+        return await AsyncWatch(self, resource)._start()
+
+    async def wait_free(self, resource: Resource, mode: int = Mode.X, timeout: Optional[float] = None) -> bool:
+        """See :meth:`lockmgr.service.client.sync.Client.wait_free`."""
+        return await async_wait_free(self, resource, mode, timeout)
 
     def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
         """Start a transaction (no round trip). After LOST the client opens a new

@@ -34,7 +34,7 @@ cdef class _Engine:
     cdef public object _push_handlers, _hk_r, _hk_w
     cdef public Py_ssize_t _push_wanted, pushes
     cdef public bint _hk_selecting
-    cdef public object state, last_dead, _listeners, _dispatch, lost_cbs, _session_cv
+    cdef public object state, last_dead, _listeners, _dispatch, lost_cbs, _session_cv, watch_registry
     cdef public Py_ssize_t gen, renewals, watchers
     cdef public double valid_margin
     cdef public bint _renew_wanted, _lost_wanted

@@ -296,6 +296,7 @@ class _Engine:
         self.lost_cbs = {}               # txn id -> _TxnCore with on_lost callbacks
         self._lost_wanted = False        # N_TXN_LOST notices are wanted (someone used on_lost)
         self.watchers = 0                # open watches (watch.py): they want a session back at once
+        self.watch_registry = None       # watch.WatchRegistry, once the client watches
         self.valid_margin = VALID_MARGIN * self.ttl
         self._hk_r, self._hk_w = os.pipe()
         os.set_blocking(self._hk_r, False)
@@ -637,6 +638,8 @@ class _Engine:
                 err = SessionExpired(self.dead or "the client was closed")
                 for core in list(self.lost_cbs.values()):
                     self._txn_lost_locked(core, err)
+            if self.watch_registry is not None:
+                self.watch_registry.client_closed()
             self.closed = True
             self._session_cv.notify_all()
             self._wake_owner_locked()
@@ -876,6 +879,18 @@ class _Engine:
         with self._mu:
             self._txn_lost_locked(core, err)
 
+    def _queue_locked(self, calls):
+        """(under _mu, any thread) Queue calls completed through their callbacks and
+        make sure an owner sends them."""
+        for c in calls:
+            if c.urgent:
+                self._urgent += 1
+            self._outq.append(c)
+        if self._owner_kind is _NONE:
+            self._hand_to_hk_locked()
+        else:
+            self._wake_owner_locked()
+
     def _txn_lost_locked(self, core, err):
         if core.lost is not None:
             return
@@ -1037,6 +1052,8 @@ class _Engine:
                 self._session_cv.notify_all()
                 if self._hello_left == 0 and self._hello_error is None:
                     self._set_state_locked(_S_CONNECTED)
+                    if self.gen and self.watch_registry is not None:
+                        self.watch_registry.resync_all()      # a new session: watch again
 
     def _on_heartbeat(self, c):
         i = c.shard
@@ -1045,6 +1062,8 @@ class _Engine:
             self._lease_base[i] = max(self._lease_base[i], c.first_sent)
             if c.result[0] != self.epoch[i] and i not in self._reclaims:
                 self.epoch[i] = c.result[0]
+                if self.watch_registry is not None:
+                    self.watch_registry.resync_shard(i)
         elif isinstance(c.error, SessionExpired):
             self._expire_by_shard(str(c.error))
         elif isinstance(c.error, ShardUnavailable) and "unknown session" in str(c.error):
@@ -1202,6 +1221,8 @@ class _Engine:
         self.reclaim_waiting = any(x.waiting for x in self._reclaims.values())
         self.epoch[i] = r.new
         self._resend_parked(i)
+        if self.watch_registry is not None:
+            self.watch_registry.resync_shard(i)      # the restarted shard has no watches
 
     def _expire_by_shard(self, msg):
         if self.dead is None:

@@ -23,7 +23,7 @@ docs/protocol.md.
 import logging
 from contextlib import contextmanager
 from types import TracebackType
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Type,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Type,
                     Union)
 
 import zmq
@@ -37,8 +37,12 @@ from ..reports import merge_reports
 from ..admin import admin_query  # noqa: F401  (part of this module's API)
 from .engine import _Engine
 from .notify import SessionState
+from .watch import Watch, wait_free
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
                   _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
+
+if TYPE_CHECKING:
+    from .recipes import Leadership
 
 SNAPSHOT_PAGE_ROWS = 10_000     # rows asked per SNAPSHOT_PAGE (a shard's answer_rows quota caps it)
 _log = logging.getLogger("lockmgr")
@@ -295,6 +299,32 @@ class Client:
     def remove_listener(self, fn: Callable[[SessionState], Any]) -> None:
         """Stop calling ``fn`` (InvalidRequest if it is not a listener)."""
         self._eng.remove_listener(fn)
+
+    def watch(self, resource: Resource) -> "Watch":
+        """Watch a node: an iterator of :class:`~lockmgr.service.client.watch.WatchEvent`
+        (INITIAL, then GRANTED, RELEASED, MODE, WAITERS as holders and waiters
+        change; RESET when it had to be set again and changes may have been missed),
+        pushed by the shard, never polled. One WATCH message per shard the node lives
+        on to set up (one, or every shard above the partition depth), one UNWATCH
+        each to cancel: ``close()`` it or use ``with``. A shard bounds the watches of
+        a session (QuotaExceeded naming ``watches_per_session``). docs/service.md
+        ("Watches")."""
+        return Watch(self, resource)
+
+    def wait_free(self, resource: Resource, mode: int = Mode.X, timeout: Optional[float] = None) -> bool:
+        """Block until ``mode`` could be granted on ``resource`` -- no holder in a
+        conflicting mode and no request queued there -- without queueing for it
+        (a watch, set and cancelled: two messages per shard). True then; False if
+        ``timeout`` seconds passed first. Only the node itself is looked at (not
+        the locks of its ancestors), and another client may take it first: lock it
+        to be sure."""
+        return wait_free(self, resource, mode, timeout)
+
+    def leadership(self, name: Resource, **kw: Any) -> "Leadership":
+        """``with client.leadership("jobs/compactor") as lead:`` -- see
+        :class:`lockmgr.recipes.Leadership` (leader election)."""
+        from .recipes import Leadership     # (the recipes use only this API; imported on first use)
+        return Leadership(self, name, **kw)
 
     def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
         """Start a transaction (no round trip). Ids increase in begin order.
