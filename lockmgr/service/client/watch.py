@@ -291,11 +291,13 @@ class Watch:
     ends when the watch or the client is closed; an error that ends the watch
     (e.g. QuotaExceeded on a re-watch) is raised by ``next``."""
 
-    def __init__(self, client: Any, resource: Resource) -> None:
+    def __init__(self, client: Any, resource: Resource, _queue: "Optional[queue.SimpleQueue[Any]]" = None) -> None:
+        # (_queue: several watches may share one queue -- the semaphore recipe waits for
+        # any of its slots; their events then come out of whichever watch's get)
         eng = client._eng
         eng.begin_session()
         self.resource, shards = _shards(eng, resource)
-        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue() if _queue is None else _queue
         self._reg = _registry(eng)
         self._core = _WatchCore(self.resource, shards, self._q.put)
         self._done = False
