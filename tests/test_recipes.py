@@ -21,7 +21,7 @@ from helpers import Waiter
 pytestmark = pytest.mark.service
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TTL = 0.5
+TTL = 1.0
 
 CANDIDATE = r"""
 import sys, time, lockmgr
