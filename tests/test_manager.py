@@ -236,6 +236,7 @@ def test_on_lost_and_valid_for_in_one_process():
     """Issue 15's per-transaction notice, embedded: only a deadlock victim loses its
     locks; on_lost fires then (on a thread of its own), never after a commit."""
     import queue as _queue
+
     from lockmgr import DeadlockDetected as _DD
     mgr = LockManager()
     t1, t2 = mgr.begin(), mgr.begin()

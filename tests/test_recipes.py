@@ -2,8 +2,8 @@
 semaphore's bound, the read-write lock."""
 
 import os
-import random
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -61,6 +61,7 @@ def test_five_candidates_one_leader_at_a_time_and_a_new_one_within_the_ttl(clust
 
     try:
         ready = 0
+        killed_at = 0.0
         leaders = []       # (proc, token, elected at)
         deadline = time.monotonic() + 30
         while len(leaders) < 5:

@@ -19,7 +19,6 @@ from lockmgr.service.shard.quotas import Quotas
 
 from helpers import Waiter, shard_of
 
-
 # ------------------------------------------------------------ the shard core
 
 def _hello(core, prefix=b"c1", sid=11):

@@ -10,8 +10,11 @@ Interface:
         await .snapshot(), await .wait_for_graph(), await .stats(), await .deadlocks()
         .endpoints, .partition_depth, .session_id, .expired
         await .recover(), await .indoubt(), await .resolve(gtrid, commit)   (2PC)
+        .add_listener(fn), .remove_listener(fn), .state       (fn called on the loop)
+        await .watch(resource) -> AsyncWatch, await .wait_free(resource, mode, timeout)
     Transaction: the sync Transaction's methods as coroutines
         await .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
+        .on_lost(fn), .lost (an asyncio.Event), .lost_error, .valid_for()
         ``async with txn``
 
 It shares the sync client's engine (engine.py: one pipelined connection per

@@ -9,6 +9,8 @@ Interface:
         .submit_async(calls, drv), .loop_driver(loop)    asyncio calls
         .post(shard, typ, args)                          fire-and-forget
         .check_session(), .shutdown()
+        .add_listener(fn), .remove_listener(fn), .state, .gen, .renew(), .begin_session()   (session states)
+        .txn_on_lost(core, fn), .valid_for(core), .watch_registry                    (issue 15)
         .n, .endpoints, .epoch, .partition_depth, .request_timeout, .session, .dead, .closed
     _Call, _Waiter, _LoopDriver
     Owner                       who owns the sockets (docs/service.md ("Client engine ownership"))

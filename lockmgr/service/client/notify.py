@@ -17,6 +17,7 @@ import enum
 import logging
 import queue
 import threading
+from typing import Optional
 
 __all__ = ["SessionState", "Dispatcher"]
 
@@ -56,7 +57,7 @@ class Dispatcher:
     def __init__(self, name: str = "lockmgr-client-notify") -> None:
         self._q: "queue.SimpleQueue" = queue.SimpleQueue()
         self._name = name
-        self._thread = None
+        self._thread: "Optional[threading.Thread]" = None
         self._mu = threading.Lock()
         self._stopped = False
 
@@ -65,8 +66,9 @@ class Dispatcher:
             if self._stopped:
                 return
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                th = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread = th
+                th.start()
         self._q.put((fn, args))
 
     def _run(self) -> None:

@@ -37,8 +37,8 @@ def recipe_path(kind: str, name: Resource) -> Tuple[Any, ...]:
         return name
     if type(name) not in (str, int, bytes):
         raise InvalidRequest(f"a recipe's name must be a str, int, bytes or a path tuple; got {name!r}")
-    path = (_PREFIX[kind], name)
-    encode(path)
+    path: Tuple[Any, ...] = (_PREFIX[kind], name)
+    encode(path)             # (a name too long for a path component: InvalidRequest)
     return path
 
 

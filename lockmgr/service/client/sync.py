@@ -10,8 +10,12 @@ Interface:
         .snapshot(), .wait_for_graph(), .stats(), .deadlocks(), .session_id, .expired
         .endpoints, .partition_depth
         .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/2pc.md)
+        .add_listener(fn), .remove_listener(fn), .state, .renewals     session states (notify.py)
+        .watch(resource) -> Watch, .wait_free(resource, mode, timeout)    (watch.py)
+        .leadership(name) -> recipes.Leadership
     Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
         .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
+        .on_lost(fn), .valid_for()
     admin_query(endpoints, typ, timeout=2.0)    session-less PING/SNAPSHOT/GRAPH/STATS/INDOUBT/DEADLOCKS
 
 A Client is one ``_Engine`` (engine.py: the sockets, shared by every thread
@@ -23,8 +27,8 @@ docs/protocol.md.
 import logging
 from contextlib import contextmanager
 from types import TracebackType
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Type,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set,
+                    Tuple, Type, Union)
 
 import zmq
 

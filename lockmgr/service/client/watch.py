@@ -280,7 +280,7 @@ def _registry(eng: Any) -> WatchRegistry:
 
 def _shards(eng: Any, resource: Resource) -> Tuple[Path, List[int]]:
     key = encode(resource)       # validates (InvalidRequest)
-    path = resource if type(resource) is tuple else (resource,)
+    path: Path = resource if isinstance(resource, tuple) else (resource,)
     return path, list(route(key, len(path), Mode.X, eng.n, eng.partition_depth))
 
 
