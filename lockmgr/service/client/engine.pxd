@@ -45,6 +45,7 @@ cdef class _Engine:
     cpdef double _lease_end(self)
     cpdef lease_over(self)
     cpdef check_session(self)
+    cpdef begin_session(self)
     cpdef _fail(self, _Call call, err)
     @cython.locals(w=_Waiter)
     cpdef _complete(self, _Call call)

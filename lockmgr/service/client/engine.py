@@ -598,7 +598,7 @@ class _Engine:
             return True
         if not self._hello_left and _monotonic() > self._lease_end():
             self._expire_unlocked()
-            return True
+            return self.dead is not None
         return False
 
     def _lease_end(self):
@@ -623,7 +623,9 @@ class _Engine:
             self.renew()          # a new session is being opened (after LOST): wait for it
         elif _monotonic() > self._lease_end():
             self._expire_unlocked()
-            raise SessionExpired(self.dead or self.last_dead)
+            dead = self.dead
+            if dead is not None:
+                raise SessionExpired(dead)
         err = self._deferred_error
         if err is not None:
             self._deferred_error = None
@@ -813,12 +815,17 @@ class _Engine:
             return self.gen + 1
 
     def begin_session(self):
-        """For ``Client.begin``: the session's generation, once a session is open (a
-        new one is opened after LOST; see ``renew``)."""
-        if self.dead is not None or self._hello_left or _monotonic() > self._lease_end():
+        """For ``Client.begin``: make sure a session is open (a new one is opened
+        after LOST; see ``renew``), then ``check_session``."""
+        if self.dead is not None or self._hello_left:
             self.renew()
-        self.check_session()
-        return self.gen
+        try:
+            self.check_session()
+        except SessionExpired:
+            if self.closed:
+                raise
+            self.renew()          # the lease ran out just now: a new session
+            self.check_session()
 
     def _renew_locked(self, now):
         """(the owner) Open a new session in place of the dead one, whose calls have
