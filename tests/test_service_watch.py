@@ -295,3 +295,25 @@ def test_no_watch_no_cost_in_the_core():
     _hello(core)
     assert core._watched == {} and not core.has_replies
     assert threading.active_count() >= 1
+
+
+@pytest.mark.service
+def test_a_node_above_the_partition_depth_is_watched_on_every_shard(cluster):
+    a = cluster.connect(request_timeout=5.0)
+    b = cluster.connect(request_timeout=5.0)
+    try:
+        with b.watch(("db_above",)) as w:
+            evs = _kinds(w, 2)
+            assert sorted(e.shard for e in evs) == [0, 1] and {e.kind for e in evs} == {INITIAL}
+            t = a.begin()
+            t.lock(("db_above",), Mode.S)           # a strong lock above the depth: every shard
+            evs = _kinds(w, 2)
+            assert sorted(e.shard for e in evs) == [0, 1]
+            assert {(e.kind, e.txn, e.mode) for e in evs} == {(GRANTED, t.id, Mode.S)}
+            assert not w.free(Mode.X) and w.free(Mode.IS)
+            t.commit()
+            assert {e.kind for e in _kinds(w, 2)} == {RELEASED}
+            assert w.free(Mode.X)
+    finally:
+        a.close()
+        b.close()
