@@ -2,7 +2,8 @@
 leader election takes to replace a killed leader (lockmgr's recipe, and
 etcd's election API on the same machine when ``etcd`` is installed).
 
-    python benchmarks/bench_watch.py [--n 500] [--rounds 5] [--ttl 2.0] [--no-etcd]
+    bash benchmarks/install_watch_compare_deps.sh      # ZooKeeper, etcd, kazoo (optional)
+    python benchmarks/bench_watch.py [--n 500] [--rounds 5] [--ttl 2.0] [--no-etcd] [--no-zookeeper]
 
 * watch: a 1-shard LocalCluster; client A locks a row X and commits, N
   times; client B watches the row. Measured: from just before A's commit()
@@ -13,8 +14,12 @@ etcd's election API on the same machine when ``etcd`` is installed).
   next leader's "elected" line (its own CLOCK_MONOTONIC reading: the same
   clock system-wide). The expectation is about one TTL (the shard expires
   the dead leader's session when its lease runs out) plus a round trip.
-* etcd (``/usr/bin/etcd``, Debian's etcd-server; installed by hand: this
-  script does not install it): a throwaway single-member etcd on 127.0.0.1,
+* ZooKeeper and kazoo (``benchmarks/install_watch_compare_deps.sh``
+  installs Debian's zookeeper, etcd-server and the kazoo client): a throwaway
+  standalone ZooKeeper (tickTime 200 ms), 4 candidates running kazoo's
+  ``Election.run`` with a session timeout of ``--ttl``; the same kill and
+  measurement.
+* etcd (``/usr/bin/etcd``): a throwaway single-member etcd on 127.0.0.1,
   4 candidate processes each with a lease of ``--ttl`` seconds (kept alive
   every ttl/3) campaigning through the v3 JSON gateway
   (``/v3/election/campaign``, what ``etcdctl elect`` does); the same kill
@@ -130,6 +135,19 @@ time.sleep(3600)
 """
 
 
+KAZOO_CANDIDATE = r"""
+import sys, time
+from kazoo.client import KazooClient
+z = KazooClient(sys.argv[1], timeout=float(sys.argv[2]))
+z.start(timeout=10)
+print("READY", flush=True)
+def lead():
+    print("LEADER", time.monotonic(), 0, flush=True)
+    time.sleep(3600)
+z.Election("/bench-election", "me").run(lead)
+"""
+
+
 def failover(script, target, ttl, rounds, env=None):
     """Kill the leader ``rounds`` times among 4 + rounds candidates; the seconds from
     each kill to the next leader's election."""
@@ -215,12 +233,51 @@ def bench_failover_etcd(ttl, rounds):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def bench_failover_zookeeper(ttl, rounds):
+    zk = "/usr/share/zookeeper/bin/zkServer.sh"
+    try:
+        import kazoo  # noqa: F401
+    except ImportError:
+        kazoo = None
+    if not os.path.exists(zk) or kazoo is None:
+        print("ZooKeeper/kazoo: not installed (benchmarks/install_watch_compare_deps.sh); skipped")
+        return None
+    d = tempfile.mkdtemp(prefix="bench-zk-")
+    port = free_port()
+    # tickTime 200 ms: sessions of 0.4..4 s are allowed (2 and 20 ticks)
+    with open(os.path.join(d, "zoo.cfg"), "w") as f:
+        f.write(f"tickTime=200\ndataDir={d}/data\nclientPort={port}\nmaxClientCnxns=100\n"
+                f"admin.enableServer=false\n4lw.commands.whitelist=ruok\n")
+    proc = subprocess.Popen([zk, "start-foreground", os.path.join(d, "zoo.cfg")], cwd=d,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), 1) as sk:
+                    sk.sendall(b"ruok")
+                    if sk.recv(4) == b"imok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("ZooKeeper did not start")
+            time.sleep(0.2)
+        xs = failover(KAZOO_CANDIDATE, f"127.0.0.1:{port}", ttl, rounds, dict(os.environ))
+        return summary(f"ZooKeeper (kazoo Election) failover (session timeout {ttl:g} s)", xs)
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--ttl", type=float, default=2.0)
     ap.add_argument("--no-etcd", action="store_true")
+    ap.add_argument("--no-zookeeper", action="store_true")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args()
     res = {"backend": lockmgr.BACKEND}
@@ -228,6 +285,8 @@ def main():
     res["failover_lockmgr"] = bench_failover_lockmgr(a.ttl, a.rounds)
     if not a.no_etcd:
         res["failover_etcd"] = bench_failover_etcd(a.ttl, a.rounds)
+    if not a.no_zookeeper:
+        res["failover_zookeeper"] = bench_failover_zookeeper(a.ttl, a.rounds)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -273,7 +273,8 @@ class Client:
 
     @property
     def expired(self) -> bool:
-        """True once the session is over (lease ran out, or closed)."""
+        """True once the session is over (lease ran out, or closed) and, after LOST, until
+        the client has opened a new one (``begin``, or at once with listeners/watches)."""
         return self._eng.lease_over() or self._eng.closed
 
     @property
