@@ -17,7 +17,7 @@ from lockmgr.service.client.watch import GRANTED, INITIAL, MODE, RELEASED, RESET
 from lockmgr.service.shard.core import ShardCore
 from lockmgr.service.shard.quotas import Quotas
 
-from helpers import Waiter, shard_of
+from helpers import Waiter, shard_of, wait_until
 
 # ------------------------------------------------------------ the shard core
 
@@ -215,7 +215,7 @@ def test_a_lost_notice_is_a_reset():
 @pytest.mark.service
 def test_watch_survives_a_shard_restart_and_a_lost_session(tmp_path):
     with LocalCluster(1, data_dir=str(tmp_path), grace=0.3) as c:
-        a = c.connect(request_timeout=0.5, session_ttl=2.0)
+        a = None
         b = c.connect(request_timeout=0.3, session_ttl=0.6)
         try:
             with b.watch(("db", "rs", 1)) as w:
@@ -223,6 +223,7 @@ def test_watch_survives_a_shard_restart_and_a_lost_session(tmp_path):
                 c.restart(0)
                 (ev,) = _kinds(w, 1, timeout=10)       # watched again on the new shard (or session)
                 assert ev.kind == RESET
+                a = c.connect(request_timeout=0.5, session_ttl=2.0)
                 t = a.begin()
                 t.lock(("db", "rs", 1), Mode.X, timeout=10)
                 (ev,) = _kinds(w, 1)
@@ -238,7 +239,8 @@ def test_watch_survives_a_shard_restart_and_a_lost_session(tmp_path):
                 ev = _kinds(w, 1, timeout=10)[0]
                 assert ev.kind == RESET and b.renewals >= 1
         finally:
-            a.close()
+            if a is not None:
+                a.close()
             b.close()
 
 
@@ -317,3 +319,23 @@ def test_a_node_above_the_partition_depth_is_watched_on_every_shard(cluster):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.service
+def test_watches_leave_nothing_behind(cluster):
+    """Closed watches (and one refused) leave no watch on the shard, no count of
+    notice users and no registry entry; close() of the client stops its threads."""
+    a = cluster.connect(request_timeout=5.0)
+    eng = a._eng
+    before = eng._push_wanted
+    ws = [a.watch(_row(k % 2, f"leak{k}")) for k in range(5)]
+    assert eng._push_wanted == before + 5 and eng.watchers == 5
+    for w in ws:
+        w.close()
+        w.close()                               # idempotent
+    assert eng._push_wanted == before and eng.watchers == 0
+    assert not eng.watch_registry.by_wid and not eng.watch_registry.cores
+    wait_until(lambda: sum(st["watches"] for st in a.stats()) == 0, 5.0, "UNWATCHes to land")
+    th = eng._thread
+    a.close()
+    assert not th.is_alive()

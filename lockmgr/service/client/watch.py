@@ -103,6 +103,7 @@ class _WatchCore:
         self.error: Optional[LockError] = None
         self.ready = threading.Event()
         self.resets = 0
+        self.counted = False         # counted in the engine's want_pushes (WatchRegistry.add)
 
     def free(self, mode: int) -> bool:
         """True if ``mode`` could be granted on the node now, as last told: on every
@@ -137,13 +138,18 @@ class WatchRegistry:
             eng.watchers += 1
             for s in core.shards:
                 self._establish(core, s)
-        eng.want_pushes(1)
+            core.counted = True
+            eng._push_wanted += 1        # (want_pushes, under the lock held here) notices read at once
+            eng._wake_hk()
 
     def close(self, core: _WatchCore) -> None:
         eng = self.eng
         with eng._mu:
+            counted, core.counted = core.counted, False
+            if counted:
+                eng._push_wanted -= 1
             if not core.open:
-                return
+                return                   # (ended by an error, or by the client's close)
             core.open = False
             if core in self.cores:
                 self.cores.remove(core)
@@ -158,7 +164,6 @@ class WatchRegistry:
             if eng.dead is None and not eng.closed:
                 eng._queue_locked([_Call(s, wire.UNWATCH, [wid], time.monotonic() + eng.request_timeout)
                                    for s, wid in unwatch])
-        eng.want_pushes(-1)
 
     # -- under the engine's lock
 

@@ -1271,7 +1271,8 @@ class ShardCore:
         s.update(self._table.stats())
         s.update(self.counters)
         s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
-                 partition_depth=self.partition_depth, timers=len(self._timers), locks_counted=self.nheld)
+                 partition_depth=self.partition_depth, timers=len(self._timers), locks_counted=self.nheld,
+                 watches=self.watches.count)
         s["backend"] = BACKEND
         s.update(self.twophase.stats())
         s.update(self._reclaim.stats())
