@@ -87,7 +87,7 @@ class Transaction:
         self._state: str = ACTIVE
         self._wake: Optional[threading.Lock] = None      # a held threading.Lock while this txn waits
         self._victim = False   # aborted as a deadlock victim
-        self._lost_cbs: Optional[list] = None     # on_lost callbacks
+        self._lost_cbs: Optional[List[Callable[[LockError], Any]]] = None     # on_lost callbacks
         self._lost: Optional[LockError] = None    # why the locks were lost (a deadlock victim)
 
     def on_lost(self, fn: Callable[[LockError], Any]) -> None:
