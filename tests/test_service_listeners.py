@@ -307,3 +307,29 @@ def test_asyncio_listener_lost_event_and_new_session(tmp_path):
             await ac.close()
 
     asyncio.run(main())
+
+
+def test_an_answer_that_arrives_after_the_session_changed_is_released(cluster):
+    """The race the generation check closes: a lock call of a transaction is out when
+    the engine opens a new session; its answer may belong to the new session. The
+    transaction raises SessionExpired and releases whatever it was granted."""
+    from lockmgr.service.client.ops import _g_lock
+    client = cluster.connect(request_timeout=5.0)
+    try:
+        t = client.begin()
+        row = _row(3, 0, 2, "race")
+        gen = _g_lock(t._c, row, Mode.X, None, False)
+        specs = next(gen)
+        results = client._eng.call_many(specs)          # granted (to this session)
+        with client._eng._mu:
+            client._eng.gen += 1                         # as if a new session had opened meanwhile
+        with pytest.raises(SessionExpired, match="new transactions use a new one"):
+            gen.send(results)
+        assert t.state == "aborted"
+        with client._eng._mu:
+            client._eng.gen -= 1
+        u = client.begin()
+        assert u.lock(row, Mode.X, timeout=5) > 0       # the RELEASE went out: free again
+        u.commit()
+    finally:
+        client.close()
