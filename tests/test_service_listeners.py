@@ -333,3 +333,28 @@ def test_an_answer_that_arrives_after_the_session_changed_is_released(cluster):
         u.commit()
     finally:
         client.close()
+
+
+def test_on_lost_fires_when_a_restarted_shard_cannot_give_the_locks_back(tmp_path):
+    """A shard restarted without a grace period keeps nothing of the session: the
+    client learns it at its next heartbeat (ttl/4) and on_lost fires then."""
+    with LocalCluster(1, data_dir=str(tmp_path), grace=0) as c:
+        cl = c.connect(session_ttl=2.0, request_timeout=0.5)
+        try:
+            t = cl.begin()
+            t.lock(("db", "nogrc", 1), Mode.X)
+            got = queue.Queue()
+            t.on_lost(got.put)
+            t0 = time.monotonic()
+            c.restart(0)
+            err = got.get(timeout=5.0)
+            assert isinstance(err, (TransactionAborted, SessionExpired)), err
+            assert time.monotonic() - t0 < 2.0          # within the TTL: at the next heartbeat
+            assert t.valid_for() == 0.0
+            with pytest.raises((TransactionAborted, SessionExpired)):
+                t.lock(("db", "nogrc", 2), Mode.X)
+            u = cl.begin()                               # the client goes on (a new session if need be)
+            u.lock(("db", "nogrc", 1), Mode.X, timeout=5)
+            u.commit()
+        finally:
+            cl.close()
