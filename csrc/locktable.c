@@ -26,7 +26,7 @@
  *   lt_find_cycle, lt_wait_edges, lt_wait_graph
  *                                       -- deadlock detection
  *   lt_is_waiting, lt_waiting_on, lt_mode_held, lt_txn_nreqs, lt_held,
- *   lt_ntxns, lt_txn_ids, lt_nrows, lt_snapshot, lt_stats
+ *   lt_ntxns, lt_txn_ids, lt_nrows, lt_snapshot, lt_node, lt_stats
  *                                       -- introspection
  *   lt_check(t)                         -- every invariant, or a message
  *   lt_compact(t)                       -- give memory back when empty
@@ -1687,6 +1687,48 @@ size_t lt_txn_ids(const lt_table *T, uint64_t *out)
     size_t n = 0;
     for (uint32_t x = T->txn_head; x; x = TXN(T, x)->next)
         out[n++] = TXN(T, x)->id;
+    return n;
+}
+
+size_t lt_node(const lt_table *T, const uint8_t *key, uint32_t keylen, lt_row *out, size_t max)
+{
+    /* the requests of one resource (holders, then conversions, then new
+     * waiters), as lt_snapshot's rows; writes at most max, returns how many
+     * there are (0: the resource does not exist) */
+    uint32_t si = res_find(T, key, keylen, key_hash(T, key, keylen));
+    size_t n = 0;
+    uint32_t q;
+    if (!si)
+        return 0;
+    const lt_res *res = RES(T, si);
+    const uint8_t *k = res_key(T, res);
+#define NROW(TXNIDX, MODE, GRANTED)                             \
+    do {                                                        \
+        if (n < max) {                                          \
+            out[n].key = k;                                     \
+            out[n].keylen = res->keylen;                        \
+            out[n].txn = TXN(T, (TXNIDX))->id;                  \
+            out[n].mode = (MODE);                               \
+            out[n].granted = (GRANTED);                         \
+        }                                                       \
+        n++;                                                    \
+    } while (0)
+    if ((q = res->hold))
+        do {
+            NROW(REQ(T, q)->txn, REQ(T, q)->held, 1);
+            q = REQ(T, q)->qnext;
+        } while (q != res->hold);
+    if ((q = res->conv))
+        do {
+            NROW(q, REQ(T, TXN(T, q)->waiting)->want, 0);
+            q = TXN(T, q)->cnext;
+        } while (q != res->conv);
+    if ((q = res->wait))
+        do {
+            NROW(REQ(T, q)->txn, REQ(T, q)->want, 0);
+            q = REQ(T, q)->qnext;
+        } while (q != res->wait);
+#undef NROW
     return n;
 }
 

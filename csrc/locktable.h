@@ -20,7 +20,7 @@
  *   lt_find_cycle, lt_wait_edges, lt_wait_graph
  *                                  -- the wait-for graph
  *   lt_is_waiting, lt_waiting_on, lt_mode_held, lt_txn_nreqs, lt_held,
- *   lt_ntxns, lt_txn_ids, lt_nrows, lt_snapshot, lt_stats
+ *   lt_ntxns, lt_txn_ids, lt_nrows, lt_snapshot, lt_node, lt_stats
  *                                  -- introspection
  *   lt_check                       -- verify every invariant (NULL if sound)
  *   lt_compact                     -- give memory back when empty
@@ -161,6 +161,9 @@ size_t lt_ntxns(const lt_table *t);
 size_t lt_txn_ids(const lt_table *t, uint64_t *out);   /* in creation order */
 size_t lt_nrows(const lt_table *t);     /* rows lt_snapshot() will write */
 size_t lt_snapshot(const lt_table *t, lt_row *out);
+/* The rows of one resource (holders, conversions, waiters); at most max
+ * written; returns the count (0: no such resource). O(its queue). */
+size_t lt_node(const lt_table *t, const uint8_t *key, uint32_t keylen, lt_row *out, size_t max);
 void lt_stats(const lt_table *t, lt_stats_t *out);
 
 const char *lt_check(lt_table *t);

@@ -34,6 +34,7 @@ if _typing.TYPE_CHECKING:  # what the lazy names below resolve to, for type chec
     from . import aio
     from .service.client.sync import Client, connect
     from .service.cluster import LocalCluster
+    from .service.client.notify import SessionState
 
 from ._version import __version__
 
@@ -43,7 +44,7 @@ __all__ = [
     "TransactionAborted", "TransactionCommitted", "InvalidRequest",
     "LockManager", "Transaction", "LockInfo", "BACKEND", "Resource", "Component",
     "connect", "Client", "LocalCluster", "SessionExpired", "ShardUnavailable", "ClientForked", "aio",
-    "Forbidden", "QuotaExceeded",
+    "Forbidden", "QuotaExceeded", "SessionState",
 ]
 
 # name -> (module, attribute); attribute None: the module itself
@@ -52,6 +53,7 @@ _LAZY = {
     "Client": (".service.client.sync", "Client"),
     "LocalCluster": (".service.cluster", "LocalCluster"),
     "aio": (".aio", None),
+    "SessionState": (".service.client.notify", "SessionState"),
 }
 
 if not _typing.TYPE_CHECKING:  # type checkers see the imports above, and no catch-all __getattr__

@@ -73,7 +73,8 @@ class SessionExpired(LockError):
     """The client's session lease ran out (no heartbeat acknowledged within
     the TTL), or a shard expired or closed it. The shards have aborted the
     session's unprepared transactions and released their locks. Every later
-    call on the session raises this; connect again for a new session."""
+    call of the session's transactions raises this; the Client opens a new
+    session for new transactions (``begin``)."""
 
 
 class ClientForked(LockError):

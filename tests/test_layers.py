@@ -30,6 +30,7 @@ ROOMS = [
     ("lockmgr.service.shard.core", "service.core", 5), ("lockmgr.service.shard.twophase", "service.core", 5),
     ("lockmgr.service.shard.reclaim", "service.core", 5),
     ("lockmgr.service.shard.quotas", "service.core", 5), ("lockmgr.service.shard.pages", "service.core", 5),
+    ("lockmgr.service.shard.watches", "service.core", 5),
     ("lockmgr.service.shard.access", "service.core", 5),
     ("lockmgr.service.security", "service.wire", 3),
     ("lockmgr.service.admin", "service.admin", 6),

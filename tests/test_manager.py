@@ -230,3 +230,43 @@ def test_threads_stress(mk, seed):
     assert s["requests"] == 0 and s["resources"] == 0 and s["transactions"] == 0
     # deadlocks did happen (random order), and each had exactly one victim
     assert s["deadlocks"] > 0 and s["deadlocks"] == done["victims"]
+
+
+def test_on_lost_and_valid_for_in_one_process():
+    """Issue 15's per-transaction notice, embedded: only a deadlock victim loses its
+    locks; on_lost fires then (on a thread of its own), never after a commit."""
+    import queue as _queue
+
+    from lockmgr import DeadlockDetected as _DD
+    mgr = LockManager()
+    t1, t2 = mgr.begin(), mgr.begin()
+    got = _queue.Queue()
+    t1.on_lost(got.put)
+    t2.on_lost(got.put)
+    assert t1.valid_for() == float("inf")
+    t1.lock(("a",), Mode.X)
+    t2.lock(("b",), Mode.X)
+    done = threading.Event()
+
+    def first():
+        t1.lock(("b",), Mode.X, timeout=10)
+        done.set()
+
+    th = threading.Thread(target=first, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 10
+    while t1.id not in mgr.wait_for_graph() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(_DD):
+        t2.lock(("a",), Mode.X, timeout=10)       # t2 (younger) is the victim
+    err = got.get(timeout=5)
+    assert isinstance(err, _DD) and t2.valid_for() == 0.0
+    assert done.wait(5)
+    t1.commit()
+    assert t1.valid_for() == 0.0
+    late = _queue.Queue()
+    t2.on_lost(late.put)                          # already lost: at once
+    assert isinstance(late.get(timeout=5), _DD)
+    assert got.empty()
+    with pytest.raises(InvalidRequest):
+        t1.on_lost(3)

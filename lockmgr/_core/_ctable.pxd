@@ -79,6 +79,7 @@ cdef extern from "locktable.h" nogil:
     size_t lt_txn_ids(const lt_table *t, uint64_t *out)
     size_t lt_nrows(const lt_table *t)
     size_t lt_snapshot(const lt_table *t, lt_row *out)
+    size_t lt_node(const lt_table *t, const uint8_t *key, uint32_t keylen, lt_row *out, size_t max)
     void lt_stats(const lt_table *t, lt_stats_t *out)
     const char *lt_check(lt_table *t)
     void lt_alloc_counts(const lt_table *t, lt_alloc_t *out)

@@ -634,6 +634,28 @@ cdef class Table:
             return LT_NL
         return lt_mode_held(self._t, tid, buf, ends[depth - 1])
 
+    def node(self, resource):
+        """``[(txn, mode, granted)]`` of the requests on ``resource`` itself: its
+        holders (held mode) in first-grant order, then waiting conversions and new
+        waiters, FIFO (wanted mode); ``[]`` if nothing is held or queued there.
+        O(depth + its queue)."""
+        cdef uint8_t buf[KEYBUF]
+        cdef uint16_t ends[MAXDEPTH]
+        cdef int depth = _encode(resource, buf, ends)
+        cdef lt_row small[16]
+        cdef lt_row *rows = small
+        cdef size_t n = lt_node(self._t, buf, ends[depth - 1], small, 16), i
+        if n > 16:
+            rows = <lt_row *>PyMem_Malloc(n * sizeof(lt_row))
+            if rows == NULL:
+                raise MemoryError()
+            n = lt_node(self._t, buf, ends[depth - 1], rows, n)
+        try:
+            return [(rows[i].txn, rows[i].mode, bool(rows[i].granted)) for i in range(n)]
+        finally:
+            if rows != small:
+                PyMem_Free(rows)
+
     def held(self, txn):
         """``[(path, mode)]`` granted to ``txn``, in request-creation order. O(its locks)."""
         cdef uint64_t tid = _lookup_id(txn)

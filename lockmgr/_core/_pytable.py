@@ -551,6 +551,18 @@ class Table:
         return r.held if r is not None else NL
 
     @_serialised
+    def node(self, resource):
+        """``[(txn, mode, granted)]`` on ``resource`` itself: holders, then waiting
+        conversions, then new waiters (as ``snapshot``'s rows of that node)."""
+        res = self._res.get(encode(resource))
+        if res is None:
+            return []
+        rows = [(tid, h.held, True) for tid, h in res.holders.items()]
+        rows.extend((c.txn.id, c.want, False) for c in res.conv)
+        rows.extend((w.txn.id, w.want, False) for w in res.waiters)
+        return rows
+
+    @_serialised
     def held(self, txn):
         t = self._txns.get(txn)
         if t is None:

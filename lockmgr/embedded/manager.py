@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from types import TracebackType
-from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Literal, Optional, Set,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Set,
                     Tuple, Type, Union)
 
 from .._core import CONFLICT, WAITING, table_class
@@ -68,7 +68,7 @@ class Transaction:
     """
 
     __slots__ = ("_mgr", "_table", "id", "name", "gtrid", "_state", "_wake", "_victim", "_resolving",
-                 "prepared_at", "_resolved_by", "__weakref__")
+                 "prepared_at", "_resolved_by", "_lost_cbs", "_lost", "__weakref__")
 
     id: int                         #: unique in its manager; a larger id is a younger transaction
     name: Optional[str]             #: the name given to ``begin()``
@@ -87,6 +87,34 @@ class Transaction:
         self._state: str = ACTIVE
         self._wake: Optional[threading.Lock] = None      # a held threading.Lock while this txn waits
         self._victim = False   # aborted as a deadlock victim
+        self._lost_cbs: Optional[List[Callable[[LockError], Any]]] = None     # on_lost callbacks
+        self._lost: Optional[LockError] = None    # why the locks were lost (a deadlock victim)
+
+    def on_lost(self, fn: Callable[[LockError], Any]) -> None:
+        """Call ``fn(error)`` once if the transaction's locks are taken from it: in one
+        process that happens only when it is chosen as a deadlock victim (the error
+        is DeadlockDetected; its own waiting ``lock()`` raises it too). Never after
+        its own commit or abort. ``fn`` runs on a thread of its own, never with the
+        manager's lock held; at once if the locks are already lost. (The service
+        client's ``on_lost`` also covers session expiry and shard restarts.)"""
+        if not callable(fn):
+            raise InvalidRequest(f"on_lost takes a callable; got {fn!r}")
+        with self._mgr._mutex:
+            if self._lost is None:
+                if self._state is ACTIVE or self._state is PREPARED:
+                    if self._lost_cbs is None:
+                        self._lost_cbs = []
+                    self._lost_cbs.append(fn)
+                return
+            err = self._lost
+        threading.Thread(target=fn, args=(err,), name="lockmgr-on-lost", daemon=True).start()
+
+    def valid_for(self) -> float:
+        """Seconds the locks are certainly still held: ``inf`` while the transaction is
+        active or prepared (nothing but a deadlock, or its own end, takes them in
+        one process), 0.0 once it is finished. The service client's counterpart
+        counts down its session's lease."""
+        return float("inf") if (self._state is ACTIVE or self._state is PREPARED) and self._lost is None else 0.0
 
     def __repr__(self) -> str:
         return f"<Transaction id={self.id} name={self.name!r} {self._state}>"
@@ -392,6 +420,17 @@ class Transaction:
 
     def _abort_locked(self, victim: bool) -> None:
         self._victim = victim
+        if victim and self._lost is None:
+            self._lost = DeadlockDetected(f"transaction {self.id} was chosen as deadlock victim; its locks "
+                                          f"have been released")
+            cbs, self._lost_cbs = self._lost_cbs, None
+            if cbs:
+                err = self._lost
+                # (under the manager's mutex: the callbacks run on a thread of their own)
+                threading.Thread(target=lambda: [fn(err) for fn in cbs], name="lockmgr-on-lost",
+                                 daemon=True).start()
+        else:
+            self._lost_cbs = None
         self._finish_locked(ABORTED)
 
     def _finish_locked(self, state: str) -> None:

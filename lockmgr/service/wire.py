@@ -114,6 +114,10 @@ REPL_HELLO = 50    # [replica, incarnation, shard]   standby asks to follow; ans
 REPL_SNAPSHOT = 51 # [epoch, seq, [record, ...]]     every live record (the standby's log is replaced by them)
 REPL_RECORDS = 52  # [epoch, seq, [record, ...]]     one group-commit batch, in log order
 REPL_ACK = 53      # [epoch, seq, replica, incarnation]  the standby fsynced everything up to seq
+# Watches (issue 15; docs/protocol.md, "Watches"): a session watches a node; the
+# shard pushes N_WATCH notices as its holders or waiters change
+WATCH = 60         # [path]                      -> [wid, seq, holders, nwaiters]  (holders: [[txn, mode], ...])
+UNWATCH = 61       # [wid]                       -> []    (an unknown wid: E_NO_WATCH)
 REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", replica, epoch, primary, lag, ...}
 
 # Notices: the shard tells a session something it did not ask for, as a reply
@@ -126,7 +130,9 @@ REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", 
 PUSH_SEQ = 0
 N_TXN_LOST = 1     # [1, txn, status, message]  txn's locks here are gone while it did not wait
                    # (chosen as a deadlock victim by another shard's probe)
-# 2, 5-9: watches (issue 15); 3, 10-14: lock caching callbacks (issue 15)
+N_WATCH = 2        # [2, wid, seq, holders, nwaiters]  the watched node changed: its state now;
+                   # seq counts the watch's notices (1, 2, ...): a gap means one was lost
+# 5-9: watches (reserved); 3, 10-14: lock caching callbacks (issue 15)
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
@@ -139,6 +145,7 @@ TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MUL
                    PEERS: "PEERS", FAULTS: "FAULTS", HELD_PAGE: "HELD_PAGE", SNAPSHOT_PAGE: "SNAPSHOT_PAGE"})
 TYPE_NAMES.update({REPL_HELLO: "REPL_HELLO", REPL_SNAPSHOT: "REPL_SNAPSHOT", REPL_RECORDS: "REPL_RECORDS",
                    REPL_ACK: "REPL_ACK", REPL_ROLE: "REPL_ROLE"})
+TYPE_NAMES.update({WATCH: "WATCH", UNWATCH: "UNWATCH"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0
@@ -159,6 +166,7 @@ E_FORBIDDEN = 14         # the connection's key may not do this (another key's s
 E_QUOTA = 15             # over a quota (the message names it); nothing changed
 E_NOT_PRIMARY = 20       # a standby (or a primary that stepped down): payload [message, primary endpoint | nil]
 E_NOT_REPLICATED = 21    # the record is not on the standbys the configuration requires (nothing acknowledged)
+E_NO_WATCH = 22          # UNWATCH of a watch this session does not have (InvalidRequest)
 
 
 class ProtocolError(Exception):
@@ -182,6 +190,7 @@ _ERRORS = {
     E_QUOTA: QuotaExceeded,
     E_NOT_PRIMARY: ShardUnavailable,
     E_NOT_REPLICATED: ShardUnavailable,
+    E_NO_WATCH: InvalidRequest,
 }
 
 
@@ -205,6 +214,11 @@ def _mode(m):
 
 def _path_modes(p):
     return type(p) is list and all(type(r) is list and len(r) == 2 and type(r[0]) is list and _mode(r[1])
+                                   for r in p)
+
+
+def _holders(p):
+    return type(p) is list and all(type(r) is list and len(r) == 2 and type(r[0]) is int and _mode(r[1])
                                    for r in p)
 
 
@@ -255,6 +269,9 @@ REPLY_SHAPES = {
     INFO: lambda p, a: type(p) is dict,
     TXN_NAME: _list,
     DEADLOCKS: lambda p, a: type(p) is list and all(type(r) is dict for r in p),
+    WATCH: lambda p, a: (type(p) is list and len(p) == 4 and type(p[0]) is int and type(p[1]) is int
+                         and _holders(p[2]) and type(p[3]) is int),
+    UNWATCH: _list,
 }
 
 

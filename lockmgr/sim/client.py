@@ -62,6 +62,8 @@ class SimEngine:
         self.session = world.rng.getrandbits(63) | 1
         self.name = f"sim-client-{client.index}"
         self.epoch = [0] * self.n
+        self.gen = 0                       # (the real engine's session generation; one session here)
+        self.last_dead = None
         self.txns = {}
         self.dead = None
         self.closed = False

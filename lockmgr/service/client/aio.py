@@ -11,8 +11,11 @@ Interface:
         await .snapshot(), await .wait_for_graph(), await .stats(), await .deadlocks()
         .endpoints, .partition_depth, .session_id, .expired
         await .recover(), await .indoubt(), await .resolve(gtrid, commit)   (2PC)
+        .add_listener(fn), .remove_listener(fn), .state       (fn called on the loop)
+        await .watch(resource) -> AsyncWatch, await .wait_free(resource, mode, timeout)
     Transaction: the sync Transaction's methods as coroutines
         await .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
+        .on_lost(fn), .lost (an asyncio.Event), .lost_error, .valid_for()
         ``async with txn``
 
 It shares the sync client's engine (engine.py: one pipelined connection per
@@ -28,7 +31,7 @@ that transaction (its request cannot be withdrawn halfway).
 import asyncio
 import time
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Literal, Optional, Set, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Set, Tuple, Type
 
 from .. import wire
 from ...rules import Gtrid, LockInfo, check_timeout, check_wait
@@ -40,6 +43,8 @@ from .engine import _Call
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _g_finish, _g_held, _g_indoubt, _g_lock, _g_lock_many,
                   _g_prepare, _g_resolve, _g_unlock)
 from .sync import Client as _SyncClient, Endpoints, connect as _sync_connect
+from .notify import SessionState
+from .watch import AsyncWatch, async_wait_free
 
 __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailable"]
 
@@ -62,8 +67,18 @@ async def _call_many(eng, specs):
     return out
 
 
+async def _await_session(core):
+    """An asyncio transaction begun while the session was being replaced (after LOST):
+    wait (in a worker thread) until the new session is open."""
+    eng = core.eng
+    if core.gen == eng.gen + 1 or (core.gen == eng.gen and eng._hello_left):
+        await asyncio.get_running_loop().run_in_executor(None, eng.renew)
+
+
 async def _drive(core, gen):
     eng = core.eng
+    if core.gen != eng.gen or eng._hello_left:
+        await _await_session(core)
     try:
         specs = next(gen)
         while True:
@@ -80,10 +95,44 @@ async def _drive(core, gen):
 class Transaction:
     """An asyncio transaction: every method of :class:`lockmgr.service.client.sync.Transaction`, as coroutines."""
 
-    __slots__ = ("_c",)
+    __slots__ = ("_c", "_lost")
 
     def __init__(self, core: "_TxnCore") -> None:
         self._c = core
+        self._lost: Optional[asyncio.Event] = None
+
+    def on_lost(self, fn: Callable[[LockError], Any]) -> None:
+        """See :meth:`lockmgr.service.client.sync.Transaction.on_lost`: ``fn(error)``
+        runs on the client's notification thread (use :attr:`lost` to wait on the loop)."""
+        self._c.eng.txn_on_lost(self._c, fn)
+
+    @property
+    def lost(self) -> asyncio.Event:
+        """An :class:`asyncio.Event` of the running loop, set as soon as the client knows
+        the transaction's locks are gone (the cases of ``on_lost``); the
+        error is :attr:`lost_error`. Made on first use, inside the loop."""
+        ev = self._lost
+        if ev is None:
+            loop = asyncio.get_running_loop()
+            ev = self._lost = asyncio.Event()
+
+            def fire(err: LockError) -> None:
+                try:
+                    loop.call_soon_threadsafe(ev.set)
+                except RuntimeError:
+                    pass            # the loop is closed
+
+            self._c.eng.txn_on_lost(self._c, fire)
+        return ev
+
+    @property
+    def lost_error(self) -> Optional[LockError]:
+        """The error the locks were lost with (None while they are not known lost)."""
+        return self._c.lost
+
+    def valid_for(self) -> float:
+        """See :meth:`lockmgr.service.client.sync.Transaction.valid_for` (no round trip)."""
+        return self._c.eng.valid_for(self._c)
 
     @property
     def id(self) -> int:
@@ -195,6 +244,7 @@ class Client:
     def __init__(self, sync_client: _SyncClient) -> None:
         self._sync = sync_client
         self._eng = sync_client._eng
+        self._relays: Dict[Any, Callable[[SessionState], None]] = {}
         self._default_timeout = sync_client._default_timeout
 
     @property
@@ -213,12 +263,65 @@ class Client:
     def expired(self) -> bool:
         return self._sync.expired
 
+    @property
+    def state(self) -> SessionState:
+        """See :attr:`lockmgr.service.client.sync.Client.state`."""
+        return self._eng.state
+
+    def add_listener(self, fn: Callable[[SessionState], Any]) -> None:
+        """Call ``fn(state)`` on the event loop running now, at each change of the
+        session's state (see :meth:`lockmgr.service.client.sync.Client.add_listener`);
+        a coroutine function is run as a task. Remove it with :meth:`remove_listener`."""
+        if not callable(fn):
+            raise InvalidRequest(f"a listener must be callable; got {fn!r}")
+        loop = asyncio.get_running_loop()
+
+        def on_loop(state: SessionState) -> None:
+            res = fn(state)
+            if asyncio.iscoroutine(res):
+                loop.create_task(res)
+
+        def relay(state: SessionState) -> None:
+            try:
+                loop.call_soon_threadsafe(on_loop, state)
+            except RuntimeError:
+                pass            # the loop is closed
+
+        self._relays[fn] = relay
+        self._eng.add_listener(relay)
+
+    def remove_listener(self, fn: Callable[[SessionState], Any]) -> None:
+        relay = self._relays.pop(fn, None)
+        if relay is None:
+            raise InvalidRequest(f"{fn!r} is not a listener of this client")
+        self._eng.remove_listener(relay)
+
+    async def watch(self, resource: Resource) -> AsyncWatch:
+        """See :meth:`lockmgr.service.client.sync.Client.watch`: ``async with await
+        client.watch(r) as w: async for ev in w: ...``."""
+        return await AsyncWatch(self, resource)._start()
+
+    async def wait_free(self, resource: Resource, mode: int = Mode.X, timeout: Optional[float] = None) -> bool:
+        """See :meth:`lockmgr.service.client.sync.Client.wait_free`."""
+        return await async_wait_free(self, resource, mode, timeout)
+
     def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
-        """Start a transaction (no round trip)."""
+        """Start a transaction (no round trip). After LOST the client opens a new
+        session; the transaction's first call waits for it."""
         if gtrid is not None and type(gtrid) not in (str, bytes):
             raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
-        self._eng.check_session()
-        return Transaction(_TxnCore(self, name, gtrid))
+        eng = self._eng
+        if eng.dead is None and not eng._hello_left:
+            try:
+                eng.check_session()
+                return Transaction(_TxnCore(self, name, gtrid))
+            except SessionExpired:
+                if eng.closed:
+                    raise
+        gen = eng.request_renew()
+        core = _TxnCore(self, name, gtrid)
+        core.gen = gen
+        return Transaction(core)
 
     def transaction(self, *, name: Optional[str] = None, gtrid: Optional[Gtrid] = None) -> _TxnCtx:
         """``async with client.transaction() as t:`` commits on normal exit, aborts on an exception."""

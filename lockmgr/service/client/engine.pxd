@@ -34,6 +34,10 @@ cdef class _Engine:
     cdef public object _push_handlers, _hk_r, _hk_w
     cdef public Py_ssize_t _push_wanted, pushes
     cdef public bint _hk_selecting
+    cdef public object state, last_dead, _listeners, _dispatch, lost_cbs, _session_cv, watch_registry
+    cdef public Py_ssize_t gen, renewals, watchers
+    cdef public double valid_margin
+    cdef public bint _renew_wanted, _lost_wanted
     cdef public Py_ssize_t n, handoffs, _urgent, _hello_left
     cdef public bint closed, _close_sent, _polling, _pipe_full
 
@@ -41,6 +45,7 @@ cdef class _Engine:
     cpdef double _lease_end(self)
     cpdef lease_over(self)
     cpdef check_session(self)
+    cpdef begin_session(self)
     cpdef _fail(self, _Call call, err)
     @cython.locals(w=_Waiter)
     cpdef _complete(self, _Call call)

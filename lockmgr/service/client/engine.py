@@ -9,6 +9,8 @@ Interface:
         .submit_async(calls, drv), .loop_driver(loop)    asyncio calls
         .post(shard, typ, args)                          fire-and-forget
         .check_session(), .shutdown()
+        .add_listener(fn), .remove_listener(fn), .state, .gen, .renew(), .begin_session()   (session states)
+        .txn_on_lost(core, fn), .valid_for(core), .watch_registry                    (issue 15)
         .n, .endpoints, .epoch, .partition_depth, .request_timeout, .session, .dead, .closed
     _Call, _Waiter, _LoopDriver
     Owner                       who owns the sockets (docs/service.md ("Client engine ownership"))
@@ -41,9 +43,10 @@ import zmq
 
 from .. import wire, zdirect
 from ..zdirect import Poller
-from ...errors import ClientForked, InvalidRequest, SessionExpired, ShardUnavailable
+from ...errors import ClientForked, InvalidRequest, SessionExpired, ShardUnavailable, TransactionAborted
 from ..routing import parse_endpoints
 from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
+from .notify import Dispatcher, SessionState
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
 # one line per notable event (session expired or ended, a shard restarted, a
@@ -157,6 +160,13 @@ RECLAIM_WAIT = 0.1   # s a reclaim waits for a thread to record a lock answer it
 MAX_RECLAIM = wire.MAX_BATCH   # locks in one RECLAIM request
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 _HANDOFF_AFTER = 0.002  # s: an owner whose calls are older than this hands the sockets to a newer caller
+# session states (notify.SessionState) as module globals, and when a session counts as
+# SUSPENDED: less than this fraction of its lease is left on some shard (heartbeats go
+# every ttl/4, so a healthy session keeps more than 3/4 of it)
+_S_CONNECTED, _S_SUSPENDED, _S_RECONNECTED, _S_LOST = (SessionState.CONNECTED, SessionState.SUSPENDED,
+                                                      SessionState.RECONNECTED, SessionState.LOST)
+SUSPEND_LEFT = 0.5
+VALID_MARGIN = 0.1      # Transaction.valid_for(): the lease left less this fraction of the TTL
 
 
 class _Engine:
@@ -250,6 +260,7 @@ class _Engine:
         self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner
         self._driver = None              # the _LoopDriver of the event loop that used the client last
         self._mu = threading.Lock()
+        self._session_cv = threading.Condition(self._mu)    # a (new) session opened, or failed to
         # who owns the sockets: _owner_kind (an Owner) and _owner (the owning
         # _Waiter for SYNC_CALLER, _LoopDriver for LOOP, else None), changed
         # together, under _mu, only by _set_owner
@@ -267,10 +278,26 @@ class _Engine:
         # notices pushed by the shards (wire.PUSH_SEQ): handlers by kind; while
         # _push_wanted > 0 the housekeeper also watches the sockets' ZMQ_FDs when
         # no one owns them, so a notice is read within a moment, not at the next call
-        self._push_handlers = {}
+        self._push_handlers = {wire.N_TXN_LOST: self._on_txn_lost_push}
         self._push_wanted = 0
         self.pushes = 0                  # notices received
         self._hk_selecting = False       # the housekeeper sleeps in select (wake it through _hk_w)
+        # session states and listeners (docs/service.md, "Session states and listeners"):
+        # ``gen`` counts the sessions this engine opened (a transaction of an older one
+        # raises SessionExpired); after LOST a new session is opened when something
+        # needs one (renew), at once while listeners or watches want it
+        self.gen = 0
+        self.state = _S_CONNECTED
+        self.last_dead = None            # why the latest session ended
+        self._listeners = []
+        self._dispatch = Dispatcher()
+        self._renew_wanted = False
+        self.renewals = 0                # new sessions opened after LOST
+        self.lost_cbs = {}               # txn id -> _TxnCore with on_lost callbacks
+        self._lost_wanted = False        # N_TXN_LOST notices are wanted (someone used on_lost)
+        self.watchers = 0                # open watches (watch.py): they want a session back at once
+        self.watch_registry = None       # watch.WatchRegistry, once the client watches
+        self.valid_margin = VALID_MARGIN * self.ttl
         self._hk_r, self._hk_w = os.pipe()
         os.set_blocking(self._hk_r, False)
         os.set_blocking(self._hk_w, False)
@@ -571,9 +598,9 @@ class _Engine:
         """True once the session is dead for this client (lease ran out, or expired)."""
         if self.dead is not None:
             return True
-        if _monotonic() > self._lease_end():
-            self._expire_local()
-            return True
+        if not self._hello_left and _monotonic() > self._lease_end():
+            self._expire_unlocked()
+            return self.dead is not None
         return False
 
     def _lease_end(self):
@@ -594,9 +621,13 @@ class _Engine:
             raise self.forked()
         if self.dead is not None:
             raise SessionExpired(self.dead)
-        if _monotonic() > self._lease_end():
-            self._expire_local()
-            raise SessionExpired(self.dead)
+        if self._hello_left:
+            self.renew()          # a new session is being opened (after LOST): wait for it
+        elif _monotonic() > self._lease_end():
+            self._expire_unlocked()
+            dead = self.dead
+            if dead is not None:
+                raise SessionExpired(dead)
         err = self._deferred_error
         if err is not None:
             self._deferred_error = None
@@ -609,9 +640,17 @@ class _Engine:
         with self._mu:
             if self.closed:
                 return
+            if self.lost_cbs:
+                err = SessionExpired(self.dead or "the client was closed")
+                for core in list(self.lost_cbs.values()):
+                    self._txn_lost_locked(core, err)
+            if self.watch_registry is not None:
+                self.watch_registry.client_closed()
             self.closed = True
+            self._session_cv.notify_all()
             self._wake_owner_locked()
         self._wake_hk()
+        self._dispatch.stop()
         self._thread.join(5.0)
         deadline = _monotonic() + 5.0
         while self._owner_kind is not _NONE and _monotonic() < deadline:
@@ -647,11 +686,261 @@ class _Engine:
                 if w.left == 0:
                     w.signal()
 
+    def _expire_unlocked(self):
+        with self._mu:
+            if self.dead is None and not self._hello_left and _monotonic() > self._lease_end():
+                self._expire_local()
+
     def _expire_local(self):
         if self.dead is None:
             self.dead = (f"session {self.session:#x} expired: no heartbeat was acknowledged by every shard "
                          f"within its TTL of {self.ttl:g}s; its locks have been released")
             _log.warning("%s (client %s)", self.dead, self.name)
+            self._session_lost_locked()
+
+    # -- session states, listeners, a new session after LOST (under _mu unless said otherwise);
+    # docs/service.md ("Session states and listeners")
+
+    def add_listener(self, fn):
+        """Call ``fn(state)`` (a SessionState) at each change of the session's state,
+        on the client's notification thread, in order."""
+        if not callable(fn):
+            raise InvalidRequest(f"a listener must be callable; got {fn!r}")
+        with self._mu:
+            if self.closed:
+                raise SessionExpired("the client was closed")
+            self._listeners.append(fn)
+            self._wake_hk()            # it watches the lease for SUSPENDED from now on
+
+    def remove_listener(self, fn):
+        """Stop calling ``fn`` (InvalidRequest if it is not a listener)."""
+        with self._mu:
+            try:
+                self._listeners.remove(fn)
+            except ValueError:
+                raise InvalidRequest(f"{fn!r} is not a listener of this client") from None
+
+    def _set_state_locked(self, event):
+        """Move to the state of ``event`` and queue the listeners' calls."""
+        state = _S_CONNECTED if event is _S_RECONNECTED else event
+        if state is self.state and event is not _S_CONNECTED:
+            return
+        self.state = state
+        if event is _S_LOST or event is _S_CONNECTED:
+            _log.info("session %#x of client %s: %s", self.session, self.name, event.value)
+        for fn in self._listeners:
+            self._dispatch.put(fn, event)
+
+    def _check_state_locked(self, now):
+        """SUSPENDED when less than SUSPEND_LEFT of the lease is left on some shard or a
+        reclaim is under way; RECONNECTED when neither is true any more."""
+        if self.dead is not None or self._hello_left or self.closed:
+            return
+        low = self._lease_end() - now < self.lease * SUSPEND_LEFT or bool(self._reclaims)
+        if self.state is _S_CONNECTED:
+            if low:
+                self._set_state_locked(_S_SUSPENDED)
+        elif self.state is _S_SUSPENDED and not low:
+            self._set_state_locked(_S_RECONNECTED)
+
+    def _suspend_at(self):
+        """When the session would become SUSPENDED, for the housekeeper's sleep."""
+        return self._lease_end() - self.lease * SUSPEND_LEFT
+
+    def _session_lost_locked(self):
+        """The session just died (``dead`` is set): LOST, every on_lost callback, and a
+        new session at once if listeners or watches want one."""
+        self.last_dead = self.dead
+        if self.closed:
+            return
+        self._set_state_locked(_S_LOST)
+        if self.lost_cbs:
+            err = SessionExpired(self.dead)
+            for core in list(self.lost_cbs.values()):
+                self._txn_lost_locked(core, err)
+        if self._listeners or self.watchers:
+            self._renew_wanted = True
+            if self._owner_kind is _NONE:
+                self._hand_to_hk_locked()
+            else:
+                self._wake_owner_locked()
+
+    def renew(self, timeout=None):
+        """Make sure a session is open: after LOST, have the socket owner open a new
+        one (``_renew_locked``) and wait for it, up to ``timeout`` (default: the
+        request timeout): ShardUnavailable if a shard does not answer by then (the
+        client keeps trying); SessionExpired if the client was closed. Any thread,
+        not under _mu."""
+        if self._born != _FORKS[0]:
+            raise self.forked()
+        deadline = _monotonic() + (self.request_timeout if timeout is None else timeout)
+        with self._session_cv:
+            while True:
+                if self.closed:
+                    raise SessionExpired("the client was closed")
+                if self.dead is None and not self._hello_left:
+                    if _monotonic() <= self._lease_end():
+                        return
+                    self._expire_local()
+                if self._hello_error is not None and self.gen:
+                    raise self._hello_error
+                if self.dead is not None and not self._renew_wanted:
+                    self._renew_wanted = True
+                    if self._owner_kind is _NONE:
+                        self._hand_to_hk_locked()
+                    else:
+                        self._wake_owner_locked()
+                left = deadline - _monotonic()
+                if left <= 0:
+                    missing = [self.endpoints[i] for i in range(self.n) if self._hello_pending[i]]
+                    raise ShardUnavailable(f"a new session (after {self.last_dead}) could not be opened within "
+                                           f"{self.request_timeout:g}s: no answer to HELLO from {missing}; "
+                                           f"the client keeps trying")
+                self._session_cv.wait(min(left, 0.5))
+
+    def request_renew(self):
+        """``renew`` without waiting (an asyncio caller): returns the generation the
+        next transaction will belong to."""
+        with self._mu:
+            if self.closed:
+                raise SessionExpired("the client was closed")
+            if self.dead is None and not self._hello_left and _monotonic() > self._lease_end():
+                self._expire_local()
+            if self.dead is None:
+                return self.gen
+            if not self._renew_wanted:
+                self._renew_wanted = True
+                if self._owner_kind is _NONE:
+                    self._hand_to_hk_locked()
+                else:
+                    self._wake_owner_locked()
+            return self.gen + 1
+
+    def begin_session(self):
+        """For ``Client.begin``: make sure a session is open (a new one is opened
+        after LOST; see ``renew``), then ``check_session``."""
+        if self.dead is not None or self._hello_left:
+            self.renew()
+        try:
+            self.check_session()
+        except SessionExpired:
+            if self.closed:
+                raise
+            self.renew()          # the lease ran out just now: a new session
+            self.check_session()
+
+    def _renew_locked(self, now):
+        """(the owner) Open a new session in place of the dead one, whose calls have
+        failed and whose CLOSE has gone out (``_turn_locked``). Sequence numbers go on
+        from the old session's (a late answer to it can never complete a new call)."""
+        self._renew_wanted = False
+        old = self.session
+        self.gen += 1
+        self.renewals += 1
+        self.session = random.SystemRandom().getrandbits(63) | 1
+        _log.info("client %s: session %#x is gone (%s); opening session %#x", self.name, old, self.last_dead,
+                  self.session)
+        n = self.n
+        self.dead = None
+        self._close_sent = False
+        self._deferred_error = None
+        self.epoch = [0] * n
+        self._lease_base = [now] * n
+        self._hb_sent = [None] * n
+        self._hello_pending = [False] * n
+        self._secret = [None] * n
+        self._grace_until = [0.0] * n
+        self.txns = {}
+        self._reclaims = {}
+        self.reclaim_waiting = False
+        self._parked = [dict() for _ in range(n)]
+        self._hello_error = None
+        self._hello_left = n
+        self._ready.clear()
+        for i in range(n):
+            self._send_hello(i, now)
+
+    # -- per transaction: lost locks (on_lost), under _mu unless said otherwise
+
+    def txn_on_lost(self, core, fn):
+        """Call ``fn(error)`` once ``core``'s locks are known to be gone (any thread)."""
+        if not callable(fn):
+            raise InvalidRequest(f"on_lost takes a callable; got {fn!r}")
+        with self._mu:
+            if not self._lost_wanted:
+                self._lost_wanted = True
+                self._push_wanted += 1      # N_TXN_LOST notices are read as they arrive
+                self._wake_hk()
+            if core.lost is not None:
+                self._dispatch.put(fn, core.lost)
+                return
+            if core.state is not _ACTIVE and core.state is not _PREPARED:
+                return                      # finished: its locks were released, not lost
+            if core.gen != self.gen or self.dead is not None:
+                self._txn_lost_locked(core, SessionExpired(self.last_dead or "the session expired"))
+                self._dispatch.put(fn, core.lost)
+                return
+            if core.lost_cbs is None:
+                core.lost_cbs = []
+            core.lost_cbs.append(fn)
+            self.lost_cbs[core.id] = core
+
+    def txn_lost(self, core, err):
+        """(any thread) ``core``'s locks are gone: its on_lost callbacks, once."""
+        with self._mu:
+            self._txn_lost_locked(core, err)
+
+    def _queue_locked(self, calls):
+        """(under _mu, any thread) Queue calls completed through their callbacks and
+        make sure an owner sends them."""
+        for c in calls:
+            if c.urgent:
+                self._urgent += 1
+            self._outq.append(c)
+        if self._owner_kind is _NONE:
+            self._hand_to_hk_locked()
+        else:
+            self._wake_owner_locked()
+
+    def _txn_lost_locked(self, core, err):
+        if core.lost is not None:
+            return
+        core.lost = err
+        self.lost_cbs.pop(core.id, None)
+        cbs = core.lost_cbs
+        core.lost_cbs = None
+        if cbs:
+            for fn in cbs:
+                self._dispatch.put(fn, err)
+
+    def _on_txn_lost_push(self, i, payload):
+        """N_TXN_LOST [1, txn, status, message]: the shard dropped the txn's locks."""
+        if len(payload) < 4:
+            return
+        core = self.lost_cbs.get(payload[1])
+        if core is not None:
+            self._txn_lost_locked(core, wire.error_for(payload[2], payload[3]))
+
+    def forget_txn(self, core):
+        """A transaction with on_lost callbacks finished (commit/abort): drop them."""
+        with self._mu:
+            self.lost_cbs.pop(core.id, None)
+            core.lost_cbs = None
+
+    def valid_for(self, core):
+        """Seconds ``core``'s locks are certainly still held, by this client's clock."""
+        st = core.state
+        if st is _PREPARED:
+            return float("inf")         # durable until decided: no lease ends them
+        if (st is not _ACTIVE or core.lost is not None or core.doom or core.gen != self.gen
+                or self.dead is not None or self._hello_left):
+            return 0.0
+        eps = self.epoch
+        for s, e in core.touched.items():
+            if (e and eps[s] != e) or s in self._reclaims:
+                return 0.0
+        left = self._lease_end() - _monotonic() - self.valid_margin
+        return left if left > 0.0 else 0.0
 
     # -- ownership (under _mu)
 
@@ -693,7 +982,7 @@ class _Engine:
                 w.promoted = True
                 w.signal()
                 return
-        if self._urgent > 0 or (self.dead is not None and any(self._pending)):
+        if self._urgent > 0 or (self.dead is not None and (self._renew_wanted or any(self._pending))):
             self._set_owner(_HOUSEKEEPER)
             self._wake_hk()
             return
@@ -731,6 +1020,9 @@ class _Engine:
             elif self._hello_left > 0 and not isinstance(c.error, ShardUnavailable):
                 self._hello_error = c.error
                 self._ready.set()
+                self._session_cv.notify_all()
+            elif self.gen and self._hello_left > 0 and not self.closed and self.dead is None:
+                self._send_hello(i, _monotonic())     # a new session (after LOST): keep trying
             return
         epoch, index, nshards, depth = c.result[:4]
         if len(c.result) > 4:
@@ -768,6 +1060,11 @@ class _Engine:
             self._hello_left -= 1
             if self._hello_left == 0 or self._hello_error is not None:
                 self._ready.set()
+                self._session_cv.notify_all()
+                if self._hello_left == 0 and self._hello_error is None:
+                    self._set_state_locked(_S_CONNECTED)
+                    if self.gen and self.watch_registry is not None:
+                        self.watch_registry.resync_all()      # a new session: watch again
 
     def _on_heartbeat(self, c):
         i = c.shard
@@ -776,6 +1073,8 @@ class _Engine:
             self._lease_base[i] = max(self._lease_base[i], c.first_sent)
             if c.result[0] != self.epoch[i] and i not in self._reclaims:
                 self.epoch[i] = c.result[0]
+                if self.watch_registry is not None:
+                    self.watch_registry.resync_shard(i)
         elif isinstance(c.error, SessionExpired):
             self._expire_by_shard(str(c.error))
         elif isinstance(c.error, ShardUnavailable) and "unknown session" in str(c.error):
@@ -875,6 +1174,8 @@ class _Engine:
             core.doom = (f"shard {i} restarted (epoch {old} -> {r.new}) before the answer of a lock of transaction "
                          f"{core.id} was recorded; its locks there were not reclaimed and the transaction has "
                          f"been aborted")
+            if core.lost_cbs is not None:
+                self._txn_lost_locked(core, TransactionAborted(core.doom))
         chunks = []
         cur, n = [], 0
         for core in cores:
@@ -912,11 +1213,15 @@ class _Engine:
                 core = r.cores.get(tid)
                 if core is not None and not core.doom:
                     core.doom = why.format(tid)
+                    if core.lost_cbs is not None:
+                        self._txn_lost_locked(core, TransactionAborted(core.doom))
         else:
             for tid, why in c.result[1]:
                 core = r.cores.get(tid)
                 if core is not None:
                     core.doom = why
+                    if core.lost_cbs is not None:
+                        self._txn_lost_locked(core, TransactionAborted(why))
         r.left -= 1
         if r.left > 0 or self._reclaims.get(i) is not r:
             return
@@ -927,11 +1232,14 @@ class _Engine:
         self.reclaim_waiting = any(x.waiting for x in self._reclaims.values())
         self.epoch[i] = r.new
         self._resend_parked(i)
+        if self.watch_registry is not None:
+            self.watch_registry.resync_shard(i)      # the restarted shard has no watches
 
     def _expire_by_shard(self, msg):
         if self.dead is None:
             self.dead = msg
             _log.warning("session %#x of client %s ended by a shard: %s", self.session, self.name, msg)
+            self._session_lost_locked()
 
     def _heartbeat_locked(self, now):
         """Queue a heartbeat to every shard that acknowledged nothing for ttl/4."""
@@ -963,6 +1271,10 @@ class _Engine:
             self._expire_local()
         if self.dead is not None:
             self._fail_all(SessionExpired(self.dead), keep_close=True)
+            if self._renew_wanted:
+                self._renew_locked(now)
+        elif self._listeners:
+            self._check_state_locked(now)
         if self.reclaim_waiting:
             self._retry_reclaims(now)
         if self._repoints:
@@ -1098,7 +1410,8 @@ class _Engine:
                         due = (self._outq or (top is not None and top <= now)
                                or (self._orphaned_at is not None and now >= self._orphaned_at + _ORPHAN_DELAY)
                                or (self.dead is None and self._hello_left == 0
-                                   and now > self._lease_end()))
+                                   and now > self._lease_end())
+                               or (self._renew_wanted and self.dead is not None))
                         if due:
                             self._set_owner(_HOUSEKEEPER)
                             take = True
@@ -1125,6 +1438,10 @@ class _Engine:
                     nxt = min(nxt, self._orphaned_at + _ORPHAN_DELAY)
                 if self.dead is None and self._hello_left == 0:
                     nxt = min(nxt, self._lease_end() + 0.001)
+                    if self._listeners:
+                        self._check_state_locked(now)
+                        if self.state is _S_CONNECTED:
+                            nxt = min(nxt, self._suspend_at() + 0.001)
                 if self.closed:
                     nxt = now + 0.005
                 if self._owner_kind is _LOOP:

@@ -8,7 +8,8 @@
 cimport cython
 
 cdef class _TxnCore:
-    cdef public object eng, client, id, name, gtrid, state, doom, default_timeout, prepared_at, named
+    cdef public object eng, client, id, name, gtrid, state, doom, default_timeout, prepared_at, named, lost, lost_cbs
+    cdef public Py_ssize_t gen
     cdef public dict touched, locks
     cdef public set busy
     cdef public bint victim

@@ -43,7 +43,7 @@ class _TxnCore:
     """State of one transaction, shared by the sync and asyncio front ends."""
 
     __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
-                 "default_timeout", "prepared_at", "locks", "busy", "named")
+                 "default_timeout", "prepared_at", "locks", "busy", "named", "gen", "lost", "lost_cbs")
 
     def __init__(self, client, name, gtrid):
         self.client = client
@@ -65,6 +65,11 @@ class _TxnCore:
         self.busy = set()
         # shards told the transaction's name (TXN_NAME; only a named transaction has the set)
         self.named = set() if name is not None else None
+        # the engine's session generation at begin: after LOST the engine opens a new
+        # session, and a transaction of an older one raises SessionExpired (check_active)
+        self.gen = self.eng.gen
+        self.lost = None       # the error its locks were lost with (on_lost), once known
+        self.lost_cbs = None   # on_lost callbacks (the engine calls them; engine.txn_on_lost)
 
     def refuse(self):
         if self.state is PREPARED:
@@ -78,6 +83,8 @@ class _TxnCore:
     def check_active(self):
         if self.state is not ACTIVE:
             raise self.refuse()
+        if self.gen != self.eng.gen:
+            raise self.stale()
         self.eng.check_session()
         eps = self.eng.epoch
         for s, e in self.touched.items():
@@ -103,6 +110,14 @@ class _TxnCore:
         """Finished: nothing of it is reclaimed any more."""
         self.eng.txns.pop(self.id, None)
         self.locks = {}
+        if self.lost_cbs is not None:
+            self.eng.forget_txn(self)
+
+    def stale(self):
+        """The SessionExpired of a transaction whose session is gone (the engine
+        has opened a new one since it began)."""
+        return SessionExpired(f"{self.eng.last_dead or 'the session expired'} (transaction {self.id} belonged "
+                              f"to that session; new transactions use a new one)")
 
     def record(self, s, path, mode, tok):
         """A lock granted on shard ``s`` (kept for a reclaim after a restart)."""
@@ -131,6 +146,8 @@ def _prepare(resource, mode):
 
 def _failure(core, err, shard):
     """Apply an error from a lock call to the transaction state; return it to raise."""
+    if core.lost_cbs is not None and isinstance(err, (DeadlockDetected, TransactionAborted, SessionExpired)):
+        core.eng.txn_lost(core, err)      # its locks are gone: on_lost, before the error is raised
     if isinstance(err, DeadlockDetected):
         _log.info("transaction %d%s was a deadlock victim: %s", core.id,
                   f" ({core.name})" if core.name is not None else "", err)
@@ -217,7 +234,19 @@ def _g_lock(core, resource, mode, timeout, nowait):
         for s in shards:
             core.eng.post(s, wire.RELEASE, [core.id, False])
         raise core.refuse()
+    if core.gen != core.eng.gen:
+        raise _stale_answer(core, shards)
     return token
+
+
+def _stale_answer(core, shards):
+    """The session changed while a call of ``core`` was out: whatever it was granted
+    may belong to the new session; release it there and raise SessionExpired."""
+    core.state = ABORTED
+    core.forget()
+    for s in shards:
+        core.eng.post(s, wire.RELEASE, [core.id, False])
+    return core.stale()
 
 
 def _g_lock_many(core, items, timeout, nowait):
@@ -256,6 +285,8 @@ def _g_lock_many(core, items, timeout, nowait):
         yield from _g_lock_run(core, parsed, run, tokens, deadline, nowait)
     if core.state is not ACTIVE:
         raise core.refuse()
+    if core.gen != core.eng.gen:
+        raise _stale_answer(core, sorted(core.touched))
     return tokens
 
 
@@ -391,6 +422,10 @@ def _g_finish(core, commit, wait=True):
         # now, or by the shards when the lease runs out), but an expired
         # session is reported, as for every other call (a no-wait release's
         # failure is left for the next call: abort() does not raise it)
+        if core.gen != core.eng.gen:
+            core.state = ABORTED
+            core.forget()
+            raise core.stale()
         if core.eng.lease_over():
             core.state = ABORTED
             raise SessionExpired(core.eng.dead)
@@ -438,6 +473,8 @@ def _g_prepare(core):
     for res in results:
         if isinstance(res, BaseException) and (err is None or isinstance(res, TransactionAborted)):
             err = res
+    if err is None and core.gen != core.eng.gen:
+        err = core.stale()
     if err is None and core.state is ACTIVE:
         core.state = PREPARED
         core.prepared_at = time.time()

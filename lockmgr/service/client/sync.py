@@ -10,8 +10,12 @@ Interface:
         .snapshot(), .wait_for_graph(), .stats(), .deadlocks(), .session_id, .expired
         .endpoints, .partition_depth
         .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/2pc.md)
+        .add_listener(fn), .remove_listener(fn), .state, .renewals     session states (notify.py)
+        .watch(resource) -> Watch, .wait_free(resource, mode, timeout)    (watch.py)
+        .leadership(name) -> recipes.Leadership
     Transaction  (same methods, semantics and exceptions as lockmgr.Transaction)
         .lock(), .try_lock(), .lock_many(), .unlock(), .held(), .prepare(), .commit(), .abort()
+        .on_lost(fn), .valid_for()
     admin_query(endpoints, typ, timeout=2.0)    session-less PING/SNAPSHOT/GRAPH/STATS/INDOUBT/DEADLOCKS
 
 A Client is one ``_Engine`` (engine.py: the sockets, shared by every thread
@@ -23,7 +27,8 @@ docs/protocol.md.
 import logging
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set, Tuple, Type, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Set,
+                    Tuple, Type, Union)
 
 import zmq
 
@@ -35,8 +40,13 @@ from ...paths import Path, Resource
 from ..reports import merge_reports
 from ..admin import admin_query  # noqa: F401  (part of this module's API)
 from .engine import _Engine
+from .notify import SessionState
+from .watch import Watch, wait_free
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
                   _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
+
+if TYPE_CHECKING:
+    from .recipes import Leadership
 
 SNAPSHOT_PAGE_ROWS = 10_000     # rows asked per SNAPSHOT_PAGE (a shard's answer_rows quota caps it)
 _log = logging.getLogger("lockmgr")
@@ -85,6 +95,28 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<lockmgr.service.client.sync.Transaction id={self._c.id} name={self._c.name!r} {self._c.state}>"
+
+    def on_lost(self, fn: Callable[[LockError], Any]) -> None:
+        """Call ``fn(error)`` as soon as this client knows the transaction's locks are
+        gone while it is active: its session expired (``SessionExpired``: the lease ran
+        out by this client's clock, or a shard said so), a shard restarted and the
+        locks there could not be reclaimed (``TransactionAborted``), or it was chosen
+        as a deadlock victim on a shard where it was not waiting (``DeadlockDetected``,
+        pushed by that shard). ``fn`` runs once, on the client's notification thread;
+        at once (on that thread) if the locks are already lost; never after a commit
+        or abort. Its next call raises the error as before: this only tells sooner.
+        """
+        self._c.eng.txn_on_lost(self._c, fn)
+
+    def valid_for(self) -> float:
+        """Seconds, by this client's monotonic clock, for which the transaction's locks
+        are certainly still held: the session's lease left on the shard that renewed it
+        longest ago (less the clock-drift allowance) minus a margin of a tenth of the
+        TTL; 0.0 once they are lost or may be (a shard restarting, the session gone) or
+        the transaction is finished; ``inf`` when it is prepared (its locks are durable
+        until decided). Check it before an irreversible write; the fencing token stays
+        the real guard. No round trip."""
+        return self._c.eng.valid_for(self._c)
 
     def lock(self, resource: Resource, mode: int = Mode.X, *, timeout: Optional[float] = None,
              nowait: bool = False) -> int:
@@ -241,14 +273,73 @@ class Client:
 
     @property
     def expired(self) -> bool:
-        """True once the session is over (lease ran out, or closed)."""
+        """True once the session is over (lease ran out, or closed) and, after LOST, until
+        the client has opened a new one (``begin``, or at once with listeners/watches)."""
         return self._eng.lease_over() or self._eng.closed
 
+    @property
+    def state(self) -> SessionState:
+        """The session's state as the listeners were last told (CONNECTED, SUSPENDED,
+        LOST; RECONNECTED is reported as CONNECTED)."""
+        return self._eng.state
+
+    @property
+    def renewals(self) -> int:
+        """New sessions this client opened after losing one (LOST)."""
+        return self._eng.renewals
+
+    def add_listener(self, fn: Callable[[SessionState], Any]) -> None:
+        """Call ``fn(state)`` at each change of the session's state: CONNECTED (a
+        session is open; again after LOST, once the new one is), SUSPENDED (a shard
+        has not answered for half the TTL, or restarted and the locks are being
+        reclaimed: the lease is running out), RECONNECTED (the same session is healthy
+        again, every lock still held) and LOST (the session expired: every lock is
+        gone). Calls come in order on the client's notification thread, never with
+        the client's lock held; ``fn`` may call the client. While a listener is
+        registered the client opens a new session at once after LOST (otherwise at
+        the next ``begin``). kazoo's ``add_listener`` and its KazooState, with
+        RECONNECTED spelt out."""
+        self._eng.add_listener(fn)
+
+    def remove_listener(self, fn: Callable[[SessionState], Any]) -> None:
+        """Stop calling ``fn`` (InvalidRequest if it is not a listener)."""
+        self._eng.remove_listener(fn)
+
+    def watch(self, resource: Resource) -> "Watch":
+        """Watch a node: an iterator of :class:`~lockmgr.service.client.watch.WatchEvent`
+        (INITIAL, then GRANTED, RELEASED, MODE, WAITERS as holders and waiters
+        change; RESET when it had to be set again and changes may have been missed),
+        pushed by the shard, never polled. One WATCH message per shard the node lives
+        on to set up (one, or every shard above the partition depth), one UNWATCH
+        each to cancel: ``close()`` it or use ``with``. A shard bounds the watches of
+        a session (QuotaExceeded naming ``watches_per_session``). docs/service.md
+        ("Watches")."""
+        return Watch(self, resource)
+
+    def wait_free(self, resource: Resource, mode: int = Mode.X, timeout: Optional[float] = None) -> bool:
+        """Block until ``mode`` could be granted on ``resource`` -- no holder in a
+        conflicting mode and no request queued there -- without queueing for it
+        (a watch, set and cancelled: two messages per shard). True then; False if
+        ``timeout`` seconds passed first. Only the node itself is looked at (not
+        the locks of its ancestors), and another client may take it first: lock it
+        to be sure."""
+        return wait_free(self, resource, mode, timeout)
+
+    def leadership(self, name: Resource, **kw: Any) -> "Leadership":
+        """``with client.leadership("jobs/compactor") as lead:`` -- see
+        :class:`lockmgr.recipes.Leadership` (leader election)."""
+        from .recipes import Leadership     # (the recipes use only this API; imported on first use)
+        return Leadership(self, name, **kw)
+
     def begin(self, name: Optional[str] = None, *, gtrid: Optional[Gtrid] = None) -> Transaction:
-        """Start a transaction (no round trip). Ids increase in begin order."""
+        """Start a transaction (no round trip). Ids increase in begin order.
+
+        After the session was lost (LOST), this opens a new one first (waiting up
+        to the request timeout for every shard's answer: ShardUnavailable if one
+        does not); transactions of the old session keep raising SessionExpired."""
         if gtrid is not None and type(gtrid) not in (str, bytes):
             raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
-        self._eng.check_session()
+        self._eng.begin_session()
         return Transaction(_TxnCore(self, name, gtrid))
 
     @contextmanager
@@ -259,7 +350,7 @@ class Client:
             yield t
 
     def _admin(self, typ: int) -> List[Any]:
-        self._eng.check_session()
+        self._eng.begin_session()
         res = self._eng.call_many([(i, typ, [], 0.0) for i in range(self._eng.n)])
         for r in res:
             if isinstance(r, BaseException):
@@ -270,7 +361,7 @@ class Client:
         """Every request on every shard: a list of LockInfo (a node above the
         partition depth may appear once per shard)."""
         out: List[LockInfo] = []
-        self._eng.check_session()
+        self._eng.begin_session()
         cursors = {i: 0 for i in range(self._eng.n)}     # SNAPSHOT_PAGE, every shard at once
         while cursors:
             res = self._eng.call_many([(i, wire.SNAPSHOT_PAGE, [c, SNAPSHOT_PAGE_ROWS], 0.0)

@@ -13,7 +13,7 @@ cimport cython
 
 cdef class _Session:
     cdef public object id, prefix, secret, deferred, txns, cache, order, ack, inflight, tombs, tomb_order, name
-    cdef public object user
+    cdef public object user, watches
     cdef public double ttl, expires
     cdef public Py_ssize_t nheld
 
@@ -34,7 +34,7 @@ cdef class ShardCore:
     cdef public object _txns, _timers, _tick, _out, _woken, backlog, counters, internal_errors
     cdef public object _handlers, _admin, twophase, probes, _probes, _peer, _wall_offset, _random_bytes
     cdef public object reclaim, _reclaim
-    cdef public object user, access, quotas, session_counts, pages
+    cdef public object user, access, quotas, session_counts, pages, watches, _watched
     cdef public Py_ssize_t nheld, q_session_locks, q_locks, q_waits, q_inflight, q_cache
     cdef public double now, _due
     cdef public Py_ssize_t _left, handled

@@ -56,6 +56,7 @@ from .twophase import TwoPhase
 from .reclaim import Reclaim
 from .quotas import Quotas, SessionCounts, REPLY_COST, quota_error
 from .pages import Pages
+from .watches import Watches
 
 try:   # the compiled encoder validates exactly as lockmgr.paths.encode, faster
     from ..._core._ctable import encode as _encode
@@ -142,7 +143,7 @@ class ShardHost(Protocol):
 
 class _Session:
     __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
-                 "tombs", "tomb_order", "name", "secret", "deferred", "user", "nheld")
+                 "tombs", "tomb_order", "name", "secret", "deferred", "user", "nheld", "watches")
 
     def __init__(self, sid, ttl, now, prefix, name, secret, user=""):
         self.id = sid
@@ -168,6 +169,7 @@ class _Session:
         # other key are refused, a HELLO with the secret included
         self.user = user
         self.nheld = 0                # locks its open transactions were granted here (quotas.py)
+        self.watches = None           # wid -> watches._Watch (watches.py), once it watches
 
 
 class _Txn:
@@ -298,6 +300,11 @@ class ShardCore:
         self.pages = Pages(self)
         self._handlers.update(self.pages.handlers)
         self._admin.update(self.pages.admin)
+        # WATCH / UNWATCH (watches.py): node states pushed as N_WATCH notices; ``_watched``
+        # is empty while no one watches (then a flush costs one truth test)
+        self.watches = Watches(self)
+        self._handlers.update(self.watches.handlers)
+        self._watched = self.watches.by_key
 
     # ------------------------------------------------------------- driving
 
@@ -400,6 +407,8 @@ class ShardCore:
 
     def take_replies(self):
         """{routing prefix: [reply, ...]}: what to send to the clients (and forget)."""
+        if self._watched:
+            self.watches.flush()
         out = self._out
         if out:
             self._out = {}
@@ -415,8 +424,9 @@ class ShardCore:
 
     @property
     def has_replies(self):
-        """True if replies wait to be taken (``take_replies``)."""
-        return bool(self._out)
+        """True if replies wait to be taken (``take_replies``), or watched nodes may
+        have changed (their notices are made then)."""
+        return bool(self._out) or bool(self._watched)
 
     def reply(self, prefix, rep):
         """Queue a reply that no request of a session produced (a frame the driver
@@ -814,6 +824,8 @@ class ShardCore:
             if t.wait is not None:
                 self.end_wait(t.wait, E_SESSION_EXPIRED, f"session {why}; transaction {t.id} aborted")
             self.drop_txn(t)
+        if sess.watches is not None:
+            self.watches.session_ended(sess)
         self._sessions.pop(sess.id, None)
         self.session_counts.closed(sess.id)
         self.mark_expired(sess.id, why)
@@ -1280,7 +1292,8 @@ class ShardCore:
         s.update(self._table.stats())
         s.update(self.counters)
         s.update(epoch=self.epoch, index=self.index, nshards=self.nshards, sessions=len(self._sessions),
-                 partition_depth=self.partition_depth, timers=len(self._timers), locks_counted=self.nheld)
+                 partition_depth=self.partition_depth, timers=len(self._timers), locks_counted=self.nheld,
+                 watches=self.watches.count)
         s["backend"] = BACKEND
         s.update(self.twophase.stats())
         s.update(self._reclaim.stats())

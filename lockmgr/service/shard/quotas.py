@@ -31,6 +31,7 @@ field of the session and of the core, no dict is built):
   (the driver, server.py); at most wire.MAX_FRAME.
 * ``answer_rows``: rows in one SNAPSHOT_PAGE / HELD_PAGE answer; a SNAPSHOT or
   HELD that would answer more is refused, naming the paged request to use.
+* ``watches_per_session``, ``watches``: at WATCH (watches.py).
 """
 
 import collections
@@ -58,6 +59,8 @@ class Quotas:
     reply_cache_bytes: int = 32 << 20      # unacknowledged answers kept for retries (REPLY_COST each)
     message_bytes: int = wire.MAX_FRAME    # one frame
     answer_rows: int = 2_000               # rows of one SNAPSHOT/HELD answer (page): ~4 ms to build and pack
+    watches_per_session: int = 1024        # watches a session has set here (WATCH; watches.py)
+    watches: int = 100_000                 # watches on the shard
 
     def check(self):
         for f in fields(self):
