@@ -115,6 +115,11 @@ REPL_SNAPSHOT = 51 # [epoch, seq, [record, ...]]     every live record (the stan
 REPL_RECORDS = 52  # [epoch, seq, [record, ...]]     one group-commit batch, in log order
 REPL_ACK = 53      # [epoch, seq, replica, incarnation]  the standby fsynced everything up to seq
 REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", replica, epoch, primary, lag, ...}
+# Client lock caching (docs/service.md, "Lock caching"): 65-69
+CACHE_ON = 65      # []                          -> []    this session's client caches locks: send it
+                   #   N_CACHE_REVOKE when someone waits for (or is refused) a lock one of its transactions holds
+CACHE_GIVEUP = 66  # [txn, path]                 -> [released]  give up txn's locks at and below path here
+                   #   (deepest first; an idle cached lock the client no longer wants, or one revoked)
 
 # Notices: the shard tells a session something it did not ask for, as a reply
 # entry with seq PUSH_SEQ (0; no request has seq 0): [0, OK, [kind, *args]].
@@ -126,7 +131,9 @@ REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", 
 PUSH_SEQ = 0
 N_TXN_LOST = 1     # [1, txn, status, message]  txn's locks here are gone while it did not wait
                    # (chosen as a deadlock victim by another shard's probe)
-# 2, 5-9: watches (issue 15); 3, 10-14: lock caching callbacks (issue 15)
+N_CACHE_REVOKE = 3 # [3, txn, path, mode]  a request of another transaction for ``mode`` on ``path`` waits
+                   # for (or was refused because of) txn's lock there: give it up (lock caching)
+# 2, 5-9: watches (issue 15); 10-14: reserved for lock caching
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
@@ -139,6 +146,7 @@ TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MUL
                    PEERS: "PEERS", FAULTS: "FAULTS", HELD_PAGE: "HELD_PAGE", SNAPSHOT_PAGE: "SNAPSHOT_PAGE"})
 TYPE_NAMES.update({REPL_HELLO: "REPL_HELLO", REPL_SNAPSHOT: "REPL_SNAPSHOT", REPL_RECORDS: "REPL_RECORDS",
                    REPL_ACK: "REPL_ACK", REPL_ROLE: "REPL_ROLE"})
+TYPE_NAMES.update({CACHE_ON: "CACHE_ON", CACHE_GIVEUP: "CACHE_GIVEUP"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0
@@ -255,6 +263,8 @@ REPLY_SHAPES = {
     INFO: lambda p, a: type(p) is dict,
     TXN_NAME: _list,
     DEADLOCKS: lambda p, a: type(p) is list and all(type(r) is dict for r in p),
+    CACHE_ON: _list,
+    CACHE_GIVEUP: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is int,
 }
 
 

@@ -2,7 +2,8 @@
 
 Interface:
     await connect(endpoints, *, session_ttl=10.0, partition_depth=None,
-                  request_timeout=5.0, default_timeout=None, name=None) -> Client
+                  request_timeout=5.0, default_timeout=None, name=None,
+                  cache_locks=False, cache_max_entries=10_000, cache_max_idle=30.0) -> Client
     Client
         .begin(name=None, *, gtrid=None) -> Transaction     (no round trip)
         .transaction(**kw)      ``async with``: commit / abort
@@ -39,6 +40,7 @@ from .engine import _Call
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _g_finish, _g_held, _g_indoubt, _g_lock, _g_lock_many,
                   _g_prepare, _g_resolve, _g_unlock)
 from .sync import Client as _SyncClient, Endpoints
+from .cache import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_IDLE
 
 __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailable"]
 
@@ -195,6 +197,7 @@ class Client:
         self._sync = sync_client
         self._eng = sync_client._eng
         self._default_timeout = sync_client._default_timeout
+        self._cache = sync_client._cache
 
     @property
     def endpoints(self) -> List[str]:
@@ -217,7 +220,14 @@ class Client:
         if gtrid is not None and type(gtrid) not in (str, bytes):
             raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
         self._eng.check_session()
-        return Transaction(_TxnCore(self, name, gtrid))
+        core = _TxnCore(self, name, gtrid)
+        if self._cache is not None and gtrid is None:
+            self._cache.adopt(core)
+        return Transaction(core)
+
+    def cache_stats(self) -> Dict[str, int]:
+        """See :meth:`lockmgr.service.client.sync.Client.cache_stats`."""
+        return self._sync.cache_stats()
 
     def transaction(self, *, name: Optional[str] = None, gtrid: Optional[Gtrid] = None) -> _TxnCtx:
         """``async with client.transaction() as t:`` commits on normal exit, aborts on an exception."""
@@ -297,13 +307,15 @@ class Client:
 async def connect(endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
                   request_timeout: float = 5.0, default_timeout: Optional[float] = None,
                   name: Optional[str] = None, curve_secret_file: Optional[str] = None,
-                  curve_server_key: Any = None) -> Client:
-    """Open a session (see :func:`lockmgr.connect`, CURVE options included); returns an asyncio
-    :class:`Client`."""
+                  curve_server_key: Any = None, cache_locks: bool = False,
+                  cache_max_entries: int = DEFAULT_MAX_ENTRIES, cache_max_idle: float = DEFAULT_MAX_IDLE) -> Client:
+    """Open a session (see :func:`lockmgr.connect`, CURVE and lock caching options included);
+    returns an asyncio :class:`Client`."""
     check_timeout(default_timeout)
     loop = asyncio.get_running_loop()
     sync = await loop.run_in_executor(None, lambda: _SyncClient(
         endpoints, session_ttl=session_ttl, partition_depth=partition_depth, request_timeout=request_timeout,
         default_timeout=default_timeout, name=name, curve_secret_file=curve_secret_file,
-        curve_server_key=curve_server_key))
+        curve_server_key=curve_server_key, cache_locks=cache_locks, cache_max_entries=cache_max_entries,
+        cache_max_idle=cache_max_idle))
     return Client(sync)

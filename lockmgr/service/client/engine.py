@@ -184,7 +184,7 @@ class _Engine:
     else owns the sockets, and tracks the session lease.
     """
 
-    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name, curve=None):
+    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name, curve=None, cache_on=False):
         if type(session_ttl) is bool or not isinstance(session_ttl, (int, float)) or not 0.05 <= session_ttl <= 3600:
             raise InvalidRequest(f"session_ttl must be a number of seconds in 0.05..3600; got {session_ttl!r}")
         if type(request_timeout) is bool or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
@@ -276,6 +276,10 @@ class _Engine:
         self._hk_r, self._hk_w = os.pipe()
         os.set_blocking(self._hk_r, False)
         os.set_blocking(self._hk_w, False)
+        # lock caching (cache.py): CACHE_ON follows every HELLO; the cache's sweep,
+        # run by the housekeeper under _mu (returns when it is next due)
+        self.cache_on = bool(cache_on)
+        self.cache_tick = None
         self._seq = [1] * self.n
         self._pending = [dict() for _ in range(self.n)]
         self._outq = collections.deque()
@@ -564,6 +568,8 @@ class _Engine:
             s = socks[i]
             if _zget(s, _EVENTS) & _POLLIN:
                 self._recv(i, s, True)
+        if self._outq and self.dead is None and not self.closed:
+            self._send_all(_monotonic())     # what the notices' handlers queued (lock caching's give-ups)
 
     def lease_over(self):
         """True once the session is dead for this client (lease ran out, or expired)."""
@@ -719,6 +725,14 @@ class _Engine:
         c = _Call(i, wire.HELLO, args, now + self.request_timeout, cb=self._on_hello, urgent=True)
         self._urgent += 1
         self._outq.append(c)
+        if self.cache_on:
+            # (in the same frame, after the HELLO: the session caches locks; sent again
+            # after every HELLO, as a restarted shard has forgotten it)
+            self._outq.append(_Call(i, wire.CACHE_ON, [], now + self.request_timeout, cb=self._on_cache_on))
+
+    def _on_cache_on(self, c):
+        if c.error is not None and self.dead is None and not self.closed:
+            _log.warning("session %#x: CACHE_ON on shard %d failed: %s", self.session, c.shard, c.error)
 
     def _on_hello(self, c):
         i = c.shard
@@ -1120,6 +1134,10 @@ class _Engine:
                     nxt = min(nxt, self._orphaned_at + _ORPHAN_DELAY)
                 if self.dead is None and self._hello_left == 0:
                     nxt = min(nxt, self._lease_end() + 0.001)
+                if self.cache_tick is not None and self._owner_kind is _NONE:
+                    nxt = min(nxt, self.cache_tick(now))    # lock caching: the idle-age sweep
+                    if self._outq:
+                        nxt = now                            # it queued give-ups: send them now
                 if self.closed:
                     nxt = now + 0.005
                 if self._owner_kind is _LOOP:

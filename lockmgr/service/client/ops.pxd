@@ -9,11 +9,13 @@ cimport cython
 
 cdef class _TxnCore:
     cdef public object eng, client, id, name, gtrid, state, doom, default_timeout, prepared_at, named
+    cdef public object wid, carrier, used
     cdef public dict touched, locks
     cdef public set busy
     cdef public bint victim
 
     cpdef refuse(self)
+    cpdef carrier_doom(self)
     @cython.locals(eps=list)
     cpdef check_active(self)
     cpdef abort_everywhere(self, victim=*, skip=*)
