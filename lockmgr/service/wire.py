@@ -118,8 +118,8 @@ REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", 
 # Client lock caching (docs/service.md, "Lock caching"): 65-69
 CACHE_ON = 65      # []                          -> []    this session's client caches locks: send it
                    #   N_CACHE_REVOKE when someone waits for (or is refused) a lock one of its transactions holds
-CACHE_GIVEUP = 66  # [txn, path]                 -> [released]  give up txn's locks at and below path here
-                   #   (deepest first; an idle cached lock the client no longer wants, or one revoked)
+CACHE_GIVEUP = 66  # [txn, [path, ...]]          -> [released]  give up txn's locks at and below each path
+                   #   here (deepest first; idle cached locks the client no longer wants, or revoked ones)
 
 # Notices: the shard tells a session something it did not ask for, as a reply
 # entry with seq PUSH_SEQ (0; no request has seq 0): [0, OK, [kind, *args]].

@@ -6,6 +6,7 @@ Interface:
         .adopt(core)               a new transaction takes an idle carrier (or a new one)
         .hit(core, shard, path, mode) -> token or 0    a lock granted from the cache
         .hits_many(core, parsed) -> {item index: token}
+        .make_way(core, shards, path, mode)    give up the client's idle cached locks in the way
         .keep(core)                a committed transaction's locks stay cached
         .discard(core)             an aborted transaction's carrier dies with it
         .stats() -> dict           entries, carriers, idle, hits, misses, revokes, giveups, evictions
@@ -36,7 +37,7 @@ import logging
 import time
 
 from .. import wire
-from ...modes import SUPREMUM
+from ...modes import CONFLICTS, INTENTION, SUPREMUM
 from ...rules import ABORTED, ACTIVE
 from .engine import _Call, _NONE, _ORPHAN_DELAY
 
@@ -46,6 +47,7 @@ _monotonic = time.monotonic
 DEFAULT_MAX_ENTRIES = 10_000     # cached locks (explicit ones; their ancestors' intention locks come along)
 DEFAULT_MAX_IDLE = 30.0          # s a cached lock may go unused before it is given up
 MAX_CARRIERS = 64                # carriers per client (at most this many transactions use the cache at once)
+MAX_SCAN = 4096                  # make_way looks at an idle carrier's locks on a shard up to this many
 
 
 class _Carrier:
@@ -114,7 +116,7 @@ class LockCache:
                 eng.txns[cc.id] = cc            # reclaimed after a shard restart like any transaction
             c.user = core
             cc = c.core
-            core.wid = cc.id
+            core.id = core.wid = cc.id         # the id the shards see, reports show and victims are chosen by
             core.carrier = cc
             core.touched = cc.touched
             core.locks = cc.locks
@@ -216,14 +218,56 @@ class LockCache:
                       wire.TYPE_NAMES.get(call.typ, call.typ), call.shard, err)
 
     def _giveup_locked(self, c, s, path):
-        """Give up carrier ``c``'s locks at and below ``path`` on shard ``s``."""
+        """Give up carrier ``c``'s locks at and below ``path`` on shard ``s``, and
+        the ancestors of ``path`` with nothing else cached below them (so what
+        the shard holds for an idle carrier stays the recorded locks and their
+        ancestors: what ``make_way`` looks at)."""
         d = c.core.locks.get(s)
+        cid = c.core.id
+        paths = [list(path)]
         if d:
             for p in [p for p in d if _below(path, p)]:
                 del d[p]
-                self.lru.pop((c.core.id, s, p), None)
+                self.lru.pop((cid, s, p), None)
+            for k in range(len(path) - 1, 0, -1):
+                a = path[:k]
+                if any(len(p) > k and p[:k] == a for p in d):
+                    break
+                paths.append(list(a))
+                if a in d:
+                    del d[a]
+                    self.lru.pop((cid, s, a), None)
         self.giveups += 1
-        self._queue_locked(s, wire.CACHE_GIVEUP, [c.core.id, list(path)])
+        self._queue_locked(s, wire.CACHE_GIVEUP, [cid, paths])
+
+    def make_way(self, core, shards, path, mode):
+        """Before ``core`` asks the shards for ``mode`` on ``path``: give up what
+        this client's *idle* carriers cache there in a conflicting mode (their
+        explicit locks, and the intention locks those imply on the ancestors),
+        in the same frame, ahead of the request, so a transaction never waits for
+        (or is refused because of) its own client's idle cache. Carriers in use
+        are left to the shard (the request queues, and is revoked as any)."""
+        if not self.idle:
+            return
+        with self.eng._mu:
+            n = len(path)
+            im = INTENTION[mode]
+            for s in shards:
+                for c in list(self.idle):
+                    d = c.core.locks.get(s)
+                    if not d or len(d) > MAX_SCAN:
+                        continue            # (too many to look at: left to the shard's revoke)
+                    levels = set()
+                    for q, e in d.items():
+                        k = len(q)
+                        if k >= n and q[:n] == path:
+                            if (CONFLICTS[e[0] if k == n else INTENTION[e[0]]] >> mode) & 1:
+                                levels.add(path)
+                        elif k < n and path[:k] == q and (CONFLICTS[e[0]] >> im) & 1:
+                            levels.add(q)
+                    for lv in sorted(levels, key=len):
+                        if any(_below(lv, q) for q in d):
+                            self._giveup_locked(c, s, lv)
 
     def _drop_locked(self, c):
         """End an idle carrier: RELEASE on every shard it touched."""

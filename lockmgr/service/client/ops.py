@@ -66,7 +66,7 @@ class _TxnCore:
         # shards told the transaction's name (TXN_NAME; only a named transaction has the set)
         self.named = set() if name is not None else None
         # lock caching (cache.py; docs/service.md, "Lock caching"): the id the shards
-        # see (``wid``) is the adopted carrier's when there is one, whose ``touched``,
+        # see (``wid``; ``id`` too) is the adopted carrier's when there is one, whose ``touched``,
         # ``locks`` and ``busy`` this transaction then shares; ``used``: the paths it
         # locked itself (held() shows those and their ancestors, not the whole cache)
         self.wid = self.id
@@ -189,10 +189,13 @@ def _g_lock(core, resource, mode, timeout, nowait):
     if timeout is None:
         timeout = core.default_timeout
     shards = core.route(key, len(path), mode)
-    if core.carrier is not None and len(shards) == 1:
-        tok = core.client._cache.hit(core, shards[0], path, mode)
-        if tok:                    # held by the adopted carrier in a covering mode: no message
-            return tok
+    if core.carrier is not None:
+        cache = core.client._cache
+        if len(shards) == 1:
+            tok = cache.hit(core, shards[0], path, mode)
+            if tok:                # held by the adopted carrier in a covering mode: no message
+                return tok
+        cache.make_way(core, shards, path, mode)
     deadline = None if timeout is None else _monotonic() + timeout
     wpath = list(path)
     strong = len(shards) > 1
@@ -267,9 +270,11 @@ def _g_lock_many(core, items, timeout, nowait):
     run = {}
     local = core.client._cache.hits_many(core, parsed) if core.carrier is not None else None
     for i, (path, key, mode) in enumerate(parsed):
-        if local and i in local:   # granted from the cache (lock caching)
-            tokens[i] = local[i]
-            continue
+        if local is not None:
+            if i in local:         # granted from the cache (lock caching)
+                tokens[i] = local[i]
+                continue
+            core.client._cache.make_way(core, core.route(key, len(path), mode), path, mode)
         shards = core.route(key, len(path), mode)
         if len(shards) == 1:
             run.setdefault(shards[0], []).append(i)
@@ -319,6 +324,9 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
                 if isinstance(res, BaseException):
                     if err is None or isinstance(res, DeadlockDetected):
                         err = (res, s)
+                    if core.used is not None:   # (some may be held: held() asks the shard which)
+                        for i in chunk:
+                            core.used.add((s, parsed[i][0]))
                     continue
                 toks, ep2 = res
                 if not core.touched.get(s):

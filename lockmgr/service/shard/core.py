@@ -1253,10 +1253,10 @@ class ShardCore:
         return []
 
     def _h_cache_giveup(self, sess, seq, args):
-        if len(args) != 2:
-            raise _Reply(E_PROTOCOL, "CACHE_GIVEUP takes [txn, path]")
-        tid, path = args
-        path = _path(path)
+        if len(args) != 2 or type(args[1]) is not list or not 1 <= len(args[1]) <= MAX_DEPTH + 1:
+            raise _Reply(E_PROTOCOL, "CACHE_GIVEUP takes [txn, [path, ...]] (1..33 paths)")
+        tid, paths = args
+        paths = [_path(p) for p in paths]
         t = self._txn(sess, tid, create=False)
         self.counters["cache_giveups"] += 1
         if t is None:
@@ -1266,8 +1266,13 @@ class ShardCore:
         if t.wait is not None:
             raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; its cached locks are in use")
         table = self._table
-        n = len(path)
-        mine = [p for p, _ in table.held(tid) if len(p) >= n and p[:n] == path]
+        mine = []
+        for p, _ in table.held(tid):
+            for q in paths:
+                n = len(q)
+                if len(p) >= n and p[:n] == q:
+                    mine.append(p)
+                    break
         mine.sort(key=len, reverse=True)          # deepest first: a node goes after its children
         for p in mine:
             woken = table.unlock(tid, p)
