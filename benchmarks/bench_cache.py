@@ -97,8 +97,9 @@ def main():
     off, on = avg[False], avg[True]
     print(f"mean off: {off[0]:,.0f} txn/s, {off[1]:.3f} requests/txn, {off[2]:.1f} us shard CPU/txn")
     print(f"mean on:  {on[0]:,.0f} txn/s, {on[1]:.3f} requests/txn, {on[2]:.1f} us shard CPU/txn")
-    print(f"caching on/off: throughput {on[0] / off[0]:.1f}x; requests per txn "
-          f"{off[1] / max(on[1], 1e-9):.0f}x fewer; shard CPU per txn {off[2] / max(on[2], 1e-9):.0f}x less")
+    fewer = f"{off[1] / on[1]:.1f}x fewer" if on[1] > 0 else "none at all with caching"
+    print(f"caching on/off: throughput {on[0] / off[0]:.1f}x; requests per txn: {fewer}; "
+          f"shard CPU per txn {off[2] / max(on[2], 1e-9):.1f}x less")
 
 
 if __name__ == "__main__":

@@ -47,20 +47,43 @@ _monotonic = time.monotonic
 DEFAULT_MAX_ENTRIES = 10_000     # cached locks (explicit ones; their ancestors' intention locks come along)
 DEFAULT_MAX_IDLE = 30.0          # s a cached lock may go unused before it is given up
 MAX_CARRIERS = 64                # carriers per client (at most this many transactions use the cache at once)
-MAX_SCAN = 4096                  # make_way looks at an idle carrier's locks on a shard up to this many
 
 
 class _Carrier:
     """One carrier: the open shard-side transaction ``core`` (a _TxnCore whose
     ``locks`` are the cache) and who uses it."""
 
-    __slots__ = ("core", "user", "revoked", "idle_since")
+    __slots__ = ("core", "user", "revoked", "idle_since", "tree")
 
     def __init__(self, core, now):
         self.core = core
         self.user = None            # the _TxnCore that adopted it, or None (idle)
         self.revoked = {}           # shard -> {path}: give up when the user ends
         self.idle_since = now
+        # shard -> {node: {child node, ...}} over every prefix of the recorded
+        # locks (root: ()); a superset (an unlock within a transaction leaves its
+        # node), so the subtree of a node lists every recorded lock below it
+        self.tree = {}
+
+
+def _tree_add(tree, p):
+    for k in range(len(p)):
+        q = p[:k]
+        kids = tree.get(q)
+        if kids is None:
+            tree[q] = {p[:k + 1]}
+        else:
+            kids.add(p[:k + 1])
+
+
+def _subtree(tree, p):
+    """``p`` and every node below it in ``tree``."""
+    out = [p]
+    k = 0
+    while k < len(out):
+        out.extend(tree.get(out[k], ()))
+        k += 1
+    return out
 
 
 def _below(path, p):
@@ -167,8 +190,18 @@ class LockCache:
             now = _monotonic()
             lru = self.lru
             cid = c.core.id
+            locks = c.core.locks
+            tree = c.tree
             for s, p in core.used:
+                d = locks.get(s)
+                if d is None or p not in d:
+                    continue                    # (unlocked meanwhile, or never granted)
                 key = (cid, s, p)
+                if key not in lru:
+                    t = tree.get(s)
+                    if t is None:
+                        t = tree[s] = {}
+                    _tree_add(t, p)
                 lru[key] = now
                 lru.move_to_end(key)
             c.user = None
@@ -219,34 +252,51 @@ class LockCache:
 
     def _giveup_locked(self, c, s, path):
         """Give up carrier ``c``'s locks at and below ``path`` on shard ``s``, and
-        the ancestors of ``path`` with nothing else cached below them (so what
-        the shard holds for an idle carrier stays the recorded locks and their
-        ancestors: what ``make_way`` looks at)."""
+        the ancestors of ``path`` that are not recorded and have nothing else
+        recorded below them (so what the shard holds for an idle carrier stays
+        the recorded locks and their ancestors: what ``make_way`` looks at).
+        CACHE_GIVEUP names every node given up, deepest first. Runtime: O(the
+        subtree + the depth)."""
         d = c.core.locks.get(s)
+        if d is None:
+            d = {}
+        t = c.tree.get(s)
+        if t is None:
+            t = c.tree[s] = {}
         cid = c.core.id
-        paths = [list(path)]
-        if d:
-            for p in [p for p in d if _below(path, p)]:
+        lru = self.lru
+        nodes = _subtree(t, path)
+        many = len(nodes) > wire.MAX_BATCH - 64
+        for p in nodes:
+            t.pop(p, None)
+            if p in d:
                 del d[p]
-                self.lru.pop((cid, s, p), None)
-            for k in range(len(path) - 1, 0, -1):
-                a = path[:k]
-                if any(len(p) > k and p[:k] == a for p in d):
-                    break
-                paths.append(list(a))
-                if a in d:
-                    del d[a]
-                    self.lru.pop((cid, s, a), None)
+                lru.pop((cid, s, p), None)
+        if many:
+            nodes = [path]           # (the shard finds what is below it itself)
+        a = path[:-1]
+        kids = t.get(a)
+        if kids is not None:
+            kids.discard(path)
+        while a and not t.get(a) and a not in d:
+            nodes.append(a)          # an intention lock only the given-up locks needed
+            t.pop(a, None)
+            up = t.get(a[:-1])
+            if up is not None:
+                up.discard(a)
+            a = a[:-1]
+        nodes.sort(key=len, reverse=True)
         self.giveups += 1
-        self._queue_locked(s, wire.CACHE_GIVEUP, [cid, paths])
+        self._queue_locked(s, wire.CACHE_GIVEUP, [cid, [list(p) for p in nodes]])
 
     def make_way(self, core, shards, path, mode):
         """Before ``core`` asks the shards for ``mode`` on ``path``: give up what
         this client's *idle* carriers cache there in a conflicting mode (their
-        explicit locks, and the intention locks those imply on the ancestors),
+        recorded locks, and the intention locks those imply on the ancestors),
         in the same frame, ahead of the request, so a transaction never waits for
         (or is refused because of) its own client's idle cache. Carriers in use
-        are left to the shard (the request queues, and is revoked as any)."""
+        are left to the shard (the request queues, and is revoked as any).
+        Runtime: O(depth + the subtree of ``path``) per idle carrier."""
         if not self.idle:
             return
         with self.eng._mu:
@@ -255,19 +305,23 @@ class LockCache:
             for s in shards:
                 for c in list(self.idle):
                     d = c.core.locks.get(s)
-                    if not d or len(d) > MAX_SCAN:
-                        continue            # (too many to look at: left to the shard's revoke)
-                    levels = set()
-                    for q, e in d.items():
-                        k = len(q)
-                        if k >= n and q[:n] == path:
-                            if (CONFLICTS[e[0] if k == n else INTENTION[e[0]]] >> mode) & 1:
-                                levels.add(path)
-                        elif k < n and path[:k] == q and (CONFLICTS[e[0]] >> im) & 1:
-                            levels.add(q)
-                    for lv in sorted(levels, key=len):
-                        if any(_below(lv, q) for q in d):
-                            self._giveup_locked(c, s, lv)
+                    if not d:
+                        continue
+                    level = None
+                    for k in range(1, n):          # a recorded ancestor in a mode the intention conflicts with
+                        e = d.get(path[:k])
+                        if e is not None and (CONFLICTS[e[0]] >> im) & 1:
+                            level = path[:k]
+                            break
+                    if level is None:
+                        t = c.tree.get(s)
+                        for q in (_subtree(t, path) if t else (path,)):
+                            e = d.get(q)
+                            if e is not None and (CONFLICTS[e[0] if len(q) == n else INTENTION[e[0]]] >> mode) & 1:
+                                level = path
+                                break
+                    if level is not None:
+                        self._giveup_locked(c, s, level)
 
     def _drop_locked(self, c):
         """End an idle carrier: RELEASE on every shard it touched."""

@@ -33,6 +33,7 @@ cdef class _Engine:
     cdef public object locator, _repoints, repoints
     cdef public object _push_handlers, _hk_r, _hk_w, cache_tick
     cdef public bint cache_on
+    cdef public double _free_since
     cdef public Py_ssize_t _push_wanted, pushes
     cdef public bint _hk_selecting
     cdef public Py_ssize_t n, handoffs, _urgent, _hello_left

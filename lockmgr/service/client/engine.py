@@ -159,6 +159,7 @@ RECLAIM_WAIT = 0.1   # s a reclaim waits for a thread to record a lock answer it
 MAX_RECLAIM = wire.MAX_BATCH   # locks in one RECLAIM request
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
 _HANDOFF_AFTER = 0.002  # s: an owner whose calls are older than this hands the sockets to a newer caller
+_PUSH_WATCH_DELAY = 0.003  # s the sockets stay free before the housekeeper watches them for notices
 
 
 class _Engine:
@@ -271,6 +272,7 @@ class _Engine:
         # no one owns them, so a notice is read within a moment, not at the next call
         self._push_handlers = {}
         self._push_wanted = 0
+        self._free_since = 0.0           # when the last owner let go (the watch starts _PUSH_WATCH_DELAY later)
         self.pushes = 0                  # notices received
         self._hk_selecting = False       # the housekeeper sleeps in select (wake it through _hk_w)
         self._hk_r, self._hk_w = os.pipe()
@@ -564,12 +566,17 @@ class _Engine:
         """The owner, about to let go while notices are wanted: read what the sockets
         hold (reading ZMQ_EVENTS also re-arms their ZMQ_FD for the housekeeper's select)."""
         socks = self._socks
-        for i in range(self.n):
-            s = socks[i]
-            if _zget(s, _EVENTS) & _POLLIN:
-                self._recv(i, s, True)
-        if self._outq and self.dead is None and not self.closed:
-            self._send_all(_monotonic())     # what the notices' handlers queued (lock caching's give-ups)
+        for _ in range(4):
+            if self._outq and self.dead is None and not self.closed:
+                # what is queued (lock caching's give-ups, queued by notice handlers) goes
+                # first: a send may consume the ZMQ_FD's edge, so EVENTS is read after it
+                self._send_all(_monotonic())
+            for i in range(self.n):
+                s = socks[i]
+                if _zget(s, _EVENTS) & _POLLIN:
+                    self._recv(i, s, True)
+            if not self._outq or self.dead is not None or self.closed:
+                break
 
     def lease_over(self):
         """True once the session is dead for this client (lease ran out, or expired)."""
@@ -703,8 +710,14 @@ class _Engine:
             return
         if self._push_wanted > 0:
             self._read_pushes_locked()
-            if not self._hk_selecting:
-                self._hk_ev.set()     # the housekeeper watches the sockets from now on
+            # the housekeeper watches the sockets once they have been free for
+            # _PUSH_WATCH_DELAY (a busy client's replies would wake its select at
+            # every call; meanwhile a notice rides with the next call's reply, or
+            # is read when the watch starts): wake it only if it sleeps past that
+            now = _monotonic()
+            self._free_since = now
+            if not self._hk_selecting and self._hk_wake_at > now + 4 * _PUSH_WATCH_DELAY:
+                self._hk_ev.set()
         self._set_owner(_NONE)
         if self._outq or any(self._pending):
             now = _monotonic()
@@ -1145,6 +1158,15 @@ class _Engine:
                 nxt = max(nxt, now + 0.001)
                 self._hk_wake_at = nxt
                 watch = self._push_wanted > 0 and self._owner_kind is _NONE and not self.closed
+                if watch and now < self._free_since + _PUSH_WATCH_DELAY:
+                    watch = False                 # (just let go: see _leave_locked)
+                    nxt = min(nxt, self._free_since + _PUSH_WATCH_DELAY)
+                    self._hk_wake_at = nxt
+                elif self._push_wanted > 0 and self._owner_kind is not _NONE:
+                    # owned: look again within 4 delays (a letting-go owner wakes us
+                    # only if we would sleep longer than that)
+                    nxt = min(nxt, now + 4 * _PUSH_WATCH_DELAY)
+                    self._hk_wake_at = nxt
                 if watch:
                     # arm the ZMQ_FDs: they signal a new message only once a read found the
                     # socket empty (reading ZMQ_EVENTS does); read what is there meanwhile

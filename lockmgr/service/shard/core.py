@@ -1253,8 +1253,8 @@ class ShardCore:
         return []
 
     def _h_cache_giveup(self, sess, seq, args):
-        if len(args) != 2 or type(args[1]) is not list or not 1 <= len(args[1]) <= MAX_DEPTH + 1:
-            raise _Reply(E_PROTOCOL, "CACHE_GIVEUP takes [txn, [path, ...]] (1..33 paths)")
+        if len(args) != 2 or type(args[1]) is not list or not 1 <= len(args[1]) <= wire.MAX_BATCH:
+            raise _Reply(E_PROTOCOL, f"CACHE_GIVEUP takes [txn, [path, ...]] (1..{wire.MAX_BATCH} paths)")
         tid, paths = args
         paths = [_path(p) for p in paths]
         t = self._txn(sess, tid, create=False)
@@ -1266,16 +1266,25 @@ class ShardCore:
         if t.wait is not None:
             raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; its cached locks are in use")
         table = self._table
+        # the client names every node to give up (deepest first); one it did not
+        # know of below a named node (an escalation, say) makes that node's unlock
+        # fail: then everything the transaction holds below it is found and released
         mine = []
-        for p, _ in table.held(tid):
-            for q in paths:
-                n = len(q)
-                if len(p) >= n and p[:n] == q:
-                    mine.append(p)
-                    break
-        mine.sort(key=len, reverse=True)          # deepest first: a node goes after its children
-        for p in mine:
-            woken = table.unlock(tid, p)
+        for p in sorted(paths, key=len, reverse=True):
+            if not table.mode_held(tid, p):
+                continue
+            try:
+                woken = table.unlock(tid, p)
+            except InvalidRequest:
+                n = len(p)
+                below = sorted((q for q, _ in table.held(tid) if len(q) > n and q[:n] == p), key=len, reverse=True)
+                for q in below:
+                    woken = table.unlock(tid, q)
+                    if woken:
+                        self._woken.extend(woken)
+                mine.extend(below)
+                woken = table.unlock(tid, p)
+            mine.append(p)
             if woken:
                 self._woken.extend(woken)
         k = min(len(mine), t.nheld)
