@@ -64,7 +64,10 @@ class Transaction:
 
     @property
     def id(self) -> int:
-        """The transaction id (unique 64-bit; larger means younger)."""
+        """The transaction id (unique 64-bit; larger means younger). With lock
+        caching it is the id of the carrier the transaction adopted (what the
+        shards see): transactions of the client that follow one another may
+        share it, concurrent ones never do (docs/service.md, "Lock caching")."""
         return self._c.id
 
     @property
