@@ -386,3 +386,76 @@ def test_deadlock_victim_carrier_is_dropped(cached, plain):
     assert cached.cache_stats()["carriers"] == 0
     with cached.transaction() as t:
         assert t.lock(r1, X) > 0
+
+
+# ------------------------------------------------- the shard's part, sans-IO
+
+class _Core:
+    """One ShardCore driven by hand (no sockets, a fixed clock)."""
+
+    def __init__(self):
+        from lockmgr.service.shard.core import ShardCore
+        rnd = random.Random(15)
+        self.core = ShardCore(epoch=1, now=100.0, random_bytes=lambda k: rnd.randbytes(k))
+        self.seq = {}
+        self.out = {}
+
+    def call(self, conn, sid, typ, *args):
+        seq = self.seq.get(sid, 1)
+        self.seq[sid] = seq + 1
+        self.core.frame((conn,), sid, 0, [[typ, seq, *args]], 64)
+        self.core.process_woken()
+        for prefix, reps in self.core.take_replies().items():
+            self.out.setdefault(prefix[0], []).extend(reps)
+        for rep in self.out.get(conn, []):
+            if rep[0] == seq:
+                self.out[conn].remove(rep)
+                return rep
+        return None
+
+    def notices(self, conn):
+        got = [r[2] for r in self.out.get(conn, []) if r[0] == wire.PUSH_SEQ]
+        self.out[conn] = [r for r in self.out.get(conn, []) if r[0] != wire.PUSH_SEQ]
+        return got
+
+
+@pytest.mark.parametrize("nowait", [False, True])
+def test_shard_revokes_a_caching_sessions_lock_and_grants_the_waiter_on_give_up(nowait):
+    c = _Core()
+    for conn, sid in ((b"a", 11), (b"b", 12)):
+        assert c.call(conn, sid, wire.HELLO, 60_000, "t")[1] == wire.OK
+    assert c.call(b"a", 11, wire.CACHE_ON)[1:] == [wire.OK, []]
+    carrier = 1 << 50
+    for k in (1, 2):
+        assert c.call(b"a", 11, wire.LOCK, carrier, ["db", "t", k], X, False, None, 0)[1] == wire.OK
+    rep = c.call(b"b", 12, wire.LOCK, 2 << 50, ["db", "t", 1], S, nowait, None, 0)
+    if nowait:
+        assert rep[1] == wire.E_NOT_AVAILABLE
+    else:
+        assert rep is None                                      # waits
+    assert c.notices(b"a") == [[wire.N_CACHE_REVOKE, carrier, ["db", "t", 1], S]]
+    assert c.notices(b"b") == []                                # (nothing for the waiter)
+    # the client gives row 1 up (the table stays: row 2 is still cached below it)
+    assert c.call(b"a", 11, wire.CACHE_GIVEUP, carrier, [["db", "t", 1]])[1:] == [wire.OK, [1]]
+    if not nowait:
+        (rep,) = [r for r in c.out[b"b"] if r[0] == 2]         # (seq 1 was the HELLO)
+        assert rep[1] == wire.OK and rep[2][0] > 0              # granted by the give-up
+    held = dict((tuple(p), m) for p, m in c.core.table.held(carrier))
+    assert held == {("db",): IX, ("db", "t"): IX, ("db", "t", 2): X}
+    # a request for the table in S conflicts with the carrier's IX there: revoked at that level
+    assert c.call(b"b", 12, wire.LOCK, 3 << 50, ["db", "t"], S, True, None, 0)[1] == wire.E_NOT_AVAILABLE
+    assert c.notices(b"a") == [[wire.N_CACHE_REVOKE, carrier, ["db", "t"], S]]
+    # a give-up naming only the table finds the row below it itself
+    assert c.call(b"a", 11, wire.CACHE_GIVEUP, carrier, [["db", "t"]])[2] == [2]
+    assert [tuple(p) for p, _ in c.core.table.held(carrier)] == [("db",)]
+    st = c.core.counters
+    assert st["cache_sessions"] == 1 and st["cache_revokes"] >= 1 and st["cache_given_up"] == 3
+
+
+def test_shard_sends_no_revoke_for_sessions_that_do_not_cache():
+    c = _Core()
+    for conn, sid in ((b"a", 11), (b"b", 12)):
+        c.call(conn, sid, wire.HELLO, 60_000, "t")
+    c.call(b"a", 11, wire.LOCK, 1 << 50, ["db", "t", 1], X, False, None, 0)
+    assert c.call(b"b", 12, wire.LOCK, 2 << 50, ["db", "t", 1], X, False, None, 0) is None
+    assert c.notices(b"a") == [] and c.core.counters["cache_revokes"] == 0
