@@ -5,8 +5,9 @@ this file).
 msgpack runs its suite with and without the extension; ``Table`` is that
 backend's table class. ``lm`` gives a lock-manager target with
 ``begin()``/``transaction()``: an embedded LockManager on each backend and a
-client of a 3-shard LocalCluster, so the Transaction suite
-(tests/test_transaction_api.py) runs against both ways of running.
+client of a 3-shard LocalCluster (and one with lock caching on), so the
+Transaction suite (tests/test_transaction_api.py) runs against every way of
+running.
 
 ``cluster`` is a LocalCluster per test module, started on 127.0.0.1 with free
 ports and stopped by PID (LocalCluster.stop). Its arguments come from the
@@ -59,10 +60,23 @@ def cluster_lm(cluster):
         client.close()
 
 
-@pytest.fixture(params=BACKENDS + [pytest.param("cluster", marks=pytest.mark.service)])
+@pytest.fixture
+def cluster_cached_lm(cluster):
+    """As ``cluster_lm``, with lock caching on (docs/service.md, "Lock caching")."""
+    client = cluster.connect(session_ttl=10.0, request_timeout=5.0, cache_locks=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=BACKENDS + [pytest.param("cluster", marks=pytest.mark.service),
+                                   pytest.param("cluster-cached", marks=pytest.mark.service)])
 def lm(request):
     """The targets of the Transaction suite: an embedded LockManager on each
-    backend, and a client of a 3-shard LocalCluster."""
+    backend, a client of a 3-shard LocalCluster, and one that caches locks."""
     if request.param == "cluster":
         return request.getfixturevalue("cluster_lm")
+    if request.param == "cluster-cached":
+        return request.getfixturevalue("cluster_cached_lm")
     return LockManager(_backend=request.param)

@@ -80,7 +80,10 @@ def test_tokens(lm):
     t1.commit()
     t2 = lm.begin()
     c = t2.lock("r", X)
-    assert c > b
+    if caches(lm):
+        assert c == b        # lock caching: the client's cache kept it (it never changed hands)
+    else:
+        assert c > b
     t2.commit()
 
 
@@ -89,7 +92,18 @@ def test_tokens_strictly_increase_per_resource(lm):
     for i in range(20):
         with lm.transaction() as t:
             seen.append(t.lock(("db", "k"), [S, X][i % 2]))
-    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert seen == sorted(seen)
+    if caches(lm):
+        # lock caching: one new token for the first grant (S) and one for the conversion
+        # to X; every later transaction reuses the cached X (the lock never changed hands)
+        assert len(set(seen)) == 2
+    else:
+        assert len(set(seen)) == len(seen)
+
+
+def caches(lm):
+    """True for the client with lock caching on (the "cluster-cached" target)."""
+    return getattr(lm, "_cache", None) is not None
 
 
 def test_ids_increase(lm):

@@ -119,6 +119,11 @@ REPL_ACK = 53      # [epoch, seq, replica, incarnation]  the standby fsynced eve
 WATCH = 60         # [path]                      -> [wid, seq, holders, nwaiters]  (holders: [[txn, mode], ...])
 UNWATCH = 61       # [wid]                       -> []    (an unknown wid: E_NO_WATCH)
 REPL_ROLE = 54     # []  (no session needed)     -> {role: "primary"|"standby", replica, epoch, primary, lag, ...}
+# Client lock caching (docs/service.md, "Lock caching"): 65-69
+CACHE_ON = 65      # []                          -> []    this session's client caches locks: send it
+                   #   N_CACHE_REVOKE when someone waits for (or is refused) a lock one of its transactions holds
+CACHE_GIVEUP = 66  # [txn, [path, ...]]          -> [released]  give up txn's locks at and below each path
+                   #   here (deepest first; idle cached locks the client no longer wants, or revoked ones)
 
 # Notices: the shard tells a session something it did not ask for, as a reply
 # entry with seq PUSH_SEQ (0; no request has seq 0): [0, OK, [kind, *args]].
@@ -132,7 +137,9 @@ N_TXN_LOST = 1     # [1, txn, status, message]  txn's locks here are gone while 
                    # (chosen as a deadlock victim by another shard's probe)
 N_WATCH = 2        # [2, wid, seq, holders, nwaiters]  the watched node changed: its state now;
                    # seq counts the watch's notices (1, 2, ...): a gap means one was lost
-# 5-9: watches (reserved); 3, 10-14: lock caching callbacks (issue 15)
+N_CACHE_REVOKE = 3 # [3, txn, path, mode]  a request of another transaction for ``mode`` on ``path`` waits
+                   # for (or was refused because of) txn's lock there: give it up (lock caching)
+# 5-9: watches (reserved); 10-14: reserved for lock caching (issue 15)
 
 TYPE_NAMES = {HELLO: "HELLO", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE", LOCK: "LOCK",
               LOCK_MANY: "LOCK_MANY", UNLOCK: "UNLOCK", RELEASE: "RELEASE", HELD: "HELD", DOWNGRADE: "DOWNGRADE",
@@ -146,6 +153,7 @@ TYPE_NAMES.update({PROBE_REG: "PROBE_REG", PROBE_UNREG: "PROBE_UNREG", PROBE_MUL
 TYPE_NAMES.update({REPL_HELLO: "REPL_HELLO", REPL_SNAPSHOT: "REPL_SNAPSHOT", REPL_RECORDS: "REPL_RECORDS",
                    REPL_ACK: "REPL_ACK", REPL_ROLE: "REPL_ROLE"})
 TYPE_NAMES.update({WATCH: "WATCH", UNWATCH: "UNWATCH"})
+TYPE_NAMES.update({CACHE_ON: "CACHE_ON", CACHE_GIVEUP: "CACHE_GIVEUP"})
 
 # Status codes of a reply. 0 is success; payload is then the result.
 OK = 0
@@ -272,6 +280,8 @@ REPLY_SHAPES = {
     WATCH: lambda p, a: (type(p) is list and len(p) == 4 and type(p[0]) is int and type(p[1]) is int
                          and _holders(p[2]) and type(p[3]) is int),
     UNWATCH: _list,
+    CACHE_ON: _list,
+    CACHE_GIVEUP: lambda p, a: type(p) is list and len(p) == 1 and type(p[0]) is int,
 }
 
 

@@ -359,7 +359,7 @@ class SimClient:
         w = self.world
         gtrid = f"g{self.index}.{self.done_txns}.{self.gens}" if self.rng.random() < w.cfg.p_2pc else None
         core = ops._TxnCore(_Client(self.eng), None, gtrid)
-        core.id = w.new_txn_id()                              # deterministic, ordered by begin time
+        core.id = core.wid = w.new_txn_id()                   # deterministic, ordered by begin time
         self.core = core
         plan = []
         for _ in range(self.rng.randint(1, 4)):
@@ -445,7 +445,7 @@ class SimClient:
     def _adopt(self, old):
         """A prepared transaction of an ended session, to be decided from this one."""
         core = ops._TxnCore(_Client(self.eng), None, old.gtrid)
-        core.id = old.id
+        core.id = core.wid = old.id
         core.touched = dict(old.touched)
         core.state = PREPARED
         return core

@@ -3,7 +3,8 @@
 Interface:
     await connect(endpoints=None, *, session_ttl=10.0, partition_depth=None,
                   request_timeout=5.0, default_timeout=None, name=None,
-                  etcd=None, cluster=None) -> Client     (replica sets / etcd: follows the primaries)
+                  etcd=None, cluster=None, cache_locks=False, cache_max_entries=10_000,
+                  cache_max_idle=30.0) -> Client     (replica sets / etcd: follows the primaries)
     Client
         .begin(name=None, *, gtrid=None) -> Transaction     (no round trip)
         .transaction(**kw)      ``async with``: commit / abort
@@ -45,6 +46,7 @@ from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _g_finish, _g_held, _g_ind
 from .sync import Client as _SyncClient, Endpoints, connect as _sync_connect
 from .notify import SessionState
 from .watch import AsyncWatch, async_wait_free
+from .cache import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_IDLE
 
 __all__ = ["connect", "Client", "Transaction", "SessionExpired", "ShardUnavailable"]
 
@@ -246,6 +248,7 @@ class Client:
         self._eng = sync_client._eng
         self._relays: Dict[Any, Callable[[SessionState], None]] = {}
         self._default_timeout = sync_client._default_timeout
+        self._cache = sync_client._cache
 
     @property
     def endpoints(self) -> List[str]:
@@ -311,17 +314,27 @@ class Client:
         if gtrid is not None and type(gtrid) not in (str, bytes):
             raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
         eng = self._eng
+        cache = self._cache if gtrid is None else None
         if eng.dead is None and not eng._hello_left:
             try:
                 eng.check_session()
-                return Transaction(_TxnCore(self, name, gtrid))
+                core = _TxnCore(self, name, gtrid)
+                if cache is not None:
+                    cache.adopt(core)
+                return Transaction(core)
             except SessionExpired:
                 if eng.closed:
                     raise
         gen = eng.request_renew()
         core = _TxnCore(self, name, gtrid)
         core.gen = gen
+        if cache is not None:
+            cache.adopt(core)
         return Transaction(core)
+
+    def cache_stats(self) -> Dict[str, int]:
+        """See :meth:`lockmgr.service.client.sync.Client.cache_stats`."""
+        return self._sync.cache_stats()
 
     def transaction(self, *, name: Optional[str] = None, gtrid: Optional[Gtrid] = None) -> _TxnCtx:
         """``async with client.transaction() as t:`` commits on normal exit, aborts on an exception."""
@@ -403,10 +416,11 @@ async def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float =
                   request_timeout: float = 5.0, default_timeout: Optional[float] = None,
                   name: Optional[str] = None, curve_secret_file: Optional[str] = None,
                   curve_server_key: Any = None, etcd: Optional[str] = None,
-                  cluster: Optional[str] = None) -> Client:
+                  cluster: Optional[str] = None, cache_locks: bool = False,
+                  cache_max_entries: int = DEFAULT_MAX_ENTRIES, cache_max_idle: float = DEFAULT_MAX_IDLE) -> Client:
     """Open a session (see :func:`lockmgr.connect`: shard endpoints, replica sets, or
-    ``etcd=`` and ``cluster=``; CURVE options included); returns an asyncio
-    :class:`Client`. With replica sets it follows each shard's primary across
+    ``etcd=`` and ``cluster=``; CURVE and lock caching options included); returns an
+    asyncio :class:`Client`. With replica sets it follows each shard's primary across
     failovers as the sync client does (one engine and one ``Locator`` serve both;
     docs/replication.md)."""
     check_timeout(default_timeout)
@@ -414,5 +428,6 @@ async def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float =
     sync = await loop.run_in_executor(None, lambda: _sync_connect(
         endpoints, session_ttl=session_ttl, partition_depth=partition_depth, request_timeout=request_timeout,
         default_timeout=default_timeout, name=name, curve_secret_file=curve_secret_file,
-        curve_server_key=curve_server_key, etcd=etcd, cluster=cluster))
+        curve_server_key=curve_server_key, etcd=etcd, cluster=cluster, cache_locks=cache_locks,
+        cache_max_entries=cache_max_entries, cache_max_idle=cache_max_idle))
     return Client(sync)

@@ -31,7 +31,9 @@ cdef class _Engine:
     cdef public object _hello_error, _thread, _born, _pid
     cdef public object _parked, _reclaims, reclaim_waiting, reclaims, txns, _grace_until
     cdef public object locator, _repoints, repoints
-    cdef public object _push_handlers, _hk_r, _hk_w
+    cdef public object _push_handlers, _hk_r, _hk_w, cache_tick, cache_clear
+    cdef public bint cache_on
+    cdef public double _free_since
     cdef public Py_ssize_t _push_wanted, pushes
     cdef public bint _hk_selecting
     cdef public object state, last_dead, _listeners, _dispatch, lost_cbs, _session_cv, watch_registry

@@ -167,6 +167,7 @@ _S_CONNECTED, _S_SUSPENDED, _S_RECONNECTED, _S_LOST = (SessionState.CONNECTED, S
                                                       SessionState.RECONNECTED, SessionState.LOST)
 SUSPEND_LEFT = 0.5
 VALID_MARGIN = 0.1      # Transaction.valid_for(): the lease left less this fraction of the TTL
+_PUSH_WATCH_DELAY = 0.003  # s the sockets stay free before the housekeeper watches them for notices
 
 
 class _Engine:
@@ -192,7 +193,7 @@ class _Engine:
     else owns the sockets, and tracks the session lease.
     """
 
-    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name, curve=None):
+    def __init__(self, endpoints, session_ttl, partition_depth, request_timeout, name, curve=None, cache_on=False):
         if type(session_ttl) is bool or not isinstance(session_ttl, (int, float)) or not 0.05 <= session_ttl <= 3600:
             raise InvalidRequest(f"session_ttl must be a number of seconds in 0.05..3600; got {session_ttl!r}")
         if type(request_timeout) is bool or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
@@ -280,6 +281,7 @@ class _Engine:
         # no one owns them, so a notice is read within a moment, not at the next call
         self._push_handlers = {wire.N_TXN_LOST: self._on_txn_lost_push}
         self._push_wanted = 0
+        self._free_since = 0.0           # when the last owner let go (the watch starts _PUSH_WATCH_DELAY later)
         self.pushes = 0                  # notices received
         self._hk_selecting = False       # the housekeeper sleeps in select (wake it through _hk_w)
         # session states and listeners (docs/service.md, "Session states and listeners"):
@@ -301,6 +303,11 @@ class _Engine:
         self._hk_r, self._hk_w = os.pipe()
         os.set_blocking(self._hk_r, False)
         os.set_blocking(self._hk_w, False)
+        # lock caching (cache.py): CACHE_ON follows every HELLO; the cache's sweep,
+        # run by the housekeeper under _mu (returns when it is next due)
+        self.cache_on = bool(cache_on)
+        self.cache_tick = None
+        self.cache_clear = None          # (the cache) empty it: the session it was kept in is gone
         self._seq = [1] * self.n
         self._pending = [dict() for _ in range(self.n)]
         self._outq = collections.deque()
@@ -589,10 +596,17 @@ class _Engine:
         """The owner, about to let go while notices are wanted: read what the sockets
         hold (reading ZMQ_EVENTS also re-arms their ZMQ_FD for the housekeeper's select)."""
         socks = self._socks
-        for i in range(self.n):
-            s = socks[i]
-            if _readable(s):
-                self._recv(i, s, True)
+        for _ in range(4):
+            if self._outq and self.dead is None and not self.closed:
+                # what is queued (lock caching's give-ups, queued by notice handlers) goes
+                # first: a send may consume the ZMQ_FD's edge, so EVENTS is read after it
+                self._send_all(_monotonic())
+            for i in range(self.n):
+                s = socks[i]
+                if _readable(s):
+                    self._recv(i, s, True)
+            if not self._outq or self.dead is not None or self.closed:
+                break
 
     def lease_over(self):
         """True once the session is dead for this client (lease ran out, or expired)."""
@@ -851,6 +865,8 @@ class _Engine:
         self._secret = [None] * n
         self._grace_until = [0.0] * n
         self.txns = {}
+        if self.cache_clear is not None:
+            self.cache_clear()            # the cached locks went with the old session
         self._reclaims = {}
         self.reclaim_waiting = False
         self._parked = [dict() for _ in range(n)]
@@ -988,8 +1004,14 @@ class _Engine:
             return
         if self._push_wanted > 0:
             self._read_pushes_locked()
-            if not self._hk_selecting:
-                self._hk_ev.set()     # the housekeeper watches the sockets from now on
+            # the housekeeper watches the sockets once they have been free for
+            # _PUSH_WATCH_DELAY (a busy client's replies would wake its select at
+            # every call; meanwhile a notice rides with the next call's reply, or
+            # is read when the watch starts): wake it only if it sleeps past that
+            now = _monotonic()
+            self._free_since = now
+            if not self._hk_selecting and self._hk_wake_at > now + 4 * _PUSH_WATCH_DELAY:
+                self._hk_ev.set()
         self._set_owner(_NONE)
         if self._outq or any(self._pending):
             now = _monotonic()
@@ -1010,6 +1032,14 @@ class _Engine:
         c = _Call(i, wire.HELLO, args, now + self.request_timeout, cb=self._on_hello, urgent=True)
         self._urgent += 1
         self._outq.append(c)
+        if self.cache_on:
+            # (in the same frame, after the HELLO: the session caches locks; sent again
+            # after every HELLO, as a restarted shard has forgotten it)
+            self._outq.append(_Call(i, wire.CACHE_ON, [], now + self.request_timeout, cb=self._on_cache_on))
+
+    def _on_cache_on(self, c):
+        if c.error is not None and self.dead is None and not self.closed:
+            _log.warning("session %#x: CACHE_ON on shard %d failed: %s", self.session, c.shard, c.error)
 
     def _on_hello(self, c):
         i = c.shard
@@ -1442,6 +1472,10 @@ class _Engine:
                         self._check_state_locked(now)
                         if self.state is _S_CONNECTED:
                             nxt = min(nxt, self._suspend_at() + 0.001)
+                if self.cache_tick is not None and self._owner_kind is _NONE:
+                    nxt = min(nxt, self.cache_tick(now))    # lock caching: the idle-age sweep
+                    if self._outq:
+                        nxt = now                            # it queued give-ups: send them now
                 if self.closed:
                     nxt = now + 0.005
                 if self._owner_kind is _LOOP:
@@ -1449,6 +1483,15 @@ class _Engine:
                 nxt = max(nxt, now + 0.001)
                 self._hk_wake_at = nxt
                 watch = self._push_wanted > 0 and self._owner_kind is _NONE and not self.closed
+                if watch and now < self._free_since + _PUSH_WATCH_DELAY:
+                    watch = False                 # (just let go: see _leave_locked)
+                    nxt = min(nxt, self._free_since + _PUSH_WATCH_DELAY)
+                    self._hk_wake_at = nxt
+                elif self._push_wanted > 0 and self._owner_kind is not _NONE:
+                    # owned: look again within 4 delays (a letting-go owner wakes us
+                    # only if we would sleep longer than that)
+                    nxt = min(nxt, now + 4 * _PUSH_WATCH_DELAY)
+                    self._hk_wake_at = nxt
                 if watch:
                     # arm the ZMQ_FDs: they signal a new message only once a read found the
                     # socket empty (reading ZMQ_EVENTS does); read what is there meanwhile

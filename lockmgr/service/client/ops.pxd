@@ -9,12 +9,14 @@ cimport cython
 
 cdef class _TxnCore:
     cdef public object eng, client, id, name, gtrid, state, doom, default_timeout, prepared_at, named, lost, lost_cbs
+    cdef public object wid, carrier, used
     cdef public Py_ssize_t gen
     cdef public dict touched, locks
     cdef public set busy
     cdef public bint victim
 
     cpdef refuse(self)
+    cpdef carrier_doom(self)
     @cython.locals(eps=list)
     cpdef check_active(self)
     cpdef abort_everywhere(self, victim=*, skip=*)

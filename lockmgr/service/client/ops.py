@@ -43,7 +43,8 @@ class _TxnCore:
     """State of one transaction, shared by the sync and asyncio front ends."""
 
     __slots__ = ("eng", "client", "id", "name", "gtrid", "state", "victim", "touched", "doom",
-                 "default_timeout", "prepared_at", "locks", "busy", "named", "gen", "lost", "lost_cbs")
+                 "default_timeout", "prepared_at", "locks", "busy", "named", "gen", "lost", "lost_cbs",
+                 "wid", "carrier", "used")
 
     def __init__(self, client, name, gtrid):
         self.client = client
@@ -70,6 +71,13 @@ class _TxnCore:
         self.gen = self.eng.gen
         self.lost = None       # the error its locks were lost with (on_lost), once known
         self.lost_cbs = None   # on_lost callbacks (the engine calls them; engine.txn_on_lost)
+        # lock caching (cache.py; docs/service.md, "Lock caching"): the id the shards
+        # see (``wid``; ``id`` too) is the adopted carrier's when there is one, whose ``touched``,
+        # ``locks`` and ``busy`` this transaction then shares; ``used``: the paths it
+        # locked itself (held() shows those and their ancestors, not the whole cache)
+        self.wid = self.id
+        self.carrier = None
+        self.used = None
 
     def refuse(self):
         if self.state is PREPARED:
@@ -80,12 +88,19 @@ class _TxnCore:
             return TransactionAborted(self.doom)
         return TransactionAborted(f"transaction {self.id} is {self.state}")
 
+    def carrier_doom(self):
+        """The carrier's doom (a refused reclaim), taken as this transaction's."""
+        if self.carrier is not None and self.carrier.doom and not self.doom:
+            self.doom = self.carrier.doom
+
     def check_active(self):
         if self.state is not ACTIVE:
             raise self.refuse()
         if self.gen != self.eng.gen:
             raise self.stale()
         self.eng.check_session()
+        if self.carrier is not None:
+            self.carrier_doom()
         eps = self.eng.epoch
         for s, e in self.touched.items():
             if e and eps[s] != e:
@@ -104,14 +119,16 @@ class _TxnCore:
             self.forget()
             for s in self.touched:
                 if s != skip:
-                    self.eng.post(s, wire.RELEASE, [self.id, False])
+                    self.eng.post(s, wire.RELEASE, [self.wid, False])
 
     def forget(self):
-        """Finished: nothing of it is reclaimed any more."""
-        self.eng.txns.pop(self.id, None)
+        """Finished: nothing of it is reclaimed any more (an adopted carrier dies with it)."""
+        self.eng.txns.pop(self.wid, None)
         self.locks = {}
         if self.lost_cbs is not None:
             self.eng.forget_txn(self)
+        if self.carrier is not None:
+            self.client._cache.discard(self)
 
     def stale(self):
         """The SessionExpired of a transaction whose session is gone (the engine
@@ -124,7 +141,10 @@ class _TxnCore:
         d = self.locks.get(s)
         if d is None:
             d = self.locks[s] = {}
-            self.eng.txns[self.id] = self
+            if self.carrier is None:
+                self.eng.txns[self.id] = self
+        if self.used is not None:
+            self.used.add((s, path))
         old = d.get(path)
         if old is None:
             d[path] = (mode, tok)
@@ -187,6 +207,13 @@ def _g_lock(core, resource, mode, timeout, nowait):
     if timeout is None:
         timeout = core.default_timeout
     shards = core.route(key, len(path), mode)
+    if core.carrier is not None:
+        cache = core.client._cache
+        if len(shards) == 1:
+            tok = cache.hit(core, shards[0], path, mode)
+            if tok:                # held by the adopted carrier in a covering mode: no message
+                return tok
+        cache.make_way(core, shards, path, mode)
     deadline = None if timeout is None else _monotonic() + timeout
     wpath = list(path)
     strong = len(shards) > 1
@@ -199,13 +226,13 @@ def _g_lock(core, resource, mode, timeout, nowait):
             core.touched[s] = ep = 0
         core.busy.add(s)
         try:
-            lock = (s, wire.LOCK, [core.id, wpath, mode, bool(nowait), tmo, ep],
+            lock = (s, wire.LOCK, [core.wid, wpath, mode, bool(nowait), tmo, ep],
                     None if deadline is None else tmo / 1000.0)
             if not ep and core.name is not None and s not in core.named:
                 # a named transaction: the shard learns its name (lockmgr locks) from a
                 # TXN_NAME ahead of its first lock there, in the same frame
                 core.named.add(s)
-                _, res = yield [(s, wire.TXN_NAME, [core.id, str(core.name)], 0.0), lock]
+                _, res = yield [(s, wire.TXN_NAME, [core.wid, str(core.name)], 0.0), lock]
             else:
                 res, = yield [lock]
             if not isinstance(res, BaseException):
@@ -220,8 +247,8 @@ def _g_lock(core, resource, mode, timeout, nowait):
                 # transaction keeps what it held, as one table would leave it
                 for f, prev in done:
                     _unrecord(core, f, path, prev)
-                yield [(f, wire.UNLOCK, [core.id, wpath, False], 0.0) if not prev
-                       else (f, wire.DOWNGRADE, [core.id, wpath, prev], 0.0) for f, prev in done]
+                yield [(f, wire.UNLOCK, [core.wid, wpath, False], 0.0) if not prev
+                       else (f, wire.DOWNGRADE, [core.wid, wpath, prev], 0.0) for f, prev in done]
             raise _failure(core, res, s)
         tok, prev, ep2 = res
         if not ep:
@@ -232,7 +259,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
             done.append((s, prev))
     if core.state is not ACTIVE:   # aborted by another thread meanwhile
         for s in shards:
-            core.eng.post(s, wire.RELEASE, [core.id, False])
+            core.eng.post(s, wire.RELEASE, [core.wid, False])
         raise core.refuse()
     if core.gen != core.eng.gen:
         raise _stale_answer(core, shards)
@@ -271,7 +298,13 @@ def _g_lock_many(core, items, timeout, nowait):
     # keep their order and a strong item comes after exactly the items before it,
     # so a call that succeeds leaves what successive lock() calls would.
     run = {}
+    local = core.client._cache.hits_many(core, parsed) if core.carrier is not None else None
     for i, (path, key, mode) in enumerate(parsed):
+        if local is not None:
+            if i in local:         # granted from the cache (lock caching)
+                tokens[i] = local[i]
+                continue
+            core.client._cache.make_way(core, core.route(key, len(path), mode), path, mode)
         shards = core.route(key, len(path), mode)
         if len(shards) == 1:
             run.setdefault(shards[0], []).append(i)
@@ -307,9 +340,9 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
                 core.touched[s] = ep = 0
             if not ep and core.name is not None and s not in core.named:
                 core.named.add(s)      # (see _g_lock: the name goes ahead of the first lock, same frame)
-                names.append((s, wire.TXN_NAME, [core.id, str(core.name)], 0.0))
+                names.append((s, wire.TXN_NAME, [core.wid, str(core.name)], 0.0))
             specs.append((s, wire.LOCK_MANY,
-                          [core.id, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
+                          [core.wid, [[list(parsed[i][0]), parsed[i][2]] for i in chunk], bool(nowait), tmo, ep],
                           None if tmo is None else tmo / 1000.0))
             idxs.append((s, chunk))
         busy = [s for s, _ in idxs]
@@ -323,6 +356,9 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
                 if isinstance(res, BaseException):
                     if err is None or isinstance(res, DeadlockDetected):
                         err = (res, s)
+                    if core.used is not None:   # (some may be held: held() asks the shard which)
+                        for i in chunk:
+                            core.used.add((s, parsed[i][0]))
                     continue
                 toks, ep2 = res
                 if not core.touched.get(s):
@@ -348,16 +384,16 @@ def _g_unlock(core, resource, wait=True):
     if len(shards) == 1:
         if not wait:            # a no-wait unlock: a failure is raised by the next call
             _unrecord(core, shards[0], path, 0)
-            core.eng.post_quiet(shards[0], wire.UNLOCK, [core.id, wpath, False, True])
+            core.eng.post_quiet(shards[0], wire.UNLOCK, [core.wid, wpath, False, True])
             return None
-        res, = yield [(shards[0], wire.UNLOCK, [core.id, wpath, False], 0.0)]
+        res, = yield [(shards[0], wire.UNLOCK, [core.wid, wpath, False], 0.0)]
         if isinstance(res, BaseException):
             raise res
         _unrecord(core, shards[0], path, 0)
         return None
     # a node above the partition depth: it may be held on several shards
     touched = sorted(core.touched)
-    results = (yield [(s, wire.UNLOCK, [core.id, wpath, True], 0.0) for s in touched]) if touched else []
+    results = (yield [(s, wire.UNLOCK, [core.wid, wpath, True], 0.0) for s in touched]) if touched else []
     holding = []
     for s, res in zip(touched, results):
         if isinstance(res, BaseException):
@@ -369,9 +405,9 @@ def _g_unlock(core, resource, wait=True):
     if not wait:
         for s in holding:
             _unrecord(core, s, path, 0)
-            core.eng.post_quiet(s, wire.UNLOCK, [core.id, wpath, False, True])
+            core.eng.post_quiet(s, wire.UNLOCK, [core.wid, wpath, False, True])
         return None
-    results = yield [(s, wire.UNLOCK, [core.id, wpath, False], 0.0) for s in holding]
+    results = yield [(s, wire.UNLOCK, [core.wid, wpath, False], 0.0) for s in holding]
     for res in results:
         if isinstance(res, BaseException):
             raise res
@@ -388,7 +424,7 @@ def _g_held(core):
     out = {}
     offsets = {s: 0 for s in touched}     # HELD_PAGE: a page per shard per round trip
     while offsets:
-        results = yield [(s, wire.HELD_PAGE, [core.id, off, 10_000], 0.0) for s, off in offsets.items()]
+        results = yield [(s, wire.HELD_PAGE, [core.wid, off, 10_000], 0.0) for s, off in offsets.items()]
         for s, res in zip(list(offsets), results):
             if isinstance(res, BaseException):
                 raise res
@@ -399,6 +435,14 @@ def _g_held(core):
                 p = tuple(p)
                 old = out.get(p)
                 out[p] = m if old is None else SUPREMUM[old][m]
+    if core.used is not None:
+        # an adopted carrier also holds what earlier transactions cached: show what this
+        # one locked itself, and those nodes' ancestors (their intention locks)
+        mine = set()
+        for _, p in core.used:
+            for k in range(1, len(p) + 1):
+                mine.add(p[:k])
+        out = {p: m for p, m in out.items() if p in mine}
     return {p: _MODES[m] for p, m in out.items()}
 
 
@@ -415,6 +459,11 @@ def _g_finish(core, commit, wait=True):
         except SessionExpired:
             core.state = ABORTED
             raise
+        if core.carrier is not None:
+            # lock caching: the carrier keeps the locks (nothing is sent; docs/service.md)
+            core.state = COMMITTED
+            core.client._cache.keep(core)
+            return None
     elif core.state is not ACTIVE:
         return None
     else:
@@ -438,9 +487,9 @@ def _g_finish(core, commit, wait=True):
         # no-wait: the releases leave with the next frame to each shard; a later
         # request of this client reaches the shard after them (docs/service.md)
         for s in touched:
-            core.eng.post_quiet(s, wire.RELEASE, [core.id, bool(commit), True])
+            core.eng.post_quiet(s, wire.RELEASE, [core.wid, bool(commit), True])
         return None
-    results = yield [(s, wire.RELEASE, [core.id, bool(commit)], 0.0) for s in touched]
+    results = yield [(s, wire.RELEASE, [core.wid, bool(commit)], 0.0) for s in touched]
     if commit:
         for res in results:
             if isinstance(res, BaseException) and not isinstance(res, TransactionAborted):
@@ -468,7 +517,7 @@ def _g_prepare(core):
         core.prepared_at = time.time()
         return None
     rt = core.eng.request_timeout
-    results = yield [(s, wire.PREPARE, [core.id, core.gtrid, core.touched[s], touched], rt) for s in touched]
+    results = yield [(s, wire.PREPARE, [core.wid, core.gtrid, core.touched[s], touched], rt) for s in touched]
     err = None
     for res in results:
         if isinstance(res, BaseException) and (err is None or isinstance(res, TransactionAborted)):
@@ -483,7 +532,7 @@ def _g_prepare(core):
     if core.state is ACTIVE:
         core.state = ABORTED
         for s in touched:
-            core.eng.post(s, wire.RELEASE, [core.id, False])
+            core.eng.post(s, wire.RELEASE, [core.wid, False])
     if err is None:
         err = core.refuse()
     elif isinstance(err, TransactionAborted):

@@ -2,11 +2,13 @@
 
 Interface:
     connect(endpoints, *, session_ttl=10.0, partition_depth=None,
-            request_timeout=5.0, default_timeout=None, name=None) -> Client
+            request_timeout=5.0, default_timeout=None, name=None,
+            cache_locks=False, cache_max_entries=10_000, cache_max_idle=30.0) -> Client
     Client
         .begin(name=None, *, gtrid=None) -> Transaction
         .transaction(**kw)       context manager: commit / abort
         .close(), context-manager use
+        .cache_stats()           the lock cache (cache_locks=True; docs/service.md "Lock caching")
         .snapshot(), .wait_for_graph(), .stats(), .deadlocks(), .session_id, .expired
         .endpoints, .partition_depth
         .recover(), .indoubt(), .resolve(gtrid, commit)      2PC (docs/2pc.md)
@@ -42,6 +44,7 @@ from ..admin import admin_query  # noqa: F401  (part of this module's API)
 from .engine import _Engine
 from .notify import SessionState
 from .watch import Watch, wait_free
+from .cache import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_IDLE, LockCache
 from .ops import (ACTIVE, PREPARED, _MODES, _TxnCore, _drive, _g_finish, _g_held, _g_indoubt, _g_lock,
                   _g_lock_many, _g_prepare, _g_resolve, _g_unlock)
 
@@ -71,7 +74,10 @@ class Transaction:
 
     @property
     def id(self) -> int:
-        """The transaction id (unique 64-bit; larger means younger)."""
+        """The transaction id (unique 64-bit; larger means younger). With lock
+        caching it is the id of the carrier the transaction adopted (what the
+        shards see): transactions of the client that follow one another may
+        share it, concurrent ones never do (docs/service.md, "Lock caching")."""
         return self._c.id
 
     @property
@@ -251,13 +257,22 @@ class Client:
     def __init__(self, endpoints: Endpoints, *, session_ttl: float = 10.0, partition_depth: Optional[int] = None,
                  request_timeout: float = 5.0, default_timeout: Optional[float] = None,
                  name: Optional[str] = None, curve_secret_file: Optional[str] = None,
-                 curve_server_key: Any = None) -> None:
+                 curve_server_key: Any = None, cache_locks: bool = False,
+                 cache_max_entries: int = DEFAULT_MAX_ENTRIES, cache_max_idle: float = DEFAULT_MAX_IDLE) -> None:
         self._default_timeout = check_timeout(default_timeout)
         curve = _curve(curve_secret_file, curve_server_key)
+        if type(cache_locks) is not bool:
+            raise InvalidRequest(f"cache_locks must be True or False; got {cache_locks!r}")
+        if cache_locks:
+            _check_cache_bounds(cache_max_entries, cache_max_idle)
+        self._cache: Optional[LockCache] = None
         try:
-            self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name, curve)
+            self._eng = _Engine(endpoints, session_ttl, partition_depth, request_timeout, name, curve,
+                                cache_locks)
         except zmq.ZMQError as e:
             raise ShardUnavailable(f"cannot connect: {e}") from None
+        if cache_locks:
+            self._cache = LockCache(self, cache_max_entries, cache_max_idle)
 
     @property
     def endpoints(self) -> List[str]:
@@ -340,7 +355,22 @@ class Client:
         if gtrid is not None and type(gtrid) not in (str, bytes):
             raise InvalidRequest(f"gtrid must be None, str or bytes; got {type(gtrid).__name__}")
         self._eng.begin_session()
-        return Transaction(_TxnCore(self, name, gtrid))
+        core = _TxnCore(self, name, gtrid)
+        if self._cache is not None and gtrid is None:
+            self._cache.adopt(core)
+        return Transaction(core)
+
+    def cache_stats(self) -> Dict[str, int]:
+        """The lock cache of this client (``connect(cache_locks=True)``): ``entries``
+        (locks cached), ``carriers`` (shard-side transactions holding them),
+        ``idle`` (carriers no transaction uses), ``hits`` (locks granted from the
+        cache, no message), ``misses``, ``revokes`` (callbacks received),
+        ``giveups`` (CACHE_GIVEUP sent), ``evictions`` (given up for the bounds).
+        All zero without caching. See docs/service.md ("Lock caching")."""
+        if self._cache is None:
+            return dict.fromkeys(("entries", "carriers", "idle", "hits", "misses", "revokes", "giveups",
+                                  "evictions"), 0)
+        return self._cache.stats()
 
     @contextmanager
     def transaction(self, *, name: Optional[str] = None, gtrid: Optional[Gtrid] = None) -> Iterator[Transaction]:
@@ -430,6 +460,8 @@ class Client:
             except LockError:
                 pass
             eng.dead = eng.dead or "the session was closed"
+        if self._cache is not None:
+            self._cache.stats()          # (empties it: the shards released everything with the session)
         eng.shutdown()
         if eng._deferred_error is not None:     # a no-wait release failed and no call came to raise it
             _log.warning("a no-wait release of session %#x failed: %s", eng.session, eng._deferred_error)
@@ -456,11 +488,20 @@ def _curve(secret_file: Optional[str], server_key: Any) -> Any:
     return ClientCurve(secret_file, server_key)
 
 
+def _check_cache_bounds(max_entries: Any, max_idle: Any) -> None:
+    if type(max_entries) is not int or max_entries < 0:
+        raise InvalidRequest(f"cache_max_entries must be an int >= 0; got {max_entries!r}")
+    if type(max_idle) is bool or not isinstance(max_idle, (int, float)) or not max_idle > 0:
+        raise InvalidRequest(f"cache_max_idle must be a number of seconds > 0; got {max_idle!r}")
+
+
 def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float = 10.0,
             partition_depth: Optional[int] = None,
             request_timeout: float = 5.0, default_timeout: Optional[float] = None,
             name: Optional[str] = None, curve_secret_file: Optional[str] = None,
-            curve_server_key: Any = None, etcd: Optional[str] = None, cluster: Optional[str] = None) -> Client:
+            curve_server_key: Any = None, etcd: Optional[str] = None, cluster: Optional[str] = None,
+            cache_locks: bool = False, cache_max_entries: int = DEFAULT_MAX_ENTRIES,
+            cache_max_idle: float = DEFAULT_MAX_IDLE) -> Client:
     """Open a session with the shards at ``endpoints`` (a list of ``tcp://host:port``
     strings in shard order, or one comma-separated string; or a list of replica
     sets, one list of replica endpoints per shard), or with the replicated
@@ -480,6 +521,19 @@ def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float = 10.0,
     ``curve_server_key`` the shards' public key (a ``.key`` file or its 40-character
     z85 text; a list gives one per shard, in shard order). A shard that does not
     admit the key never answers: ShardUnavailable.
+
+    Lock caching (docs/service.md, "Lock caching"): with ``cache_locks=True``
+    a committed transaction's locks stay held for this client (the shards
+    count them as its session's) and a later transaction of the client that
+    asks for a cached lock, or a weaker mode of it, gets it with no round trip
+    and the same fencing token. When another session (or another transaction
+    of this client) asks for a conflicting mode, the shard calls back and the
+    client gives the lock up at once if no transaction uses it, else when the
+    using transaction ends. An abort, a deadlock, or the end of the session
+    ends the cache's hold. ``cache_max_entries`` (default 10,000) bounds the
+    locks cached (the least recently used idle ones go first);
+    ``cache_max_idle`` (seconds, default 30) gives up locks unused that long.
+    A transaction begun with a ``gtrid`` (2PC) never uses the cache.
     """
     from .locate import attach_resolver, resolve_endpoints
     eps, resolver = resolve_endpoints(endpoints, etcd, cluster, request_timeout)
@@ -487,6 +541,7 @@ def connect(endpoints: Optional[Endpoints] = None, *, session_ttl: float = 10.0,
         partition_depth = getattr(resolver, "partition_depth", None)
     c = Client(eps, session_ttl=session_ttl, partition_depth=partition_depth,
                request_timeout=request_timeout, default_timeout=default_timeout, name=name,
-               curve_secret_file=curve_secret_file, curve_server_key=curve_server_key)
+               curve_secret_file=curve_secret_file, curve_server_key=curve_server_key,
+               cache_locks=cache_locks, cache_max_entries=cache_max_entries, cache_max_idle=cache_max_idle)
     attach_resolver(c, resolver)
     return c

@@ -16,6 +16,7 @@ cdef class _Session:
     cdef public object user, watches
     cdef public double ttl, expires
     cdef public Py_ssize_t nheld
+    cdef public bint caching
 
 cdef class _Txn:
     cdef public object id, session, state, wait, gtrid, participants, prepared_at, outcome, waiters, nlocks, name
@@ -33,7 +34,7 @@ cdef class ShardCore:
     cdef public object index, nshards, partition_depth, epoch, peer_sid, table, _table, _sessions, _expired
     cdef public object _txns, _timers, _tick, _out, _woken, backlog, counters, internal_errors
     cdef public object _handlers, _admin, twophase, probes, _probes, _peer, _wall_offset, _random_bytes
-    cdef public object reclaim, _reclaim
+    cdef public object reclaim, _reclaim, _caching
     cdef public object user, access, quotas, session_counts, pages, watches, _watched
     cdef public Py_ssize_t nheld, q_session_locks, q_locks, q_waits, q_inflight, q_cache
     cdef public double now, _due

@@ -44,7 +44,7 @@ from .. import wire
 from ...rules import ACTIVE, EPOCH_BITS, brief, check_mode, check_timeout_ms, check_txn_id, choose_victim
 from ..._core import CONFLICT, Table, BACKEND
 from ...errors import InvalidRequest, LockError
-from ...modes import Mode
+from ...modes import CONFLICTS, INTENTION, Mode
 from ...paths import encode, MAX_DEPTH
 from ..probes import DEFAULT_PROBE_DELAY, ProbeEngine
 from .timers import Timer, TimerKind
@@ -143,7 +143,7 @@ class ShardHost(Protocol):
 
 class _Session:
     __slots__ = ("id", "ttl", "expires", "prefix", "txns", "cache", "order", "ack", "inflight",
-                 "tombs", "tomb_order", "name", "secret", "deferred", "user", "nheld", "watches")
+                 "tombs", "tomb_order", "name", "secret", "deferred", "user", "nheld", "watches", "caching")
 
     def __init__(self, sid, ttl, now, prefix, name, secret, user=""):
         self.id = sid
@@ -170,6 +170,7 @@ class _Session:
         self.user = user
         self.nheld = 0                # locks its open transactions were granted here (quotas.py)
         self.watches = None           # wid -> watches._Watch (watches.py), once it watches
+        self.caching = False          # its client caches locks (CACHE_ON): revoke notices go to it
 
 
 class _Txn:
@@ -279,6 +280,12 @@ class ShardCore:
         self._admin = {wire.PING: self._h_ping, wire.SNAPSHOT: self._h_snapshot, wire.GRAPH: self._h_graph,
                        wire.STATS: self._h_stats, wire.INFO: self._h_info}
         self._handlers[wire.TXN_NAME] = self._h_txn_name
+        # client lock caching (docs/service.md, "Lock caching"): the sessions whose
+        # transactions' locks may be cached by their client (they are sent
+        # N_CACHE_REVOKE when another request waits for one of those locks)
+        self._caching = set()
+        self._handlers[wire.CACHE_ON] = self._h_cache_on
+        self._handlers[wire.CACHE_GIVEUP] = self._h_cache_giveup
         # what the driver tells INFO about its process ({pid, host, started_at}) and a
         # callable giving the prepare log's size in bytes (lockmgr inspection)
         self.info = {}
@@ -704,6 +711,8 @@ class ShardCore:
                         continue
                     if seq in inflight:               # a retry of a parked request
                         self.counters["retries_answered"] += 1
+                        if self._caching:             # (a lost revoke notice is sent again)
+                            self._revoke_wait(inflight[seq].txn)
                         continue
                     if seq < ack:
                         raise _Reply(E_STALE, f"seq {seq} was already acknowledged; not executed again")
@@ -827,6 +836,8 @@ class ShardCore:
         if sess.watches is not None:
             self.watches.session_ended(sess)
         self._sessions.pop(sess.id, None)
+        if sess.caching:
+            self._caching.discard(sess)
         self.session_counts.closed(sess.id)
         self.mark_expired(sess.id, why)
         self._reclaim.session_ended(sess)
@@ -886,6 +897,8 @@ class ShardCore:
                 continue
             w.idx = idx
             if tok == CONFLICT:
+                if self._caching:
+                    self._revoke_path(tid, path, mode)
                 raise _Reply(E_NOT_AVAILABLE,
                              f"{path!r} is not available in mode {Mode(mode).name} without waiting"
                              + (f" (item {w.idx} of the batch; the {w.idx} before it are held)" if w.many else ""))
@@ -927,6 +940,8 @@ class ShardCore:
         if w.deadline is not None:
             w.timer = self.add_timer(w.deadline, _T_WAIT, w)
         self.counters["waits"] += 1
+        if self._caching:
+            self._revoke_wait(t)
         self._check_deadlock(t)
         if t.wait is w:
             self._probes.on_wait(t, w)     # cross-shard detection (lockmgr/service/probes.py)
@@ -1064,6 +1079,8 @@ class ShardCore:
         if tok == CONFLICT:
             if capped:
                 raise self._over_waits(sess)
+            if self._caching:
+                self._revoke_path(tid, path, mode)
             raise _Reply(E_NOT_AVAILABLE, f"{path!r} is not available in mode {Mode(mode).name} without waiting")
         w = _Wait(t, seq, [(path, mode)], 0, [], False, prev)
         if tmo is not None:
@@ -1129,6 +1146,8 @@ class ShardCore:
             if capped:
                 raise self._over_waits(sess)
             path, mode = w.items[k]
+            if self._caching:
+                self._revoke_path(tid, path, mode)
             raise _Reply(E_NOT_AVAILABLE,
                          f"{path!r} is not available in mode {Mode(mode).name} without waiting"
                          f" (item {k} of the batch; the {k} before it are held)")
@@ -1244,6 +1263,99 @@ class ShardCore:
                               f"transaction {args[0]} holds {len(held)} locks on shard {self.index}; "
                               f"ask HELD_PAGE for them a page at a time")
         return [[list(p), m] for p, m in held]
+
+    # ---------------------------------------------------------- lock caching
+    # docs/service.md ("Lock caching"). A caching client keeps its transactions'
+    # locks when they commit: the shard sees nothing (the transaction, a "carrier",
+    # stays open here, holding them); a later transaction of that client adopts
+    # the carrier (its requests carry the carrier's id). The shard's part: when a
+    # request waits for (or is refused because of) a lock that a transaction of
+    # a caching session holds, tell that session (N_CACHE_REVOKE); the client
+    # gives the lock up (CACHE_GIVEUP) at once if no transaction uses it, else
+    # when the using transaction ends. Deadlock detection is untouched: an idle
+    # carrier waits for nothing, so it is on no cycle; a used one is an
+    # ordinary transaction.
+
+    def _h_cache_on(self, sess, seq, args):
+        if args:
+            raise _Reply(E_PROTOCOL, "CACHE_ON takes []")
+        if not sess.caching:
+            sess.caching = True
+            self._caching.add(sess)
+            self.counters["cache_sessions"] += 1
+        return []
+
+    def _h_cache_giveup(self, sess, seq, args):
+        if len(args) != 2 or type(args[1]) is not list or not 1 <= len(args[1]) <= wire.MAX_BATCH:
+            raise _Reply(E_PROTOCOL, f"CACHE_GIVEUP takes [txn, [path, ...]] (1..{wire.MAX_BATCH} paths)")
+        tid, paths = args
+        paths = [_path(p) for p in paths]
+        t = self._txn(sess, tid, create=False)
+        self.counters["cache_giveups"] += 1
+        if t is None:
+            return [0]                  # (finished or never here: nothing to give up)
+        if t.state != ACTIVE:
+            raise _Reply(E_INVALID, f"transaction {tid} is {t.state}: it can only be committed or aborted")
+        if t.wait is not None:
+            raise _Reply(E_INVALID, f"transaction {tid} is waiting for a lock; its cached locks are in use")
+        table = self._table
+        # the client names every node to give up (deepest first); one it did not
+        # know of below a named node (an escalation, say) makes that node's unlock
+        # fail: then everything the transaction holds below it is found and released
+        mine = []
+        for p in sorted(paths, key=len, reverse=True):
+            if not table.mode_held(tid, p):
+                continue
+            try:
+                woken = table.unlock(tid, p)
+            except InvalidRequest:
+                n = len(p)
+                below = sorted((q for q, _ in table.held(tid) if len(q) > n and q[:n] == p), key=len, reverse=True)
+                for q in below:
+                    woken = table.unlock(tid, q)
+                    if woken:
+                        self._woken.extend(woken)
+                mine.extend(below)
+                woken = table.unlock(tid, p)
+            mine.append(p)
+            if woken:
+                self._woken.extend(woken)
+        k = min(len(mine), t.nheld)
+        if k:
+            t.nheld -= k
+            sess.nheld -= k
+            self.nheld -= k
+        self.counters["cache_given_up"] += len(mine)
+        return [len(mine)]
+
+    def _revoke_wait(self, t):
+        """``t`` waits: revoke the cached locks it waits for (those of the level it
+        is queued on, held in a conflicting mode by a caching session's transaction)."""
+        on = self._table.waiting_on(t.id)
+        if on is not None:
+            self._revoke_level(t.id, on[0], on[1], {})
+
+    def _revoke_path(self, tid, path, mode):
+        """A request of ``tid`` for ``mode`` on ``path`` was refused (nowait): revoke
+        the cached locks in its way on every level (the intention mode on ancestors)."""
+        seen = {}
+        want = INTENTION[mode]
+        for k in range(1, len(path)):
+            self._revoke_level(tid, path[:k], want, seen)
+        self._revoke_level(tid, path, mode, seen)
+
+    def _revoke_level(self, tid, path, mode, seen):
+        mode_held = self._table.mode_held
+        for s in list(self._caching):
+            for x in list(s.txns.values()):
+                xid = x.id
+                if xid == tid or xid in seen or x.state != ACTIVE:
+                    continue
+                held = mode_held(xid, path)
+                if held and (CONFLICTS[held] >> mode) & 1:
+                    seen[xid] = True
+                    self.counters["cache_revokes"] += 1
+                    self.push(s, [wire.N_CACHE_REVOKE, xid, list(path), mode])
 
     # ----------------------------------------------------------------- admin
 

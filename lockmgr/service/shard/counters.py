@@ -11,4 +11,5 @@ CORE_COUNTERS = (
     "retries_answered", "errors", "bad_requests", "bad_frames", "foreign_refused", "peer_refused",
     "dropped_replies", "internal_errors", "pushes", "prepares", "decisions",
     "forbidden", "quota_refused",      # docs/security.md: refused for the key; over a quota
+    "cache_sessions", "cache_revokes", "cache_giveups", "cache_given_up",   # lock caching (docs/service.md)
 )
