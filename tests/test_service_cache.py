@@ -18,7 +18,7 @@ import time
 import pytest
 
 from lockmgr import LocalCluster, Mode
-from lockmgr.errors import DeadlockDetected, LockNotAvailable, SessionExpired
+from lockmgr.errors import DeadlockDetected, LockNotAvailable
 from lockmgr.service import wire
 from lockmgr.service.client.aio import connect as aconnect
 
