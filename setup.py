@@ -30,6 +30,11 @@ class OptionalBuildExt(build_ext):
 
     warned = False
 
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:       # the extensions compiled side by side, one per core
+            self.parallel = os.cpu_count() or 1
+
     def _fallback(self, why):
         if os.environ.get("LOCKMGR_REQUIRE_C", "") not in ("", "0"):
             raise
@@ -115,6 +120,7 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
             ),
         ],
         include_path=["."],
+        nthreads=os.cpu_count() or 1,
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,
@@ -132,6 +138,7 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
                       extra_link_args=san_flags)
             for mod in COMPILED_PY
         ],
+        nthreads=os.cpu_count() or 1,
         compiler_directives={"language_level": "3", "annotation_typing": False},
     )
 
