@@ -17,7 +17,7 @@ import zmq
 
 import lockmgr.aio
 from lockmgr import Mode
-from lockmgr.errors import LockError
+from lockmgr.errors import InvalidRequest, LockError
 from lockmgr.service.etcd import EtcdClient, EtcdUnavailable, FakeEtcd, Watcher
 from lockmgr.service.replica import Leadership, keys
 from lockmgr.service.replication import Follower, Replicator, StandbyLog
@@ -580,3 +580,16 @@ def test_asyncio_client_follows_a_new_primary(rcluster):
         finally:
             await ac.close()
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_options_replica_sets_do_not_implement_are_refused(tmp_path):
+    """LocalCluster's options that a replicated cluster does not implement are an
+    error naming them (before anything starts), never silently dropped."""
+    from lockmgr import LocalCluster
+    with pytest.raises(InvalidRequest, match="secure"):
+        LocalCluster(1, replicas=2, data_dir=str(tmp_path), secure=True)
+    with pytest.raises(InvalidRequest, match="metrics, quotas"):
+        LocalCluster(1, replicas=2, data_dir=str(tmp_path), quotas="locks=10", metrics=True)
+    with pytest.raises(InvalidRequest, match="no_such_option"):
+        LocalCluster(1, replicas=2, data_dir=str(tmp_path), no_such_option=1)
+    assert os.listdir(tmp_path) == []

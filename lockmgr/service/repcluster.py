@@ -91,7 +91,7 @@ class ReplicatedCluster(ProcessCluster):
                  lease_ttl: float = 2.0, sync_standbys: Optional[int] = None, sync_timeout: float = 1.0,
                  on_standby_loss: str = "degrade", cluster: Optional[str] = None,
                  probe_delay: Optional[float] = DEFAULT_PROBE_DELAY, probe_interval: Optional[float] = None,
-                 **_ignored: Any) -> None:
+                 **other: Any) -> None:
         if type(shards) is not int or not 1 <= shards <= 64:
             raise InvalidRequest(f"shards must be an int in 1..64; got {shards!r}")
         if type(replicas) is not int or not 2 <= replicas <= 9:
@@ -100,6 +100,12 @@ class ReplicatedCluster(ProcessCluster):
             raise InvalidRequest(f"sync_standbys must be None or an int in 0..{replicas - 1}; got {sync_standbys!r}")
         if on_standby_loss not in ("degrade", "fail"):
             raise InvalidRequest(f"on_standby_loss must be 'degrade' or 'fail'; got {on_standby_loss!r}")
+        # LocalCluster's options that replica sets do not implement: refused, never dropped
+        # (a cluster asked to be secure must not start plain)
+        unsupported = sorted(k for k, v in other.items() if v is not None and v is not False)
+        if unsupported:
+            raise InvalidRequest(f"LocalCluster(replicas={replicas}) does not support {', '.join(unsupported)} "
+                                 f"(replica sets: docs/replication.md)")
         etcd_binary()
         self.nshards = shards
         self.replicas = replicas
