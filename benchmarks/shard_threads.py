@@ -1,0 +1,101 @@
+"""Where a shard's CPU goes, by thread: the shard's own thread (the loop, the
+core, the table) and ZeroMQ's I/O thread (TCP reads and writes, the wake-ups
+between it and the loop), per begin + lock(X) + commit, read from
+/proc/PID/task/TID/stat over a window in the middle of the run.
+
+    python benchmarks/shard_threads.py [--clients 8] [--seconds 4] [--rounds 2]
+
+Client processes each lock fresh rows (uncontended) on one shard of a
+LocalCluster; throughput is counted over the same window.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import lockmgr  # noqa: E402
+from lockmgr import LocalCluster, Mode  # noqa: E402
+
+TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _worker(endpoints, start, stop, counts, k):
+    c = lockmgr.connect(endpoints)
+    n = 0
+    in_window = 0
+    base = (os.getpid() << 20)
+    while True:
+        now = time.monotonic()
+        if now >= stop[1]:
+            break
+        t = c.begin()
+        t.lock(("db", "t", base + n), Mode.X)
+        t.commit()
+        n += 1
+        if start[0] <= now < stop[0]:
+            in_window += 1
+    c.close()
+    counts[k] = in_window
+
+
+def _threads(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        name = s[s.index("(") + 1:s.rindex(")")]
+        fields = s[s.rindex(")") + 2:].split()
+        out[tid] = (name, int(fields[11]), int(fields[12]))     # utime, stime (clock ticks)
+    return out
+
+
+def run(clients, seconds):
+    with LocalCluster(1) as cl:
+        pid = cl.pids[0]
+        t0 = time.monotonic() + 1.0                  # the clients connect meanwhile
+        w0, w1 = t0 + seconds * 0.25, t0 + seconds * 0.75
+        counts = mp.Array("l", clients)
+        ps = [mp.Process(target=_worker, args=(cl.endpoints, (w0,), (w1, t0 + seconds), counts, k))
+              for k in range(clients)]
+        for p in ps:
+            p.start()
+        time.sleep(max(0.0, w0 - time.monotonic()))
+        a = _threads(pid)
+        time.sleep(max(0.0, w1 - time.monotonic()))
+        b = _threads(pid)
+        for p in ps:
+            p.join()
+        txns = sum(counts)
+        print(f"{clients} client processes, {txns / (w1 - w0):,.0f} txn/s in the window")
+        total = 0.0
+        for tid, (name, u, s) in sorted(b.items()):
+            if tid not in a:
+                continue
+            du, ds = (u - a[tid][1]) / TCK, (s - a[tid][2]) / TCK
+            if du + ds == 0:
+                continue
+            total += du + ds
+            print(f"  {name:14s} user {du * 1e6 / txns:6.1f}  sys {ds * 1e6 / txns:6.1f}  "
+                  f"µs per txn  ({(du + ds) / (w1 - w0) * 100:.0f}% of a core)")
+        print(f"  shard process  {total * 1e6 / txns:6.1f} µs per txn")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args(argv)
+    for _ in range(args.rounds):
+        run(args.clients, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
