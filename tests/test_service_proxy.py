@@ -66,7 +66,11 @@ def test_history_under_drop_dup_reorder(cluster, seed, nowait):
         for th in ths:
             th.join(120)
             assert not th.is_alive(), "a client hung"
-        assert not errors, errors[:3]
+        if errors:      # (what the proxies and shards saw, to tell a lost retry from a stall)
+            with connect(cluster.endpoints) as c:
+                keep = ("retries_answered", "errors", "dropped_replies", "internal_errors", "bad_requests")
+                counters = [{k: v for k, v in st.items() if k in keep} for st in c.stats()]
+            raise AssertionError(f"{errors[:3]}; proxies {[p.counts for p in proxies]}; shards {counters}")
         assert len(history) > 60
         faults = {k: sum(p.counts[k] for p in proxies) for k in ("dropped", "duplicated", "delayed")}
         assert all(v > 0 for v in faults.values()), faults   # the faults really happened
