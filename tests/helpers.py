@@ -193,3 +193,45 @@ def slow_frame():
     import msgpack
     return msgpack.packb([wire.VERSION, 0, 0, [[wire.PING, k, [[]] * 65000] for k in range(64)]])
 
+
+class ScriptedShard:
+    """A ROUTER on 127.0.0.1 that answers a client's HELLO and then sends what the
+    test tells it to (tests/test_service_push.py, tests/test_engine_seq.py): the
+    timing is the test's, not a cluster's."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.s = self.ctx.socket(zmq.ROUTER)
+        self.s.setsockopt(zmq.LINGER, 0)
+        port = self.s.bind_to_random_port("tcp://127.0.0.1")
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.peer = None
+
+    def serve_hello(self, client_factory):
+        out = {}
+        th = threading.Thread(target=lambda: out.setdefault("eng", client_factory()))
+        th.start()
+        assert self.s.poll(5000)
+        self.peer, frame = self.s.recv_multipart()
+        _sid, _ack, reqs = wire.unpack_requests(frame)
+        (typ, seq, *_), = reqs
+        assert typ == wire.HELLO
+        self.s.send_multipart([self.peer, wire.pack_replies([[seq, wire.OK, [7, 0, 1, 2, 0]]])])
+        th.join(5.0)
+        return out["eng"]
+
+    def recv(self):
+        return self.recv_frame()[2]
+
+    def recv_frame(self):
+        """The next frame from the client: (session, ack, requests)."""
+        assert self.s.poll(5000)
+        peer, frame = self.s.recv_multipart()
+        return wire.unpack_requests(frame)
+
+    def send(self, replies):
+        self.s.send_multipart([self.peer, wire.pack_replies(replies)])
+
+    def close(self):
+        self.s.close(0)
+        self.ctx.term()

@@ -12,7 +12,7 @@ from lockmgr.service import wire
 from lockmgr.service.client.ops import _drive
 from lockmgr.service.shard.core import ShardCore
 
-from helpers import Waiter, shard_of, wait_until_waiting
+from helpers import ScriptedShard, Waiter, shard_of, wait_until_waiting
 
 NSHARDS = 2
 
@@ -174,48 +174,9 @@ def test_a_failing_handler_is_logged_and_the_client_goes_on(cluster, caplog):
 
 # ------------------------------------------------ a scripted shard (no timing luck)
 
-class _FakeShard:
-    """A ROUTER on 127.0.0.1 that answers a client's HELLO and then sends what the
-    test tells it to: the notice's timing is the test's, not a cluster's."""
-
-    def __init__(self):
-        import zmq
-        self.ctx = zmq.Context()
-        self.s = self.ctx.socket(zmq.ROUTER)
-        self.s.setsockopt(zmq.LINGER, 0)
-        port = self.s.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
-        self.peer = None
-
-    def serve_hello(self, client_factory):
-        out = {}
-        th = threading.Thread(target=lambda: out.setdefault("eng", client_factory()))
-        th.start()
-        assert self.s.poll(5000)
-        self.peer, frame = self.s.recv_multipart()
-        _sid, _ack, reqs = wire.unpack_requests(frame)
-        (typ, seq, *_), = reqs
-        assert typ == wire.HELLO
-        self.s.send_multipart([self.peer, wire.pack_replies([[seq, wire.OK, [7, 0, 1, 2, 0]]])])
-        th.join(5.0)
-        return out["eng"]
-
-    def recv(self):
-        assert self.s.poll(5000)
-        peer, frame = self.s.recv_multipart()
-        return wire.unpack_requests(frame)[2]
-
-    def send(self, replies):
-        self.s.send_multipart([self.peer, wire.pack_replies(replies)])
-
-    def close(self):
-        self.s.close(0)
-        self.ctx.term()
-
-
 def _engine_with_fake_shard(want):
     from lockmgr.service.client.engine import _Engine
-    fake = _FakeShard()
+    fake = ScriptedShard()
     eng = fake.serve_hello(lambda: _Engine([fake.endpoint], 60.0, 2, 5.0, "push-test"))
     got = []
     ev = threading.Event()

@@ -1131,11 +1131,24 @@ class _Engine:
         there. False if the session is over (the call fails)."""
         if self.dead is not None or self.closed or c.typ == wire.HEARTBEAT:
             return False                   # (a heartbeat's callback opens the session again)
-        self._pending[i][c.seq] = c
+        self._repend(i, c)
         self._parked[i][c.seq] = c
         if not self._hello_pending[i]:
             self._send_hello(i, time.monotonic())
         return True
+
+    def _repend(self, i, c):
+        """Put a call taken out of shard i's pending map back (an answer that keeps
+        it: a restarted shard, a standby), in seq order: a frame's ack is the first
+        pending seq, and the shard forgets its answers below the ack and refuses
+        those seqs (E_STALE, unanswered), so a call put back at the end of the map
+        would never be answered."""
+        pending = self._pending[i]
+        pending[c.seq] = c
+        if next(iter(pending)) != min(pending):
+            items = sorted(pending.items())
+            pending.clear()
+            pending.update(items)
 
     def _resend_parked(self, i):
         parked = self._parked[i]
@@ -1579,7 +1592,7 @@ class _Engine:
                 else:
                     if status == wire.E_NOT_PRIMARY and self.locator is not None:
                         # a standby: keep the call (retried at the primary once the socket moves)
-                        pending[seq] = c
+                        self._repend(i, c)
                         hint = payload[1] if type(payload) is list and len(payload) == 2 else None
                         self.locator.suspect(i, hint if type(hint) is str else None)
                         continue
