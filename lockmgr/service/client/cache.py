@@ -149,8 +149,8 @@ class LockCache:
 
     def _usable_locked(self, c):
         cc = c.core
-        if cc.state is not ACTIVE or cc.doom or cc.gen != self.eng.gen:
-            return False                        # (a carrier of a lost session: never adopted)
+        if cc.state is not ACTIVE or cc.doom:
+            return False
         eps = self.eng.epoch
         for s, e in cc.touched.items():
             if e and eps[s] != e and s not in self.eng._reclaims:

@@ -289,6 +289,19 @@ def _shards(eng: Any, resource: Resource) -> Tuple[Path, List[int]]:
     return path, list(route(key, len(path), Mode.X, eng.n, eng.partition_depth))
 
 
+def _taken(w, ev, stop):
+    """What a Watch's or AsyncWatch's get() returns for ``ev``, taken from its
+    queue: the event; ``stop`` (StopIteration or StopAsyncIteration) once it was
+    closed; the error that ended it. Either ends the watch for good."""
+    if ev is _CLOSED:
+        w._done = True
+        raise stop
+    if isinstance(ev, BaseException):
+        w._done = True
+        raise ev
+    return ev
+
+
 class Watch:
     """A watch of one node (``Client.watch``): iterate it for WatchEvents, in
     order; ``close()`` (or leaving ``with``) cancels it (one UNWATCH per shard).
@@ -334,13 +347,7 @@ class Watch:
             ev = self._q.get(timeout=timeout)
         except queue.Empty:
             return None
-        if ev is _CLOSED:
-            self._done = True
-            raise StopIteration
-        if isinstance(ev, BaseException):
-            self._done = True
-            raise ev
-        return ev
+        return _taken(self, ev, StopIteration)
 
     def __iter__(self) -> Iterator[WatchEvent]:
         return self
@@ -412,13 +419,7 @@ class AsyncWatch:
             ev = await asyncio.wait_for(self._q.get(), timeout)
         except asyncio.TimeoutError:
             return None
-        if ev is _CLOSED:
-            self._done = True
-            raise StopAsyncIteration
-        if isinstance(ev, BaseException):
-            self._done = True
-            raise ev
-        return ev
+        return _taken(self, ev, StopAsyncIteration)
 
     def __aiter__(self) -> AsyncIterator[WatchEvent]:
         return self

@@ -84,6 +84,7 @@ _unpack_requests = wire.unpack_requests_packed if BACKEND == "c" else wire.unpac
 # a frame's User-Id); the loop's hot path calls libzmq directly where it can (zdirect.py)
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _recv = _ZSocket.recv
+_NOBLOCK = int(zmq.NOBLOCK)
 _send = zdirect.send
 
 
@@ -106,9 +107,7 @@ def _read_message_user(sock):
 # The parts of the next message on the ROUTER (zmq.Again if none): the routing
 # id, then the rest (a ROUTER always has a part after the routing id).
 _read_message = zdirect.recv_message
-_NOBLOCK = int(zmq.NOBLOCK)
 _pack_replies = wire.pack_replies
-_POLLIN = int(zmq.POLLIN)
 
 
 class Shard:
