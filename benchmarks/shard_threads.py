@@ -73,6 +73,9 @@ def run(clients, seconds):
         for p in ps:
             p.join()
         txns = sum(counts)
+        if txns == 0:
+            print("no transaction finished inside the window (the shard did not answer?)")
+            return
         print(f"{clients} client processes, {txns / (w1 - w0):,.0f} txn/s in the window")
         total = 0.0
         for tid, (name, u, s) in sorted(b.items()):
@@ -93,6 +96,12 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
+    if not 1 <= args.clients <= 256:
+        ap.error(f"--clients must be in 1..256; got {args.clients}")
+    if not 0.5 <= args.seconds <= 3600:
+        ap.error(f"--seconds must be in 0.5..3600; got {args.seconds}")
+    if not 1 <= args.rounds <= 100:
+        ap.error(f"--rounds must be in 1..100; got {args.rounds}")
     for _ in range(args.rounds):
         run(args.clients, args.seconds)
 
