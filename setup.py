@@ -110,6 +110,14 @@ if os.environ.get("LOCKMGR_NO_EXT", "") in ("", "0"):
                 extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
                 extra_link_args=san_flags,
             ),
+            # the client's hot-path helpers: the engine's lock (threading.Lock's interface
+            # with C-level acquire/release) and the generators' synchronous driver
+            Extension(
+                "lockmgr.service.client._hot",
+                sources=["lockmgr/service/client/_hot.pyx"],
+                extra_compile_args=["-O2", "-std=c99"] + (["-O0", "-g"] if debug else []) + san_flags,
+                extra_link_args=san_flags,
+            ),
             # libzmq's poll/recv/send called directly on pyzmq's sockets (lockmgr/service/zdirect.py
             # finds the functions at run time in the libzmq pyzmq loaded: nothing to link)
             Extension(

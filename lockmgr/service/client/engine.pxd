@@ -8,6 +8,7 @@
 # AttributeError (the suite runs compiled).
 
 cimport cython
+from lockmgr.service.client._hot cimport Mutex
 
 cdef class _Waiter:
     cdef public object ev, since
@@ -22,10 +23,12 @@ cdef class _Call:
 
 cdef class _Engine:
     cdef object __weakref__
-    cdef public object endpoints, ttl, ttl_ms, lease, request_timeout, retry_interval, hb_interval
+    cdef public double lease
+    cdef public object endpoints, ttl, ttl_ms, request_timeout, retry_interval, hb_interval
     cdef public object _drv_tick, _drv_stall, partition_depth, name, session, epoch, dead
     cdef public object _deferred_error, _lease_base, _hb_sent, _hello_pending, _secret
-    cdef public object _ctx, _socks, _fds, _driver, _mu, _owner_kind, _owner
+    cdef public object _ctx, _socks, _fds, _driver, _owner_kind, _owner
+    cdef public Mutex _mu
     cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
     cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _poller, _ready
     cdef public object _hello_error, _thread, _born, _pid
@@ -57,15 +60,17 @@ cdef class _Engine:
     @cython.locals(w=_Waiter)
     cpdef _leave_locked(self)
     cpdef _turn_locked(self, double now)
-    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int, i=Py_ssize_t, n=Py_ssize_t)
-    cpdef _serve(self, _Waiter w=*)
+    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int, i=Py_ssize_t, n=Py_ssize_t, mu=Mutex)
+    cpdef _serve(self, _Waiter w=*, list calls=*, double now=*)
     cpdef _drain_wake_locked(self)
     @cython.locals(c=_Call, lease=double, more=bint)
     cpdef _recv(self, Py_ssize_t i, s, bint drain)
-    @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double)
     cpdef _send_all(self, double now)
+    @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double)
+    cpdef _send_calls(self, list calls, double now)
+    cpdef bint _quiet_locked(self, double now)
     cpdef _send_frame(self, Py_ssize_t i, list reqs)
     @cython.locals(c=_Call)
     cpdef _timers(self, double now)
-    @cython.locals(w=_Waiter, c=_Call, now=double, rt=double)
+    @cython.locals(w=_Waiter, c=_Call, now=double, rt=double, mu=Mutex)
     cpdef call_many(self, specs)

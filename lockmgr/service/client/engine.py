@@ -47,6 +47,7 @@ from ...errors import ClientForked, InvalidRequest, SessionExpired, ShardUnavail
 from ..routing import parse_endpoints
 from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
 from .notify import Dispatcher, SessionState
+from .hot import Mutex as _Mutex     # C-level acquire/release: taken 2-3 times per call
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
 # one line per notable event (session expired or ended, a shard restarted, a
@@ -58,6 +59,7 @@ _log = logging.getLogger("lockmgr.client")
 # housekeeping thread and lock are the parent's, and using them would hang
 # (docs/service.md, "Clients and fork()").
 _FORKS = [0]
+_heappush, _heappop = heapq.heappush, heapq.heappop     # (no module attribute lookup per call)
 
 
 def _after_fork_in_child():
@@ -77,7 +79,7 @@ class _Waiter:
 
     __slots__ = ("ev", "left", "signalled", "promoted", "since")
 
-    def __init__(self, n):
+    def __init__(self, n, since):
         # the semaphore (a Lock, held while not signalled) is made only when the
         # thread is about to sleep on it (_Engine._follow): a caller that owns the
         # sockets and gets its answers itself -- the usual case -- never needs one
@@ -85,7 +87,7 @@ class _Waiter:
         self.left = n
         self.signalled = False
         self.promoted = False
-        self.since = _monotonic()
+        self.since = since
 
     def signal(self):
         if not self.signalled:
@@ -260,7 +262,7 @@ class _Engine:
             self._socks.append(s)
         self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner
         self._driver = None              # the _LoopDriver of the event loop that used the client last
-        self._mu = threading.Lock()
+        self._mu = _Mutex()
         self._session_cv = threading.Condition(self._mu)    # a (new) session opened, or failed to
         # who owns the sockets: _owner_kind (an Owner) and _owner (the owning
         # _Waiter for SYNC_CALLER, _LoopDriver for LOOP, else None), changed
@@ -1328,18 +1330,31 @@ class _Engine:
         if heap and heap[0][0] <= now:
             self._timers(now)
 
+    def _quiet_locked(self, now):
+        """True if a loop turn (_turn_locked) at ``now`` would do nothing but send
+        what is queued: nothing closed, expired, renewing, reclaiming, re-pointed,
+        queued or due, and no listener to tell. A caller that takes the free sockets
+        then sends its calls itself (_serve's first turn)."""
+        heap = self._heap
+        return (not self.closed and self.dead is None and self._hello_left == 0 and not self._outq
+                and not self._listeners and not self.reclaim_waiting and not self._repoints
+                and now <= self._lease_end() and not (heap and heap[0][0] <= now))
+
     def _heap_top(self):
         """The time of the next retry/deadline of a call still unanswered, or None
         (entries of answered calls are dropped lazily, here and in _serve)."""
         heap = self._heap
         while heap and heap[0][2].done:
-            heapq.heappop(heap)
+            _heappop(heap)
         return heap[0][0] if heap else None
 
-    def _serve(self, w=None):
+    def _serve(self, w=None, calls=None, now=0.0):
         """Own the sockets until ``w``'s calls are done (or, for the
         housekeeper, ``w`` None, until nothing urgent is left); then hand the role on.
         Entered and left without ``_mu`` held; the caller is the owner.
+        ``calls``: w's calls, not queued yet (call_many, taking free sockets at
+        ``now``): sent in the first turn, straight out if the turn has nothing else
+        to do (_quiet_locked), else queued behind what is there.
         Returns True if ``w`` handed the role to a newer caller before its own
         calls were done (it then follows)."""
         mu = self._mu
@@ -1353,12 +1368,20 @@ class _Engine:
         mu.acquire()
         try:
             while True:
-                now = _monotonic()
-                if hk:
-                    # no one else queues heartbeats while the housekeeper owns the
-                    # sockets (e.g. serving an asyncio lock wait longer than the TTL)
-                    self._heartbeat_locked(now)
-                self._turn_locked(now)
+                if calls is not None:
+                    if self._quiet_locked(now):
+                        self._send_calls(calls, now)     # the turn's only work: send them
+                    else:
+                        self._outq.extend(calls)
+                        self._turn_locked(now)
+                    calls = None
+                else:
+                    now = _monotonic()
+                    if hk:
+                        # no one else queues heartbeats while the housekeeper owns the
+                        # sockets (e.g. serving an asyncio lock wait longer than the TTL)
+                        self._heartbeat_locked(now)
+                    self._turn_locked(now)
                 if hk:
                     if self._followers or (self._urgent <= 0 and not self._outq
                                            and (not any(self._pending) or self.closed)):
@@ -1384,7 +1407,7 @@ class _Engine:
                 # _heap_top, inline: this is every call's path), at most ``cap``
                 nxt = now + cap
                 while heap and heap[0][2].done:
-                    heapq.heappop(heap)
+                    _heappop(heap)
                 if heap and heap[0][0] < nxt:
                     nxt = heap[0][0]
                 timeout = max(0, int((nxt - now) * 1000) + 1)
@@ -1403,6 +1426,8 @@ class _Engine:
                         if ready >> i & 1:
                             self._recv(i, socks[i], False)
                         i += 1
+                    if not hk and w.left == 0 and not self._outq and not (heap and heap[0][0] <= now):
+                        return      # answered, and the turn the loop would run has nothing to send
         finally:
             if not demoted:
                 self._leave_locked()
@@ -1619,14 +1644,19 @@ class _Engine:
 
     def _send_all(self, now):
         outq = self._outq
+        calls = list(outq)
+        outq.clear()
+        self._send_calls(calls, now)
+
+    def _send_calls(self, calls, now):
+        """Send ``calls`` (a seq each, in order; one frame per shard), each with its retry timer."""
         frames = {}
         pendings = self._pending
         seqs = self._seq
         heap = self._heap
         tick = self._tick
         retry = self.retry_interval
-        while outq:
-            c = outq.popleft()
+        for c in calls:
             if c.done:
                 continue
             i = c.shard
@@ -1646,7 +1676,7 @@ class _Engine:
             when = now + retry
             if c.deadline is not None and c.deadline < when:
                 when = c.deadline
-            heapq.heappush(heap, (when, next(tick), c))
+            _heappush(heap, (when, next(tick), c))
         for i, reqs in frames.items():
             self._send_frame(i, reqs)
 
@@ -1667,7 +1697,7 @@ class _Engine:
         heap = self._heap
         resend = {}
         while heap and heap[0][0] <= now:
-            when, _, c = heapq.heappop(heap)
+            when, _, c = _heappop(heap)
             if c.done:
                 continue
             if c.deadline is not None and now >= c.deadline and now < self._grace_until[c.shard]:
@@ -1690,7 +1720,7 @@ class _Engine:
             when = now + c.backoff
             if c.deadline is not None and c.deadline < when:
                 when = c.deadline
-            heapq.heappush(heap, (when, next(self._tick), c))
+            _heappush(heap, (when, next(self._tick), c))
             req = [c.typ, c.seq]
             req.extend(c.args)
             resend.setdefault(c.shard, []).append(req)
@@ -1728,7 +1758,7 @@ class _Engine:
             raise self.forked()
         now = _monotonic()
         rt = self.request_timeout
-        w = _Waiter(len(specs))
+        w = _Waiter(len(specs), now)
         calls = [_Call(shard, typ, args, None if extra is None else now + rt + extra, w)
                  for shard, typ, args, extra in specs]
         mu = self._mu
@@ -1740,23 +1770,24 @@ class _Engine:
                     self._fail(c, SessionExpired(err))
                 lead = False
             else:
-                self._outq.extend(calls)
                 kind = self._owner_kind
                 if kind is _NONE or (kind is _LOOP and self._owner.tid == threading.get_ident()):
                     # free, or owned by the event loop this very thread runs (blocked
                     # here, so it touches no socket until we are done): take them
+                    # (and send the calls in the first turn: _serve)
                     if kind is not _NONE:
                         self._polling = False
                     self._set_owner(_SYNC_CALLER, w)
                     lead = True
                 else:
+                    self._outq.extend(calls)
                     lead = False
                     self._followers[id(w)] = w
                     self._wake_owner_locked()
         finally:
             mu.release()
         if lead:
-            if self._serve(w):
+            if self._serve(w, calls, now):
                 self._follow(w)
         elif w.left:
             self._follow(w)

@@ -27,6 +27,7 @@ from ...errors import (DeadlockDetected, InvalidRequest, LockNotAvailable, LockT
                        TransactionAborted, TransactionCommitted)
 from ...modes import Mode, SUPREMUM
 from ...paths import encode
+from .hot import drive as _cdrive
 from .txnid import new_txn_id
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
@@ -621,7 +622,10 @@ def _g_resolve(eng, gtrid, commit):
 
 
 def _drive(eng, gen):
-    """Run an ops generator synchronously."""
+    """Run an ops generator synchronously (the compiled backend runs the same loop
+    in C: hot.drive)."""
+    if _cdrive is not None:
+        return _cdrive(eng, gen)
     try:
         specs = next(gen)
         while True:
