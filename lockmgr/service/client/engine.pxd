@@ -25,12 +25,13 @@ cdef class _Engine:
     cdef object __weakref__
     cdef public double lease
     cdef public object endpoints, ttl, ttl_ms, request_timeout, retry_interval, hb_interval
-    cdef public object _drv_tick, _drv_stall, partition_depth, name, session, epoch, dead
-    cdef public object _deferred_error, _lease_base, _hb_sent, _hello_pending, _secret
+    cdef public object _drv_tick, _drv_stall, partition_depth, name, session, dead
+    cdef public list epoch, _lease_base, _hello_pending, _seq, _pending, _heap
+    cdef public object _deferred_error, _hb_sent, _secret
     cdef public object _ctx, _socks, _fds, _driver, _owner_kind, _owner
     cdef public Mutex _mu
     cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
-    cdef public object _seq, _pending, _outq, _heap, _tick, _wake_r, _wake_w, _poller, _ready
+    cdef public object _outq, _tick, _wake_r, _wake_w, _poller, _ready
     cdef public object _hello_error, _thread, _born, _pid
     cdef public object _parked, _reclaims, reclaim_waiting, reclaims, txns, _grace_until
     cdef public object locator, _repoints, repoints
@@ -60,15 +61,20 @@ cdef class _Engine:
     @cython.locals(w=_Waiter)
     cpdef _leave_locked(self)
     cpdef _turn_locked(self, double now)
-    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int, i=Py_ssize_t, n=Py_ssize_t, mu=Mutex)
+    @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int, i=Py_ssize_t, n=Py_ssize_t, mu=Mutex,
+                   heap=list, socks=list, untimed=list, due=double)
     cpdef _serve(self, _Waiter w=*, list calls=*, double now=*)
     cpdef _drain_wake_locked(self)
-    @cython.locals(c=_Call, lease=double, more=bint)
+    @cython.locals(c=_Call, lease=double, more=bint, pending=dict, _shapes=dict)
     cpdef _recv(self, Py_ssize_t i, s, bint drain)
     cpdef _send_all(self, double now)
-    @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double)
-    cpdef _send_calls(self, list calls, double now)
+    @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double, due=double, seqs=list,
+                   heap=list, pendings=list, frames=dict, req=list, single=bint)
+    cpdef double _send_calls(self, list calls, double now, bint timed=*) except? -1.0
+    @cython.locals(c=_Call, heap=list, when=double)
+    cpdef _time_calls(self, list calls)
     cpdef bint _quiet_locked(self, double now)
+    @cython.locals(pending=dict, n=Py_ssize_t, k=Py_ssize_t)
     cpdef _send_frame(self, Py_ssize_t i, list reqs)
     @cython.locals(c=_Call)
     cpdef _timers(self, double now)

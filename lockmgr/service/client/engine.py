@@ -1354,7 +1354,10 @@ class _Engine:
         Entered and left without ``_mu`` held; the caller is the owner.
         ``calls``: w's calls, not queued yet (call_many, taking free sockets at
         ``now``): sent in the first turn, straight out if the turn has nothing else
-        to do (_quiet_locked), else queued behind what is there.
+        to do (_quiet_locked), else queued behind what is there. Sent straight out,
+        they get their retry timers only if the first poll does not answer them
+        (the poll ends by their first retry; most are answered, and a timer
+        pushed and popped unused costs more than the check).
         Returns True if ``w`` handed the role to a newer caller before its own
         calls were done (it then follows)."""
         mu = self._mu
@@ -1365,12 +1368,15 @@ class _Engine:
         hk = w is None
         cap = 0.1 if not hk else min(0.1, self.hb_interval)     # the longest poll
         demoted = False
+        untimed = None      # calls sent straight out, without their retry timers yet
+        due = 0.0           # ... and their first retry (or deadline)
         mu.acquire()
         try:
             while True:
                 if calls is not None:
                     if self._quiet_locked(now):
-                        self._send_calls(calls, now)     # the turn's only work: send them
+                        due = self._send_calls(calls, now, False)     # the turn's only work: send them
+                        untimed = calls
                     else:
                         self._outq.extend(calls)
                         self._turn_locked(now)
@@ -1410,6 +1416,8 @@ class _Engine:
                     _heappop(heap)
                 if heap and heap[0][0] < nxt:
                     nxt = heap[0][0]
+                if untimed is not None and due < nxt:
+                    nxt = due
                 timeout = max(0, int((nxt - now) * 1000) + 1)
                 self._polling = True
                 mu.release()
@@ -1428,7 +1436,12 @@ class _Engine:
                         i += 1
                     if not hk and w.left == 0 and not self._outq and not (heap and heap[0][0] <= now):
                         return      # answered, and the turn the loop would run has nothing to send
+                if untimed is not None:
+                    self._time_calls(untimed)
+                    untimed = None
         finally:
+            if untimed is not None:
+                self._time_calls(untimed)
             if not demoted:
                 self._leave_locked()
             mu.release()
@@ -1648,14 +1661,17 @@ class _Engine:
         outq.clear()
         self._send_calls(calls, now)
 
-    def _send_calls(self, calls, now):
-        """Send ``calls`` (a seq each, in order; one frame per shard), each with its retry timer."""
-        frames = {}
+    def _send_calls(self, calls, now, timed=True):
+        """Send ``calls`` (a seq each, in order; one frame per shard), each with its
+        retry timer (``timed``; else the caller gives them theirs: _time_calls).
+        Returns the earliest first retry (or deadline) among them."""
+        frames = None
+        single = len(calls) == 1
         pendings = self._pending
         seqs = self._seq
         heap = self._heap
-        tick = self._tick
         retry = self.retry_interval
+        due = now + retry
         for c in calls:
             if c.done:
                 continue
@@ -1667,18 +1683,38 @@ class _Engine:
             pendings[i][seq] = c
             req = [c.typ, seq]
             req.extend(c.args)
-            lst = frames.get(i)
-            if lst is None:
-                frames[i] = [req]
-            else:
-                lst.append(req)
             c.backoff = retry
             when = now + retry
             if c.deadline is not None and c.deadline < when:
                 when = c.deadline
-            _heappush(heap, (when, next(tick), c))
-        for i, reqs in frames.items():
-            self._send_frame(i, reqs)
+            if when < due:
+                due = when
+            if timed:
+                _heappush(heap, (when, next(self._tick), c))
+            if single:
+                self._send_frame(i, [req])
+            else:
+                if frames is None:
+                    frames = {}
+                lst = frames.get(i)
+                if lst is None:
+                    frames[i] = [req]
+                else:
+                    lst.append(req)
+        if frames is not None:
+            for i, reqs in frames.items():
+                self._send_frame(i, reqs)
+        return due
+
+    def _time_calls(self, calls):
+        """The retry timers of sent calls still unanswered (see _send_calls)."""
+        heap = self._heap
+        for c in calls:
+            if not c.done:
+                when = c.first_sent + c.backoff
+                if c.deadline is not None and c.deadline < when:
+                    when = c.deadline
+                _heappush(heap, (when, next(self._tick), c))
 
     def _send_frame(self, i, reqs):
         pending = self._pending[i]

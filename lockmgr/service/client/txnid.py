@@ -12,19 +12,20 @@ import os
 import random
 import time
 
-from .hot import Mutex
+from .hot import Mutex as _Mutex
 
 _ID_EPOCH_MS = 1577836800000          # 2020-01-01T00:00:00Z
 _ID_COUNTER_BITS = 8
 _ID_TAG_BITS = 16
-_id_lock = Mutex()
-_id_last = [0, 0]                     # last ms, counter
+_id_lock = _Mutex()
+_id_ms = 0                            # the last id's ms
+_id_ctr = 0                           # and counter
 _id_tag = random.SystemRandom().getrandbits(_ID_TAG_BITS)
 
 
 def _reseed_after_fork():
     global _id_tag, _id_lock
-    _id_lock = Mutex()
+    _id_lock = _Mutex()
     _id_tag = random.SystemRandom().getrandbits(_ID_TAG_BITS)
 
 
@@ -36,20 +37,21 @@ def new_txn_id():
     """A unique 64-bit id ordered by begin time: 40 bits of ms since 2020, an
     8-bit per-process counter, a 16-bit random process tag. Strictly increasing
     within a process (a full counter borrows the next millisecond)."""
+    global _id_ms, _id_ctr
     lock = _id_lock
     lock.acquire()      # (not ``with``: its method lookups cost more than the work here)
     try:
         ms = int(time.time() * 1000) - _ID_EPOCH_MS
-        last, ctr = _id_last
-        if ms <= last:
-            ms = last
-            ctr += 1
+        if ms <= _id_ms:
+            ms = _id_ms
+            ctr = _id_ctr + 1
             if ctr >> _ID_COUNTER_BITS:
                 ms += 1
                 ctr = 0
         else:
             ctr = 0
-        _id_last[0], _id_last[1] = ms, ctr
+        _id_ms = ms
+        _id_ctr = ctr
         return (ms << (_ID_COUNTER_BITS + _ID_TAG_BITS)) | (ctr << _ID_TAG_BITS) | _id_tag
     finally:
         lock.release()
