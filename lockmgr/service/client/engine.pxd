@@ -74,6 +74,8 @@ cdef class _Engine:
     @cython.locals(c=_Call, heap=list, when=double)
     cpdef _time_calls(self, list calls)
     cpdef bint _quiet_locked(self, double now)
+    @cython.locals(p=dict)
+    cpdef bint _any_pending(self)
     @cython.locals(pending=dict, n=Py_ssize_t, k=Py_ssize_t)
     cpdef _send_frame(self, Py_ssize_t i, list reqs)
     @cython.locals(c=_Call)

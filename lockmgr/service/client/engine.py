@@ -1000,7 +1000,7 @@ class _Engine:
                 w.promoted = True
                 w.signal()
                 return
-        if self._urgent > 0 or (self.dead is not None and (self._renew_wanted or any(self._pending))):
+        if self._urgent > 0 or (self.dead is not None and (self._renew_wanted or self._any_pending())):
             self._set_owner(_HOUSEKEEPER)
             self._wake_hk()
             return
@@ -1015,7 +1015,7 @@ class _Engine:
             if not self._hk_selecting and self._hk_wake_at > now + 4 * _PUSH_WATCH_DELAY:
                 self._hk_ev.set()
         self._set_owner(_NONE)
-        if self._outq or any(self._pending):
+        if self._outq or self._any_pending():
             now = _monotonic()
             if self._orphaned_at is None:
                 self._orphaned_at = now
@@ -1340,6 +1340,13 @@ class _Engine:
                 and not self._listeners and not self.reclaim_waiting and not self._repoints
                 and now <= self._lease_end() and not (heap and heap[0][0] <= now))
 
+    def _any_pending(self):
+        """True if a call is unanswered on some shard (any(), written out: on every call's path)."""
+        for p in self._pending:
+            if p:
+                return True
+        return False
+
     def _heap_top(self):
         """The time of the next retry/deadline of a call still unanswered, or None
         (entries of answered calls are dropped lazily, here and in _serve)."""
@@ -1390,7 +1397,7 @@ class _Engine:
                     self._turn_locked(now)
                 if hk:
                     if self._followers or (self._urgent <= 0 and not self._outq
-                                           and (not any(self._pending) or self.closed)):
+                                           and (not self._any_pending() or self.closed)):
                         return
                 elif w.left == 0 or self.closed:
                     return
