@@ -21,7 +21,7 @@ cdef class _TxnCore:
     cpdef check_active(self)
     cpdef abort_everywhere(self, victim=*, skip=*)
     cpdef forget(self)
-    @cython.locals(d=dict)
+    @cython.locals(d=dict, new=tuple)
     cpdef record(self, s, path, mode, tok)
     cpdef route(self, key, depth, mode)
 

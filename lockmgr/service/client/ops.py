@@ -146,10 +146,9 @@ class _TxnCore:
                 self.eng.txns[self.id] = self
         if self.used is not None:
             self.used.add((s, path))
-        old = d.get(path)
-        if old is None:
-            d[path] = (mode, tok)
-        elif SUPREMUM[old[0]][mode] != old[0]:      # a conversion: its new token
+        new = (mode, tok)
+        old = d.setdefault(path, new)      # (one hash of the path: the usual case is a new lock)
+        if old is not new and SUPREMUM[old[0]][mode] != old[0]:      # a conversion: its new token
             d[path] = (SUPREMUM[old[0]][mode], tok)
         # (a covered re-lock keeps the recorded token: the answer may be an ancestor's)
 
