@@ -218,3 +218,61 @@ cpdef bint readable(sock) except -1:
     if _getsockopt(h, ZMQ_EVENTS, &ev, &sz) < 0:
         raise _error(_errno())
     return (ev & ZMQ_POLLIN) != 0
+
+
+cdef class Router:
+    """The shard loop's calls on its ROUTER socket, with the libzmq handle read
+    once: pyzmq's ``Socket.underlying``, which the calls above read on every
+    call, goes through zmq.Socket's Python-level ``__getattr__`` (about 900
+    instructions, three times per request frame). ``close()`` forgets the
+    handle (call it before the socket is closed: a call after it raises
+    ZMQError(ENOTSOCK), as the calls above do on a closed socket)."""
+
+    cdef void *h
+    cdef readonly object sock
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.h = _handle(sock)
+
+    def close(self):
+        self.h = NULL
+
+    cdef inline void *_live(self) except NULL:
+        if self.h == NULL:
+            raise zmq.ZMQError(zmq.ENOTSOCK, "the socket is closed")
+        return self.h
+
+    cpdef list recv_message(self):
+        """Every part of the next message, without waiting; None if none waits
+        (no zmq.Again: the loop asks until there is nothing, and an exception
+        per drain costs more than the answer)."""
+        cdef void *h = self._live()
+        cdef lm_msg_t m
+        cdef int err, more = 1
+        cdef list parts = []
+        while more:
+            _msg_init(&m)
+            if _msg_recv(&m, h, ZMQ_DONTWAIT) < 0:
+                err = _errno()
+                _msg_close(&m)
+                if err == EAGAIN and not parts:
+                    return None
+                raise _error(err)
+            parts.append(_part(&m))
+            more = _msg_more(&m)
+            _msg_close(&m)
+        return parts
+
+    cpdef send_message(self, tuple prefix, bytes payload):
+        """The parts of ``prefix`` (bytes), then ``payload``, as one message,
+        without waiting (zmq.ZMQError at the first part that cannot be queued)."""
+        cdef void *h = self._live()
+        cdef object part
+        cdef bytes b
+        for part in prefix:
+            b = <bytes?>part
+            if _send(h, PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+                raise _error(_errno())
+        if _send(h, PyBytes_AS_STRING(payload), <size_t>PyBytes_GET_SIZE(payload), ZMQ_DONTWAIT) < 0:
+            raise _error(_errno())

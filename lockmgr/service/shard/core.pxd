@@ -42,6 +42,9 @@ cdef class ShardCore:
 
     @cython.locals(sess=_Session)
     cpdef frame(self, prefix, sid, ack, reqs, Py_ssize_t budget)
+    cpdef bint resume(self, Py_ssize_t budget) except -1
+    cpdef next_timer(self)
+    cpdef take_replies(self)
     @cython.locals(lst=list)
     cpdef _send(self, prefix, rep)
     @cython.locals(rep=list)

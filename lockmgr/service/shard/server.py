@@ -85,11 +85,10 @@ _unpack_requests = wire.unpack_requests_packed if BACKEND == "c" else wire.unpac
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _recv = _ZSocket.recv
 _NOBLOCK = int(zmq.NOBLOCK)
-_send = zdirect.send
 
 
 def _read_message_user(sock):
-    """_read_message, and the connection's ZAP User-Id ("" for an inproc frame,
+    """The next message's parts (zmq.Again if none), and the connection's ZAP User-Id ("" for an inproc frame,
     which has none: only the shard's own wake socket sends those)."""
     frames = [_recv(sock, _NOBLOCK)]
     f = _recv(sock, _NOBLOCK, False)
@@ -104,9 +103,6 @@ def _read_message_user(sock):
     return frames, user
 
 
-# The parts of the next message on the ROUTER (zmq.Again if none): the routing
-# id, then the rest (a ROUTER always has a part after the routing id).
-_read_message = zdirect.recv_message
 _pack_replies = wire.pack_replies
 
 
@@ -175,10 +171,7 @@ class Shard:
             self._term_ctx()
             raise
         self._msg_limit = self.core.quotas.message_bytes
-        # the loop's reader: the plain one, or (CURVE, or a message_bytes quota below the
-        # wire's limit) one that checks each frame's key and size first (_read_checked)
-        self._read = self._read_checked if curve is not None or self._msg_limit < wire.MAX_FRAME \
-            else _read_message
+        self._checked = curve is not None or self._msg_limit < wire.MAX_FRAME
         self.epoch = self.core.epoch
         if self._plog.last_epoch is not None and self._plog.last_epoch.get("epoch", 0) < self.epoch:
             # a replica set: the locks to reclaim were granted by the previous primary, whose
@@ -216,6 +209,12 @@ class Shard:
         try:
             self._sock.bind(endpoint)
             self._poller = zdirect.Poller([self._sock])
+            # the loop's reads and sends (the libzmq handle read once)
+            self._router = zdirect.Router(self._sock)
+            # the loop's reader (None: nothing waits): the plain one, or (CURVE, or a
+            # message_bytes quota below the wire's limit) one that checks each frame's
+            # key and size first (_read_checked; () for a frame it refused)
+            self._read = self._read_checked if self._checked else self._router.recv_message
             self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
             # a second endpoint on the same socket for the other shards (a unix socket: one
             # shard-to-shard message is then ~20-30 % cheaper than over loopback TCP)
@@ -305,6 +304,7 @@ class Shard:
         if self._wake_sock is not None:
             self._wake_sock.close(0)
             self._wake_sock = None
+        self._router.close()
         self._sock.close(0)
         if self.curve is not None:
             self.curve.stop()
@@ -342,14 +342,16 @@ class Shard:
         # flag arithmetic, and zmq.Again costs an exception per turn): on a
         # busy 2-core machine every request runs on cold caches, where each
         # of those costs several times its warm figure.
+        # The drain reads until nothing waits (a read that finds nothing returns
+        # None: no poll between frames, whose zmq_poll costs a poll(2) and a
+        # ZMQ_EVENTS read per frame).
         if not busy and not core.backlog and self._poller.poll(timeout_ms):
             read = self._read
             for _ in range(DRAIN_LIMIT):
-                try:
-                    frames = read(sock)
-                except zmq.Again:
+                frames = read()
+                if frames is None:
                     break
-                if frames is None:          # refused by _read_checked (a key no longer admitted, a size)
+                if not frames:              # refused by _read_checked (a key no longer admitted, a size)
                     continue
                 core.now = clock()          # this frame's time (a lease renews from it)
                 try:
@@ -368,7 +370,7 @@ class Shard:
                     self._flush()
                 # (core.now is this frame's start: the turn may run one frame, at most
                 # FIRST_BATCH requests, past its budget)
-                if core.backlog or core.now >= turn_end or not self._poller.poll(0):
+                if core.backlog or core.now >= turn_end:
                     break
         core.now = now = clock()
         due = core.next_timer()
@@ -400,25 +402,30 @@ class Shard:
         while notices:
             self._log(notices.pop(0))
 
-    def _read_checked(self, sock):
-        """The next message (zmq.Again if none), with CURVE or a message_bytes quota:
-        sets the core's ``user`` to the frame's key; None if the message was refused
+    def _read_checked(self):
+        """The next message (None if none waits), with CURVE or a message_bytes quota:
+        sets the core's ``user`` to the frame's key; () if the message was refused
         (answered): a key no longer admitted (removed from the key directories since
         it connected), or a frame over the message_bytes quota."""
         if self.curve is not None:
-            frames, user = _read_message_user(sock)
+            try:
+                frames, user = _read_message_user(self._sock)
+            except zmq.Again:
+                return None
             if user and user not in self.curve.admitted:
                 self._refuse(frames, wire.E_FORBIDDEN, "this connection's key is no longer admitted by the shard",
                              "forbidden")
-                return None
+                return ()
             self.core.user = user
         else:
-            frames = _read_message(sock)
+            frames = self._router.recv_message()
+            if frames is None:
+                return None
         n = len(frames[-1])
         if self._msg_limit < n <= wire.MAX_FRAME:      # (above the wire's limit: E_TOO_BIG, wire.py)
             self._refuse(frames, wire.E_QUOTA, f"quota message_bytes={self._msg_limit} reached: a frame of {n} "
                                                f"bytes; nothing was changed", "quota_refused")
-            return None
+            return ()
         return frames
 
     def _refuse(self, frames, status, msg, counter):
@@ -484,15 +491,13 @@ class Shard:
             # the clients retry and get the cached answers if it is renewed
             self.dropped_unleased += 1
             return
-        sock = self._sock
+        send = self._router.send_message
         pack = _pack_replies
         for prefix, reps in out.items():
             if not reps:
                 continue
             try:
-                for part in prefix:
-                    _send(sock, part, True)
-                _send(sock, pack(reps))
+                send(prefix, pack(reps))
             except zmq.ZMQError:  # peer gone or over its HWM: it will retry
                 self.core.counters["dropped_replies"] += 1
 
