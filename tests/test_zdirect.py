@@ -136,3 +136,19 @@ def test_router_reads_none_when_nothing_waits_and_sends_whole_messages(pair, nam
         r.recv_message()
     with pytest.raises(zmq.ZMQError):
         r.send_message((b"peer",), b"x")
+
+
+@pytest.mark.parametrize("name,Router", ROUTERS, ids=[n for n, _ in ROUTERS])
+def test_router_wait_wakes_for_a_message_after_a_read_found_nothing(pair, name, Router):
+    router, dealer = pair
+    r = Router(router)
+    assert r.fd == router.getsockopt(zmq.FD)
+    for _ in range(3):
+        assert r.recv_message() is None           # (what wait's edge-triggered fd needs first)
+        assert not r.wait(10)                     # nothing came: the timeout
+        zdirect.send(dealer, b"ping")
+        assert r.wait(5000)                       # ZMQ_FD signalled
+        assert r.recv_message() == [b"peer", b"ping"]
+    r.close()
+    with pytest.raises(zmq.ZMQError):
+        r.wait(0)

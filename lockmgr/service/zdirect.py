@@ -13,6 +13,8 @@ Interface:
                                             libzmq handle read once:
         .recv_message() -> [bytes, ...] | None   the next message's parts (None: none waits)
         .send_message(prefix, payload)      prefix's parts, then payload, as one message
+        .wait(timeout_ms) -> bool           sleep on ZMQ_FD (only right after recv_message
+                                            returned None; see _zdirect.Router)
         .close()                            forget the socket (before it is closed)
     DIRECT                                  True when the calls are libzmq's own
 
@@ -25,6 +27,7 @@ zmq_pollitem_t and zmq_msg_t layouts they assume). Why: docs/design.md,
 
 import ctypes
 import os
+import select
 
 import zmq
 
@@ -120,11 +123,18 @@ def _py_readable(sock):
 class _PyRouter:
     """Router on pyzmq's calls."""
 
-    __slots__ = ("sock", "_closed")
+    __slots__ = ("sock", "fd", "_closed", "_poll")
 
     def __init__(self, sock):
         self.sock = sock
+        self.fd = sock.getsockopt(zmq.FD)
         self._closed = False
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
+
+    def wait(self, timeout_ms):
+        self._live()
+        return bool(self._poll.poll(timeout_ms))
 
     def close(self):
         self._closed = True

@@ -208,8 +208,7 @@ class Shard:
             endpoint = endpoint[:-2] + ":*"
         try:
             self._sock.bind(endpoint)
-            self._poller = zdirect.Poller([self._sock])
-            # the loop's reads and sends (the libzmq handle read once)
+            # the loop's reads, sends and waits (the libzmq handle read once)
             self._router = zdirect.Router(self._sock)
             # the loop's reader (None: nothing waits): the plain one, or (CURVE, or a
             # message_bytes quota below the wire's limit) one that checks each frame's
@@ -267,16 +266,18 @@ class Shard:
         """Serve until stop(); with ``parent_pid``, also until that process is
         gone (checked every PARENT_CHECK seconds: a LocalCluster or ``lockmgr
         cluster`` killed by SIGKILL must not leave its shards running)."""
-        check_at = time.monotonic() + PARENT_CHECK
-        tick_at = time.monotonic() + 1.0
+        monotonic = time.monotonic
+        check_at = monotonic() + PARENT_CHECK
+        tick_at = monotonic() + 1.0
         curve = self.curve
         while not self._stop:
             self.run_once(MAX_POLL_MS)
-            if self.on_tick is not None and time.monotonic() >= tick_at:
-                tick_at = time.monotonic() + 1.0
+            now = monotonic()           # (one clock read a turn for the checks below)
+            if self.on_tick is not None and now >= tick_at:
+                tick_at = now + 1.0
                 self.on_tick()
-            if curve is not None and time.monotonic() >= self._reload_at:
-                self._reload_at = time.monotonic() + curve.reload_interval
+            if curve is not None and now >= self._reload_at:
+                self._reload_at = monotonic() + curve.reload_interval
                 try:
                     if getattr(self, "_reload_now", False):
                         self._reload_now = False
@@ -285,8 +286,8 @@ class Shard:
                         self._log("key directories changed: keys reloaded", logging.INFO)
                 except (OSError, InvalidRequest) as e:
                     self._log(f"cannot reload the keys (the old ones stay): {e}")
-            if parent_pid is not None and time.monotonic() >= check_at:
-                check_at = time.monotonic() + PARENT_CHECK
+            if parent_pid is not None and now >= check_at:
+                check_at = now + PARENT_CHECK
                 if os.getppid() != parent_pid:
                     self._log(f"parent process {parent_pid} is gone; stopping", logging.INFO)
                     break
@@ -343,15 +344,23 @@ class Shard:
         # busy 2-core machine every request runs on cold caches, where each
         # of those costs several times its warm figure.
         # The drain reads until nothing waits (a read that finds nothing returns
-        # None: no poll between frames, whose zmq_poll costs a poll(2) and a
-        # ZMQ_EVENTS read per frame).
-        if not busy and not core.backlog and self._poller.poll(timeout_ms):
+        # None). A turn looks first (a busy shard finds a frame without polling),
+        # and only when nothing waits sleeps on the socket's ZMQ_FD (Router.wait:
+        # one poll(2); right after the read that found nothing, as ZMQ_FD's edge
+        # triggering needs), then looks again.
+        if not busy and not core.backlog:
             read = self._read
-            for _ in range(DRAIN_LIMIT):
+            frames = read()
+            if frames is None and timeout_ms != 0:
+                self._router.wait(timeout_ms)
                 frames = read()
-                if frames is None:
-                    break
+            drained = 0
+            while frames is not None:
                 if not frames:              # refused by _read_checked (a key no longer admitted, a size)
+                    drained += 1
+                    if drained >= DRAIN_LIMIT:
+                        break
+                    frames = read()
                     continue
                 core.now = clock()          # this frame's time (a lease renews from it)
                 try:
@@ -370,8 +379,10 @@ class Shard:
                     self._flush()
                 # (core.now is this frame's start: the turn may run one frame, at most
                 # FIRST_BATCH requests, past its budget)
-                if core.backlog or core.now >= turn_end:
+                drained += 1
+                if core.backlog or core.now >= turn_end or drained >= DRAIN_LIMIT:
                     break
+                frames = read()
         core.now = now = clock()
         due = core.next_timer()
         if due is not None and due <= now:
