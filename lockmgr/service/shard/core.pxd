@@ -35,7 +35,8 @@ cdef class ShardCore:
     cdef dict __dict__
     cdef public object index, nshards, partition_depth, epoch, peer_sid, table, _table, _expired
     cdef public dict _sessions, _txns
-    cdef public object _timers, _tick, _out, _woken, backlog, counters, internal_errors
+    cdef public dict _out
+    cdef public object _timers, _tick, _woken, backlog, counters, internal_errors
     cdef public object _handlers, _admin, twophase, probes, _probes, _peer, _wall_offset, _random_bytes
     cdef public object reclaim, _reclaim, _caching
     cdef public object user, access, quotas, session_counts, pages, watches, _watched

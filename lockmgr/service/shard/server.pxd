@@ -13,11 +13,11 @@ from .core cimport ShardCore
 cdef class Shard:
     cdef dict __dict__
     cdef public ShardCore core
-    cdef public object _sock, _router, _read, _clock, lease, curve
-    cdef public bint _stop, _checked
+    cdef public object _sock, _router, _read, _send, _wait, _clock, lease, curve
+    cdef public bint _stop, _checked, _idle
     cdef public Py_ssize_t _batch, dropped_unleased
 
-    @cython.locals(now=double, turn_end=double, end=double, busy=bint, drained=Py_ssize_t)
+    @cython.locals(now=double, turn_end=double, end=double, busy=bint, idle=bint, drained=Py_ssize_t)
     cpdef run_once(self, timeout_ms)
     @cython.locals(n=Py_ssize_t, n0=Py_ssize_t, t0=double, b=Py_ssize_t)
     cpdef _on_frame(self, frames)

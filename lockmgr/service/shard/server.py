@@ -210,6 +210,11 @@ class Shard:
             self._sock.bind(endpoint)
             # the loop's reads, sends and waits (the libzmq handle read once)
             self._router = zdirect.Router(self._sock)
+            self._send = self._router.send_message
+            self._wait = self._router.wait
+            # True while the socket's last call was a read that found nothing (no send
+            # since): a turn may then sleep on ZMQ_FD without reading first
+            self._idle = False
             # the loop's reader (None: nothing waits): the plain one, or (CURVE, or a
             # message_bytes quota below the wire's limit) one that checks each frame's
             # key and size first (_read_checked; () for a frame it refused)
@@ -346,13 +351,15 @@ class Shard:
         # The drain reads until nothing waits (a read that finds nothing returns
         # None). A turn looks first (a busy shard finds a frame without polling),
         # and only when nothing waits sleeps on the socket's ZMQ_FD (Router.wait:
-        # one poll(2); right after the read that found nothing, as ZMQ_FD's edge
-        # triggering needs), then looks again.
+        # one poll(2); right after a read that found nothing, with no send since,
+        # as ZMQ_FD's edge triggering needs: if the last turn ended so, ``_idle``,
+        # it sleeps without reading first), then looks again.
+        idle = False
         if not busy and not core.backlog:
             read = self._read
-            frames = read()
+            frames = None if self._idle and timeout_ms != 0 else read()
             if frames is None and timeout_ms != 0:
-                self._router.wait(timeout_ms)
+                self._wait(timeout_ms)
                 frames = read()
             drained = 0
             while frames is not None:
@@ -383,6 +390,8 @@ class Shard:
                 if core.backlog or core.now >= turn_end or drained >= DRAIN_LIMIT:
                     break
                 frames = read()
+            idle = frames is None
+        self._idle = idle                   # (until a send: _flush)
         core.now = now = clock()
         due = core.next_timer()
         if due is not None and due <= now:
@@ -502,7 +511,8 @@ class Shard:
             # the clients retry and get the cached answers if it is renewed
             self.dropped_unleased += 1
             return
-        send = self._router.send_message
+        self._idle = False
+        send = self._send
         pack = _pack_replies
         for prefix, reps in out.items():
             if not reps:
