@@ -29,8 +29,9 @@ its next frame), and hands it to the core (``core.user``), which binds sessions
 and admin requests to it. Without ``curve`` the shard binds only loopback
 addresses unless ``insecure``.
 
-A loop turn: finish the core's backlog, or poll and drain the frames that are
-ready (decoding each, setting the core's clock, replying after each frame);
+A loop turn: finish the core's backlog, or drain the frames that are ready,
+sleeping on the socket first only when nothing waits (decoding each, setting
+the core's clock, replying after each frame);
 fire due timers; handle the shard-to-shard messages; send the replies, then
 the peer messages. A turn handles requests for about TURN_BUDGET seconds at
 most (the core takes them a batch at a time, sized by their recent cost, and
@@ -343,11 +344,11 @@ class Shard:
                 timeout_ms = 0
             else:
                 timeout_ms = max(0, min(timeout_ms, int(due)))
-        # pyzmq's compiled calls, not its Python wrappers (Socket.poll builds a
-        # Poller per call, recv_multipart/send_multipart add frames and enum
-        # flag arithmetic, and zmq.Again costs an exception per turn): on a
-        # busy 2-core machine every request runs on cold caches, where each
-        # of those costs several times its warm figure.
+        # libzmq's calls from C (zdirect.Router), not pyzmq's Python wrappers
+        # (Socket.poll builds a Poller per call, recv_multipart/send_multipart
+        # add frames and enum flag arithmetic, and zmq.Again costs an exception
+        # per turn): on a busy 2-core machine every request runs on cold caches,
+        # where each of those costs several times its warm figure.
         # The drain reads until nothing waits (a read that finds nothing returns
         # None). A turn looks first (a busy shard finds a frame without polling),
         # and only when nothing waits sleeps on the socket's ZMQ_FD (Router.wait:
