@@ -262,6 +262,10 @@ cdef class Router:
         p.fd = self.fd
         p.events = POLLIN
         p.revents = 0
+        if timeout_ms > 0x7fffffff:
+            timeout_ms = 0x7fffffff             # (poll(2) takes an int; about 25 days)
+        elif timeout_ms < 0:
+            timeout_ms = -1
         if timeout_ms == 0:
             rc = poll(&p, 1, 0)
         else:
