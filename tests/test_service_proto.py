@@ -333,3 +333,46 @@ def test_tombstones_per_session_stay_bounded(tmp_path):
         sess = sh.core._sessions[0xAB]
         sh.close()
     assert len(sess.tombs) == len(sess.tomb_order) == MAX_TOMBSTONES
+
+
+def test_loop_reads_first_and_sleeps_on_the_socket_only_when_nothing_waits(tmp_path):
+    """The loop's reads and waits (Shard.run_once over zdirect.Router): a turn
+    whose read finds nothing sleeps on the socket's ZMQ_FD (edge-triggered); the
+    next turn after such a read (``_idle``) sleeps without reading first, and a
+    send since (a reply) clears ``_idle``, so that turn reads first. Frames that
+    arrive while the loop sleeps (turns of up to a minute) are answered at once:
+    a lost wake-up would leave them unanswered for the minute."""
+    import threading
+
+    from lockmgr.service.shard.server import Shard
+    sh = Shard("tcp://127.0.0.1:0", str(tmp_path))
+    r = RawSocket(sh.endpoint)
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            sh.run_once(60_000)
+
+    th = None
+    try:
+        sh.run_once(0)
+        assert sh._idle                       # nothing came: the read found nothing
+        sh.core.reply((b"nobody",), [0, wire.OK, []])    # a send (dropped by the ROUTER: no such peer)
+        sh._flush()
+        assert not sh._idle
+        sh.run_once(0)
+        assert sh._idle
+        th = threading.Thread(target=loop, daemon=True)
+        th.start()
+        hello(r, 0xAB)
+        for seq in range(2, 12):
+            assert r.call([wire.LOCK, seq, 7, ["t", seq], X, False, None, 0], timeout=30)[1] == wire.OK
+        assert r.call([wire.RELEASE, 12, 7, True], timeout=30)[1] == wire.OK
+    finally:
+        stop.set()
+        if th is not None:
+            r.send([[wire.PING, 13]])       # (wakes the last turn)
+            th.join(30)
+            assert not th.is_alive()
+        r.close()
+        sh.close()

@@ -98,3 +98,57 @@ def test_errors(pair, name, calls):
         recv(s)
     with pytest.raises(zmq.ZMQError):
         send(s, b"x")
+
+
+def _routers():
+    yield "pyzmq", zdirect._PyRouter
+    if zdirect.DIRECT:
+        yield "direct", zdirect.Router
+
+
+ROUTERS = list(_routers())
+
+
+@pytest.mark.parametrize("name,Router", ROUTERS, ids=[n for n, _ in ROUTERS])
+def test_router_reads_none_when_nothing_waits_and_sends_whole_messages(pair, name, Router):
+    router, dealer = pair
+    r = Router(router)
+    assert r.sock is router
+    assert r.recv_message() is None               # nothing waits: None, not zmq.Again
+    assert r.recv_message() is None
+    zdirect.send(dealer, b"a", more=True)
+    zdirect.send(dealer, b"", more=True)
+    zdirect.send(dealer, b"b" * 100_000)
+    zdirect.send(dealer, b"two")
+    assert r.recv_message() == [b"peer", b"a", b"", b"b" * 100_000]
+    assert r.recv_message() == [b"peer", b"two"]
+    assert r.recv_message() is None
+
+    r.send_message((b"peer",), b"back")            # the routing id, then the payload
+    assert zdirect.recv_message(dealer) == [b"back"]
+    r.send_message((b"peer", b""), b"env")         # a REQ envelope's empty part
+    assert zdirect.recv_message(dealer) == [b"", b"env"]
+    with pytest.raises(TypeError):
+        r.send_message((b"peer",), "text, not bytes")
+
+    r.close()                                      # forgets the socket: calls now fail
+    with pytest.raises(zmq.ZMQError):
+        r.recv_message()
+    with pytest.raises(zmq.ZMQError):
+        r.send_message((b"peer",), b"x")
+
+
+@pytest.mark.parametrize("name,Router", ROUTERS, ids=[n for n, _ in ROUTERS])
+def test_router_wait_wakes_for_a_message_after_a_read_found_nothing(pair, name, Router):
+    router, dealer = pair
+    r = Router(router)
+    assert r.fd == router.getsockopt(zmq.FD)
+    for _ in range(3):
+        assert r.recv_message() is None           # (what wait's edge-triggered fd needs first)
+        assert not r.wait(10)                     # nothing came: the timeout
+        zdirect.send(dealer, b"ping")
+        assert r.wait(5000)                       # ZMQ_FD signalled
+        assert r.recv_message() == [b"peer", b"ping"]
+    r.close()
+    with pytest.raises(zmq.ZMQError):
+        r.wait(0)

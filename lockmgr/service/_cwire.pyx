@@ -10,7 +10,7 @@ the shard decodes every frame with msgpack (the same answers, slower).
 """
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memchr
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 
 from lockmgr._core._ctable cimport PackedItems, lt_item, LT_MAX_COMPONENT, LT_IS, LT_X
@@ -357,6 +357,23 @@ cdef PackedItems _pack_items(const uint8_t *p, Py_ssize_t pos, Py_ssize_t end):
     return pk
 
 
+cdef inline bint _has_marker(const uint8_t *p, Py_ssize_t end):
+    """The bytes 0x97 0x0b are in p[:end]: they start a 7-element LOCK_MANY request
+    as msgpack-python and the client encode it; without them (e.g. a frame of
+    single LOCKs) the walk would find nothing to pack (other encodings are
+    decoded by msgpack, correctly, only not packed)."""
+    cdef const uint8_t *q = p
+    cdef const uint8_t *last = p + end - 1      # (a marker starts before the last byte)
+    while q < last:
+        q = <const uint8_t *>memchr(q, 0x97, <size_t>(last - q))
+        if q == NULL:
+            return False
+        if q[1] == 0x0b:
+            return True
+        q += 1
+    return False
+
+
 def split_lock_many(frame):
     """Pack the items of the frame's LOCK_MANY requests (see the section
     comment above). Returns None if there is nothing to pack, else
@@ -372,6 +389,8 @@ def split_lock_many(frame):
         return None
     p = <const uint8_t *>_bytes_data(frame)
     end = _bytes_size(frame)
+    if not _has_marker(p, end):
+        return None
     pos = _array(p, 0, end, &cnt)
     if pos < 0 or cnt != 4:
         return None

@@ -20,7 +20,7 @@ EAGAIN where the pyzmq call raised it), so callers handle them as before.
 """
 
 from libc.stdint cimport uintptr_t
-from libc.errno cimport EAGAIN, EINTR
+from libc.errno cimport EAGAIN, EINTR, errno
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 
@@ -59,6 +59,14 @@ cdef extern from *:
     ctypedef int (*lm_send_f)(void *, const void *, size_t, int) nogil
     ctypedef int (*lm_errno_f)() nogil
     ctypedef int (*lm_getsockopt_f)(void *, int, void *, size_t *) nogil
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLIN
 
 cdef lm_poll_f _poll = NULL
 cdef lm_msg_init_f _msg_init = NULL
@@ -218,3 +226,97 @@ cpdef bint readable(sock) except -1:
     if _getsockopt(h, ZMQ_EVENTS, &ev, &sz) < 0:
         raise _error(_errno())
     return (ev & ZMQ_POLLIN) != 0
+
+
+cdef class Router:
+    """The shard loop's calls on its ROUTER socket, with the libzmq handle read
+    once: pyzmq's ``Socket.underlying``, which the calls above read on every
+    call, goes through zmq.Socket's Python-level ``__getattr__`` (about 900
+    instructions, three times per request frame). ``close()`` forgets the
+    handle (call it before the socket is closed: a call after it raises
+    ZMQError(ENOTSOCK), as the calls above do on a closed socket).
+
+    ``wait(timeout_ms)`` sleeps on the socket's ZMQ_FD, which libzmq signals
+    when commands reach the socket (a message arrived, among others): call it
+    only right after ``recv_message`` returned None, with no send or receive
+    on the socket in between (ZMQ_FD is edge-triggered: a send or receive may
+    consume the signal of a message that then waits unseen). One poll(2),
+    where zmq_poll makes two (a first pass without waiting) and reads
+    ZMQ_EVENTS after each."""
+
+    cdef void *h
+    cdef readonly object sock
+    cdef readonly int fd
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.h = _handle(sock)
+        self.fd = sock.getsockopt(zmq.FD)
+
+    cpdef bint wait(self, long timeout_ms) except -1:
+        """Sleep until ZMQ_FD is readable or ``timeout_ms`` (-1: no limit) has
+        passed; True if it became readable (a message may wait: read to know)."""
+        cdef pollfd p
+        cdef int rc, err
+        self._live()
+        p.fd = self.fd
+        p.events = POLLIN
+        p.revents = 0
+        if timeout_ms > 0x7fffffff:
+            timeout_ms = 0x7fffffff             # (poll(2) takes an int; about 25 days)
+        elif timeout_ms < 0:
+            timeout_ms = -1
+        if timeout_ms == 0:
+            rc = poll(&p, 1, 0)
+        else:
+            with nogil:
+                rc = poll(&p, 1, <int>timeout_ms)
+        if rc < 0:
+            err = errno
+            if err == EINTR:
+                PyErr_CheckSignals()
+                return False
+            raise OSError(err, "poll")
+        return rc > 0
+
+    def close(self):
+        self.h = NULL
+
+    cdef inline void *_live(self) except NULL:
+        if self.h == NULL:
+            raise zmq.ZMQError(zmq.ENOTSOCK, "the socket is closed")
+        return self.h
+
+    cpdef list recv_message(self):
+        """Every part of the next message, without waiting; None if none waits
+        (no zmq.Again: the loop asks until there is nothing, and an exception
+        per drain costs more than the answer)."""
+        cdef void *h = self._live()
+        cdef lm_msg_t m
+        cdef int err, more = 1
+        cdef list parts = []
+        while more:
+            _msg_init(&m)
+            if _msg_recv(&m, h, ZMQ_DONTWAIT) < 0:
+                err = _errno()
+                _msg_close(&m)
+                if err == EAGAIN and not parts:
+                    return None
+                raise _error(err)
+            parts.append(_part(&m))
+            more = _msg_more(&m)
+            _msg_close(&m)
+        return parts
+
+    cpdef send_message(self, tuple prefix, bytes payload):
+        """The parts of ``prefix`` (bytes), then ``payload``, as one message,
+        without waiting (zmq.ZMQError at the first part that cannot be queued)."""
+        cdef void *h = self._live()
+        cdef object part
+        cdef bytes b
+        for part in prefix:
+            b = <bytes?>part
+            if _send(h, PyBytes_AS_STRING(b), <size_t>PyBytes_GET_SIZE(b), ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0:
+                raise _error(_errno())
+        if _send(h, PyBytes_AS_STRING(payload), <size_t>PyBytes_GET_SIZE(payload), ZMQ_DONTWAIT) < 0:
+            raise _error(_errno())

@@ -392,11 +392,9 @@ def unpack_requests_packed(frame):
     ``Table.lock_many`` takes fastest) instead of a list of lists. Items that
     are not all valid stay a list, so errors are reported as before. Without
     the compiled table it is unpack_requests."""
-    # b"\x97\x0b" starts a 7-element LOCK_MANY request as msgpack-python and
-    # the client encode it; without it (e.g. a frame of single LOCKs) the
-    # scan would find nothing to pack (other encodings are decoded by
-    # msgpack, correctly, only not packed)
-    if _split_lock_many is None or len(frame) > MAX_FRAME or b"\x97\x0b" not in frame:
+    # (split_lock_many looks for the bytes that start a LOCK_MANY first, in C: a
+    # frame without them, e.g. of single LOCKs, costs it a memchr)
+    if _split_lock_many is None or len(frame) > MAX_FRAME:
         return unpack_requests(frame)
     split = _split_lock_many(frame)
     if split is None:

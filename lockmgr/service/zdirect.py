@@ -9,6 +9,13 @@ Interface:
     recv_message(sock) -> [bytes, ...]      every part of the next message (zmq.Again)
     send(sock, data, more=False)            one part without waiting (zmq.Again)
     readable(sock) -> bool                  ZMQ_EVENTS has POLLIN (re-arms ZMQ_FD)
+    Router(sock)                            the shard loop's calls on its socket, the
+                                            libzmq handle read once:
+        .recv_message() -> [bytes, ...] | None   the next message's parts (None: none waits)
+        .send_message(prefix, payload)      prefix's parts, then payload, as one message
+        .wait(timeout_ms) -> bool           sleep on ZMQ_FD (only right after recv_message
+                                            returned None; see _zdirect.Router)
+        .close()                            forget the socket (before it is closed)
     DIRECT                                  True when the calls are libzmq's own
 
 The direct calls need the compiled backend (the pure-Python one,
@@ -20,12 +27,13 @@ zmq_pollitem_t and zmq_msg_t layouts they assume). Why: docs/design.md,
 
 import ctypes
 import os
+import select
 
 import zmq
 
 from .._core import BACKEND
 
-__all__ = ["Poller", "recv", "recv_message", "send", "readable", "DIRECT"]
+__all__ = ["Poller", "recv", "recv_message", "send", "readable", "Router", "DIRECT"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -51,12 +59,12 @@ def libzmq_path():
 
 
 def _direct():
-    """The compiled calls (Poller, recv, recv_message, send, readable), set up
+    """The compiled calls (Poller, recv, recv_message, send, readable, Router), set up
     with libzmq's functions; None where they cannot be."""
     if BACKEND != "c" or os.environ.get("LOCKMGR_PYZMQ_CALLS") or zmq.zmq_version_info()[0] != 4:
         return None
     try:
-        from ._zdirect import NAMES, Poller, init, readable, recv, recv_message, send
+        from ._zdirect import NAMES, Poller, Router, init, readable, recv, recv_message, send
     except ImportError:  # pragma: no cover - no compiler
         return None
     path = libzmq_path()
@@ -67,7 +75,7 @@ def _direct():
         init({name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in NAMES})
     except (OSError, AttributeError, ValueError):
         return None
-    return Poller, recv, recv_message, send, readable
+    return Poller, recv, recv_message, send, readable, Router
 
 
 class _PyPoller:
@@ -112,7 +120,44 @@ def _py_readable(sock):
     return bool(_zget(sock, _EVENTS) & _POLLIN)
 
 
+class _PyRouter:
+    """Router on pyzmq's calls."""
+
+    __slots__ = ("sock", "fd", "_closed", "_poll")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.fd = sock.getsockopt(zmq.FD)
+        self._closed = False
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
+
+    def wait(self, timeout_ms):
+        self._live()
+        return bool(self._poll.poll(timeout_ms))
+
+    def close(self):
+        self._closed = True
+
+    def _live(self):
+        if self._closed:
+            raise zmq.ZMQError(zmq.ENOTSOCK, "the socket is closed")
+        return self.sock
+
+    def recv_message(self):
+        try:
+            return _py_recv_message(self._live())
+        except zmq.Again:
+            return None
+
+    def send_message(self, prefix, payload):
+        sock = self._live()
+        for part in prefix:
+            _zsend(sock, part, _NOBLOCK_MORE)
+        _zsend(sock, payload, _NOBLOCK)
+
+
 _calls = _direct()
 DIRECT = _calls is not None
-Poller, recv, recv_message, send, readable = _calls or (_PyPoller, _py_recv, _py_recv_message, _py_send,
-                                                        _py_readable)
+Poller, recv, recv_message, send, readable, Router = _calls or (_PyPoller, _py_recv, _py_recv_message, _py_send,
+                                                                _py_readable, _PyRouter)

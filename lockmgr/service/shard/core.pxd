@@ -12,7 +12,9 @@
 cimport cython
 
 cdef class _Session:
-    cdef public object id, prefix, secret, deferred, txns, cache, order, ack, inflight, tombs, tomb_order, name
+    cdef public object id, prefix, secret, deferred, order, ack, tomb_order, name
+    cdef public dict txns, cache, inflight
+    cdef public set tombs
     cdef public object user, watches
     cdef public double ttl, expires
     cdef public Py_ssize_t nheld
@@ -31,8 +33,10 @@ cpdef _tomb(_Session sess, tid)
 
 cdef class ShardCore:
     cdef dict __dict__
-    cdef public object index, nshards, partition_depth, epoch, peer_sid, table, _table, _sessions, _expired
-    cdef public object _txns, _timers, _tick, _out, _woken, backlog, counters, internal_errors
+    cdef public object index, nshards, partition_depth, epoch, peer_sid, table, _table, _expired
+    cdef public dict _sessions, _txns
+    cdef public dict _out
+    cdef public object _timers, _tick, _woken, backlog, counters, internal_errors
     cdef public object _handlers, _admin, twophase, probes, _probes, _peer, _wall_offset, _random_bytes
     cdef public object reclaim, _reclaim, _caching
     cdef public object user, access, quotas, session_counts, pages, watches, _watched
@@ -42,12 +46,15 @@ cdef class ShardCore:
 
     @cython.locals(sess=_Session)
     cpdef frame(self, prefix, sid, ack, reqs, Py_ssize_t budget)
+    cpdef bint resume(self, Py_ssize_t budget) except -1
+    cpdef next_timer(self)
+    cpdef take_replies(self)
     @cython.locals(lst=list)
     cpdef _send(self, prefix, rep)
     @cython.locals(rep=list)
     cpdef answer(self, _Session sess, seq, status, payload)
     @cython.locals(n=Py_ssize_t, left=Py_ssize_t, stop=Py_ssize_t, k=Py_ssize_t, out=list, cache=dict,
-                   inflight=dict, rep=list)
+                   inflight=dict, rep=list, handlers=dict, sessions=dict)
     cpdef _session_requests(self, _Session sess, prefix, reqs, Py_ssize_t start)
     cpdef _reply_error(self, _Session sess, prefix, seq, status, msg)
     @cython.locals(t=_Txn)

@@ -29,8 +29,9 @@ its next frame), and hands it to the core (``core.user``), which binds sessions
 and admin requests to it. Without ``curve`` the shard binds only loopback
 addresses unless ``insecure``.
 
-A loop turn: finish the core's backlog, or poll and drain the frames that are
-ready (decoding each, setting the core's clock, replying after each frame);
+A loop turn: finish the core's backlog, or drain the frames that are ready,
+sleeping on the socket first only when nothing waits (decoding each, setting
+the core's clock, replying after each frame);
 fire due timers; handle the shard-to-shard messages; send the replies, then
 the peer messages. A turn handles requests for about TURN_BUDGET seconds at
 most (the core takes them a batch at a time, sized by their recent cost, and
@@ -85,11 +86,10 @@ _unpack_requests = wire.unpack_requests_packed if BACKEND == "c" else wire.unpac
 _ZSocket = zmq.backend.Socket if issubclass(zmq.Socket, zmq.backend.Socket) else zmq.Socket
 _recv = _ZSocket.recv
 _NOBLOCK = int(zmq.NOBLOCK)
-_send = zdirect.send
 
 
 def _read_message_user(sock):
-    """_read_message, and the connection's ZAP User-Id ("" for an inproc frame,
+    """The next message's parts (zmq.Again if none), and the connection's ZAP User-Id ("" for an inproc frame,
     which has none: only the shard's own wake socket sends those)."""
     frames = [_recv(sock, _NOBLOCK)]
     f = _recv(sock, _NOBLOCK, False)
@@ -104,9 +104,6 @@ def _read_message_user(sock):
     return frames, user
 
 
-# The parts of the next message on the ROUTER (zmq.Again if none): the routing
-# id, then the rest (a ROUTER always has a part after the routing id).
-_read_message = zdirect.recv_message
 _pack_replies = wire.pack_replies
 
 
@@ -175,10 +172,7 @@ class Shard:
             self._term_ctx()
             raise
         self._msg_limit = self.core.quotas.message_bytes
-        # the loop's reader: the plain one, or (CURVE, or a message_bytes quota below the
-        # wire's limit) one that checks each frame's key and size first (_read_checked)
-        self._read = self._read_checked if curve is not None or self._msg_limit < wire.MAX_FRAME \
-            else _read_message
+        self._checked = curve is not None or self._msg_limit < wire.MAX_FRAME
         self.epoch = self.core.epoch
         if self._plog.last_epoch is not None and self._plog.last_epoch.get("epoch", 0) < self.epoch:
             # a replica set: the locks to reclaim were granted by the previous primary, whose
@@ -215,7 +209,17 @@ class Shard:
             endpoint = endpoint[:-2] + ":*"
         try:
             self._sock.bind(endpoint)
-            self._poller = zdirect.Poller([self._sock])
+            # the loop's reads, sends and waits (the libzmq handle read once)
+            self._router = zdirect.Router(self._sock)
+            self._send = self._router.send_message
+            self._wait = self._router.wait
+            # True while the socket's last call was a read that found nothing (no send
+            # since): a turn may then sleep on ZMQ_FD without reading first
+            self._idle = False
+            # the loop's reader (None: nothing waits): the plain one, or (CURVE, or a
+            # message_bytes quota below the wire's limit) one that checks each frame's
+            # key and size first (_read_checked; () for a frame it refused)
+            self._read = self._read_checked if self._checked else self._router.recv_message
             self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
             # a second endpoint on the same socket for the other shards (a unix socket: one
             # shard-to-shard message is then ~20-30 % cheaper than over loopback TCP)
@@ -268,16 +272,18 @@ class Shard:
         """Serve until stop(); with ``parent_pid``, also until that process is
         gone (checked every PARENT_CHECK seconds: a LocalCluster or ``lockmgr
         cluster`` killed by SIGKILL must not leave its shards running)."""
-        check_at = time.monotonic() + PARENT_CHECK
-        tick_at = time.monotonic() + 1.0
+        monotonic = time.monotonic
+        check_at = monotonic() + PARENT_CHECK
+        tick_at = monotonic() + 1.0
         curve = self.curve
         while not self._stop:
             self.run_once(MAX_POLL_MS)
-            if self.on_tick is not None and time.monotonic() >= tick_at:
-                tick_at = time.monotonic() + 1.0
+            now = monotonic()           # (one clock read a turn for the checks below)
+            if self.on_tick is not None and now >= tick_at:
+                tick_at = now + 1.0
                 self.on_tick()
-            if curve is not None and time.monotonic() >= self._reload_at:
-                self._reload_at = time.monotonic() + curve.reload_interval
+            if curve is not None and now >= self._reload_at:
+                self._reload_at = monotonic() + curve.reload_interval
                 try:
                     if getattr(self, "_reload_now", False):
                         self._reload_now = False
@@ -286,8 +292,8 @@ class Shard:
                         self._log("key directories changed: keys reloaded", logging.INFO)
                 except (OSError, InvalidRequest) as e:
                     self._log(f"cannot reload the keys (the old ones stay): {e}")
-            if parent_pid is not None and time.monotonic() >= check_at:
-                check_at = time.monotonic() + PARENT_CHECK
+            if parent_pid is not None and now >= check_at:
+                check_at = now + PARENT_CHECK
                 if os.getppid() != parent_pid:
                     self._log(f"parent process {parent_pid} is gone; stopping", logging.INFO)
                     break
@@ -305,6 +311,7 @@ class Shard:
         if self._wake_sock is not None:
             self._wake_sock.close(0)
             self._wake_sock = None
+        self._router.close()
         self._sock.close(0)
         if self.curve is not None:
             self.curve.stop()
@@ -337,19 +344,31 @@ class Shard:
                 timeout_ms = 0
             else:
                 timeout_ms = max(0, min(timeout_ms, int(due)))
-        # pyzmq's compiled calls, not its Python wrappers (Socket.poll builds a
-        # Poller per call, recv_multipart/send_multipart add frames and enum
-        # flag arithmetic, and zmq.Again costs an exception per turn): on a
-        # busy 2-core machine every request runs on cold caches, where each
-        # of those costs several times its warm figure.
-        if not busy and not core.backlog and self._poller.poll(timeout_ms):
+        # libzmq's calls from C (zdirect.Router), not pyzmq's Python wrappers
+        # (Socket.poll builds a Poller per call, recv_multipart/send_multipart
+        # add frames and enum flag arithmetic, and zmq.Again costs an exception
+        # per turn): on a busy 2-core machine every request runs on cold caches,
+        # where each of those costs several times its warm figure.
+        # The drain reads until nothing waits (a read that finds nothing returns
+        # None). A turn looks first (a busy shard finds a frame without polling),
+        # and only when nothing waits sleeps on the socket's ZMQ_FD (Router.wait:
+        # one poll(2); right after a read that found nothing, with no send since,
+        # as ZMQ_FD's edge triggering needs: if the last turn ended so, ``_idle``,
+        # it sleeps without reading first), then looks again.
+        idle = False
+        if not busy and not core.backlog:
             read = self._read
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    frames = read(sock)
-                except zmq.Again:
-                    break
-                if frames is None:          # refused by _read_checked (a key no longer admitted, a size)
+            frames = None if self._idle and timeout_ms != 0 else read()
+            if frames is None and timeout_ms != 0:
+                self._wait(timeout_ms)
+                frames = read()
+            drained = 0
+            while frames is not None:
+                if not frames:              # refused by _read_checked (a key no longer admitted, a size)
+                    drained += 1
+                    if drained >= DRAIN_LIMIT:
+                        break
+                    frames = read()
                     continue
                 core.now = clock()          # this frame's time (a lease renews from it)
                 try:
@@ -368,8 +387,12 @@ class Shard:
                     self._flush()
                 # (core.now is this frame's start: the turn may run one frame, at most
                 # FIRST_BATCH requests, past its budget)
-                if core.backlog or core.now >= turn_end or not self._poller.poll(0):
+                drained += 1
+                if core.backlog or core.now >= turn_end or drained >= DRAIN_LIMIT:
                     break
+                frames = read()
+            idle = frames is None
+        self._idle = idle                   # (until a send: _flush)
         core.now = now = clock()
         due = core.next_timer()
         if due is not None and due <= now:
@@ -400,25 +423,30 @@ class Shard:
         while notices:
             self._log(notices.pop(0))
 
-    def _read_checked(self, sock):
-        """The next message (zmq.Again if none), with CURVE or a message_bytes quota:
-        sets the core's ``user`` to the frame's key; None if the message was refused
+    def _read_checked(self):
+        """The next message (None if none waits), with CURVE or a message_bytes quota:
+        sets the core's ``user`` to the frame's key; () if the message was refused
         (answered): a key no longer admitted (removed from the key directories since
         it connected), or a frame over the message_bytes quota."""
         if self.curve is not None:
-            frames, user = _read_message_user(sock)
+            try:
+                frames, user = _read_message_user(self._sock)
+            except zmq.Again:
+                return None
             if user and user not in self.curve.admitted:
                 self._refuse(frames, wire.E_FORBIDDEN, "this connection's key is no longer admitted by the shard",
                              "forbidden")
-                return None
+                return ()
             self.core.user = user
         else:
-            frames = _read_message(sock)
+            frames = self._router.recv_message()
+            if frames is None:
+                return None
         n = len(frames[-1])
         if self._msg_limit < n <= wire.MAX_FRAME:      # (above the wire's limit: E_TOO_BIG, wire.py)
             self._refuse(frames, wire.E_QUOTA, f"quota message_bytes={self._msg_limit} reached: a frame of {n} "
                                                f"bytes; nothing was changed", "quota_refused")
-            return None
+            return ()
         return frames
 
     def _refuse(self, frames, status, msg, counter):
@@ -484,15 +512,14 @@ class Shard:
             # the clients retry and get the cached answers if it is renewed
             self.dropped_unleased += 1
             return
-        sock = self._sock
+        self._idle = False
+        send = self._send
         pack = _pack_replies
         for prefix, reps in out.items():
             if not reps:
                 continue
             try:
-                for part in prefix:
-                    _send(sock, part, True)
-                _send(sock, pack(reps))
+                send(prefix, pack(reps))
             except zmq.ZMQError:  # peer gone or over its HWM: it will retry
                 self.core.counters["dropped_replies"] += 1
 
