@@ -336,7 +336,7 @@ def test_tombstones_per_session_stay_bounded(tmp_path):
 
 
 def test_loop_reads_first_and_sleeps_on_the_socket_only_when_nothing_waits(tmp_path):
-    """The loop's reads and waits (Shard.run_once over zdirect.Router): a turn
+    """The loop's reads and waits (Shard.run_once over zdirect.Conn): a turn
     whose read finds nothing sleeps on the socket's ZMQ_FD (edge-triggered); the
     next turn after such a read (``_idle``) sleeps without reading first, and a
     send since (a reply) clears ``_idle``, so that turn reads first. Frames that

@@ -100,19 +100,19 @@ def test_errors(pair, name, calls):
         send(s, b"x")
 
 
-def _routers():
-    yield "pyzmq", zdirect._PyRouter
+def _conns():
+    yield "pyzmq", zdirect._PyConn
     if zdirect.DIRECT:
-        yield "direct", zdirect.Router
+        yield "direct", zdirect.Conn
 
 
-ROUTERS = list(_routers())
+CONNS = list(_conns())
 
 
-@pytest.mark.parametrize("name,Router", ROUTERS, ids=[n for n, _ in ROUTERS])
-def test_router_reads_none_when_nothing_waits_and_sends_whole_messages(pair, name, Router):
+@pytest.mark.parametrize("name,Conn", CONNS, ids=[n for n, _ in CONNS])
+def test_conn_reads_none_when_nothing_waits_and_sends_whole_messages(pair, name, Conn):
     router, dealer = pair
-    r = Router(router)
+    r = Conn(router)
     assert r.sock is router
     assert r.recv_message() is None               # nothing waits: None, not zmq.Again
     assert r.recv_message() is None
@@ -138,10 +138,10 @@ def test_router_reads_none_when_nothing_waits_and_sends_whole_messages(pair, nam
         r.send_message((b"peer",), b"x")
 
 
-@pytest.mark.parametrize("name,Router", ROUTERS, ids=[n for n, _ in ROUTERS])
-def test_router_wait_wakes_for_a_message_after_a_read_found_nothing(pair, name, Router):
+@pytest.mark.parametrize("name,Conn", CONNS, ids=[n for n, _ in CONNS])
+def test_conn_wait_wakes_for_a_message_after_a_read_found_nothing(pair, name, Conn):
     router, dealer = pair
-    r = Router(router)
+    r = Conn(router)
     assert r.fd == router.getsockopt(zmq.FD)
     for _ in range(3):
         assert r.recv_message() is None           # (what wait's edge-triggered fd needs first)
@@ -152,3 +152,30 @@ def test_router_wait_wakes_for_a_message_after_a_read_found_nothing(pair, name, 
     r.close()
     with pytest.raises(zmq.ZMQError):
         r.wait(0)
+
+
+@pytest.mark.parametrize("name,Conn", CONNS, ids=[n for n, _ in CONNS])
+def test_conn_one_part_calls_of_a_client(pair, name, Conn):
+    """A client engine's calls on its DEALER: one part in, one part out, ZMQ_EVENTS."""
+    router, dealer = pair
+    d = Conn(dealer)
+    assert d.recv() is None and not d.readable()
+    d.send(b"req")
+    assert zdirect.recv_message(router) == [b"peer", b"req"]
+    zdirect.send(router, b"peer", more=True)
+    zdirect.send(router, b"rep")
+    for _ in range(500):            # (the reply crosses ZeroMQ's I/O threads; bounded)
+        if d.readable():
+            break
+        d_wait = zmq.Poller()
+        d_wait.register(dealer, zmq.POLLIN)
+        d_wait.poll(10)
+    assert d.readable()
+    assert d.recv() == b"rep"
+    assert d.recv() is None and not d.readable()
+    with pytest.raises(TypeError):
+        d.send("text, not bytes")
+    d.close()
+    for call in (d.recv, d.readable, lambda: d.send(b"x")):
+        with pytest.raises(zmq.ZMQError):
+            call()

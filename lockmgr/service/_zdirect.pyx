@@ -228,11 +228,12 @@ cpdef bint readable(sock) except -1:
     return (ev & ZMQ_POLLIN) != 0
 
 
-cdef class Router:
-    """The shard loop's calls on its ROUTER socket, with the libzmq handle read
-    once: pyzmq's ``Socket.underlying``, which the calls above read on every
-    call, goes through zmq.Socket's Python-level ``__getattr__`` (about 900
-    instructions, three times per request frame). ``close()`` forgets the
+cdef class Conn:
+    """The hot paths' calls on one socket -- the shard loop's ROUTER, a client
+    engine's DEALER to a shard -- with the libzmq handle read once: pyzmq's
+    ``Socket.underlying``, which the calls above read on every call, goes
+    through zmq.Socket's Python-level ``__getattr__`` (about 900 instructions,
+    three times per request frame in the shard). ``close()`` forgets the
     handle (call it before the socket is closed: a call after it raises
     ZMQError(ENOTSOCK), as the calls above do on a closed socket).
 
@@ -307,6 +308,38 @@ cdef class Router:
             more = _msg_more(&m)
             _msg_close(&m)
         return parts
+
+    cpdef bytes recv(self):
+        """One message part, without waiting; None if none waits."""
+        cdef void *h = self._live()
+        cdef lm_msg_t m
+        cdef int err
+        cdef bytes b
+        _msg_init(&m)
+        if _msg_recv(&m, h, ZMQ_DONTWAIT) < 0:
+            err = _errno()
+            _msg_close(&m)
+            if err == EAGAIN:
+                return None
+            raise _error(err)
+        b = _part(&m)
+        _msg_close(&m)
+        return b
+
+    cpdef send(self, bytes data):
+        """One single-part message, without waiting (zmq.Again if it cannot be queued now)."""
+        cdef void *h = self._live()
+        if _send(h, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), ZMQ_DONTWAIT) < 0:
+            raise _error(_errno())
+
+    cpdef bint readable(self) except -1:
+        """ZMQ_EVENTS has POLLIN: a message waits (reading it re-arms ZMQ_FD)."""
+        cdef void *h = self._live()
+        cdef int ev = 0
+        cdef size_t sz = sizeof(int)
+        if _getsockopt(h, ZMQ_EVENTS, &ev, &sz) < 0:
+            raise _error(_errno())
+        return (ev & ZMQ_POLLIN) != 0
 
     cpdef send_message(self, tuple prefix, bytes payload):
         """The parts of ``prefix`` (bytes), then ``payload``, as one message,

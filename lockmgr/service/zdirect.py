@@ -9,12 +9,16 @@ Interface:
     recv_message(sock) -> [bytes, ...]      every part of the next message (zmq.Again)
     send(sock, data, more=False)            one part without waiting (zmq.Again)
     readable(sock) -> bool                  ZMQ_EVENTS has POLLIN (re-arms ZMQ_FD)
-    Router(sock)                            the shard loop's calls on its socket, the
-                                            libzmq handle read once:
+    Conn(sock)                              the hot paths' calls on one socket (the
+                                            shard loop's, a client engine's), the libzmq
+                                            handle read once:
         .recv_message() -> [bytes, ...] | None   the next message's parts (None: none waits)
+        .recv() -> bytes | None             one part (None: none waits)
         .send_message(prefix, payload)      prefix's parts, then payload, as one message
+        .send(data)                         one single-part message (zmq.Again)
+        .readable() -> bool                 ZMQ_EVENTS has POLLIN (re-arms ZMQ_FD)
         .wait(timeout_ms) -> bool           sleep on ZMQ_FD (only right after recv_message
-                                            returned None; see _zdirect.Router)
+                                            returned None; see _zdirect.Conn)
         .close()                            forget the socket (before it is closed)
     DIRECT                                  True when the calls are libzmq's own
 
@@ -33,7 +37,7 @@ import zmq
 
 from .._core import BACKEND
 
-__all__ = ["Poller", "recv", "recv_message", "send", "readable", "Router", "DIRECT"]
+__all__ = ["Poller", "recv", "recv_message", "send", "readable", "Conn", "DIRECT"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -59,12 +63,12 @@ def libzmq_path():
 
 
 def _direct():
-    """The compiled calls (Poller, recv, recv_message, send, readable, Router), set up
+    """The compiled calls (Poller, recv, recv_message, send, readable, Conn), set up
     with libzmq's functions; None where they cannot be."""
     if BACKEND != "c" or os.environ.get("LOCKMGR_PYZMQ_CALLS") or zmq.zmq_version_info()[0] != 4:
         return None
     try:
-        from ._zdirect import NAMES, Poller, Router, init, readable, recv, recv_message, send
+        from ._zdirect import NAMES, Conn, Poller, init, readable, recv, recv_message, send
     except ImportError:  # pragma: no cover - no compiler
         return None
     path = libzmq_path()
@@ -75,7 +79,7 @@ def _direct():
         init({name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in NAMES})
     except (OSError, AttributeError, ValueError):
         return None
-    return Poller, recv, recv_message, send, readable, Router
+    return Poller, recv, recv_message, send, readable, Conn
 
 
 class _PyPoller:
@@ -120,8 +124,8 @@ def _py_readable(sock):
     return bool(_zget(sock, _EVENTS) & _POLLIN)
 
 
-class _PyRouter:
-    """Router on pyzmq's calls."""
+class _PyConn:
+    """Conn on pyzmq's calls."""
 
     __slots__ = ("sock", "fd", "_closed", "_poll")
 
@@ -150,6 +154,18 @@ class _PyRouter:
         except zmq.Again:
             return None
 
+    def recv(self):
+        try:
+            return _zrecv(self._live(), _NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def send(self, data):
+        _zsend(self._live(), data, _NOBLOCK)
+
+    def readable(self):
+        return bool(_zget(self._live(), _EVENTS) & _POLLIN)
+
     def send_message(self, prefix, payload):
         sock = self._live()
         for part in prefix:
@@ -159,5 +175,5 @@ class _PyRouter:
 
 _calls = _direct()
 DIRECT = _calls is not None
-Poller, recv, recv_message, send, readable, Router = _calls or (_PyPoller, _py_recv, _py_recv_message, _py_send,
-                                                                _py_readable, _PyRouter)
+Poller, recv, recv_message, send, readable, Conn = _calls or (_PyPoller, _py_recv, _py_recv_message, _py_send,
+                                                              _py_readable, _PyConn)

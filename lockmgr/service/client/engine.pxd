@@ -29,6 +29,7 @@ cdef class _Engine:
     cdef public list epoch, _lease_base, _hello_pending, _seq, _pending, _heap
     cdef public object _deferred_error, _hb_sent, _secret
     cdef public object _ctx, _socks, _fds, _driver, _owner_kind, _owner
+    cdef public list _conns
     cdef public Mutex _mu
     cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
     cdef public object _outq, _tick, _wake_r, _wake_w, _poller, _ready
@@ -62,11 +63,11 @@ cdef class _Engine:
     cpdef _leave_locked(self)
     cpdef _turn_locked(self, double now)
     @cython.locals(now=double, nxt=double, hk=bint, demoted=bint, timeout=int, i=Py_ssize_t, n=Py_ssize_t, mu=Mutex,
-                   heap=list, socks=list, untimed=list, due=double)
+                   heap=list, untimed=list, due=double)
     cpdef _serve(self, _Waiter w=*, list calls=*, double now=*)
     cpdef _drain_wake_locked(self)
     @cython.locals(c=_Call, lease=double, more=bint, pending=dict, _shapes=dict)
-    cpdef _recv(self, Py_ssize_t i, s, bint drain)
+    cpdef _recv(self, Py_ssize_t i, bint drain)
     cpdef _send_all(self, double now)
     @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double, due=double, seqs=list,
                    heap=list, pendings=list, frames=dict, req=list, single=bint)

@@ -154,7 +154,7 @@ _OK = wire.OK
 _MAX_REQUESTS = wire.MAX_REQUESTS
 _pack_requests = wire.pack_requests
 # the socket calls of the hot path: libzmq's own where possible (zdirect.py)
-_zrecv, _zsend, _readable = zdirect.recv, zdirect.send, zdirect.readable
+_unpack_replies, _REPLY_SHAPES = wire.unpack_replies, wire.REPLY_SHAPES
 # the most two machines' monotonic clocks may differ in rate (a fraction: 1000 ppm,
 # ten times what commodity crystal oscillators drift)
 MAX_CLOCK_DRIFT = 0.001
@@ -261,6 +261,8 @@ class _Engine:
             s.connect(ep)
             self._socks.append(s)
         self._fds = [s.getsockopt(zmq.FD) for s in self._socks]   # watched by an asyncio owner
+        # the hot paths' calls on them (zdirect.Conn: the libzmq handle read once)
+        self._conns = [zdirect.Conn(s) for s in self._socks]
         self._driver = None              # the _LoopDriver of the event loop that used the client last
         self._mu = _Mutex()
         self._session_cv = threading.Condition(self._mu)    # a (new) session opened, or failed to
@@ -495,8 +497,8 @@ class _Engine:
             if heap and heap[0][0] <= now:
                 self._timers(now)
         if self._owner is drv:
-            for i, s in enumerate(self._socks):
-                self._recv(i, s, True)
+            for i in range(self.n):
+                self._recv(i, True)
             if self._outq and not drv.flushing:
                 drv.flushing = True
                 drv.loop.call_soon(drv.flush)
@@ -597,16 +599,15 @@ class _Engine:
     def _read_pushes_locked(self):
         """The owner, about to let go while notices are wanted: read what the sockets
         hold (reading ZMQ_EVENTS also re-arms their ZMQ_FD for the housekeeper's select)."""
-        socks = self._socks
+        conns = self._conns
         for _ in range(4):
             if self._outq and self.dead is None and not self.closed:
                 # what is queued (lock caching's give-ups, queued by notice handlers) goes
                 # first: a send may consume the ZMQ_FD's edge, so EVENTS is read after it
                 self._send_all(_monotonic())
             for i in range(self.n):
-                s = socks[i]
-                if _readable(s):
-                    self._recv(i, s, True)
+                if conns[i].readable():
+                    self._recv(i, True)
             if not self._outq or self.dead is not None or self.closed:
                 break
 
@@ -673,6 +674,8 @@ class _Engine:
             with self._mu:
                 self._wake_owner_locked()
             time.sleep(0.001)
+        for c in self._conns:
+            c.close()                 # (a late call now fails: the handles would dangle)
         for s in self._socks:
             s.close(0)
         self._ctx.term()
@@ -1370,7 +1373,6 @@ class _Engine:
         mu = self._mu
         poller = self._poller
         n = self.n
-        socks = self._socks
         heap = self._heap
         hk = w is None
         cap = 0.1 if not hk else min(0.1, self.hb_interval)     # the longest poll
@@ -1439,7 +1441,7 @@ class _Engine:
                     i = 0
                     while i < n:
                         if ready >> i & 1:
-                            self._recv(i, socks[i], False)
+                            self._recv(i, False)
                         i += 1
                     if not hk and w.left == 0 and not self._outq and not (heap and heap[0][0] <= now):
                         return      # answered, and the turn the loop would run has nothing to send
@@ -1589,28 +1591,23 @@ class _Engine:
                     finally:
                         self._leave_locked()
 
-    def _recv(self, i, s, drain):
+    def _recv(self, i, drain):
         """Receive and complete what shard ``i``'s socket holds: every frame
-        (``drain``: an asyncio owner, woken by the edge-triggered ZMQ_FD), or one
-        frame (the poll loop: zmq_poll reports the socket again at once if more
-        wait, and reading ZMQ_EVENTS costs pyzmq an enum conversion per call)."""
+        (``drain``: an asyncio owner, woken by the edge-triggered ZMQ_FD, reads
+        until a read finds nothing, which re-arms it), or one frame (the poll
+        loop: zmq_poll reports the socket again at once if more wait)."""
         pending = self._pending[i]
+        conn = self._conns[i]
         lease = 0.0
-        _shapes = wire.REPLY_SHAPES
+        _shapes = _REPLY_SHAPES
         more = True
         while more:
-            if not drain:
-                more = False
-            elif not _readable(s):
-                # (drain while EVENTS says a message is ready, rather than until a
-                # zmq.Again, whose construction costs more than the check)
+            more = drain
+            frame = conn.recv()
+            if frame is None:
                 break
             try:
-                frame = _zrecv(s)
-            except zmq.Again:
-                break
-            try:
-                reps = wire.unpack_replies(frame)
+                reps = _unpack_replies(frame)
             except Exception:
                 continue
             if type(reps) is not list:
@@ -1730,7 +1727,7 @@ class _Engine:
         k = 0
         while k < n:
             try:
-                _zsend(self._socks[i], _pack_requests(self.session, ack, reqs if n <= _MAX_REQUESTS
+                self._conns[i].send(_pack_requests(self.session, ack, reqs if n <= _MAX_REQUESTS
                                                       else reqs[k:k + _MAX_REQUESTS]))
             except zmq.ZMQError:
                 pass  # retried by the timer

@@ -210,7 +210,7 @@ class Shard:
         try:
             self._sock.bind(endpoint)
             # the loop's reads, sends and waits (the libzmq handle read once)
-            self._router = zdirect.Router(self._sock)
+            self._router = zdirect.Conn(self._sock)
             self._send = self._router.send_message
             self._wait = self._router.wait
             # True while the socket's last call was a read that found nothing (no send
@@ -344,14 +344,14 @@ class Shard:
                 timeout_ms = 0
             else:
                 timeout_ms = max(0, min(timeout_ms, int(due)))
-        # libzmq's calls from C (zdirect.Router), not pyzmq's Python wrappers
+        # libzmq's calls from C (zdirect.Conn), not pyzmq's Python wrappers
         # (Socket.poll builds a Poller per call, recv_multipart/send_multipart
         # add frames and enum flag arithmetic, and zmq.Again costs an exception
         # per turn): on a busy 2-core machine every request runs on cold caches,
         # where each of those costs several times its warm figure.
         # The drain reads until nothing waits (a read that finds nothing returns
         # None). A turn looks first (a busy shard finds a frame without polling),
-        # and only when nothing waits sleeps on the socket's ZMQ_FD (Router.wait:
+        # and only when nothing waits sleeps on the socket's ZMQ_FD (Conn.wait:
         # one poll(2); right after a read that found nothing, with no send since,
         # as ZMQ_FD's edge triggering needs: if the last turn ended so, ``_idle``,
         # it sleeps without reading first), then looks again.
