@@ -4,7 +4,10 @@ search of the new wait) and in a shard core (a LOCK request that parks).
 
     python benchmarks/hot_row.py [--backend c|python] [--mix]
 
-One holder has X on the row; waiters queue behind it one by one. For each k
+One holder has X on the row; waiters queue behind it one by one (in the
+shard, PER_SESSION of them per session, as many clients' waiters: one session
+may park at most 10,000, the waits_per_session quota, and the 10,001st is
+refused instead). For each k
 the time of waiters k-4..k+5 is averaged (ten waiters); the ratio of the
 10,000th to the 10th is the figure (1.0: the cost does not grow with the
 queue). ``--mix``: waiters alternate S and X.
@@ -41,6 +44,9 @@ def table_costs(backend, mix):
     return {n: sum(v) / len(v) for n, v in out.items()}
 
 
+PER_SESSION = 1000     # waiters queued by one session (a session may park 10,000: the waits_per_session quota)
+
+
 def shard_costs(mix):
     core = ShardCore(epoch=1, probe_delay=None)
     core.now = 0.0
@@ -50,13 +56,22 @@ def shard_costs(mix):
     out = {}
     for k in range(1, max(SIZES) + 6):
         mode = S if mix and k % 2 else X
-        req = [[wire.LOCK, 2 + k, 1 + k, ["db", "t", 0], mode, False, None, 0]]
+        # the waiters of many clients: session 10 + k // PER_SESSION, opened by its first request
+        sid, seq = 10 + k // PER_SESSION, 2 + k % PER_SESSION
+        prefix = (b"c%d" % sid,)
+        if k == 1 or k % PER_SESSION == 0:
+            core.frame(prefix, sid, 0, [[wire.HELLO, 1, 3_600_000, "hot"]], 10)
+            core.take_replies()
+        req = [[wire.LOCK, seq, 1 + k, ["db", "t", 0], mode, False, None, 0]]
         t0 = time.perf_counter()
-        core.frame((b"c",), 9, 0, req, 10)
+        core.frame(prefix, sid, 0, req, 10)
         el = time.perf_counter() - t0
         for n in SIZES:
             if n - 4 <= k <= n + 5:
                 out.setdefault(n, []).append(el)
+    waits = core.counters["waits"]
+    if waits != max(SIZES) + 5:       # every LOCK parked (none refused, e.g. by a quota)
+        raise SystemExit(f"only {waits} of {max(SIZES) + 5} LOCKs parked: the figures would be wrong")
     return {n: sum(v) / len(v) for n, v in out.items()}
 
 
