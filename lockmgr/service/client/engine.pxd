@@ -11,7 +11,8 @@ cimport cython
 from lockmgr.service.client._hot cimport Mutex
 
 cdef class _Waiter:
-    cdef public object ev, since
+    cdef public Mutex ev
+    cdef public object since
     cdef public Py_ssize_t left
     cdef public bint signalled, promoted
     cpdef signal(self)
@@ -83,3 +84,5 @@ cdef class _Engine:
     cpdef _timers(self, double now)
     @cython.locals(w=_Waiter, c=_Call, now=double, rt=double, mu=Mutex)
     cpdef call_many(self, specs)
+    @cython.locals(mu=Mutex, promoted=bint)
+    cpdef _follow(self, _Waiter w)

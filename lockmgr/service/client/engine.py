@@ -1834,20 +1834,25 @@ class _Engine:
         return [c.error if c.error is not None else c.result for c in calls]
 
     def _follow(self, w):
-        with self._mu:
+        mu = self._mu       # (acquire/release, not ``with``: C calls when compiled)
+        mu.acquire()
+        try:
             if w.ev is None:
-                ev = threading.Lock()
+                ev = _Mutex()
                 if not w.signalled:
                     ev.acquire()
                 w.ev = ev
+        finally:
+            mu.release()
         while True:
-            if not w.ev.acquire(timeout=1.0):
+            if not w.ev.acquire(True, 1.0):
                 if not self._thread.is_alive() and self._owner_kind is _NONE and w.left:
                     raise ShardUnavailable("the client's I/O thread has stopped (client closed?)")
                 if self._owner_kind is _LOOP:
                     self._wake_hk()        # its loop may have stopped: the housekeeper takes over
                 continue
-            with self._mu:
+            mu.acquire()
+            try:
                 w.signalled = False
                 promoted = w.promoted
                 w.promoted = False
@@ -1856,6 +1861,8 @@ class _Engine:
                         self._followers.pop(id(w), None)
                         return
                     continue
+            finally:
+                mu.release()
             if self._serve(w):  # the owner now; returns when w's calls are done
                 continue        # ... or when it handed the role to a newer caller
             return
