@@ -82,3 +82,34 @@ def test_repend_keeps_the_pending_calls_in_seq_order():
     finally:
         eng.shutdown()
         fake.close()
+
+
+def test_a_call_sent_straight_out_is_retried_when_its_first_send_is_lost():
+    """A caller that finds the sockets free sends its call in its first turn and gives
+    it a retry timer only if the first poll does not answer (engine._serve): an
+    unanswered first send is sent again, same seq, after the retry interval; an
+    answered one leaves no timer behind."""
+    fake = ScriptedShard()
+    eng = fake.serve_hello(lambda: _Engine([fake.endpoint], 60.0, 2, 0.4, "retry-test"))   # retry every 0.1 s
+    out = {}
+    try:
+        th = threading.Thread(target=lambda: out.setdefault("r", eng.call_many([(0, wire.TXN_NAME, [1, "a"], 0)])))
+        th.start()
+        _, _, ((typ, seq, *_),) = fake.recv_frame()      # the first send: "lost" (not answered)
+        assert typ == wire.TXN_NAME
+        _, _, reqs = fake.recv_frame()                   # the retry
+        assert [(t, s) for t, s, *_ in reqs] == [(wire.TXN_NAME, seq)]
+        fake.send([[seq, wire.OK, []]])
+        th.join(5.0)
+        assert out["r"] == [[]]
+
+        th = threading.Thread(target=lambda: out.__setitem__("r2", eng.call_many([(0, wire.TXN_NAME, [2, "b"], 0)])))
+        th.start()
+        _, _, ((_, seq2, *_),) = fake.recv_frame()
+        fake.send([[seq2, wire.OK, []]])                 # answered within the first poll
+        th.join(5.0)
+        assert out["r2"] == [[]]
+        assert not [e for e in eng._heap if not e[2].done]      # no live timer left
+    finally:
+        eng.shutdown()
+        fake.close()
