@@ -10,10 +10,9 @@ from lockmgr.service import zdirect
 
 
 def _impls():
-    yield "pyzmq", (zdirect._PyPoller, zdirect._py_recv, zdirect._py_recv_message, zdirect._py_send,
-                    zdirect._py_readable)
+    yield "pyzmq", (zdirect._PyPoller, zdirect._PyConn)
     if zdirect.DIRECT:
-        yield "direct", (zdirect.Poller, zdirect.recv, zdirect.recv_message, zdirect.send, zdirect.readable)
+        yield "direct", (zdirect.Poller, zdirect.Conn)
 
 
 IMPLS = list(_impls())
@@ -42,40 +41,35 @@ def pair():
 
 @pytest.mark.parametrize("name,calls", IMPLS, ids=[n for n, _ in IMPLS])
 def test_send_receive_and_poll(pair, name, calls):
-    Poller, recv, recv_message, send, readable = calls
+    Poller, Conn = calls
     router, dealer = pair
+    rc, dc = Conn(router), Conn(dealer)
     r, w = os.pipe()
     try:
         poller = Poller([router, dealer, r])
         assert poller.poll(0) == 0
-        assert not readable(router)
-        with pytest.raises(zmq.Again):
-            recv(router)
-        with pytest.raises(zmq.Again):
-            recv_message(router)
+        assert not rc.readable()
+        assert rc.recv() is None and rc.recv_message() is None
 
-        send(dealer, b"one")                      # a single part: the ROUTER adds the id
+        dc.send(b"one")                           # a single part: the ROUTER adds the id
         assert poller.poll(1000) == 0b001
-        assert readable(router)
-        assert recv_message(router) == [b"peer", b"one"]
-        assert not readable(router)
+        assert rc.readable()
+        assert rc.recv_message() == [b"peer", b"one"]
+        assert not rc.readable()
 
-        send(dealer, b"a", more=True)
-        send(dealer, b"")
-        send(dealer, b"c" * 100_000)
-        assert recv_message(router) == [b"peer", b"a", b""]
-        assert recv_message(router) == [b"peer", b"c" * 100_000]
+        dc.send_message((b"a",), b"")
+        dc.send(b"c" * 100_000)
+        assert rc.recv_message() == [b"peer", b"a", b""]
+        assert rc.recv_message() == [b"peer", b"c" * 100_000]
 
-        send(router, b"peer", True)
-        send(router, b"back")
+        rc.send_message((b"peer",), b"back")
         assert poller.poll(1000) == 0b010
-        assert recv(dealer) == b"back"
-        with pytest.raises(zmq.Again):
-            recv(dealer)
+        assert dc.recv() == b"back"
+        assert dc.recv() is None
 
         os.write(w, b"x")                         # a file descriptor item
         assert poller.poll(1000) == 0b100
-        send(dealer, b"both")
+        dc.send(b"both")
         assert poller.poll(1000) == 0b101
     finally:
         os.close(r)
@@ -84,20 +78,18 @@ def test_send_receive_and_poll(pair, name, calls):
 
 @pytest.mark.parametrize("name,calls", IMPLS, ids=[n for n, _ in IMPLS])
 def test_errors(pair, name, calls):
-    Poller, recv, recv_message, send, readable = calls
+    Poller, Conn = calls
     router, dealer = pair
     with pytest.raises(ValueError):
         Poller([])
     with pytest.raises(TypeError):
-        send(dealer, "text, not bytes")
+        Conn(dealer).send("text, not bytes")
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.close(0)
     ctx.term()
     with pytest.raises(zmq.ZMQError):
-        recv(s)
-    with pytest.raises(zmq.ZMQError):
-        send(s, b"x")
+        Conn(s)                                   # a closed socket: no handle
 
 
 def _conns():
@@ -116,18 +108,17 @@ def test_conn_reads_none_when_nothing_waits_and_sends_whole_messages(pair, name,
     assert r.sock is router
     assert r.recv_message() is None               # nothing waits: None, not zmq.Again
     assert r.recv_message() is None
-    zdirect.send(dealer, b"a", more=True)
-    zdirect.send(dealer, b"", more=True)
-    zdirect.send(dealer, b"b" * 100_000)
-    zdirect.send(dealer, b"two")
+    d = Conn(dealer)
+    d.send_message((b"a", b""), b"b" * 100_000)
+    d.send(b"two")
     assert r.recv_message() == [b"peer", b"a", b"", b"b" * 100_000]
     assert r.recv_message() == [b"peer", b"two"]
     assert r.recv_message() is None
 
     r.send_message((b"peer",), b"back")            # the routing id, then the payload
-    assert zdirect.recv_message(dealer) == [b"back"]
+    assert d.recv_message() == [b"back"]
     r.send_message((b"peer", b""), b"env")         # a REQ envelope's empty part
-    assert zdirect.recv_message(dealer) == [b"", b"env"]
+    assert d.recv_message() == [b"", b"env"]
     with pytest.raises(TypeError):
         r.send_message((b"peer",), "text, not bytes")
 
@@ -146,7 +137,7 @@ def test_conn_wait_wakes_for_a_message_after_a_read_found_nothing(pair, name, Co
     for _ in range(3):
         assert r.recv_message() is None           # (what wait's edge-triggered fd needs first)
         assert not r.wait(10)                     # nothing came: the timeout
-        zdirect.send(dealer, b"ping")
+        Conn(dealer).send(b"ping")
         assert r.wait(5000)                       # ZMQ_FD signalled
         assert r.recv_message() == [b"peer", b"ping"]
     r.close()
@@ -160,10 +151,10 @@ def test_conn_one_part_calls_of_a_client(pair, name, Conn):
     router, dealer = pair
     d = Conn(dealer)
     assert d.recv() is None and not d.readable()
+    r = Conn(router)
     d.send(b"req")
-    assert zdirect.recv_message(router) == [b"peer", b"req"]
-    zdirect.send(router, b"peer", more=True)
-    zdirect.send(router, b"rep")
+    assert r.recv_message() == [b"peer", b"req"]
+    r.send_message((b"peer",), b"rep")
     for _ in range(500):            # (the reply crosses ZeroMQ's I/O threads; bounded)
         if d.readable():
             break

@@ -8,8 +8,8 @@ pyzmq's ``zmq_poll`` converts its item list on every call (about 7,000
 instructions for a one-socket poll, five times libzmq's own poll), and its
 ``recv``/``send`` go through Python-level flag and copy handling; on a lock
 round trip those were a quarter of the shard's instructions. Here a Poller
-converts its items once; ``recv``/``recv_message``/``send`` copy a message
-part into (or from) a bytes object and nothing else.
+converts its items once, and a Conn's reads and sends copy a message part
+into (or from) a bytes object and nothing else.
 
 The functions are libzmq's, from the library pyzmq itself loaded (their
 addresses come from ``init``: zdirect.py looks them up with ctypes), called on
@@ -171,61 +171,6 @@ cdef class Poller:
 
 cdef inline bytes _part(lm_msg_t *m):
     return PyBytes_FromStringAndSize(<char *>_msg_data(m), _msg_size(m))
-
-
-cpdef bytes recv(sock):
-    """One message part, without waiting: zmq.Again if there is none (as
-    pyzmq's ``sock.recv(zmq.NOBLOCK)``)."""
-    cdef void *h = _handle(sock)
-    cdef lm_msg_t m
-    cdef int err
-    cdef bytes b
-    _msg_init(&m)
-    if _msg_recv(&m, h, ZMQ_DONTWAIT) < 0:
-        err = _errno()
-        _msg_close(&m)
-        raise _error(err)
-    b = _part(&m)
-    _msg_close(&m)
-    return b
-
-
-cpdef list recv_message(sock):
-    """Every part of the next message, without waiting: zmq.Again if there is
-    none (a message's parts arrive together, so only the first can be missing)."""
-    cdef void *h = _handle(sock)
-    cdef lm_msg_t m
-    cdef int err, more = 1
-    cdef list parts = []
-    while more:
-        _msg_init(&m)
-        if _msg_recv(&m, h, ZMQ_DONTWAIT) < 0:
-            err = _errno()
-            _msg_close(&m)
-            raise _error(err)
-        parts.append(_part(&m))
-        more = _msg_more(&m)
-        _msg_close(&m)
-    return parts
-
-
-cpdef send(sock, bytes data, bint more=False):
-    """Send one part (``more``: more parts follow) without waiting: zmq.Again
-    if it cannot be queued now (as pyzmq's ``sock.send(data, zmq.NOBLOCK)``)."""
-    cdef void *h = _handle(sock)
-    cdef int flags = ZMQ_DONTWAIT | (ZMQ_SNDMORE if more else 0)
-    if _send(h, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), flags) < 0:
-        raise _error(_errno())
-
-
-cpdef bint readable(sock) except -1:
-    """ZMQ_EVENTS has POLLIN: a message waits (reading it re-arms ZMQ_FD)."""
-    cdef void *h = _handle(sock)
-    cdef int ev = 0
-    cdef size_t sz = sizeof(int)
-    if _getsockopt(h, ZMQ_EVENTS, &ev, &sz) < 0:
-        raise _error(_errno())
-    return (ev & ZMQ_POLLIN) != 0
 
 
 cdef class Conn:

@@ -5,10 +5,6 @@ up, else pyzmq's own calls, with the same results and errors.
 Interface:
     Poller(items).poll(timeout_ms) -> int   bit mask of readable items (pyzmq
                                             sockets or file descriptors; bit i: item i)
-    recv(sock) -> bytes                     one part, zmq.Again if none waits
-    recv_message(sock) -> [bytes, ...]      every part of the next message (zmq.Again)
-    send(sock, data, more=False)            one part without waiting (zmq.Again)
-    readable(sock) -> bool                  ZMQ_EVENTS has POLLIN (re-arms ZMQ_FD)
     Conn(sock)                              the hot paths' calls on one socket (the
                                             shard loop's, a client engine's), the libzmq
                                             handle read once:
@@ -37,7 +33,7 @@ import zmq
 
 from .._core import BACKEND
 
-__all__ = ["Poller", "recv", "recv_message", "send", "readable", "Conn", "DIRECT"]
+__all__ = ["Poller", "Conn", "DIRECT"]
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -63,12 +59,12 @@ def libzmq_path():
 
 
 def _direct():
-    """The compiled calls (Poller, recv, recv_message, send, readable, Conn), set up
+    """The compiled calls (Poller, Conn), set up
     with libzmq's functions; None where they cannot be."""
     if BACKEND != "c" or os.environ.get("LOCKMGR_PYZMQ_CALLS") or zmq.zmq_version_info()[0] != 4:
         return None
     try:
-        from ._zdirect import NAMES, Conn, Poller, init, readable, recv, recv_message, send
+        from ._zdirect import NAMES, Conn, Poller, init
     except ImportError:  # pragma: no cover - no compiler
         return None
     path = libzmq_path()
@@ -79,7 +75,7 @@ def _direct():
         init({name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in NAMES})
     except (OSError, AttributeError, ValueError):
         return None
-    return Poller, recv, recv_message, send, readable, Conn
+    return Poller, Conn
 
 
 class _PyPoller:
@@ -101,10 +97,6 @@ class _PyPoller:
         return mask
 
 
-def _py_recv(sock):
-    return _zrecv(sock, _NOBLOCK)
-
-
 def _py_recv_message(sock):
     # the parts as zmq.Frame objects, whose ``more`` flag replaces a getsockopt(RCVMORE)
     # (pyzmq converts every option number into an enum, in Python)
@@ -114,14 +106,6 @@ def _py_recv_message(sock):
         f = _zrecv(sock, _NOBLOCK, False)
         parts.append(f.bytes)
     return parts
-
-
-def _py_send(sock, data, more=False):
-    _zsend(sock, data, _NOBLOCK_MORE if more else _NOBLOCK)
-
-
-def _py_readable(sock):
-    return bool(_zget(sock, _EVENTS) & _POLLIN)
 
 
 class _PyConn:
@@ -175,5 +159,4 @@ class _PyConn:
 
 _calls = _direct()
 DIRECT = _calls is not None
-Poller, recv, recv_message, send, readable, Conn = _calls or (_PyPoller, _py_recv, _py_recv_message, _py_send,
-                                                              _py_readable, _PyConn)
+Poller, Conn = _calls or (_PyPoller, _PyConn)
