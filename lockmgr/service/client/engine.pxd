@@ -22,6 +22,9 @@ cdef class _Call:
     cdef public double first_sent, backoff
     cdef public bint done, urgent
 
+@cython.locals(when=double)
+cdef double _next_try(_Call c, double sent) except? -1.0
+
 cdef class _Engine:
     cdef object __weakref__
     cdef public double lease
@@ -73,7 +76,7 @@ cdef class _Engine:
     @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double, due=double, seqs=list,
                    heap=list, pendings=list, frames=dict, req=list, single=bint)
     cpdef double _send_calls(self, list calls, double now, bint timed=*) except? -1.0
-    @cython.locals(c=_Call, heap=list, when=double)
+    @cython.locals(c=_Call, heap=list)
     cpdef _time_calls(self, list calls)
     cpdef bint _quiet_locked(self, double now)
     @cython.locals(p=dict)

@@ -130,6 +130,14 @@ class _Reclaim:
         self.cores = {}             # txn id -> _TxnCore reclaimed
 
 
+def _next_try(c, sent):
+    """When call ``c``, sent at ``sent``, is retried: a backoff later, never past its deadline."""
+    when = sent + c.backoff
+    if c.deadline is not None and c.deadline < when:
+        return c.deadline
+    return when
+
+
 def _depth(item):
     return len(item[0])
 
@@ -1688,9 +1696,7 @@ class _Engine:
             req = [c.typ, seq]
             req.extend(c.args)
             c.backoff = retry
-            when = now + retry
-            if c.deadline is not None and c.deadline < when:
-                when = c.deadline
+            when = _next_try(c, now)
             if when < due:
                 due = when
             if timed:
@@ -1715,10 +1721,7 @@ class _Engine:
         heap = self._heap
         for c in calls:
             if not c.done:
-                when = c.first_sent + c.backoff
-                if c.deadline is not None and c.deadline < when:
-                    when = c.deadline
-                _heappush(heap, (when, next(self._tick), c))
+                _heappush(heap, (_next_try(c, c.first_sent), next(self._tick), c))
 
     def _send_frame(self, i, reqs):
         pending = self._pending[i]
@@ -1757,10 +1760,7 @@ class _Engine:
             # not the call); past it (a lock wait) the interval doubles up to 8 s.
             if now - c.first_sent >= self.request_timeout:
                 c.backoff = min(c.backoff * 2, 8.0)
-            when = now + c.backoff
-            if c.deadline is not None and c.deadline < when:
-                when = c.deadline
-            _heappush(heap, (when, next(self._tick), c))
+            _heappush(heap, (_next_try(c, now), next(self._tick), c))
             req = [c.typ, c.seq]
             req.extend(c.args)
             resend.setdefault(c.shard, []).append(req)
