@@ -10,7 +10,9 @@ A 1-shard LocalCluster runs natively; the client runs under
 acquire+releases (begin + lock(X) + commit on fresh keys), and the
 difference of the two totals divided by 800 is printed, so start-up and
 import costs cancel out. Models: ``sync`` (one thread), ``aioN`` (N tasks
-sharing one ``lockmgr.aio`` client; N in 1..8). With N > 1 the count depends
+sharing one ``lockmgr.aio`` client; N in 1..8), ``many8`` (one thread,
+lock_many of 8 rows over 2 tables + commit: per transaction), ``threads8``
+(8 threads sharing one Client). With N > 1 the count depends
 on how calls coalesce into frames, i.e. on timing: expect a few % of spread.
 """
 
@@ -22,6 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
@@ -29,6 +32,9 @@ sys.path.insert(0, HERE)
 import lockmgr  # noqa: E402
 import lockmgr.aio  # noqa: E402
 from lockmgr import LocalCluster, Mode  # noqa: E402
+
+_TABLES = ("t0", "t1")
+MODELS = ("sync", "many8", "threads8") + tuple(f"aio{k}" for k in range(1, 9))
 
 
 def client(model, n, endpoint):
@@ -38,6 +44,29 @@ def client(model, n, endpoint):
             t = cl.begin()
             t.lock(("k", 0, i), Mode.X)
             t.commit()
+        cl.close()
+        return
+    if model == "many8":
+        cl = lockmgr.connect([endpoint])
+        for i in range(n):
+            t = cl.begin()
+            t.lock_many([(("db", _TABLES[k % 2], i * 8 + k), Mode.X) for k in range(8)])
+            t.commit()
+        cl.close()
+        return
+    if model == "threads8":
+        cl = lockmgr.connect([endpoint])
+
+        def tw(cid):
+            for i in range(n // 8):
+                t = cl.begin()
+                t.lock(("k", cid, i), Mode.X)
+                t.commit()
+        ths = [threading.Thread(target=tw, args=(c,)) for c in range(8)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
         cl.close()
         return
     k = int(model[3:])
@@ -116,6 +145,9 @@ def main():
     ap.add_argument("--functions", type=int, default=0, metavar="N",
                     help="also print where the instructions go: by shared object and the N costliest functions")
     args = ap.parse_args()
+    bad = [m for m in args.models.split(",") if m not in MODELS]
+    if bad:
+        ap.error(f"unknown model(s) {', '.join(bad)}; expected some of {', '.join(MODELS)}")
     with LocalCluster(1) as c:
         for model in args.models.split(","):
             if args.functions:

@@ -90,6 +90,10 @@ def main():
     ap.add_argument("--match", default="", help="only .py files whose path contains this")
     ap.add_argument("--top", type=int, default=60)
     a = ap.parse_args()
+    if a.nops <= 0:
+        ap.error(f"NOPS must be a positive number of operations; got {a.nops}")
+    if not os.path.isfile(a.out):
+        ap.error(f"no callgrind output file {a.out!r}")
     own, incl = costs(a.out)
     by_self, by_incl = collections.Counter(), collections.Counter()
     for src, dst in ((own, by_self), (incl, by_incl)):
