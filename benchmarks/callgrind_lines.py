@@ -21,7 +21,7 @@ import os
 import re
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MARK = re.compile(r'\s*/\* "([^"]+\.py)":(\d+)')
+_MARK = re.compile(r'\s*/\* "([^"]+\.pyx?)":(\d+)')
 
 
 def costs(path):

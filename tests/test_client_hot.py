@@ -71,8 +71,10 @@ def test_mutex_under_a_condition(make):
         cv.notify()             # not owned
 
 
-class _Eng:
-    """call_many stand-in: answers each batch with the calls' shard numbers doubled."""
+class _Eng(hot.EngineBase):
+    """call_many stand-in: answers each batch with the calls' shard numbers doubled
+    (a Python subclass of EngineBase, as the simulation's engine is: the compiled
+    drive calls its call_many through the C-level method, which finds the override)."""
 
     def __init__(self):
         self.batches = []
@@ -124,3 +126,28 @@ def test_compiled_helpers_are_used_with_the_compiled_backend():
         assert ops._cdrive is hot.drive
     else:
         assert hot.Mutex is threading.Lock and hot.drive is None
+
+
+def test_engine_base_methods_must_be_overridden():
+    base = hot.EngineBase()
+    for name, args in [("call_many", ([],)), ("check_session", ()), ("lease_over", ()), ("post", (0, 1, [])),
+                       ("post_quiet", (0, 1, [])), ("recorded", ()), ("txn_lost", (None, None)),
+                       ("forget_txn", (None,))]:
+        with pytest.raises(NotImplementedError, match=name):
+            getattr(base, name)(*args)
+
+
+def test_engines_derive_from_engine_base():
+    # ops reads the engine's fields and calls its methods at C level (ops.pxd): both
+    # engines that drive the transaction logic must be EngineBase subclasses
+    from lockmgr.service.client.engine import _Engine
+    from lockmgr.sim.client import SimEngine
+    assert issubclass(_Engine, hot.EngineBase) and issubclass(SimEngine, hot.EngineBase)
+    if BACKEND == "c":
+        with pytest.raises(TypeError, match="EngineBase"):
+            hot.drive(_NotAnEngine(), _gen(1))
+
+
+class _NotAnEngine:
+    def call_many(self, specs):
+        return [None for _ in specs]

@@ -138,3 +138,23 @@ def test_request_frames_decode_as_with_msgpack():
     big = _packb([wire.VERSION, 1, 0, [[wire.LOCK, 1, 1, ["x" * (wire.MAX_STR + 1)], 5, False, None, 0]]])
     with pytest.raises(wire.ProtocolError, match="exceeds max"):
         wire.unpack_requests(big)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(ints, ints, ints, ints, ints,
+       st.one_of(st.lists(objects, max_size=20), st.lists(objects, max_size=20).map(tuple)))
+def test_pack_request_gives_the_bytes_of_the_whole_frame(version, session, ack, typ, seq, args):
+    b = _packb([version, session, ack, [[typ, seq, *args]]])
+    assert _codec.pack_request(version, session, ack, typ, seq, args) == b
+    assert wire.pack_request(session, ack, typ, seq, args) == wire.pack_requests(session, ack, [[typ, seq, *args]])
+
+
+def test_pack_request_refuses_what_pack_refuses_and_wire_falls_back():
+    with pytest.raises(_codec.Unsupported):
+        _codec.pack_request(1, 2, 3, 4, 5, {"not": "a list"})
+    with pytest.raises(_codec.Unsupported):
+        _codec.pack_request(1, 2, 3, 4, 5, [2**64])          # msgpack's error, through wire
+    # (wire then asks msgpack, which gives its own error for what no one can encode)
+    with pytest.raises((OverflowError, TypeError, ValueError)):
+        wire.pack_request(2, 3, 4, 5, [2**64])
+    assert wire.pack_request(2, 3, 4, 5, (1, "a")) == _packb([wire.VERSION, 2, 3, [[4, 5, 1, "a"]]])

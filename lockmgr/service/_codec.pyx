@@ -7,6 +7,9 @@ general Packer and unpackb's keyword parsing cost more than the encoding).
 
 Interface:
     pack(obj) -> bytes           raises Unsupported for what it does not handle
+    pack_request(version, session, ack, typ, seq, args) -> bytes
+                                 pack([version, session, ack, [[typ, seq, *args]]])
+                                 without building those lists (args: list or tuple)
     unpack(frame, max_array=-1, max_map=-1, max_str=-1) -> object
                                  raises Unsupported for what it does not handle
     Unsupported                  (a ValueError) the caller then uses msgpack itself
@@ -30,7 +33,7 @@ from cpython.ref cimport Py_INCREF
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 
-__all__ = ["pack", "unpack", "Unsupported"]
+__all__ = ["pack", "pack_request", "unpack", "Unsupported"]
 
 DEF MAX_DEPTH = 500     # deeper: msgpack decides (its own limits and errors)
 
@@ -182,6 +185,35 @@ def pack(obj):
         raise MemoryError()
     try:
         _pack(&b, obj, 0)
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        PyMem_Free(b.p)
+
+
+def pack_request(version, session, ack, typ, seq, args):
+    """pack([version, session, ack, [[typ, seq, *args]]]): the frame of one
+    request (a client's usual frame), written without the three lists."""
+    cdef _Buf b
+    cdef Py_ssize_t n, i
+    if type(args) is not list and type(args) is not tuple:
+        raise _UNSUPPORTED("args must be a list or a tuple")
+    n = len(args)
+    b.cap = 256
+    b.n = 0
+    b.p = <char *>PyMem_Malloc(b.cap)
+    if b.p == NULL:
+        raise MemoryError()
+    try:
+        _head(&b, 0x94, 0, 0)                       # [version, session, ack, requests]
+        _pack(&b, version, 1)
+        _pack(&b, session, 1)
+        _pack(&b, ack, 1)
+        _head(&b, 0x91, 0, 0)                       # requests: one
+        _len_head(&b, n + 2, 0x90, 16, 0, 0xdc, 0xdd)
+        _pack(&b, typ, 3)
+        _pack(&b, seq, 3)
+        for i in range(n):
+            _pack(&b, args[i], 3)
         return PyBytes_FromStringAndSize(b.p, b.n)
     finally:
         PyMem_Free(b.p)

@@ -4,6 +4,7 @@ Interface:
     VERSION, message type codes (HELLO, HEARTBEAT, LOCK, ...), status codes
     SessionExpired, ShardUnavailable    LockError subclasses of the service
     pack_requests(session, ack, reqs) -> bytes      client -> shard frame
+    pack_request(session, ack, typ, seq, args)      the same, of one request [typ, seq, *args]
     unpack_requests(frame) -> (session, ack, reqs)  raises ProtocolError
     unpack_requests_packed(frame)                   the same, LOCK_MANY items as
                                                     compiled PackedItems (the shard)
@@ -46,15 +47,17 @@ from ..errors import SessionExpired, ShardUnavailable  # re-exported: wire.Sessi
 # does not handle goes to msgpack, errors included. The pure-Python backend
 # (LOCKMGR_PUREPYTHON=1, the reference) uses msgpack alone.
 try:
-    from ._codec import Unsupported as _Unsupported, pack as _codec_pack, unpack as _codec_unpack
+    from ._codec import (Unsupported as _Unsupported, pack as _codec_pack, pack_request as _codec_pack_request,
+                         unpack as _codec_unpack)
 except ImportError:  # pragma: no cover - no compiler
-    _codec_pack = _codec_unpack = None  # type: ignore[assignment]
+    _codec_pack = _codec_pack_request = _codec_unpack = None  # type: ignore[assignment]
     _Unsupported = ValueError  # type: ignore[assignment,misc]
 _cpack = _codec_pack if _BACKEND == "c" else None
+_cpack_request = _codec_pack_request if _BACKEND == "c" else None
 _cunpack = _codec_unpack if _BACKEND == "c" else None
 
 __all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
-           "pack_requests", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]
+           "pack_requests", "pack_request", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]
 
 VERSION = 1
 
@@ -342,6 +345,17 @@ def _pack(msg):
 
 def pack_requests(session, ack, reqs):
     return _pack([VERSION, session, ack, reqs])
+
+
+def pack_request(session, ack, typ, seq, args):
+    """pack_requests(session, ack, [[typ, seq, *args]]): the frame of one request
+    (the client's usual frame; compiled, written without building its lists)."""
+    if _cpack_request is not None:
+        try:
+            return _cpack_request(VERSION, session, ack, typ, seq, args)
+        except _Unsupported:
+            pass
+    return _pack([VERSION, session, ack, [[typ, seq, *args]]])
 
 
 def unpack_requests(frame):

@@ -26,6 +26,7 @@ from ..rules import ACTIVE, PREPARED
 from ..service import wire
 from ..service.client import ops
 from ..service.client.engine import MAX_CLOCK_DRIFT
+from ..service.client.hot import EngineBase
 
 __all__ = ["SimEngine", "SimClient"]
 
@@ -45,7 +46,7 @@ class _SimCall:
         self.done = False
 
 
-class SimEngine:
+class SimEngine(EngineBase):
     """One client session over the simulated network (see the module docstring)."""
 
     def __init__(self, world, client, gen):

@@ -8,7 +8,7 @@
 # AttributeError (the suite runs compiled).
 
 cimport cython
-from lockmgr.service.client._hot cimport Mutex
+from lockmgr.service.client._hot cimport EngineBase, Mutex
 
 cdef class _Waiter:
     cdef public Mutex ev
@@ -25,12 +25,14 @@ cdef class _Call:
 @cython.locals(when=double)
 cdef double _next_try(_Call c, double sent) except? -1.0
 
-cdef class _Engine:
+cdef class _Engine(EngineBase):
+    # (EngineBase, _hot.pxd, has the fields ops reads: epoch, txns, partition_depth,
+    # request_timeout, reclaim_waiting, dead, last_dead, gen, n)
     cdef object __weakref__
     cdef public double lease
-    cdef public object endpoints, ttl, ttl_ms, request_timeout, retry_interval, hb_interval
-    cdef public object _drv_tick, _drv_stall, partition_depth, name, session, dead
-    cdef public list epoch, _lease_base, _hello_pending, _seq, _pending, _heap
+    cdef public object endpoints, ttl, ttl_ms, retry_interval, hb_interval
+    cdef public object _drv_tick, _drv_stall, name, session
+    cdef public list _lease_base, _hello_pending, _seq, _pending, _heap
     cdef public object _deferred_error, _hb_sent, _secret
     cdef public object _ctx, _socks, _fds, _driver, _owner_kind, _owner
     cdef public list _conns
@@ -38,24 +40,29 @@ cdef class _Engine:
     cdef public object _followers, _orphaned_at, _hk_ev, _hk_wake_at
     cdef public object _outq, _tick, _wake_r, _wake_w, _poller, _ready
     cdef public object _hello_error, _thread, _born, _pid
-    cdef public object _parked, _reclaims, reclaim_waiting, reclaims, txns, _grace_until
+    cdef public object _parked, _reclaims, reclaims, _grace_until
     cdef public object locator, _repoints, repoints
     cdef public object _push_handlers, _hk_r, _hk_w, cache_tick, cache_clear
     cdef public bint cache_on
     cdef public double _free_since
     cdef public Py_ssize_t _push_wanted, pushes
     cdef public bint _hk_selecting
-    cdef public object state, last_dead, _listeners, _dispatch, lost_cbs, _session_cv, watch_registry
-    cdef public Py_ssize_t gen, renewals, watchers
+    cdef public object state, _listeners, _dispatch, lost_cbs, _session_cv, watch_registry
+    cdef public Py_ssize_t renewals, watchers
     cdef public double valid_margin
     cdef public bint _renew_wanted, _lost_wanted
-    cdef public Py_ssize_t n, handoffs, _urgent, _hello_left
+    cdef public Py_ssize_t handoffs, _urgent, _hello_left
     cdef public bint closed, _close_sent, _polling, _pipe_full
 
     @cython.locals(bases=list, m=double, k=Py_ssize_t)
     cpdef double _lease_end(self)
     cpdef lease_over(self)
     cpdef check_session(self)
+    cpdef post(self, shard, typ, args)
+    cpdef post_quiet(self, shard, typ, args)
+    cpdef recorded(self)
+    cpdef txn_lost(self, core, err)
+    cpdef forget_txn(self, core)
     cpdef begin_session(self)
     cpdef _fail(self, _Call call, err)
     @cython.locals(w=_Waiter)
@@ -83,6 +90,7 @@ cdef class _Engine:
     cpdef bint _any_pending(self)
     @cython.locals(pending=dict, n=Py_ssize_t, k=Py_ssize_t)
     cpdef _send_frame(self, Py_ssize_t i, list reqs)
+    cpdef _send_one(self, Py_ssize_t i, _Call c)
     @cython.locals(c=_Call)
     cpdef _timers(self, double now)
     @cython.locals(w=_Waiter, c=_Call, now=double, rt=double, mu=Mutex)

@@ -47,7 +47,13 @@ from ...errors import ClientForked, InvalidRequest, SessionExpired, ShardUnavail
 from ..routing import parse_endpoints
 from ...rules import ACTIVE as _ACTIVE, PREPARED as _PREPARED
 from .notify import Dispatcher, SessionState
+from . import hot as _hot
 from .hot import Mutex as _Mutex     # C-level acquire/release: taken 2-3 times per call
+
+# _Engine's base class: compiled, the extension type engine.pxd cimports from
+# _hot (Cython binds the name; an import here would be an assignment to it);
+# the pure-Python build takes hot's Python class from here (linters cannot see it).
+globals().setdefault("EngineBase", _hot.EngineBase)
 
 _monotonic = time.monotonic    # (a module global: no attribute lookup on the time module per call)
 # one line per notable event (session expired or ended, a shard restarted, a
@@ -160,7 +166,7 @@ _NONE, _SYNC_CALLER, _SENDER, _HOUSEKEEPER, _LOOP = (Owner.NONE, Owner.SYNC_CALL
 
 _OK = wire.OK
 _MAX_REQUESTS = wire.MAX_REQUESTS
-_pack_requests = wire.pack_requests
+_pack_requests, _pack_request = wire.pack_requests, wire.pack_request
 # the socket calls of the hot path: libzmq's own where possible (zdirect.py)
 _unpack_replies, _REPLY_SHAPES = wire.unpack_replies, wire.REPLY_SHAPES
 # the most two machines' monotonic clocks may differ in rate (a fraction: 1000 ppm,
@@ -180,7 +186,7 @@ VALID_MARGIN = 0.1      # Transaction.valid_for(): the lease left less this frac
 _PUSH_WATCH_DELAY = 0.003  # s the sockets stay free before the housekeeper watches them for notices
 
 
-class _Engine:
+class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see above)
     """Sockets, session, heartbeats, pipelining: a leader/follower engine.
 
     One DEALER per shard, shared by every thread and task of the client. The
@@ -1693,8 +1699,6 @@ class _Engine:
             c.seq = seq
             c.first_sent = now
             pendings[i][seq] = c
-            req = [c.typ, seq]
-            req.extend(c.args)
             c.backoff = retry
             when = _next_try(c, now)
             if when < due:
@@ -1702,8 +1706,10 @@ class _Engine:
             if timed:
                 _heappush(heap, (when, next(self._tick), c))
             if single:
-                self._send_frame(i, [req])
+                self._send_one(i, c)
             else:
+                req = [c.typ, seq]
+                req.extend(c.args)
                 if frames is None:
                     frames = {}
                 lst = frames.get(i)
@@ -1722,6 +1728,15 @@ class _Engine:
         for c in calls:
             if not c.done:
                 _heappush(heap, (_next_try(c, c.first_sent), next(self._tick), c))
+
+    def _send_one(self, i, c):
+        """Send call ``c`` (its seq given) alone in a frame to shard ``i``: the
+        usual case, packed without building the request's lists (wire.pack_request)."""
+        try:
+            self._conns[i].send(_pack_request(self.session, next(iter(self._pending[i]), self._seq[i]),
+                                              c.typ, c.seq, c.args))
+        except zmq.ZMQError:
+            pass  # retried by the timer
 
     def _send_frame(self, i, reqs):
         pending = self._pending[i]

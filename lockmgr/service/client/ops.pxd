@@ -1,14 +1,17 @@
 # C-level declarations for ops.py: an "augmenting" .pxd (Cython's pure-Python
 # mode; see engine.pxd). _TxnCore becomes an extension type whose fields are
 # struct members (its __slots__ in the .py name the same fields), and its
-# methods cpdef methods. (The engine stays an untyped field: the simulation,
-# lockmgr/sim, drives the same generators with an engine of its own.)
+# methods cpdef methods. The engine field is an EngineBase (_hot.pxd): the
+# client's engine and the simulation's (lockmgr/sim) both derive from it.
 # A field the .py sets on _TxnCore must be declared here.
 
 cimport cython
+from lockmgr.service.client._hot cimport EngineBase
+from lockmgr.service.client.txnid cimport new_txn_id
 
 cdef class _TxnCore:
-    cdef public object eng, client, id, name, gtrid, state, doom, default_timeout, prepared_at, named, lost, lost_cbs
+    cdef public EngineBase eng
+    cdef public object client, id, name, gtrid, state, doom, default_timeout, prepared_at, named, lost, lost_cbs
     cdef public object wid, carrier, used
     cdef public Py_ssize_t gen
     cdef public dict touched, locks

@@ -1,3 +1,4 @@
+# cython: annotation_typing=True
 """Transaction logic of the service clients, written once for the sync and
 asyncio front ends.
 
@@ -164,7 +165,7 @@ def _prepare(resource, mode):
     return path, key, mode
 
 
-def _failure(core, err, shard):
+def _failure(core: _TxnCore, err, shard):
     """Apply an error from a lock call to the transaction state; return it to raise."""
     if core.lost_cbs is not None and isinstance(err, (DeadlockDetected, TransactionAborted, SessionExpired)):
         core.eng.txn_lost(core, err)      # its locks are gone: on_lost, before the error is raised
@@ -182,7 +183,7 @@ def _failure(core, err, shard):
     return err
 
 
-def _settled(core, s):
+def _settled(core: _TxnCore, s):
     """The answer of ``core``'s lock call to shard ``s`` is recorded (or failed)."""
     core.busy.discard(s)
     eng = core.eng
@@ -190,7 +191,7 @@ def _settled(core, s):
         eng.recorded()
 
 
-def _unrecord(core, s, path, prev):
+def _unrecord(core: _TxnCore, s, path, prev):
     """Shard ``s`` no longer has ``path`` for ``core`` (``prev`` 0), or has it back in ``prev``."""
     d = core.locks.get(s)
     if d is not None and path in d:
@@ -200,7 +201,7 @@ def _unrecord(core, s, path, prev):
             del d[path]
 
 
-def _g_lock(core, resource, mode, timeout, nowait):
+def _g_lock(core: _TxnCore, resource, mode, timeout, nowait):
     core.check_active()
     timeout = check_timeout(timeout)
     path, key, mode = _prepare(resource, mode)
@@ -217,7 +218,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
     deadline = None if timeout is None else _monotonic() + timeout
     wpath = list(path)
     strong = len(shards) > 1
-    done = []          # a strong lock: (shard, mode held there before), to undo if a later shard refuses
+    done: list = []    # a strong lock: (shard, mode held there before), to undo if a later shard refuses
     token = 0
     for s in shards:
         tmo = None if deadline is None else max(0, int((deadline - _monotonic()) * 1000))
@@ -227,7 +228,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
         core.busy.add(s)
         try:
             lock = (s, wire.LOCK, [core.wid, wpath, mode, bool(nowait), tmo, ep],
-                    None if deadline is None else tmo / 1000.0)
+                    None if tmo is None else tmo / 1000.0)
             if not ep and core.name is not None and s not in core.named:
                 # a named transaction: the shard learns its name (lockmgr locks) from a
                 # TXN_NAME ahead of its first lock there, in the same frame
@@ -266,7 +267,7 @@ def _g_lock(core, resource, mode, timeout, nowait):
     return token
 
 
-def _stale_answer(core, shards):
+def _stale_answer(core: _TxnCore, shards):
     """The session changed while a call of ``core`` was out: whatever it was granted
     may belong to the new session; release it there and raise SessionExpired."""
     core.state = ABORTED
@@ -276,7 +277,7 @@ def _stale_answer(core, shards):
     return core.stale()
 
 
-def _g_lock_many(core, items, timeout, nowait):
+def _g_lock_many(core: _TxnCore, items, timeout, nowait):
     core.check_active()
     timeout = check_timeout(timeout)
     try:
@@ -297,7 +298,7 @@ def _g_lock_many(core, items, timeout, nowait):
     # ones in one message per shard, all shards in parallel. Per shard the items
     # keep their order and a strong item comes after exactly the items before it,
     # so a call that succeeds leaves what successive lock() calls would.
-    run = {}
+    run: dict = {}
     local = core.client._cache.hits_many(core, parsed) if core.carrier is not None else None
     for i, (path, key, mode) in enumerate(parsed):
         if local is not None:
@@ -323,7 +324,7 @@ def _g_lock_many(core, items, timeout, nowait):
     return tokens
 
 
-def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
+def _g_lock_run(core: _TxnCore, parsed, groups, tokens, deadline, nowait):
     """Lock ``groups`` ({shard: [item index, ...]}): one LOCK_MANY per shard
     (chunks of MAX_BATCH in rounds), all shards in parallel; fills ``tokens``."""
     order = sorted(groups)
@@ -373,7 +374,7 @@ def _g_lock_run(core, parsed, groups, tokens, deadline, nowait):
             raise _failure(core, err[0], err[1])
 
 
-def _g_unlock(core, resource, wait=True):
+def _g_unlock(core: _TxnCore, resource, wait=True):
     if wait is not True:
         check_wait(wait)
     core.check_active()
@@ -416,12 +417,12 @@ def _g_unlock(core, resource, wait=True):
     return None
 
 
-def _g_held(core):
+def _g_held(core: _TxnCore):
     core.check_active() if core.state is ACTIVE else None
     touched = sorted(core.touched)
     if (core.state is not ACTIVE and core.state is not PREPARED) or not touched:
         return {}
-    out = {}
+    out: dict = {}
     offsets = {s: 0 for s in touched}     # HELD_PAGE: a page per shard per round trip
     while offsets:
         results = yield [(s, wire.HELD_PAGE, [core.wid, off, 10_000], 0.0) for s, off in offsets.items()]
@@ -446,7 +447,7 @@ def _g_held(core):
     return {p: _MODES[m] for p, m in out.items()}
 
 
-def _g_finish(core, commit, wait=True):
+def _g_finish(core: _TxnCore, commit, wait=True):
     if wait is not True:
         check_wait(wait)
     if core.state is PREPARED:        # 2PC: the decision is logged on each shard before the release
@@ -503,7 +504,7 @@ def _g_finish(core, commit, wait=True):
 # prepare log. DECIDE (commit/abort by gtrid, from any session) is answered
 # once the decision is fsynced, and only then are the locks released.
 
-def _g_prepare(core):
+def _g_prepare(core: _TxnCore):
     if core.state is not ACTIVE:
         raise core.refuse()
     core.check_active()
@@ -540,7 +541,7 @@ def _g_prepare(core):
     raise err
 
 
-def _g_decide_own(core, commit):
+def _g_decide_own(core: _TxnCore, commit):
     touched = sorted(core.touched)
     if not touched:
         core.state = COMMITTED if commit else ABORTED
