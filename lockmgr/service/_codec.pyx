@@ -12,6 +12,9 @@ Interface:
                                  without building those lists (args: list or tuple)
     unpack(frame, max_array=-1, max_map=-1, max_str=-1) -> object
                                  raises Unsupported for what it does not handle
+    unpack_body(frame, version) -> object
+                                 x of a frame [version, x] (a shard's replies),
+                                 without the outer list; any other frame: Unsupported
     Unsupported                  (a ValueError) the caller then uses msgpack itself
 
 Used by lockmgr.service.wire only, which falls back to msgpack on Unsupported:
@@ -33,7 +36,7 @@ from cpython.ref cimport Py_INCREF
 from libc.string cimport memcpy
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 
-__all__ = ["pack", "pack_request", "unpack", "Unsupported"]
+__all__ = ["pack", "pack_request", "unpack", "unpack_body", "Unsupported"]
 
 DEF MAX_DEPTH = 500     # deeper: msgpack decides (its own limits and errors)
 
@@ -384,6 +387,27 @@ def unpack(frame, Py_ssize_t max_array=-1, Py_ssize_t max_map=-1, Py_ssize_t max
     r.max_map = max_map if max_map >= 0 else r.end
     r.max_str = max_str if max_str >= 0 else r.end
     obj = _unpack(&r, 0)
+    if r.pos != r.end:
+        raise _UNSUPPORTED("extra data")
+    return obj
+
+
+def unpack_body(frame, long version):
+    """unpack(frame)[1] for a frame that is the array [version, body] (the
+    client's reply frames), without building the outer array; anything else
+    (another version, another shape, what unpack refuses) is Unsupported, for
+    the caller to decode it in full and name the problem."""
+    cdef _In r
+    if type(frame) is not bytes:
+        raise _UNSUPPORTED("not bytes")
+    r.p = <const uint8_t *>PyBytes_AS_STRING(frame)
+    r.pos = 0
+    r.end = PyBytes_GET_SIZE(frame)
+    r.max_array = r.max_map = r.max_str = r.end
+    if r.end < 2 or r.p[0] != 0x92 or not 0 <= version < 0x80 or r.p[1] != version:
+        raise _UNSUPPORTED("not [version, body]")
+    r.pos = 2
+    obj = _unpack(&r, 1)
     if r.pos != r.end:
         raise _UNSUPPORTED("extra data")
     return obj

@@ -48,13 +48,14 @@ from ..errors import SessionExpired, ShardUnavailable  # re-exported: wire.Sessi
 # (LOCKMGR_PUREPYTHON=1, the reference) uses msgpack alone.
 try:
     from ._codec import (Unsupported as _Unsupported, pack as _codec_pack, pack_request as _codec_pack_request,
-                         unpack as _codec_unpack)
+                         unpack as _codec_unpack, unpack_body as _codec_unpack_body)
 except ImportError:  # pragma: no cover - no compiler
-    _codec_pack = _codec_pack_request = _codec_unpack = None  # type: ignore[assignment]
+    _codec_pack = _codec_pack_request = _codec_unpack = _codec_unpack_body = None  # type: ignore[assignment]
     _Unsupported = ValueError  # type: ignore[assignment,misc]
 _cpack = _codec_pack if _BACKEND == "c" else None
 _cpack_request = _codec_pack_request if _BACKEND == "c" else None
 _cunpack = _codec_unpack if _BACKEND == "c" else None
+_cunpack_body = _codec_unpack_body if _BACKEND == "c" else None
 
 __all__ = ["VERSION", "SessionExpired", "ShardUnavailable", "ProtocolError",
            "pack_requests", "pack_request", "unpack_requests", "pack_replies", "unpack_replies", "error_for"]
@@ -428,6 +429,11 @@ def pack_replies(replies):
 
 
 def unpack_replies(frame):
+    if _cunpack_body is not None:
+        try:
+            return _cunpack_body(frame, VERSION)     # [VERSION, replies]: the replies
+        except _Unsupported:
+            pass                                      # (anything else: decoded in full below)
     msg = None
     if _cunpack is not None:
         try:

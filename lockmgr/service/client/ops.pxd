@@ -8,6 +8,8 @@
 cimport cython
 from lockmgr.service.client._hot cimport EngineBase
 from lockmgr.service.client.txnid cimport new_txn_id
+from lockmgr.rules cimport check_mode, check_timeout, check_wait
+from lockmgr.service.routing cimport route
 
 cdef class _TxnCore:
     cdef public EngineBase eng
