@@ -178,14 +178,20 @@ cdef int _pack(_Buf *b, object o, int depth) except -1:
     raise _UNSUPPORTED(type(o).__name__)
 
 
-def pack(obj):
-    """msgpack.packb(obj, use_bin_type=True), for the types listed above."""
-    cdef _Buf b
+cdef int _open(_Buf *b) except -1:
+    """A buffer to pack into (every pack frees it with PyMem_Free, in a finally)."""
     b.cap = 256
     b.n = 0
     b.p = <char *>PyMem_Malloc(b.cap)
     if b.p == NULL:
         raise MemoryError()
+    return 0
+
+
+def pack(obj):
+    """msgpack.packb(obj, use_bin_type=True), for the types listed above."""
+    cdef _Buf b
+    _open(&b)
     try:
         _pack(&b, obj, 0)
         return PyBytes_FromStringAndSize(b.p, b.n)
@@ -201,11 +207,7 @@ def pack_request(version, session, ack, typ, seq, args):
     if type(args) is not list and type(args) is not tuple:
         raise _UNSUPPORTED("args must be a list or a tuple")
     n = len(args)
-    b.cap = 256
-    b.n = 0
-    b.p = <char *>PyMem_Malloc(b.cap)
-    if b.p == NULL:
-        raise MemoryError()
+    _open(&b)
     try:
         _head(&b, 0x94, 0, 0)                       # [version, session, ack, requests]
         _pack(&b, version, 1)
@@ -372,24 +374,39 @@ cdef object _unpack(_In *r, int depth):
     raise _UNSUPPORTED("ext or reserved type")    # 0xc1, 0xc7-0xc9, 0xd4-0xd8
 
 
+cdef int _read(_In *r, frame) except -1:
+    """Start reading ``frame`` (limits: none; the caller sets its own)."""
+    if type(frame) is not bytes:
+        raise _UNSUPPORTED("not bytes")
+    r.p = <const uint8_t *>PyBytes_AS_STRING(frame)
+    r.pos = 0
+    r.end = PyBytes_GET_SIZE(frame)
+    r.max_array = r.max_map = r.max_str = r.end
+    return 0
+
+
+cdef object _last(_In *r, int depth):
+    """The object at r.pos, which must end the frame."""
+    obj = _unpack(r, depth)
+    if r.pos != r.end:
+        raise _UNSUPPORTED("extra data")
+    return obj
+
+
 def unpack(frame, Py_ssize_t max_array=-1, Py_ssize_t max_map=-1, Py_ssize_t max_str=-1):
     """msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
     for a ``bytes`` frame of the types listed above; ``max_*`` as msgpack's
     ``max_array_len``, ``max_map_len``, ``max_str_len`` and ``max_bin_len``
     (-1: no limit), a frame over one is Unsupported (msgpack then names it)."""
     cdef _In r
-    if type(frame) is not bytes:
-        raise _UNSUPPORTED("not bytes")
-    r.p = <const uint8_t *>PyBytes_AS_STRING(frame)
-    r.pos = 0
-    r.end = PyBytes_GET_SIZE(frame)
-    r.max_array = max_array if max_array >= 0 else r.end
-    r.max_map = max_map if max_map >= 0 else r.end
-    r.max_str = max_str if max_str >= 0 else r.end
-    obj = _unpack(&r, 0)
-    if r.pos != r.end:
-        raise _UNSUPPORTED("extra data")
-    return obj
+    _read(&r, frame)
+    if max_array >= 0:
+        r.max_array = max_array
+    if max_map >= 0:
+        r.max_map = max_map
+    if max_str >= 0:
+        r.max_str = max_str
+    return _last(&r, 0)
 
 
 def unpack_body(frame, long version):
@@ -398,16 +415,8 @@ def unpack_body(frame, long version):
     (another version, another shape, what unpack refuses) is Unsupported, for
     the caller to decode it in full and name the problem."""
     cdef _In r
-    if type(frame) is not bytes:
-        raise _UNSUPPORTED("not bytes")
-    r.p = <const uint8_t *>PyBytes_AS_STRING(frame)
-    r.pos = 0
-    r.end = PyBytes_GET_SIZE(frame)
-    r.max_array = r.max_map = r.max_str = r.end
+    _read(&r, frame)
     if r.end < 2 or r.p[0] != 0x92 or not 0 <= version < 0x80 or r.p[1] != version:
         raise _UNSUPPORTED("not [version, body]")
     r.pos = 2
-    obj = _unpack(&r, 1)
-    if r.pos != r.end:
-        raise _UNSUPPORTED("extra data")
-    return obj
+    return _last(&r, 1)
