@@ -94,6 +94,81 @@ def test_bench_cluster_client_models(capsys, tmp_path, model):
     assert all(r["model"] == model for r in doc["results"])
 
 
+@pytest.mark.service
+@pytest.mark.parametrize("model", ["threads", "asyncio"])
+def test_bench_release_nowait(capsys, tmp_path, model):
+    """--release-nowait: lockmgr commits and aborts (the deadlock workload's lock
+    timeouts) with wait=False; the run completes and says so in its header and JSON."""
+    f = tmp_path / "out.json"
+    code, out, err = run_cli(capsys, "bench", "--workload", "uniform,deadlock", "--duration", "0.3",
+                             "--clients", "2", "--shards", "1", "--model", model, "--release-nowait",
+                             "--json", str(f), "--quiet")
+    assert code == 0, err
+    assert "releases without waiting" in out
+    doc = json.loads(f.read_text())
+    assert doc["release_nowait"] is True
+    check_json(doc, ["uniform", "deadlock"], [2])
+
+
+def test_bench_system_passes_release_wait():
+    """The lockmgr system hands release_wait to commit and abort, on every path."""
+    from lockmgr.bench.systems import NOT_AVAILABLE, OK, LockmgrEmbedded
+    from lockmgr.bench.workloads import Plan
+    from lockmgr.errors import LockNotAvailable
+
+    calls = []
+
+    class T:
+        def __init__(self, refuse):
+            self.refuse = refuse
+
+        def lock(self, path, mode, **kw):
+            if self.refuse:
+                raise LockNotAvailable("busy")
+
+        def commit(self, **kw):
+            calls.append(("commit", kw))
+
+        def abort(self, **kw):
+            calls.append(("abort", kw))
+
+    class Conn:
+        refuse = False
+
+        def begin(self, **kw):
+            return T(self.refuse)
+
+    plan = Plan(items=((("t", 1), Mode.X),))
+    for release_wait in (True, False):
+        calls.clear()
+        s = LockmgrEmbedded(None, release_wait=release_wait)
+        c = Conn()
+        assert s.txn(c, plan, "g", 0.0) == OK
+        c.refuse = True
+        assert s.txn(c, plan, "g", 0.0) == NOT_AVAILABLE
+        assert calls == [("commit", {"wait": release_wait}), ("abort", {"wait": release_wait})]
+
+
+def test_bench_client_processes_freeze_the_inherited_heap():
+    """A forked client process puts what it inherited out of the collector's
+    sight (gc.freeze): else a full collection walks the parent's heap mid-run
+    and stalls that client for tens of milliseconds."""
+    import gc
+
+    from lockmgr.bench.runner import Spec, run
+    from lockmgr.bench.systems import OK, TIMEOUT, System
+
+    class Probe(System):
+        name = "probe"
+
+        def txn(self, conn, plan, gtrid, deadline):
+            return OK if gc.get_freeze_count() > 0 else TIMEOUT
+
+    r = run(Probe(), Spec(workload="uniform", clients=2, model="processes", duration=0.2))
+    assert r["ops"] > 0 and r["timeouts"] == 0, r
+    assert gc.get_freeze_count() == 0        # (the parent's collector is left as it was)
+
+
 def test_bench_plot(capsys, tmp_path):
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the plot extra)")
     png = tmp_path / "b.png"

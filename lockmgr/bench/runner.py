@@ -13,6 +13,7 @@ Client k draws its transactions from random.Random(seed * 1000 + k).
 """
 
 import asyncio
+import gc
 import multiprocessing as mp
 import random
 import threading
@@ -160,6 +161,12 @@ def _asyncio(system: System, spec: Spec, ks: List[int], clock: _Clock, counts: A
 
 def _process_main(system: System, spec: Spec, k: int, clock: _Clock, counts: Any, ready_q: Any,
                   result_q: Any) -> None:
+    # The parent's objects (every module it imported, the peers' drivers among
+    # them) are this forked child's too: out of the collector's sight, or a
+    # full collection walks them all, copying each page it touches, and stalls
+    # this client mid-run (30-50 ms, once a run, in each lockmgr client process
+    # with --compare redis,postgres: benchmarks/RESULTS.md).
+    gc.freeze()
     lat: "array[float]" = array("d")
     errors: List[BaseException] = []
     try:

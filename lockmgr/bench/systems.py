@@ -42,9 +42,11 @@ class System:
     name = "?"
     models: Tuple[str, ...] = ("threads", "asyncio", "processes")
 
-    def __init__(self, *, timeout: Optional[float] = None, nowait: bool = False) -> None:
+    def __init__(self, *, timeout: Optional[float] = None, nowait: bool = False,
+                 release_wait: bool = True) -> None:
         self.timeout = timeout
         self.nowait = nowait
+        self.release_wait = release_wait     # lockmgr: commit/abort(wait=...); the peers ignore it
 
     def describe(self) -> str:
         return self.name
@@ -102,15 +104,15 @@ class _Lockmgr(System):
                 t.lock_many(plan.items, timeout=self.timeout, nowait=self.nowait)
             if plan.twopc:
                 t.prepare()
-            t.commit()
+            t.commit(wait=self.release_wait)
             return OK
         except DeadlockDetected:
             return DEADLOCK             # (the victim is aborted already)
         except LockNotAvailable:
-            t.abort()
+            t.abort(wait=self.release_wait)
             return NOT_AVAILABLE
         except LockTimeout:
-            t.abort()
+            t.abort(wait=self.release_wait)
             return TIMEOUT
 
     async def atxn(self, conn: Any, plan: Plan, gtrid: str, deadline: float) -> int:
@@ -123,15 +125,15 @@ class _Lockmgr(System):
                 await t.lock_many(plan.items, timeout=self.timeout, nowait=self.nowait)
             if plan.twopc:
                 await t.prepare()
-            await t.commit()
+            await t.commit(wait=self.release_wait)
             return OK
         except DeadlockDetected:
             return DEADLOCK
         except LockNotAvailable:
-            await t.abort()
+            await t.abort(wait=self.release_wait)
             return NOT_AVAILABLE
         except LockTimeout:
-            await t.abort()
+            await t.abort(wait=self.release_wait)
             return TIMEOUT
 
 

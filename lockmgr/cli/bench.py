@@ -45,6 +45,9 @@ def cmd_bench(p, args):
         p.add_argument("--shards", type=int, default=3, help="shards of the local cluster (3)")
         p.add_argument("--seed", type=int, default=1)
         p.add_argument("--nowait", action="store_true", help="refuse instead of waiting for a lock")
+        p.add_argument("--release-nowait", action="store_true",
+                       help="lockmgr commits and aborts with wait=False (the releases leave with the client's "
+                            "next request to the shard); the peers release as always")
         p.add_argument("--timeout", type=float, default=1.0,
                        help="seconds a lock request waits at most (1; 0: wait forever)")
         p.add_argument("--tables", type=int, default=8)
@@ -92,7 +95,7 @@ def _run(args: Any) -> int:
         except ImportError:
             raise CliError("--plot needs matplotlib: pip install 'lockmgr[plot]'") from None
     timeout = args.timeout or None
-    kw: Dict[str, Any] = dict(timeout=timeout, nowait=args.nowait)
+    kw: Dict[str, Any] = dict(timeout=timeout, nowait=args.nowait, release_wait=not args.release_nowait)
     params = Params(tables=args.tables, rows=args.rows, rows_per_txn=args.rows_per_txn,
                     tables_per_txn=args.tables_per_txn)
     out = sys.stderr if args.json == "-" else sys.stdout
@@ -130,7 +133,9 @@ def _run(args: Any) -> int:
             except Unavailable as e:
                 print(f"lockmgr bench: {e}; skipped", file=sys.stderr)
         print(f"lockmgr {__version__} ({BACKEND} backend); clients as {args.model}; {args.duration:g}s per run; "
-              f"seed {args.seed}; " + ("nowait" if args.nowait else f"lock timeout {timeout or 'none'}"), file=out)
+              f"seed {args.seed}; " + ("nowait" if args.nowait else f"lock timeout {timeout or 'none'}")
+              + ("; lockmgr releases without waiting (commit/abort(wait=False))" if args.release_nowait else ""),
+              file=out)
         for s in systems:
             print(f"  {s.name}: {s.describe()}", file=out)
         tty = sys.stderr.isatty()
@@ -154,7 +159,8 @@ def _run(args: Any) -> int:
             print(line, file=out)
     if args.json:
         meta = {"lockmgr_version": __version__, "backend": BACKEND, "target": args.target, "model": args.model,
-                "duration": args.duration, "seed": args.seed, "nowait": args.nowait, "timeout": timeout,
+                "duration": args.duration, "seed": args.seed, "nowait": args.nowait,
+                "release_nowait": args.release_nowait, "timeout": timeout,
                 "shards": args.shards if args.target == "cluster" else None, "params": params.__dict__,
                 "workloads": workloads, "clients": clients, "compare": peers}
         doc = json.dumps(report.to_json(meta, results), indent=1)
