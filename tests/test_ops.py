@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -167,6 +168,41 @@ def test_bench_client_processes_freeze_the_inherited_heap():
     r = run(Probe(), Spec(workload="uniform", clients=2, model="processes", duration=0.2))
     assert r["ops"] > 0 and r["timeouts"] == 0, r
     assert gc.get_freeze_count() == 0        # (the parent's collector is left as it was)
+
+
+def test_bench_server_cpu_waits_for_exiting_children():
+    """The end-of-run CPU reading waits until the server's extra processes (a
+    PostgreSQL backend whose client left) are gone, so their CPU is counted:
+    here a child that burns ~0.3 s and is reaped by its parent."""
+    from lockmgr.bench.runner import _settled_cpu
+    from lockmgr.bench.servers import cpu_seconds, process_tree
+
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "sys.stdin.readline()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    end = time.process_time() + 0.3\n"
+        "    while time.process_time() < end: pass\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "sys.stdin.readline()\n")], stdin=subprocess.PIPE, text=True)
+    try:
+        tree0 = process_tree([server.pid])
+        cpu0 = cpu_seconds([server.pid])
+        server.stdin.write("go\n")
+        server.stdin.flush()
+        for _ in range(1000):                       # until the child is there (at most ~5 s)
+            if process_tree([server.pid]) - tree0:
+                break
+            time.sleep(0.005)
+        assert process_tree([server.pid]) - tree0, "the child never appeared"
+        cpu1 = _settled_cpu([server.pid], tree0)
+        assert not process_tree([server.pid]) - tree0
+        assert cpu1 - cpu0 >= 0.25, (cpu0, cpu1)
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_bench_plot(capsys, tmp_path):

@@ -24,9 +24,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-__all__ = ["Unavailable", "cpu_seconds", "free_port", "RedisServer", "PostgresServer", "find_pg"]
+__all__ = ["Unavailable", "cpu_seconds", "process_tree", "free_port", "RedisServer", "PostgresServer", "find_pg"]
 
 _HINT = "bash benchmarks/install_compare_deps.sh installs both; or pip install 'lockmgr[bench]' for the clients"
 
@@ -62,27 +62,38 @@ def _children(pid: int) -> List[int]:
     return out
 
 
-def cpu_seconds(pids: Iterable[Optional[int]]) -> float:
-    """User+system CPU seconds of ``pids`` so far: every thread, the children they
-    reaped (cutime/cstime) and their live descendants (PostgreSQL's backends).
-    Runtime complexity: O(processes in the trees)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    seen = set()
+def _walk(pids: Iterable[Optional[int]]) -> Dict[int, List[str]]:
+    """pid -> /proc stat fields of every process in the trees under ``pids``
+    (bounded walk: O(processes in the trees))."""
+    out: Dict[int, List[str]] = {}
     todo = [p for p in pids if p]
-    for _ in range(100_000):        # bounded walk of the process trees
+    for _ in range(100_000):
         if not todo:
             break
         pid = todo.pop()
-        if pid in seen:
+        if pid in out:
             continue
-        seen.add(pid)
         f = _stat(pid)
         if f is None:
             continue
-        # fields after the ")": state=0 ... utime=11 stime=12 cutime=13 cstime=14
-        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+        out[pid] = f
         todo.extend(_children(pid))
+    return out
+
+
+def process_tree(pids: Iterable[Optional[int]]) -> Set[int]:
+    """The pids of ``pids`` and their live descendants."""
+    return set(_walk(pids))
+
+
+def cpu_seconds(pids: Iterable[Optional[int]]) -> float:
+    """User+system CPU seconds of ``pids`` so far: every thread, the children they
+    reaped (cutime/cstime) and their live descendants (PostgreSQL's backends).
+    A descendant that has exited but is not reaped yet may be missed: read it
+    when the trees are settled (runner.run waits for that)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    # fields after the ")": state=0 ... utime=11 stime=12 cutime=13 cstime=14
+    total = sum(int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]) for f in _walk(pids).values())
     return total / tick
 
 
