@@ -51,7 +51,7 @@ cdef class _Engine(EngineBase):
     cdef public Py_ssize_t renewals, watchers
     cdef public double valid_margin
     cdef public bint _renew_wanted, _lost_wanted
-    cdef public Py_ssize_t handoffs, _urgent, _hello_left
+    cdef public Py_ssize_t handoffs, _urgent, _hello_left, _heap_limit
     cdef public bint closed, _close_sent, _polling, _pipe_full
 
     @cython.locals(bases=list, m=double, k=Py_ssize_t)
@@ -81,10 +81,12 @@ cdef class _Engine(EngineBase):
     cpdef _recv(self, Py_ssize_t i, bint drain)
     cpdef _send_all(self, double now)
     @cython.locals(c=_Call, i=Py_ssize_t, seq=Py_ssize_t, retry=double, when=double, due=double, seqs=list,
-                   heap=list, pendings=list, frames=dict, req=list, single=bint)
+                   pendings=list, frames=dict, req=list, single=bint)
     cpdef double _send_calls(self, list calls, double now, bint timed=*) except? -1.0
-    @cython.locals(c=_Call, heap=list)
+    @cython.locals(c=_Call)
     cpdef _time_calls(self, list calls)
+    @cython.locals(heap=list)
+    cpdef _push_timer(self, double when, _Call c)
     cpdef bint _quiet_locked(self, double now)
     @cython.locals(p=dict)
     cpdef bint _any_pending(self)

@@ -175,6 +175,7 @@ MAX_CLOCK_DRIFT = 0.001
 RECLAIM_WAIT = 0.1   # s a reclaim waits for a thread to record a lock answer it received
 MAX_RECLAIM = wire.MAX_BATCH   # locks in one RECLAIM request
 _ORPHAN_DELAY = 0.002  # s an unowned, unanswered call may wait before the housekeeper receives it
+_HEAP_SWEEP_MIN = 256  # timers: the smallest heap that _push_timer sweeps of answered calls
 _HANDOFF_AFTER = 0.002  # s: an owner whose calls are older than this hands the sockets to a newer caller
 # session states (notify.SessionState) as module globals, and when a session counts as
 # SUSPENDED: less than this fraction of its lease is left on some shard (heartbeats go
@@ -330,6 +331,7 @@ class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see abo
         self._pending = [dict() for _ in range(self.n)]
         self._outq = collections.deque()
         self._heap = []
+        self._heap_limit = _HEAP_SWEEP_MIN      # sweep the answered calls' timers at this size (_push_timer)
         self._tick = itertools.count()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -1687,7 +1689,6 @@ class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see abo
         single = len(calls) == 1
         pendings = self._pending
         seqs = self._seq
-        heap = self._heap
         retry = self.retry_interval
         due = now + retry
         for c in calls:
@@ -1704,7 +1705,7 @@ class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see abo
             if when < due:
                 due = when
             if timed:
-                _heappush(heap, (when, next(self._tick), c))
+                self._push_timer(when, c)
             if single:
                 self._send_one(i, c)
             else:
@@ -1724,10 +1725,25 @@ class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see abo
 
     def _time_calls(self, calls):
         """The retry timers of sent calls still unanswered (see _send_calls)."""
-        heap = self._heap
         for c in calls:
             if not c.done:
-                _heappush(heap, (_next_try(c, c.first_sent), next(self._tick), c))
+                self._push_timer(_next_try(c, c.first_sent), c)
+
+    def _push_timer(self, when, c):
+        """Call ``c``'s next retry (or deadline) at ``when``. An answered call's
+        timer is not taken out of the heap (that is O(n)); it is dropped when it
+        comes to the top -- a retry interval later, a second of calls at full
+        rate, each keeping its call, arguments and future alive for the garbage
+        collector to walk (64 asyncio tasks: 300,000 objects, and full
+        collections that stalled the loop 50-250 ms). So when the heap reaches
+        twice what it held after the last sweep, the answered calls' timers are
+        swept out: O(1) per timer, amortized."""
+        heap = self._heap
+        if len(heap) >= self._heap_limit:
+            heap[:] = [e for e in heap if not e[2].done]     # (in place: the loops hold the list)
+            heapq.heapify(heap)
+            self._heap_limit = max(_HEAP_SWEEP_MIN, 2 * len(heap))
+        _heappush(heap, (when, next(self._tick), c))
 
     def _send_one(self, i, c):
         """Send call ``c`` (its seq given) alone in a frame to shard ``i``: the
@@ -1775,7 +1791,7 @@ class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see abo
             # not the call); past it (a lock wait) the interval doubles up to 8 s.
             if now - c.first_sent >= self.request_timeout:
                 c.backoff = min(c.backoff * 2, 8.0)
-            _heappush(heap, (_next_try(c, now), next(self._tick), c))
+            self._push_timer(_next_try(c, now), c)
             req = [c.typ, c.seq]
             req.extend(c.args)
             resend.setdefault(c.shard, []).append(req)
@@ -1883,9 +1899,13 @@ class _Engine(EngineBase):  # type: ignore[name-defined]  # noqa: F821  (see abo
             return
 
 
-def _set_future(fut, call):
+def _set_future(fut):
+    # (the awaiter reads the call's result and error; a future holding the call,
+    # which holds the future in ``w``, made every asyncio call a reference cycle:
+    # ~11 objects per transaction left to the full collections, each one then
+    # stalling every task of the loop for 10-250 ms)
     if not fut.done():
-        fut.set_result(call)
+        fut.set_result(None)
 
 
 class _LoopDriver:
@@ -1916,10 +1936,10 @@ class _LoopDriver:
         """The callback of this loop's calls (``call.w`` is the future)."""
         fut = call.w
         if threading.get_ident() == self.tid:
-            _set_future(fut, call)
+            _set_future(fut)
         else:
             try:
-                self.loop.call_soon_threadsafe(_set_future, fut, call)
+                self.loop.call_soon_threadsafe(_set_future, fut)
             except RuntimeError:
                 pass        # the loop is closed: no one awaits the call any more
 
