@@ -1,7 +1,8 @@
 """Where a shard's CPU goes, by thread: the shard's own thread (the loop, the
 core, the table) and ZeroMQ's I/O thread (TCP reads and writes, the wake-ups
 between it and the loop), per begin + lock(X) + commit, read from
-/proc/PID/task/TID/stat over a window in the middle of the run.
+/proc/PID/task/TID/stat over a window in the middle of the run; and the same
+for the client processes' threads, summed by name.
 
     python benchmarks/shard_threads.py [--clients 8] [--seconds 4] [--rounds 2]
 
@@ -68,8 +69,10 @@ def run(clients, seconds):
             p.start()
         time.sleep(max(0.0, w0 - time.monotonic()))
         a = _threads(pid)
+        ca = {p.pid: _threads(p.pid) for p in ps}
         time.sleep(max(0.0, w1 - time.monotonic()))
         b = _threads(pid)
+        cb = {p.pid: _threads(p.pid) for p in ps}
         for p in ps:
             p.join()
         txns = sum(counts)
@@ -88,6 +91,22 @@ def run(clients, seconds):
             print(f"  {name:14s} user {du * 1e6 / txns:6.1f}  sys {ds * 1e6 / txns:6.1f}  "
                   f"µs per txn  ({(du + ds) / (w1 - w0) * 100:.0f}% of a core)")
         print(f"  shard process  {total * 1e6 / txns:6.1f} µs per txn")
+        # the client processes' threads, summed by name (the Python thread, ZeroMQ's I/O thread)
+        by = {}
+        for cp, th in cb.items():
+            for tid, (name, u, s) in th.items():
+                if tid in ca.get(cp, {}):
+                    x = by.setdefault(name, [0, 0])
+                    x[0] += u - ca[cp][tid][1]
+                    x[1] += s - ca[cp][tid][2]
+        ctotal = 0.0
+        for name, (du, ds) in sorted(by.items()):
+            if du + ds == 0:
+                continue
+            ctotal += (du + ds) / TCK
+            print(f"  client {name:14s} user {du / TCK * 1e6 / txns:6.1f}  sys {ds / TCK * 1e6 / txns:6.1f}  "
+                  f"µs per txn  ({(du + ds) / TCK / (w1 - w0) * 100:.0f}% of a core, all clients)")
+        print(f"  client processes {ctotal * 1e6 / txns:6.1f} µs per txn")
 
 
 def main(argv=None):
