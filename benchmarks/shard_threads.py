@@ -80,33 +80,33 @@ def run(clients, seconds):
             print("no transaction finished inside the window (the shard did not answer?)")
             return
         print(f"{clients} client processes, {txns / (w1 - w0):,.0f} txn/s in the window")
-        total = 0.0
-        for tid, (name, u, s) in sorted(b.items()):
-            if tid not in a:
-                continue
-            du, ds = (u - a[tid][1]) / TCK, (s - a[tid][2]) / TCK
-            if du + ds == 0:
-                continue
-            total += du + ds
-            print(f"  {name:14s} user {du * 1e6 / txns:6.1f}  sys {ds * 1e6 / txns:6.1f}  "
-                  f"µs per txn  ({(du + ds) / (w1 - w0) * 100:.0f}% of a core)")
-        print(f"  shard process  {total * 1e6 / txns:6.1f} µs per txn")
-        # the client processes' threads, summed by name (the Python thread, ZeroMQ's I/O thread)
-        by = {}
-        for cp, th in cb.items():
-            for tid, (name, u, s) in th.items():
-                if tid in ca.get(cp, {}):
-                    x = by.setdefault(name, [0, 0])
-                    x[0] += u - ca[cp][tid][1]
-                    x[1] += s - ca[cp][tid][2]
-        ctotal = 0.0
-        for name, (du, ds) in sorted(by.items()):
-            if du + ds == 0:
-                continue
-            ctotal += (du + ds) / TCK
-            print(f"  client {name:14s} user {du / TCK * 1e6 / txns:6.1f}  sys {ds / TCK * 1e6 / txns:6.1f}  "
-                  f"µs per txn  ({(du + ds) / TCK / (w1 - w0) * 100:.0f}% of a core, all clients)")
-        print(f"  client processes {ctotal * 1e6 / txns:6.1f} µs per txn")
+        _report("", _by_name([(a, b)]), txns, w1 - w0, "shard process", "")
+        _report("client ", _by_name([(ca[p], cb[p]) for p in cb]), txns, w1 - w0, "client processes",
+                ", all clients")
+
+
+def _by_name(windows):
+    """{thread name: [user s, sys s]} over (before, after) readings of _threads,
+    summed across the processes (one Python thread and one ZeroMQ I/O thread each)."""
+    by = {}
+    for a, b in windows:
+        for tid, (name, u, s) in b.items():
+            if tid in a:
+                x = by.setdefault(name, [0.0, 0.0])
+                x[0] += (u - a[tid][1]) / TCK
+                x[1] += (s - a[tid][2]) / TCK
+    return by
+
+
+def _report(prefix, by, txns, window, total_label, share_note):
+    total = 0.0
+    for name, (du, ds) in sorted(by.items()):
+        if du + ds == 0:
+            continue
+        total += du + ds
+        print(f"  {prefix}{name:14s} user {du * 1e6 / txns:6.1f}  sys {ds * 1e6 / txns:6.1f}  "
+              f"µs per txn  ({(du + ds) / window * 100:.0f}% of a core{share_note})")
+    print(f"  {total_label}  {total * 1e6 / txns:6.1f} µs per txn")
 
 
 def main(argv=None):
